@@ -1,0 +1,185 @@
+"""The CIFAKE LightningDataModule: decoded uint8 arrays in, batches scaled and sheared on the device."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from cifake.data.archive import is_archive, extract_archive
+from cifake.data.augment import random_shear, to_unit_float
+from cifake.data.cache import DecodedSplit, load_or_decode
+from cifake.data.demo import generate_demo
+from cifake.data.scan import KAGGLE_HINT, resolve_layout_root, scan_split
+from cifake.data.split import stratified_split
+from cifake.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # uint8/float images, labels, row indices
+VALIDATE_ON = ("holdout", "test")
+
+
+class DecodedImages(Dataset):
+    """Rows ``indices`` of a decoded split. Fetches whole batches with one array index
+    (``__getitems__``), so no per-image Python work happens in the loader."""
+
+    def __init__(self, split: DecodedSplit, indices: np.ndarray | None = None) -> None:
+        self.split = split
+        self.indices = np.arange(len(split)) if indices is None else np.asarray(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitems__(self, positions: list[int]) -> Batch:
+        rows = self.indices[positions]
+        images = torch.from_numpy(np.ascontiguousarray(self.split.images[rows]))
+        return images, torch.from_numpy(self.split.labels[rows]), torch.from_numpy(rows)
+
+    def __getitem__(self, position: int) -> Batch:
+        images, labels, rows = self.__getitems__([position])
+        return images[0], labels[0], rows[0]
+
+
+def _keep_batch(batch: Batch) -> Batch:
+    """``collate_fn`` for datasets that already return whole batches."""
+    return batch
+
+
+class CIFAKEDataModule(L.LightningDataModule):
+    """CIFAKE's ``train``/``test`` splits, each decoded once into a cached uint8 array.
+
+    ``root`` is an extracted folder or a downloaded archive (extracted once under ``cache_dir``).
+    Validation is a seeded, stratified ``val_fraction`` of train (``validate_on="holdout"``) or,
+    as the report did, the test split (``validate_on="test"``). Training batches are sheared per
+    sample by up to ``shear`` degrees on the device. With ``demo`` set, a generated dataset is
+    written to ``root`` first (see :func:`cifake.data.demo.generate_demo`).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        cache_dir: str,
+        classes: tuple[str, ...] = ("FAKE", "REAL"),
+        train_split: str = "train",
+        test_split: str = "test",
+        image_size: int = 32,
+        resample: str = "bicubic",
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        val_fraction: float = 0.1,
+        validate_on: str = "holdout",
+        split_seed: int = 0,
+        shear: float = 0.2,
+        skip_bad_files: bool = False,
+        decode_workers: int | None = None,
+        num_workers: int = 0,
+        demo: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if validate_on not in VALIDATE_ON:
+            raise ConfigError(f"data.validate_on={validate_on!r}; choose one of {list(VALIDATE_ON)}")
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size must be at least 1, got {batch_size}")
+        if shear < 0:
+            raise ConfigError(f"data.shear is a maximum angle in degrees and must be >= 0, got {shear}")
+        self.save_hyperparameters(logger=False)
+        self.classes = tuple(sorted(classes))
+        self._splits: dict[str, DecodedSplit] = {}
+        self._layout_root: Path | None = None
+        self.train_set: DecodedImages | None = None
+        self.val_set: DecodedImages | None = None
+        self.test_set: DecodedImages | None = None
+
+    # -- locating and decoding ---------------------------------------------------------------
+    def layout_root(self) -> Path:
+        """The folder holding ``train/`` and ``test/``: generated, extracted or given."""
+        if self._layout_root is None:
+            hp = self.hparams
+            root = Path(hp.root).expanduser()
+            if hp.demo is not None:
+                generate_demo(root, **hp.demo, image_size=hp.image_size)
+            if is_archive(root):
+                root = extract_archive(root, Path(hp.cache_dir).expanduser())
+            elif not root.exists():
+                raise DataError(f"data.root {str(root)!r} does not exist. {KAGGLE_HINT}")
+            self._layout_root = resolve_layout_root(root, (hp.train_split, hp.test_split))
+        return self._layout_root
+
+    def decoded(self, split: str) -> DecodedSplit:
+        """The decoded images of ``split`` (scanned, checked and decoded on first use)."""
+        if split not in self._splits:
+            hp = self.hparams
+            listing = scan_split(self.layout_root(), split, self.classes)
+            if listing.skipped:
+                log.info("Skipped in %s: %s", split, ", ".join(f"{n} {why}" for why, n in listing.skipped.items()))
+            self._splits[split] = load_or_decode(
+                listing, Path(hp.cache_dir).expanduser(), hp.image_size, hp.resample,
+                hp.skip_bad_files, hp.decode_workers,
+            )
+        return self._splits[split]
+
+    def prepare_data(self) -> None:
+        for split in (self.hparams.train_split, self.hparams.test_split):
+            self.decoded(split)
+
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        if stage in ("fit", "validate", None) and self.train_set is None:
+            train = self.decoded(hp.train_split)
+            if hp.validate_on == "test":
+                self.train_set = DecodedImages(train)
+                self.val_set = DecodedImages(self.decoded(hp.test_split))
+            else:
+                train_idx, val_idx = stratified_split(train.labels, hp.val_fraction, hp.split_seed)
+                self.train_set = DecodedImages(train, train_idx)
+                self.val_set = DecodedImages(train, val_idx)
+            log.info("train: %s; validation (%s): %s", self._describe(self.train_set),
+                     hp.validate_on, self._describe(self.val_set))
+        if stage in ("test", "predict", None) and self.test_set is None:
+            self.test_set = DecodedImages(self.decoded(hp.test_split))
+            log.info("test: %s", self._describe(self.test_set))
+
+    def _describe(self, ds: DecodedImages) -> str:
+        counts = np.bincount(ds.split.labels[ds.indices], minlength=len(self.classes))
+        return f"{len(ds)} images (" + ", ".join(f"{c}={n}" for c, n in zip(self.classes, counts)) + ")"
+
+    # -- loaders -----------------------------------------------------------------------------
+    def _loader(self, ds: DecodedImages | None, train: bool) -> DataLoader:
+        if ds is None:
+            raise RuntimeError("call setup() before asking for a dataloader")
+        hp = self.hparams
+        return DataLoader(
+            ds,
+            batch_size=hp.batch_size if train else (hp.eval_batch_size or hp.batch_size),
+            shuffle=train,
+            num_workers=hp.num_workers,
+            collate_fn=_keep_batch,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=hp.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, train=False)
+
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        """Scale to [0, 1] on the device; shear only while training."""
+        images, labels, rows = batch
+        images = to_unit_float(images)
+        if self.trainer is not None and self.trainer.training:
+            images = random_shear(images, self.hparams.shear)
+        return images, labels, rows

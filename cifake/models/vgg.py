@@ -1,0 +1,72 @@
+"""The report's VGG-style network as a plain ``nn.Module``; every size is an argument."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def _check_lengths(**lists: Sequence) -> None:
+    lengths = {name: len(values) for name, values in lists.items()}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(
+            f"VGG needs one entry per block in each of {', '.join(lengths)}; got lengths {lengths}"
+        )
+
+
+class VGG(nn.Module):
+    """Blocks of ``convs`` same-padded ReLU convolutions -> 2x2 max-pool -> batch-norm -> dropout,
+    then flatten and a ReLU MLP ending in one logit (no sigmoid: that lives in the loss/metrics).
+
+    The defaults of ``conf/model/vgg.yaml`` give the report's net: 64x2, 128x2, 256x3, 512x3,
+    dropouts 0.4/0.4/0.3/0.2, dense 4000 -> 1500 -> 1.
+    """
+
+    def __init__(
+        self,
+        filters: Sequence[int],
+        convs: Sequence[int],
+        dropouts: Sequence[float],
+        dense: Sequence[int],
+        kernel_size: int = 3,
+        dense_dropout: float = 0.0,
+        in_channels: int = 3,
+        image_size: int = 32,
+    ) -> None:
+        super().__init__()
+        _check_lengths(filters=filters, convs=convs, dropouts=dropouts)
+        if image_size % (2 ** len(filters)):
+            raise ValueError(
+                f"image_size {image_size} is not divisible by 2**{len(filters)} "
+                f"(one 2x2 max-pool per block); use fewer blocks or another image size"
+            )
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd for 'same' padding, got {kernel_size}")
+
+        blocks: list[nn.Module] = []
+        channels = in_channels
+        for width, n_convs, p in zip(filters, convs, dropouts, strict=True):
+            layers: list[nn.Module] = []
+            for _ in range(n_convs):
+                layers += [nn.Conv2d(channels, width, kernel_size, padding=kernel_size // 2), nn.ReLU()]
+                channels = width
+            layers += [nn.MaxPool2d(2), nn.BatchNorm2d(width), nn.Dropout(p)]
+            blocks.append(nn.Sequential(*layers))
+        self.features = nn.Sequential(*blocks)
+
+        side = image_size // 2 ** len(filters)
+        head: list[nn.Module] = [nn.Flatten()]
+        width_in = channels * side * side
+        for width in dense:
+            head += [nn.Linear(width_in, width), nn.ReLU()]
+            if dense_dropout:
+                head.append(nn.Dropout(dense_dropout))
+            width_in = width
+        head.append(nn.Linear(width_in, 1))
+        self.head = nn.Sequential(*head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map a float batch ``(N, C, H, W)`` in [0, 1] to logits of shape ``(N,)`` (REAL is 1)."""
+        return self.head(self.features(x)).squeeze(1)

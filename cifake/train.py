@@ -1,0 +1,58 @@
+"""The training job behind ``train.py``."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig
+
+from cifake.evaluate import evaluate_checkpoint
+from cifake.utils import instantiate_all
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Fit ``cfg.model`` on ``cfg.data`` (resuming from ``cfg.ckpt_path`` if set), optionally
+    evaluate the best checkpoint on the test split, and return the final metrics."""
+    if cfg.seed is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    # The data is decoded into memory once, so loader processes have nothing to hide.
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+
+    datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")
+    model: L.LightningModule = instantiate(cfg.model, _convert_="all")
+    callbacks = instantiate_all(cfg.get("callbacks"))
+    loggers = instantiate_all(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+    best = checkpoint.best_model_path if checkpoint else ""
+    out = Path(cfg.paths.output_dir)
+    if cfg.get("evaluate") and not trainer.fast_dev_run:
+        if not best:
+            raise RuntimeError("evaluate=true needs a ModelCheckpoint callback to know the best weights")
+        metrics["test"] = evaluate_checkpoint(best, datamodule, trainer, cfg.threshold, out)
+    _print_outputs(out, best, loggers, bool(metrics.get("test")))
+    return metrics
+
+
+def _print_outputs(out: Path, best: str, loggers: list, evaluated: bool) -> None:
+    lines = [f"Run folder: {out}"]
+    if best:
+        lines.append(f"Best checkpoint: {best}")
+    for lg in loggers:
+        if getattr(lg, "log_dir", None):
+            lines.append(f"TensorBoard: tensorboard --logdir {lg.log_dir}")
+    if evaluated:
+        lines.append(f"Test metrics: {out / 'metrics.json'}")
+    log.info("\n".join(lines))

@@ -1,0 +1,107 @@
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cifake.data import cache as cache_mod
+from cifake.data.cache import load_or_decode
+from cifake.data.scan import scan_split
+from cifake.errors import DataError
+from tests.conftest import write_image
+
+CLASSES = ("FAKE", "REAL")
+
+
+def decode(root: Path, cache: Path, **kw):
+    return load_or_decode(scan_split(root, "train", CLASSES), cache, image_size=32, workers=1, **kw)
+
+
+def test_decoded_pixels_match_pil_and_labels(cifake_tree: Path, tmp_path: Path) -> None:
+    split = decode(cifake_tree, tmp_path / "c")
+    assert split.images.shape == (12, 3, 32, 32) and split.images.dtype == np.uint8
+    assert split.labels.tolist() == [0] * 6 + [1] * 6
+    for i in (0, 11):
+        expected = np.asarray(Image.open(cifake_tree / split.files[i]).convert("RGB")).transpose(2, 0, 1)
+        assert np.array_equal(split.images[i], expected)
+
+
+def test_cache_is_reused_then_invalidated_by_a_changed_file(cifake_tree: Path, tmp_path: Path,
+                                                          monkeypatch, caplog) -> None:
+    first = decode(cifake_tree, tmp_path / "c")
+    calls = []
+    original = cache_mod._build
+    monkeypatch.setattr(cache_mod, "_build", lambda *a, **k: (calls.append(1), original(*a, **k)))
+    with caplog.at_level(logging.INFO):
+        second = decode(cifake_tree, tmp_path / "c")
+    assert calls == [] and "Reusing" in caplog.text
+    assert second.cache_dir == first.cache_dir
+
+    changed = cifake_tree / first.files[3]
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(changed)
+    os.utime(changed, ns=(1, 1))  # a different mtime, whatever the clock's resolution
+    third = decode(cifake_tree, tmp_path / "c")
+    assert calls == [1] and third.cache_dir != first.cache_dir
+    assert np.abs(third.images[3].astype(int) - [[[255]], [[0]], [[0]]]).max() < 8
+    assert not first.cache_dir.exists()  # the stale version was removed
+
+
+def test_cache_key_includes_image_size(cifake_tree: Path, tmp_path: Path) -> None:
+    a = decode(cifake_tree, tmp_path / "c")
+    b = load_or_decode(scan_split(cifake_tree, "train", CLASSES), tmp_path / "c", image_size=16, workers=1)
+    assert a.cache_dir != b.cache_dir and b.images.shape[-1] == 16
+
+
+def _add_bad_files(root: Path) -> list[str]:
+    folder = root / "train" / "REAL"
+    (folder / "empty.jpg").write_bytes(b"")
+    good = (folder / "0 (REAL).jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (folder / "garbage.png").write_bytes(os.urandom(300))
+    return ["empty.jpg", "truncated.jpg", "garbage.png"]
+
+
+def test_undecodable_files_stop_the_run_with_every_name(cifake_tree: Path, tmp_path: Path) -> None:
+    names = _add_bad_files(cifake_tree)
+    with pytest.raises(DataError) as err:
+        decode(cifake_tree, tmp_path / "c")
+    message = str(err.value)
+    assert "3 file(s)" in message and "data.skip_bad_files=true" in message
+    assert all(name in message for name in names)
+    assert not list((tmp_path / "c" / "decoded").iterdir())  # nothing half-written is left
+
+
+def test_skip_bad_files_leaves_them_out_with_a_warning(cifake_tree: Path, tmp_path: Path, caplog) -> None:
+    names = _add_bad_files(cifake_tree)
+    with caplog.at_level(logging.WARNING):
+        split = decode(cifake_tree, tmp_path / "c", skip_bad_files=True)
+    assert len(split) == 12 and split.labels.tolist() == [0] * 6 + [1] * 6
+    assert not any(name in f for f in split.files for name in names)
+    assert all(name in caplog.text for name in names)
+
+
+@pytest.mark.parametrize(("mode", "size", "fmt", "kind"), [
+    ("L", 32, "JPEG", "mode L -> RGB"),
+    ("RGBA", 32, "PNG", "mode RGBA -> RGB"),
+    ("CMYK", 32, "JPEG", "mode CMYK -> RGB"),
+    ("P", 32, "PNG", "mode P -> RGB"),
+    ("RGB", 64, "JPEG", "resized to 32x32"),
+])
+def test_other_modes_and_sizes_are_converted_and_counted(cifake_tree: Path, tmp_path: Path, caplog,
+                                                         mode, size, fmt, kind) -> None:
+    suffix = ".png" if fmt == "PNG" else ".jpg"
+    write_image(cifake_tree / "train" / "FAKE" / f"odd{suffix}", np.random.default_rng(1), size, mode, fmt)
+    with caplog.at_level(logging.INFO):
+        split = decode(cifake_tree, tmp_path / "c")
+    assert split.images.shape == (13, 3, 32, 32)
+    assert f"{kind}: 1" in caplog.text
+
+
+def test_parallel_decode_matches_serial(cifake_tree: Path, tmp_path: Path, monkeypatch) -> None:
+    serial = decode(cifake_tree, tmp_path / "a")
+    monkeypatch.setattr(cache_mod, "_CHUNK", 5)  # several chunks, so the process pool runs
+    listing = scan_split(cifake_tree, "train", CLASSES)
+    parallel = load_or_decode(listing, tmp_path / "b", image_size=32, workers=2)
+    assert np.array_equal(np.asarray(serial.images), np.asarray(parallel.images))

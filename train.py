@@ -1,0 +1,16 @@
+"""Train a real-vs-fake detector: python train.py [overrides]. See conf/train.yaml."""
+
+import hydra
+from omegaconf import DictConfig
+
+from cifake.train import run
+from cifake.utils import friendly_errors
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    friendly_errors(run)(cfg)
+
+
+if __name__ == "__main__":
+    main()
