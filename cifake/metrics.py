@@ -17,7 +17,7 @@ def binary_report(p_real: torch.Tensor, labels: torch.Tensor, threshold: float,
     """Accuracy, AUROC, per-class precision/recall/F1 and the confusion matrix.
 
     ``p_real`` is the probability of label 1 (``classes[1]``); an image is predicted as label 1
-    when ``p_real >= threshold``. Precision, recall and F1 are given once with each class as the
+    when ``p_real > threshold`` (torchmetrics' convention, as in the training metrics). Precision, recall and F1 are given once with each class as the
     positive one. ``confusion_matrix[i][j]`` counts images of true class i predicted as class j.
     """
     if p_real.shape != labels.shape or p_real.ndim != 1:

@@ -10,6 +10,7 @@ import multiprocessing as mp
 import os
 import shutil
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,22 +53,20 @@ def _decode_all(
     bar = tqdm(total=len(files), desc=f"Decoding {listing.split}", unit="img", mininterval=1)
     with bar:
         if workers <= 1 or len(chunks) == 1:
-            for n, chunk_bad, chunk_conv in map(_star_decode, chunks):
+            for n, chunk_bad, chunk_conv in (decode_into(*c) for c in chunks):
                 bad += chunk_bad
                 converted += chunk_conv
                 bar.update(n)
         else:
             # spawn: decoders import only numpy and PIL, and never inherit torch's thread pools.
-            with mp.get_context("spawn").Pool(workers) as pool:
-                for n, chunk_bad, chunk_conv in pool.imap_unordered(_star_decode, chunks):
+            # An executor (unlike mp.Pool) fails loudly if a worker dies instead of respawning it.
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+                for done in as_completed([pool.submit(decode_into, *c) for c in chunks]):
+                    n, chunk_bad, chunk_conv = done.result()
                     bad += chunk_bad
                     converted += chunk_conv
                     bar.update(n)
     return sorted(bad), converted
-
-
-def _star_decode(args: tuple) -> tuple[int, list[tuple[int, str]], Counter]:
-    return decode_into(*args)
 
 
 def load_or_decode(

@@ -130,19 +130,24 @@ class CIFAKEDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
+        # Files are listed class by class; evaluation sets are visited in one fixed shuffled
+        # order instead, so that limit_val_batches & co. still see both classes.
+        rng = np.random.default_rng(hp.split_seed)
         if stage in ("fit", "validate", None) and self.train_set is None:
             train = self.decoded(hp.train_split)
             if hp.validate_on == "test":
+                test = self.decoded(hp.test_split)
                 self.train_set = DecodedImages(train)
-                self.val_set = DecodedImages(self.decoded(hp.test_split))
+                self.val_set = DecodedImages(test, rng.permutation(len(test)))
             else:
                 train_idx, val_idx = stratified_split(train.labels, hp.val_fraction, hp.split_seed)
                 self.train_set = DecodedImages(train, train_idx)
-                self.val_set = DecodedImages(train, val_idx)
+                self.val_set = DecodedImages(train, rng.permutation(val_idx))
             log.info("train: %s; validation (%s): %s", self._describe(self.train_set),
                      hp.validate_on, self._describe(self.val_set))
         if stage in ("test", "predict", None) and self.test_set is None:
-            self.test_set = DecodedImages(self.decoded(hp.test_split))
+            test = self.decoded(hp.test_split)
+            self.test_set = DecodedImages(test, rng.permutation(len(test)))
             log.info("test: %s", self._describe(self.test_set))
 
     def _describe(self, ds: DecodedImages) -> str:

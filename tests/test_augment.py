@@ -1,0 +1,71 @@
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from cifake.data.augment import random_shear, sample_shear_degrees, shear_grid, to_unit_float
+from cifake.data.datamodule import CIFAKEDataModule
+
+
+def test_angles_are_per_sample_and_within_plus_minus_shear_degrees() -> None:
+    g = torch.Generator().manual_seed(0)
+    angles = sample_shear_degrees(20000, 0.2, generator=g)
+    assert angles.abs().max() <= 0.2
+    assert angles.min() < -0.19 and angles.max() > 0.19  # the whole range is used
+    assert abs(angles.mean()) < 0.01 and abs(angles.std() - 0.2 / math.sqrt(3)) < 0.005  # uniform
+    assert len(torch.unique(angles)) > 0.99 * len(angles)  # one angle per sample, not per batch
+
+
+def test_grid_is_the_keras_shear_in_degrees() -> None:
+    grid = shear_grid(torch.tensor([30.0, 0.0]), 8, 8)
+    base = shear_grid(torch.tensor([0.0]), 8, 8)[0]
+    s = math.radians(30.0)
+    # x reads from x - sin(s) * y; y from cos(s) * y (normalised, centred coordinates)
+    assert torch.allclose(grid[0, ..., 0], base[..., 0] - math.sin(s) * base[..., 1], atol=1e-6)
+    assert torch.allclose(grid[0, ..., 1], math.cos(s) * base[..., 1], atol=1e-6)
+    assert torch.allclose(grid[1], base)
+
+
+def test_a_large_shear_tilts_a_vertical_line() -> None:
+    image = torch.zeros(1, 1, 33, 33)
+    image[..., 16] = 1.0  # a vertical line through the centre column
+    torch.manual_seed(0)
+    out = random_shear(image.expand(64, 1, 33, 33).contiguous(), 45.0)
+    centre_row = out[:, 0, 16]
+    assert torch.allclose(centre_row.argmax(-1), torch.full((64,), 16))  # the centre stays put
+    top, bottom = out[:, 0, 4].argmax(-1), out[:, 0, 28].argmax(-1)
+    assert ((top - 16) * (bottom - 16) <= 0).all()  # rows above and below move opposite ways
+    assert (top != 16).float().mean() > 0.8
+    assert len(torch.unique(top)) > 3  # per-sample angles
+
+
+def test_zero_shear_is_identity_and_negative_is_refused() -> None:
+    x = torch.rand(4, 3, 32, 32)
+    assert random_shear(x, 0.0) is x
+    with pytest.raises(ValueError):
+        random_shear(x, -1.0)
+
+
+def test_small_shear_barely_changes_an_image() -> None:
+    x = torch.rand(8, 3, 32, 32)
+    out = random_shear(x, 0.2)
+    assert out.shape == x.shape and (out - x).abs().mean() < 0.02
+
+
+def test_rescale_to_unit_interval() -> None:
+    x = torch.tensor([0, 128, 255], dtype=torch.uint8)
+    assert torch.allclose(to_unit_float(x), torch.tensor([0.0, 128 / 255, 1.0]))
+
+
+def test_datamodule_shears_only_while_training(tmp_path) -> None:
+    dm = CIFAKEDataModule(root=str(tmp_path), cache_dir=str(tmp_path), shear=45.0)
+    images = torch.full((4, 3, 32, 32), 0, dtype=torch.uint8)
+    images[..., 16] = 255
+    batch = (images, torch.zeros(4, dtype=torch.long), torch.arange(4))
+    dm.trainer = SimpleNamespace(training=False)
+    evaluated = dm.on_after_batch_transfer(batch, 0)[0]
+    assert torch.equal(evaluated, to_unit_float(images))
+    dm.trainer = SimpleNamespace(training=True)
+    trained = dm.on_after_batch_transfer(batch, 0)[0]
+    assert trained.dtype == torch.float32 and not torch.allclose(trained, evaluated)

@@ -1,0 +1,46 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cifake.data.datamodule import CIFAKEDataModule
+from cifake.errors import ConfigError
+from tests.conftest import make_cifake_tree
+
+
+def make_dm(root: Path, tmp_path: Path, **kw) -> CIFAKEDataModule:
+    dm = CIFAKEDataModule(root=str(root), cache_dir=str(tmp_path / "cache"), decode_workers=1, **kw)
+    dm.prepare_data()
+    return dm
+
+
+def test_holdout_split_and_batches(tmp_path: Path) -> None:
+    root = make_cifake_tree(tmp_path / "d", n_per_class=20)
+    dm = make_dm(root, tmp_path, val_fraction=0.25, batch_size=8, eval_batch_size=6)
+    dm.setup("fit")
+    train, val = dm.train_set.indices, dm.val_set.indices
+    assert len(train) == 30 and len(val) == 10
+    assert np.intersect1d(train, val).size == 0
+    assert np.bincount(dm.train_set.split.labels[val]).tolist() == [5, 5]
+    images, labels, rows = next(iter(dm.train_dataloader()))
+    assert images.dtype == torch.uint8 and images.shape == (8, 3, 32, 32)
+    assert torch.equal(labels, torch.from_numpy(dm.train_set.split.labels[rows.numpy()]))
+    first_val = next(iter(dm.val_dataloader()))[1]
+    assert len(first_val) == 6 and len(set(first_val.tolist())) == 2  # a limited val still sees both
+
+
+def test_validate_on_test_uses_all_of_train(tmp_path: Path) -> None:
+    root = make_cifake_tree(tmp_path / "d", n_per_class=5)
+    dm = make_dm(root, tmp_path, validate_on="test")
+    dm.setup("fit")
+    assert len(dm.train_set) == 10 and dm.val_set.split.files[0].startswith("test/")
+    dm.setup("test")
+    assert sorted(dm.test_set.indices.tolist()) == list(range(10))
+
+
+def test_bad_settings_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="validate_on"):
+        CIFAKEDataModule(root="x", cache_dir="y", validate_on="val")
+    with pytest.raises(ConfigError, match="shear"):
+        CIFAKEDataModule(root="x", cache_dir="y", shear=-1)

@@ -1,0 +1,112 @@
+"""train.py and evaluate.py end to end on tiny generated data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cifake import evaluate as evaluate_job
+from cifake import train as train_job
+from cifake.models.classifier import Classifier
+from tests.conftest import tiny_demo_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+METRIC_KEYS = {"accuracy", "auroc", "precision", "recall", "f1", "confusion_matrix", "n", "threshold"}
+
+
+def check_metrics_file(path: Path, n: int) -> dict:
+    report = json.loads(path.read_text())
+    assert set(report) == METRIC_KEYS
+    cm = report["confusion_matrix"]
+    assert sum(map(sum, cm)) == report["n"] == n
+    assert report["accuracy"] == pytest.approx((cm[0][0] + cm[1][1]) / n)
+    for k, name in enumerate(("FAKE", "REAL")):
+        assert all(set(report[m]) == {"FAKE", "REAL"} for m in ("precision", "recall", "f1"))
+        predicted = cm[0][k] + cm[1][k]
+        if predicted:
+            assert report["precision"][name] == pytest.approx(cm[k][k] / predicted)
+        assert report["recall"][name] == pytest.approx(cm[k][k] / sum(cm[k]))
+    assert report["threshold"] == 0.5 and 0.0 <= report["auroc"] <= 1.0
+    return report
+
+
+def test_default_command_line_is_valid_as_written(compose_cfg) -> None:
+    cfg = compose_cfg("train", ["model=vgg", "trainer.max_epochs=350"])
+    assert cfg.trainer.max_epochs == 350 and cfg.trainer.accelerator == "auto"
+    assert cfg.data.batch_size == 32 and cfg.data.shear == 0.2 and cfg.model.optimizer.lr == 5e-4
+    assert cfg.data._target_.endswith("CIFAKEDataModule")
+
+
+def test_fit_writes_checkpoints_logs_and_metrics_then_resumes(compose_cfg, tmp_path, monkeypatch) -> None:
+    base = [*tiny_demo_overrides(), "evaluate=true"]
+    cfg = compose_cfg("train", [*base, "trainer.max_epochs=1"])
+    result = train_job.run(cfg)
+    out = Path(cfg.paths.output_dir)
+    ckpts = out / "checkpoints"
+    assert (ckpts / "best.ckpt").is_file() and (ckpts / "last.ckpt").is_file()
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    check_metrics_file(out / "metrics.json", n=48)
+    assert result["test"]["n"] == 48 and "val/acc" in result
+
+    raw = torch.load(ckpts / "last.ckpt", weights_only=True)  # loads without running code
+    assert type(raw["hyper_parameters"]["net"]) is dict and raw["epoch"] == 0
+    steps_per_epoch = raw["global_step"]
+    assert steps_per_epoch == 5  # 72 training images (96 minus a quarter held out) / 16
+
+    calls = []
+    original = Classifier.training_step
+    monkeypatch.setattr(Classifier, "training_step",
+                        lambda self, *a: (calls.append(1), original(self, *a))[1])
+    resumed = compose_cfg("train", [*base, "trainer.max_epochs=2", f"ckpt_path={ckpts / 'last.ckpt'}",
+                                    f"paths.output_dir={tmp_path / 'resumed'}", "evaluate=false"])
+    train_job.run(resumed)
+    assert len(calls) == steps_per_epoch  # only the second epoch ran
+    again = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert again["epoch"] == 1 and again["global_step"] == 2 * steps_per_epoch
+
+
+def test_evaluate_job_writes_metrics_json(compose_cfg, tmp_path) -> None:
+    cfg = compose_cfg("train", [*tiny_demo_overrides(), "trainer.max_epochs=1"])
+    train_job.run(cfg)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt"
+    data = [o for o in tiny_demo_overrides() if o.startswith(("data", "trainer.accelerator"))]
+    ev = compose_cfg("evaluate", [*data, f"ckpt_path={ckpt}", f"paths.output_dir={tmp_path / 'ev'}"])
+    report = evaluate_job.run(ev)
+    assert report == check_metrics_file(tmp_path / "ev" / "metrics.json", n=48)
+
+
+def test_same_seed_gives_the_same_run(compose_cfg, tmp_path) -> None:
+    losses = []
+    for name in ("a", "b"):
+        cfg = compose_cfg("train", [*tiny_demo_overrides(), "trainer.max_epochs=1", "seed=0",
+                                    f"paths.output_dir={tmp_path / name}"])
+        losses.append(train_job.run(cfg)["val/loss"])
+    assert losses[0] == losses[1]
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_missing_data_root_tells_how_to_get_cifake(tmp_path) -> None:
+    proc = _cli(str(ROOT / "train.py"), f"data.root={tmp_path / 'nowhere'}", f"paths.log_dir={tmp_path}",
+                f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "birdy654/cifake-real-and-ai-generated-synthetic-images" in proc.stderr
+    assert "experiment=demo" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path) -> None:
+    proc = _cli(str(ROOT / "evaluate.py"), f"ckpt_path={tmp_path / 'none.ckpt'}", f"paths.log_dir={tmp_path}",
+                cwd=tmp_path)
+    assert proc.returncode == 2 and "is not a file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_config_typos_are_rejected_by_name(tmp_path) -> None:
+    proc = _cli(str(ROOT / "train.py"), "model.net.dropuots=[0.1]", f"paths.log_dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode != 0 and "dropuots" in proc.stderr

@@ -1,0 +1,57 @@
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from cifake.models.vgg import VGG
+
+# 3x3 convs 64x2, 128x2, 256x3, 512x3 with biases, 4 batch-norms (weight+bias),
+# dense 2048 -> 4000 -> 1500 -> 1 with biases.
+REPORT_NET_PARAMS = (
+    (3 * 64 * 9 + 64) + (64 * 64 * 9 + 64)
+    + (64 * 128 * 9 + 128) + (128 * 128 * 9 + 128)
+    + (128 * 256 * 9 + 256) + 2 * (256 * 256 * 9 + 256)
+    + (256 * 512 * 9 + 512) + 2 * (512 * 512 * 9 + 512)
+    + 2 * (64 + 128 + 256 + 512)
+    + (2048 * 4000 + 4000) + (4000 * 1500 + 1500) + (1500 + 1)
+)
+
+
+def test_default_config_builds_the_report_net(compose_cfg) -> None:
+    cfg = compose_cfg("train")
+    net = instantiate(cfg.model.net)
+    assert sum(p.numel() for p in net.parameters()) == REPORT_NET_PARAMS == 21_836_185
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64, 64, 128, 128, 256, 256, 256, 512, 512, 512]
+    assert all(c.kernel_size == (3, 3) and c.stride == (1, 1) and c.padding == (1, 1) for c in convs)
+    dropouts = [m.p for m in net.features.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts == [0.4, 0.4, 0.3, 0.2]
+    block = list(net.features[0])  # conv, relu, conv, relu, pool, norm, dropout
+    assert [type(m).__name__ for m in block] == ["Conv2d", "ReLU", "Conv2d", "ReLU", "MaxPool2d",
+                                                 "BatchNorm2d", "Dropout"]
+    assert not any(isinstance(m, torch.nn.Sigmoid) for m in net.modules())  # logits out
+    net.eval()
+    out = net(torch.rand(5, 3, 32, 32))
+    assert out.shape == (5,) and out.dtype == torch.float32
+
+
+def test_every_size_is_configurable() -> None:
+    net = VGG(filters=[4, 8], convs=[1, 3], dropouts=[0.1, 0.5], dense=[16, 8], image_size=16)
+    assert net(torch.rand(2, 3, 16, 16)).shape == (2,)
+    assert len([m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]) == 4
+    assert [m.out_features for m in net.head if isinstance(m, torch.nn.Linear)] == [16, 8, 1]
+
+
+def test_inconsistent_sizes_are_clear_errors() -> None:
+    with pytest.raises(ValueError, match="one entry per block"):
+        VGG(filters=[4, 8], convs=[1], dropouts=[0.1, 0.1], dense=[8])
+    with pytest.raises(ValueError, match="not divisible"):
+        VGG(filters=[4, 8, 8, 8, 8, 8], convs=[1] * 6, dropouts=[0.0] * 6, dense=[8], image_size=32)
+
+
+def test_hparams_are_plain_containers(compose_cfg) -> None:
+    cfg = compose_cfg("train", ["model.net.filters=[4,4,4,4]", "model.net.dense=[8]"])
+    model = instantiate(cfg.model, _convert_="all")
+    assert type(model.hparams.net) is dict and type(model.hparams.net["filters"]) is list
+    assert OmegaConf.is_config(model.hparams.optimizer) is False
+    assert model.hparams.classes == ["FAKE", "REAL"]

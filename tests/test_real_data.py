@@ -1,0 +1,47 @@
+"""Integration tests on real CIFAKE (``CIFAKE_ROOT``); skipped with the reason when it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cifake import train as train_job
+from cifake.data.scan import scan_split
+from tests.conftest import real_cifake_root
+
+pytestmark = [pytest.mark.real_data, pytest.mark.slow]
+
+# Budget and bar for the short CPU fit, chosen from runs over several seeds (see the note of
+# issue 2): 80 batches of 32 (2,560 images, about 40 s here) reach 0.80-0.86 test accuracy;
+# asserting 0.70 keeps the test far from both chance and flakiness.
+FIT_BATCHES = 80
+MIN_TEST_ACCURACY = 0.70
+
+
+@pytest.fixture(scope="module")
+def real_root() -> Path:
+    return real_cifake_root()
+
+
+def test_real_layout_and_labels(real_root: Path) -> None:
+    for split, n in (("train", 50_000), ("test", 10_000)):
+        listing = scan_split(real_root, split, ("FAKE", "REAL"))
+        assert listing.class_counts() == {"FAKE": n, "REAL": n}
+        assert listing.files[0].startswith(f"{split}/FAKE/") and listing.files[-1].startswith(f"{split}/REAL/")
+
+
+def test_default_vgg_learns_real_cifake_briefly(real_root: Path, compose_cfg, tmp_path: Path) -> None:
+    cache = os.environ.get("CIFAKE_CACHE_DIR", str(tmp_path / "cache"))  # .ci/run shares one cache
+    cfg = compose_cfg("train", [
+        f"data.root={real_root}", f"paths.cache_dir={cache}",
+        "trainer.accelerator=cpu", "trainer.max_epochs=1", f"trainer.limit_train_batches={FIT_BATCHES}",
+        "trainer.limit_val_batches=4", "trainer.limit_predict_batches=20", "trainer.enable_progress_bar=false",
+        "evaluate=true", "seed=0",
+    ])
+    report = train_job.run(cfg)["test"]
+    assert report["n"] == 20 * 256  # a fixed random subset of the test split, both classes
+    assert min(sum(row) for row in report["confusion_matrix"]) > 2000
+    assert report["accuracy"] > MIN_TEST_ACCURACY, report
+    assert report["auroc"] > MIN_TEST_ACCURACY
