@@ -17,8 +17,9 @@ def binary_report(p_real: torch.Tensor, labels: torch.Tensor, threshold: float,
     """Accuracy, AUROC, per-class precision/recall/F1 and the confusion matrix.
 
     ``p_real`` is the probability of label 1 (``classes[1]``); an image is predicted as label 1
-    when ``p_real > threshold`` (torchmetrics' convention, as in the training metrics). Precision, recall and F1 are given once with each class as the
-    positive one. ``confusion_matrix[i][j]`` counts images of true class i predicted as class j.
+    when ``p_real > threshold`` (torchmetrics' convention, as in the training metrics).
+    Precision, recall and F1 are given once with each class as the positive one.
+    ``confusion_matrix[i][j]`` counts images of true class i predicted as class j.
     """
     if p_real.shape != labels.shape or p_real.ndim != 1:
         raise ValueError(f"p_real {tuple(p_real.shape)} and labels {tuple(labels.shape)} must be equal 1-D")
@@ -54,6 +55,6 @@ def format_report(report: dict[str, Any], classes: tuple[str, ...] = ("FAKE", "R
     ]
     for c in classes:
         lines.append(f"{c:<{width}}{report['precision'][c]:>10.4f}{report['recall'][c]:>10.4f}{report['f1'][c]:>10.4f}")
-    lines.append(f"confusion (rows true, columns predicted): " +
-                 "  ".join(f"{c}: {row}" for c, row in zip(classes, cm)))
+    lines.append("confusion (rows true, columns predicted): " +
+                 "  ".join(f"{c}: {row}" for c, row in zip(classes, cm, strict=False)))
     return "\n".join(lines)

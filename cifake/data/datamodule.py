@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cifake.data.archive import is_archive, extract_archive
+from cifake.data.archive import extract_archive, is_archive
 from cifake.data.augment import random_shear, to_unit_float
 from cifake.data.cache import DecodedSplit, load_or_decode
 from cifake.data.demo import generate_demo
@@ -152,7 +152,7 @@ class CIFAKEDataModule(L.LightningDataModule):
 
     def _describe(self, ds: DecodedImages) -> str:
         counts = np.bincount(ds.split.labels[ds.indices], minlength=len(self.classes))
-        return f"{len(ds)} images (" + ", ".join(f"{c}={n}" for c, n in zip(self.classes, counts)) + ")"
+        return f"{len(ds)} images (" + ", ".join(f"{c}={n}" for c, n in zip(self.classes, counts, strict=False)) + ")"
 
     # -- loaders -----------------------------------------------------------------------------
     def _loader(self, ds: DecodedImages | None, train: bool) -> DataLoader:
