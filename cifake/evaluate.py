@@ -12,10 +12,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from cifake import schemas  # noqa: F401  (registers the config schemas)
 from cifake.errors import ConfigError
 from cifake.metrics import binary_report, format_report
 from cifake.models.classifier import Classifier
-from cifake.utils import instantiate_all
+from cifake.utils import instantiate_all, silence_known_warnings
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` on ``cfg.data``'s test split; write ``metrics.json``."""
     if cfg.seed is not None:
         L.seed_everything(cfg.seed, workers=True)
+    silence_known_warnings()
     datamodule = instantiate(cfg.data, _convert_="all")
     trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_all(cfg.get("logger")) or False,
                                      callbacks=[])

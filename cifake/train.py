@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +11,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig
 
+from cifake import schemas  # noqa: F401  (registers the config schemas)
 from cifake.evaluate import evaluate_checkpoint
-from cifake.utils import instantiate_all
+from cifake.utils import instantiate_all, silence_known_warnings
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +23,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     evaluate the best checkpoint on the test split, and return the final metrics."""
     if cfg.seed is not None:
         L.seed_everything(cfg.seed, workers=True)
-    # The data is decoded into memory once, so loader processes have nothing to hide.
-    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    silence_known_warnings()
 
     datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")
     model: L.LightningModule = instantiate(cfg.model, _convert_="all")

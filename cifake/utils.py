@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -23,6 +24,13 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
     if not group:
         return []
     return [instantiate(node, _convert_="all") for node in group.values() if node is not None]
+
+
+def silence_known_warnings() -> None:
+    """Hide warnings that say nothing to act on: the decoded data needs no loader processes, and
+    Lightning's pytree shim warns about a torch deprecation on every run."""
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def friendly_errors(job: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]:

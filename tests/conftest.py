@@ -12,6 +12,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 
+import cifake.schemas  # noqa: F401  (registers the config schemas before composing)
+
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # A small network so that fitting in tests takes seconds; the default net is tested on its own.
 TINY_NET = [

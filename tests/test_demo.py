@@ -5,7 +5,11 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 
-from cifake.data.demo import generate_demo
+from cifake.data.demo import generate_demo as _generate
+
+
+def generate_demo(root: Path, **kw) -> Path:
+    return _generate(root, image_size=32, upsample_factor=2, noise=0.06, jpeg_quality=90, **kw)
 
 
 def _load(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -27,6 +31,9 @@ def test_demo_is_deterministic_and_cifake_shaped(tmp_path: Path) -> None:
         assert im.format == "JPEG" and im.size == (32, 32) and im.mode == "RGB"
     c = generate_demo(tmp_path / "c", train_per_class=5, test_per_class=3, seed=2)
     assert (a / files[0]).read_bytes() != (c / files[0]).read_bytes()
+    # Changed parameters regenerate the folder instead of silently reusing it.
+    generate_demo(tmp_path / "a", train_per_class=4, test_per_class=3, seed=1)
+    assert len(list((a / "train" / "REAL").glob("*.jpg"))) == 4
 
 
 def test_fakes_differ_in_texture_not_in_global_intensity(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ textures, softer edges and the periodic traces of interpolation.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -65,13 +66,15 @@ def generate_demo(
     train_per_class: int,
     test_per_class: int,
     seed: int,
-    image_size: int = 32,
-    upsample_factor: int = 2,
-    noise: float = 0.06,
-    jpeg_quality: int = 90,
+    image_size: int,
+    upsample_factor: int,
+    noise: float,
+    jpeg_quality: int,
 ) -> Path:
-    """Write ``root/{train,test}/{FAKE,REAL}/NNNN.jpg`` unless a complete copy is already there."""
-    if (root / _DONE).exists():
+    """Write ``root/{train,test}/{FAKE,REAL}/NNNN.jpg`` unless a complete copy made with the same
+    parameters is already there (other parameters regenerate it)."""
+    params = json.dumps({k: v for k, v in locals().items() if k != "root"}, sort_keys=True)
+    if (root / _DONE).exists() and (root / _DONE).read_text() == params:
         return root
     shutil.rmtree(root, ignore_errors=True)
     tmp = root.with_name(root.name + ".partial")
@@ -88,6 +91,6 @@ def generate_demo(
                     pixels = render(rng, name == "FAKE", image_size, upsample_factor, noise)
                     Image.fromarray(pixels).save(folder / f"{i:04d}.jpg", quality=jpeg_quality)
                     bar.update()
-    (tmp / _DONE).touch()
+    (tmp / _DONE).write_text(params)
     tmp.rename(root)
     return root

@@ -1,0 +1,81 @@
+"""Typed schemas for the config groups users edit most, so that a wrong type or a misspelt key
+is refused by name when the config is composed, before anything runs.
+
+The schemas hold no values: every default lives in ``conf/``. They are registered with Hydra's
+ConfigStore on import, and the YAML files name them in their defaults lists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional  # noqa: UP035 - OmegaConf needs typing's Optional on Python 3.10
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class DemoSchema:
+    train_per_class: int = MISSING
+    test_per_class: int = MISSING
+    seed: int = MISSING
+    upsample_factor: int = MISSING
+    noise: float = MISSING
+    jpeg_quality: int = MISSING
+
+
+@dataclass
+class DataSchema:
+    _target_: str = MISSING
+    root: str = MISSING
+    cache_dir: str = MISSING
+    classes: list[str] = MISSING
+    train_split: str = MISSING
+    test_split: str = MISSING
+    image_size: int = MISSING
+    resample: str = MISSING
+    batch_size: int = MISSING
+    eval_batch_size: Optional[int] = MISSING  # noqa: UP045
+    val_fraction: float = MISSING
+    validate_on: str = MISSING
+    split_seed: int = MISSING
+    shear: float = MISSING
+    skip_bad_files: bool = MISSING
+    decode_workers: Optional[int] = MISSING  # noqa: UP045
+    num_workers: int = MISSING
+    demo: Optional[DemoSchema] = MISSING  # noqa: UP045
+
+
+@dataclass
+class VGGNetSchema:
+    _target_: str = MISSING
+    filters: list[int] = MISSING
+    convs: list[int] = MISSING
+    dropouts: list[float] = MISSING
+    dense: list[int] = MISSING
+    kernel_size: int = MISSING
+    dense_dropout: float = MISSING
+    in_channels: int = MISSING
+    image_size: int = MISSING
+
+
+@dataclass
+class VGGModelSchema:
+    _target_: str = MISSING
+    _recursive_: bool = MISSING
+    net: VGGNetSchema = field(default_factory=VGGNetSchema)
+    optimizer: dict[str, Any] = MISSING
+    scheduler: Optional[dict[str, Any]] = MISSING  # noqa: UP045
+    scheduler_interval: str = MISSING
+    classes: list[str] = MISSING
+    image_size: int = MISSING
+
+
+def register() -> None:
+    """Make the schemas available to ``conf/`` as ``data/schema`` and ``model/vgg_schema``."""
+    cs = ConfigStore.instance()
+    cs.store(group="data", name="schema", node=DataSchema)
+    cs.store(group="model", name="vgg_schema", node=VGGModelSchema)
+
+
+register()
