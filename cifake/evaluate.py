@@ -16,7 +16,7 @@ from cifake import schemas  # noqa: F401  (registers the config schemas)
 from cifake.errors import ConfigError
 from cifake.metrics import binary_report, format_report
 from cifake.models.classifier import Classifier
-from cifake.utils import instantiate_all, silence_known_warnings
+from cifake.utils import build_trainer, silence_known_warnings
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,5 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True)
     silence_known_warnings()
     datamodule = instantiate(cfg.data, _convert_="all")
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_all(cfg.get("logger")) or False,
-                                     callbacks=[])
+    trainer: L.Trainer = build_trainer(cfg)
     return evaluate_checkpoint(cfg.ckpt_path, datamodule, trainer, cfg.threshold, Path(cfg.paths.output_dir))

@@ -8,12 +8,11 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig
 
 from cifake import schemas  # noqa: F401  (registers the config schemas)
 from cifake.evaluate import evaluate_checkpoint
-from cifake.utils import instantiate_all, silence_known_warnings
+from cifake.utils import build_trainer, silence_known_warnings
 
 log = logging.getLogger(__name__)
 
@@ -27,24 +26,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")
     model: L.LightningModule = instantiate(cfg.model, _convert_="all")
-    callbacks = instantiate_all(cfg.get("callbacks"))
-    if not cfg.trainer.get("enable_progress_bar", True):
-        # Lightning refuses a progress-bar callback when the bar is off; the override should win.
-        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    loggers = instantiate_all(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = build_trainer(cfg)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
-    checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+    checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if checkpoint else ""
     out = Path(cfg.paths.output_dir)
     if cfg.get("evaluate") and not trainer.fast_dev_run:
         if not best:
             raise RuntimeError("evaluate=true needs a ModelCheckpoint callback to know the best weights")
         metrics["test"] = evaluate_checkpoint(best, datamodule, trainer, cfg.threshold, out)
-    _print_outputs(out, best, loggers, bool(metrics.get("test")))
+    _print_outputs(out, best, trainer.loggers, bool(metrics.get("test")))
     return metrics
 
 

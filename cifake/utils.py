@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig
 
 from cifake.errors import CifakeError
@@ -24,6 +25,17 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
     if not group:
         return []
     return [instantiate(node, _convert_="all") for node in group.values() if node is not None]
+
+
+def build_trainer(cfg: DictConfig, extra_callbacks: list[Any] | None = None, **overrides: Any) -> Any:
+    """The Trainer of ``cfg.trainer`` with the callbacks of ``cfg.callbacks`` (plus
+    ``extra_callbacks``) and the loggers of ``cfg.logger``; ``overrides`` replace trainer keys."""
+    callbacks = instantiate_all(cfg.get("callbacks")) + list(extra_callbacks or [])
+    if not overrides.get("enable_progress_bar", cfg.trainer.get("enable_progress_bar", True)):
+        # Lightning refuses a progress-bar callback when the bar is off; the override should win.
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    loggers = instantiate_all(cfg.get("logger"))
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
 
 
 def silence_known_warnings() -> None:

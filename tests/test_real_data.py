@@ -13,11 +13,14 @@ from tests.conftest import real_cifake_root
 
 pytestmark = [pytest.mark.real_data, pytest.mark.slow]
 
-# Budget and bar for the short CPU fit, chosen from runs over several seeds (see the note of
-# issue 2): 80 batches of 32 (2,560 images, about 40 s here) reach 0.80-0.86 test accuracy;
-# asserting 0.70 keeps the test far from both chance and flakiness.
-FIT_BATCHES = 80
-MIN_TEST_ACCURACY = 0.70
+# Budget and bars, from seeds 0-4 here (see the note of issue 2): after 160 batches of 32 (5,120
+# images, about 70 s on 2 cores) test accuracy was 0.67-0.83 and AUROC 0.89-0.91. Accuracy at the
+# 0.5 threshold varies more than AUROC this early (batch-norm running statistics still lag the
+# weights, so one seed leaned towards FAKE), hence a lower bar for it. On 5,120 test images
+# chance gives 0.50 +- 0.007.
+FIT_BATCHES = 160
+MIN_TEST_ACCURACY = 0.60
+MIN_TEST_AUROC = 0.80
 
 
 @pytest.fixture(scope="module")
@@ -44,4 +47,4 @@ def test_default_vgg_learns_real_cifake_briefly(real_root: Path, compose_cfg, tm
     assert report["n"] == 20 * 256  # a fixed random subset of the test split, both classes
     assert min(sum(row) for row in report["confusion_matrix"]) > 2000
     assert report["accuracy"] > MIN_TEST_ACCURACY, report
-    assert report["auroc"] > MIN_TEST_ACCURACY
+    assert report["auroc"] > MIN_TEST_AUROC, report
