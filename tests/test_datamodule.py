@@ -1,4 +1,5 @@
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -44,3 +45,14 @@ def test_bad_settings_are_config_errors(tmp_path: Path) -> None:
         CIFAKEDataModule(root="x", cache_dir="y", validate_on="val")
     with pytest.raises(ConfigError, match="shear"):
         CIFAKEDataModule(root="x", cache_dir="y", shear=-1)
+
+
+def test_each_stage_decodes_only_the_splits_it_reads(tmp_path: Path) -> None:
+    root = make_cifake_tree(tmp_path / "d", n_per_class=2)
+    dm = CIFAKEDataModule(root=str(root), cache_dir=str(tmp_path / "cache"), decode_workers=1)
+    assert dm.splits_for("predict") == ("test",) and dm.splits_for("fit") == ("train",)
+    dm.trainer = SimpleNamespace(state=SimpleNamespace(fn="predict"))
+    dm.prepare_data()
+    assert [p.name.split("-")[1] for p in (tmp_path / "cache" / "decoded").iterdir()] == ["test"]
+    on_test = CIFAKEDataModule(root=str(root), cache_dir=str(tmp_path / "cache"), validate_on="test")
+    assert on_test.splits_for("fit") == ("train", "test")

@@ -124,8 +124,20 @@ class CIFAKEDataModule(L.LightningDataModule):
             )
         return self._splits[split]
 
+    def splits_for(self, stage: str | None) -> tuple[str, ...]:
+        """The splits a stage reads: fit/validate need train (and test when validating on it),
+        test/predict only test, ``None`` both."""
+        hp = self.hparams
+        if stage in ("test", "predict"):
+            return (hp.test_split,)
+        if stage in ("fit", "validate") and hp.validate_on == "holdout":
+            return (hp.train_split,)
+        return (hp.train_split, hp.test_split)
+
     def prepare_data(self) -> None:
-        for split in (self.hparams.train_split, self.hparams.test_split):
+        """Extract, generate and decode what the trainer's current job reads (once; on rank 0)."""
+        stage = self.trainer.state.fn if self.trainer is not None else None
+        for split in self.splits_for(stage):
             self.decoded(split)
 
     def setup(self, stage: str | None = None) -> None:
