@@ -72,10 +72,11 @@ class VGGModelSchema:
 
 
 def register() -> None:
-    """Make the schemas available to ``conf/`` as ``data/schema`` and ``model/vgg_schema``."""
+    """Make the schemas available to ``conf/`` as ``/schema_data`` and ``/schema_vgg`` (outside
+    the config groups, so they are not offered as choices)."""
     cs = ConfigStore.instance()
-    cs.store(group="data", name="schema", node=DataSchema)
-    cs.store(group="model", name="vgg_schema", node=VGGModelSchema)
+    cs.store(name="schema_data", node=DataSchema)
+    cs.store(name="schema_vgg", node=VGGModelSchema)
 
 
 register()

@@ -110,3 +110,17 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path) -> None:
 def test_config_typos_are_rejected_by_name(tmp_path) -> None:
     proc = _cli(str(ROOT / "train.py"), "model.net.dropuots=[0.1]", f"paths.log_dir={tmp_path}", cwd=tmp_path)
     assert proc.returncode != 0 and "dropuots" in proc.stderr
+
+
+@pytest.mark.parametrize(("override", "named"), [
+    ("data.batch_size=abc", "data.batch_size"),
+    ("data.shear=steep", "data.shear"),
+    ("model.net.filters=[a,b]", "filters"),
+    ("data.demo.sed=1", "sed"),
+])
+def test_wrong_types_and_keys_are_refused_when_composing(compose_cfg, override, named) -> None:
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_cfg("train", ["data=demo", override])
+    assert named in str(err.value) + str(err.value.__cause__)
