@@ -10,6 +10,7 @@ import multiprocessing as mp
 import os
 import shutil
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,17 @@ class DecodedSplit:
         return len(self.labels)
 
 
+def _run_chunks(chunks: list[tuple], workers: int) -> Iterator[tuple[int, list[tuple[int, str]], Counter]]:
+    """Results of ``decode_into`` for each chunk, in this process or in ``workers`` processes."""
+    if workers <= 1 or len(chunks) == 1:
+        yield from (decode_into(*c) for c in chunks)
+        return
+    # spawn: decoders import only numpy and PIL, and never inherit torch's thread pools.
+    # An executor (unlike mp.Pool) fails loudly if a worker dies instead of respawning it.
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        yield from (done.result() for done in as_completed([pool.submit(decode_into, *c) for c in chunks]))
+
+
 def _decode_all(
     listing: SplitListing, npy: Path, size: int, resample: str, workers: int
 ) -> tuple[list[tuple[int, str]], Counter]:
@@ -50,22 +62,11 @@ def _decode_all(
               for i in range(0, len(files), _CHUNK)]
     bad: list[tuple[int, str]] = []
     converted: Counter = Counter()
-    bar = tqdm(total=len(files), desc=f"Decoding {listing.split}", unit="img", mininterval=1)
-    with bar:
-        if workers <= 1 or len(chunks) == 1:
-            for n, chunk_bad, chunk_conv in (decode_into(*c) for c in chunks):
-                bad += chunk_bad
-                converted += chunk_conv
-                bar.update(n)
-        else:
-            # spawn: decoders import only numpy and PIL, and never inherit torch's thread pools.
-            # An executor (unlike mp.Pool) fails loudly if a worker dies instead of respawning it.
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-                for done in as_completed([pool.submit(decode_into, *c) for c in chunks]):
-                    n, chunk_bad, chunk_conv = done.result()
-                    bad += chunk_bad
-                    converted += chunk_conv
-                    bar.update(n)
+    with tqdm(total=len(files), desc=f"Decoding {listing.split}", unit="img", mininterval=1) as bar:
+        for n, chunk_bad, chunk_conv in _run_chunks(chunks, workers):
+            bad += chunk_bad
+            converted += chunk_conv
+            bar.update(n)
     return sorted(bad), converted
 
 
