@@ -13,9 +13,19 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from cifake import schemas  # noqa: F401  (registers the config schemas)
+from cifake.callbacks.base import tensorboard_writers
 from cifake.errors import ConfigError
-from cifake.metrics import binary_report, format_report
+from cifake.metrics import binary_report, format_report, report_scalars
 from cifake.models.classifier import Classifier
+from cifake.report import (
+    Predictions,
+    curve_figures,
+    example_figures,
+    log_pr_curve,
+    write_figures,
+    write_predictions_csv,
+)
+from cifake.tracking import log_hparams, run_hparams
 from cifake.utils import build_trainer, silence_known_warnings
 
 log = logging.getLogger(__name__)
@@ -45,8 +55,10 @@ def predict_split(model: L.LightningModule, datamodule: L.LightningDataModule,
 
 
 def evaluate_checkpoint(ckpt_path: str | Path, datamodule: L.LightningDataModule, trainer: L.Trainer,
-                        threshold: float, out_dir: Path) -> dict[str, Any]:
-    """Score ``ckpt_path`` on the test split, write ``out_dir/metrics.json`` and return it."""
+                        threshold: float, out_dir: Path, settings: dict[str, Any] | DictConfig) -> dict[str, Any]:
+    """Score ``ckpt_path`` on the test split. Writes ``metrics.json``, ``predictions.csv`` and (with
+    ``settings.figures``) the figures of :mod:`cifake.report` into ``out_dir``, logs them to the
+    trainer's TensorBoard under ``test/``, and returns the metrics."""
     if not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"threshold={threshold} must lie in [0, 1] (it applies to p(REAL))")
     model = load_classifier(ckpt_path)
@@ -57,23 +69,42 @@ def evaluate_checkpoint(ckpt_path: str | Path, datamodule: L.LightningDataModule
             f"{datamodule.hparams.image_size}; set data.image_size={image_size}"
         )
     classes = tuple(model.hparams.get("classes", datamodule.classes))
-    pred = predict_split(model, datamodule, trainer)
-    report = binary_report(pred["p_real"], pred["label"], threshold, classes)
-    report_path = out_dir / "metrics.json"
+    raw = predict_split(model, datamodule, trainer)
+    split = datamodule.decoded(datamodule.hparams.test_split)
+    rows = raw["row"].numpy()
+    # Everything below is drawn from these arrays, aligned through the dataset rows.
+    pred = Predictions(files=[str(split.root / split.files[r]) for r in rows], labels=raw["label"].numpy(),
+                       p_real=raw["p_real"].numpy(), images=split.images[rows])
+    report = binary_report(raw["p_real"], raw["label"], threshold, classes)
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_predictions_csv(out_dir / "predictions.csv", pred, classes, threshold)
     for lg in trainer.loggers:
-        lg.log_metrics({"test/acc": report["accuracy"], "test/auroc": report["auroc"]}, step=trainer.global_step)
-    text = format_report(report, classes)
-    log.info("Test split, %s:\n%s\nWritten: %s", ckpt_path, text, report_path)
+        lg.log_metrics(report_scalars(report), step=trainer.global_step)
+    written = ["metrics.json", "predictions.csv"]
+    if settings["figures"]:
+        figures = curve_figures(pred, report["confusion_matrix"], classes, "test")
+        figures.update(example_figures(pred, classes, threshold, model, settings, "test"))
+        writers = tensorboard_writers(trainer)
+        # The counts travel inside the PNG too, so a figure can be checked against metrics.json.
+        counts = {"confusion_matrix": {"confusion_matrix": json.dumps(report["confusion_matrix"])}}
+        written += [p.name for p in write_figures(figures, out_dir, writers, trainer.global_step, metadata=counts)]
+        log_pr_curve(writers, "test/pr_curve", pred, trainer.global_step)
+    log.info("Test split, %s:\n%s\nWritten to %s: %s", ckpt_path, format_report(report, classes), out_dir,
+             ", ".join(written))
     return report
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate ``cfg.ckpt_path`` on ``cfg.data``'s test split; write ``metrics.json``."""
+    """Evaluate ``cfg.ckpt_path`` on ``cfg.data``'s test split; write the report files."""
     if cfg.seed is not None:
         L.seed_everything(cfg.seed, workers=True)
     silence_known_warnings()
     datamodule = instantiate(cfg.data, _convert_="all")
     trainer: L.Trainer = build_trainer(cfg)
-    return evaluate_checkpoint(cfg.ckpt_path, datamodule, trainer, cfg.threshold, Path(cfg.paths.output_dir))
+    report = evaluate_checkpoint(cfg.ckpt_path, datamodule, trainer, cfg.threshold, Path(cfg.paths.output_dir),
+                                 cfg.report)
+    params = {"ckpt_path": str(cfg.ckpt_path), "threshold": cfg.threshold, **run_hparams(cfg)}
+    log_hparams(trainer.loggers, params, report_scalars(report))
+    return report

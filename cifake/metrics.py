@@ -5,7 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassAUROC,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
 from torchmetrics.functional.classification import binary_auroc, binary_confusion_matrix
+from torchmetrics.wrappers import ClasswiseWrapper
 
 
 def _ratio(num: float, den: float) -> float:
@@ -44,6 +53,14 @@ def binary_report(p_real: torch.Tensor, labels: torch.Tensor, threshold: float,
     return report
 
 
+def report_scalars(report: dict[str, Any], prefix: str = "test/") -> dict[str, float]:
+    """A report's numbers under the dashboard's names (``test/acc``, ``test/precision_fake``, ...)."""
+    out = {f"{prefix}acc": report["accuracy"], f"{prefix}auroc": report["auroc"]}
+    for metric in ("precision", "recall", "f1"):
+        out.update({f"{prefix}{metric}_{name.lower()}": value for name, value in report[metric].items()})
+    return out
+
+
 def format_report(report: dict[str, Any], classes: tuple[str, ...] = ("FAKE", "REAL")) -> str:
     """The report as a small text table."""
     cm = report["confusion_matrix"]
@@ -58,3 +75,41 @@ def format_report(report: dict[str, Any], classes: tuple[str, ...] = ("FAKE", "R
     lines.append("confusion (rows true, columns predicted): " +
                  "  ".join(f"{c}: {row}" for c, row in zip(classes, cm, strict=False)))
     return "\n".join(lines)
+
+
+def classification_metrics(classes: tuple[str, ...] = ("FAKE", "REAL"), num_thresholds: int = 200,
+                           prefix: str = "") -> MetricCollection:
+    """Accuracy, AUROC and precision/recall/F1 with each class as the positive one, as one
+    :class:`MetricCollection` to clone per stage (keys such as ``val/precision_fake``).
+
+    Feed it :func:`two_class_probs` of p(REAL) and integer labels. A prediction is the more
+    probable class, i.e. REAL when p(REAL) > 0.5. AUROC is binned on ``num_thresholds``
+    thresholds so its state stays the same size however many images an epoch sees.
+    """
+    if len(classes) != 2:
+        raise ValueError(f"a binary classifier needs two classes, got {list(classes)}")
+    labels = [c.lower() for c in classes]
+
+    def per_class(metric: type, name: str) -> ClasswiseWrapper:
+        return ClasswiseWrapper(metric(num_classes=2, average=None), labels=labels, prefix=f"{name}_")
+
+    return MetricCollection(
+        {
+            "acc": MulticlassAccuracy(num_classes=2, average="micro"),
+            # With two classes, each class's one-vs-rest AUROC equals the binary AUROC of p(REAL).
+            "auroc": MulticlassAUROC(num_classes=2, average="macro", thresholds=num_thresholds),
+            "precision": per_class(MulticlassPrecision, "precision"),
+            "recall": per_class(MulticlassRecall, "recall"),
+            "f1": per_class(MulticlassF1Score, "f1"),
+        },
+        prefix=prefix,
+        # Shared-state groups lose track of updates inside ClasswiseWrapper after a reset; the
+        # states are tiny, so each metric keeps its own.
+        compute_groups=False,
+    )
+
+
+def two_class_probs(p_real: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` p(REAL) -> ``(N, 2)`` class probabilities [p(FAKE), p(REAL)] (FAKE=0, REAL=1)."""
+    p_real = p_real.float()
+    return torch.stack([1.0 - p_real, p_real], dim=1)

@@ -69,6 +69,8 @@ class VGGModelSchema:
     scheduler_interval: str = MISSING
     classes: list[str] = MISSING
     image_size: int = MISSING
+    num_thresholds: int = MISSING
+    gradcam_layer: Optional[str] = MISSING  # noqa: UP045
 
 
 def register() -> None:

@@ -12,6 +12,8 @@ from omegaconf import DictConfig
 
 from cifake import schemas  # noqa: F401  (registers the config schemas)
 from cifake.evaluate import evaluate_checkpoint
+from cifake.metrics import report_scalars
+from cifake.tracking import log_hparams, run_hparams
 from cifake.utils import build_trainer, silence_known_warnings
 
 log = logging.getLogger(__name__)
@@ -29,7 +31,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     trainer: L.Trainer = build_trainer(cfg)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    # Epoch-level values only: per-step and timing scalars describe the last batch, not the run.
+    metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()
+                               if not k.startswith(("train_step/", "perf/"))}
 
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if checkpoint else ""
@@ -37,7 +41,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("evaluate") and not trainer.fast_dev_run:
         if not best:
             raise RuntimeError("evaluate=true needs a ModelCheckpoint callback to know the best weights")
-        metrics["test"] = evaluate_checkpoint(best, datamodule, trainer, cfg.threshold, out)
+        metrics["test"] = evaluate_checkpoint(best, datamodule, trainer, cfg.threshold, out, cfg.report)
+    if checkpoint is not None and checkpoint.best_model_score is not None:
+        metrics[f"best/{checkpoint.monitor}"] = float(checkpoint.best_model_score)
+    if not trainer.fast_dev_run:
+        log_hparams(trainer.loggers, run_hparams(cfg),
+                    {**metrics, **(report_scalars(metrics["test"]) if "test" in metrics else {})})
     _print_outputs(out, best, trainer.loggers, bool(metrics.get("test")))
     return metrics
 

@@ -34,3 +34,24 @@ def test_threshold_applies_to_p_real_strictly() -> None:
 def test_single_class_gives_nan_auroc_not_a_crash() -> None:
     r = binary_report(torch.tensor([0.2, 0.8]), torch.tensor([1, 1]), 0.5)
     assert math.isnan(r["auroc"]) and r["accuracy"] == 0.5
+
+
+def test_dashboard_metrics_match_the_report_over_many_batches() -> None:
+    from cifake.metrics import classification_metrics, report_scalars, two_class_probs
+
+    gen = torch.Generator().manual_seed(0)
+    p = torch.rand(1000, generator=gen)
+    y = (torch.rand(1000, generator=gen) < 0.2 + 0.6 * p).long()
+    metrics = classification_metrics(prefix="val/")
+    for start in range(0, 1000, 64):  # batches, with a reset-and-reuse as between epochs
+        metrics.update(two_class_probs(p[start:start + 64]), y[start:start + 64])
+    metrics.compute()
+    metrics.reset()
+    for start in range(0, 1000, 64):
+        metrics.update(two_class_probs(p[start:start + 64]), y[start:start + 64])
+    logged = {k: float(v) for k, v in metrics.compute().items()}
+    expected = report_scalars(binary_report(p, y, threshold=0.5), prefix="val/")
+    assert set(logged) == set(expected)
+    for key, value in expected.items():
+        # AUROC is binned on 200 thresholds for the dashboard, exact in the report.
+        assert logged[key] == pytest.approx(value, abs=2e-3 if key.endswith("auroc") else 1e-6), key

@@ -8,9 +8,10 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from torch import nn
-from torchmetrics.classification import BinaryAccuracy
+from torchmetrics import MetricCollection
 
 from cifake.errors import ConfigError
+from cifake.metrics import classification_metrics, two_class_probs
 
 
 class Classifier(L.LightningModule):
@@ -20,6 +21,9 @@ class Classifier(L.LightningModule):
     ``save_hyperparameters``, so a checkpoint rebuilds the model on its own and loads with
     ``torch.load(..., weights_only=True)``.
 
+    Logged: ``train_step/*`` every ``log_every_n_steps``; ``{train,val,test}/*`` once per epoch
+    with the same names across stages (``loss``, ``acc``, ``auroc``, ``precision_fake``, ...).
+
     Args:
         net: Hydra config of the network (``_target_`` and its arguments).
         optimizer: Hydra config of the optimizer with ``_partial_: true``.
@@ -27,6 +31,8 @@ class Classifier(L.LightningModule):
         scheduler_interval: ``"epoch"`` or ``"step"``, when the scheduler steps.
         classes: class names by label (FAKE=0, REAL=1).
         image_size: side of the square input, recorded for evaluation and prediction.
+        num_thresholds: bins of the logged AUROC.
+        gradcam_layer: the module Grad-CAM explains by default (a name such as ``net.features.2.5``).
     """
 
     def __init__(
@@ -37,6 +43,8 @@ class Classifier(L.LightningModule):
         scheduler_interval: str = "epoch",
         classes: tuple[str, ...] = ("FAKE", "REAL"),
         image_size: int = 32,
+        num_thresholds: int = 200,
+        gradcam_layer: str | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("net", net), ("optimizer", optimizer), ("scheduler", scheduler)):
@@ -45,32 +53,59 @@ class Classifier(L.LightningModule):
         self.save_hyperparameters()
         self.net: nn.Module = instantiate(net)
         self.loss = nn.BCEWithLogitsLoss()
-        self.train_acc = BinaryAccuracy()
-        self.val_acc = BinaryAccuracy()
-        self.test_acc = BinaryAccuracy()
+        metrics = classification_metrics(tuple(classes), num_thresholds)
+        # One collection per stage, registered as submodules so they follow the model's device.
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits ``(N,)`` for float images ``(N, 3, H, W)`` in [0, 1]."""
         return self.net(images)
 
-    def _step(self, batch: tuple[torch.Tensor, ...], stage: str, acc: BinaryAccuracy) -> torch.Tensor:
-        images, labels = batch[0], batch[1]
+    def _metrics(self, stage: str) -> MetricCollection:
+        return getattr(self, f"{stage}_metrics")
+
+    def _step(self, batch: tuple[torch.Tensor, ...], stage: str) -> dict[str, torch.Tensor]:
+        images, labels, rows = batch
         logits = self(images)
         loss = self.loss(logits, labels.float())
-        acc(torch.sigmoid(logits), labels)
-        on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(labels))
-        self.log(f"{stage}/acc", acc, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(labels))
-        return loss
+        p_real = torch.sigmoid(logits.detach()).float()
+        n = len(labels)
+        if stage == "train":
+            step_values = self._metrics(stage)(two_class_probs(p_real), labels)  # this batch only
+            step_values = {k.replace("train/", "train_step/", 1): v for k, v in step_values.items()}
+            self.log_dict(step_values, on_step=True, on_epoch=False, batch_size=n)
+            self.log("train_step/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
+        else:
+            self._metrics(stage).update(two_class_probs(p_real), labels)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=n)
+        # Callbacks (curves, grids) read these from on_*_batch_end.
+        return {"loss": loss, "p_real": p_real, "label": labels, "row": rows}
 
-    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train", self.train_acc)
+    def _log_epoch(self, stage: str) -> None:
+        values = self._metrics(stage).compute()
+        self.log(f"{stage}/acc", values.pop(f"{stage}/acc"), on_epoch=True, prog_bar=stage == "val")
+        self.log_dict(values, on_step=False, on_epoch=True)
+        self._metrics(stage).reset()
 
-    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
-        self._step(batch, "val", self.val_acc)
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._step(batch, "train")
 
-    def test_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
-        self._step(batch, "test", self.test_acc)
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._step(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._step(batch, "test")
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
 
     def predict_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> dict[str, torch.Tensor]:
         """p(REAL), true label and dataset row of every image, so outputs cannot be misaligned."""

@@ -1,0 +1,70 @@
+"""Grad-CAM heat maps of fixed, correctly and wrongly classified images, logged as image grids."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+
+from cifake.callbacks.base import FigureCallback, dataset_examples, log_figure, tensorboard_writers
+from cifake.callbacks.predictions import predict_p_real
+from cifake.data.augment import to_unit_float
+from cifake.explain import explanation_sets, gradcam
+from cifake.plots import gradcam_figure
+
+
+class GradCAMCallback(FigureCallback):
+    """``{val,test}/gradcam/{fixed,correct,wrong}``: image | Grad-CAM overlay pairs for the class
+    the model predicts. ``fixed`` shows the same ``per_class`` images of each class every epoch;
+    ``correct`` and ``wrong`` the first ``per_class`` of each class the model gets right and wrong
+    among the first ``pool`` images of the evaluation set's fixed order.
+
+    ``target_layer`` names a module of the LightningModule; ``null`` uses the model's own
+    ``gradcam_layer`` hyper-parameter. The model's mode, gradients and hooks are left as they were.
+    """
+
+    name = "gradcam"
+
+    def __init__(self, every_n_epochs: int = 1, on_test: bool = True, target_layer: str | None = None,
+                 per_class: int = 4, pool: int = 256, pairs_per_row: int = 4, threshold: float = 0.5) -> None:
+        super().__init__(every_n_epochs, on_test)
+        self.target_layer, self.per_class, self.pool = target_layer, per_class, pool
+        self.pairs_per_row, self.threshold = pairs_per_row, threshold
+        self._pools: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
+
+    def layer(self, pl_module: L.LightningModule) -> str | None:
+        return self.target_layer or pl_module.hparams.get("gradcam_layer")
+
+    def _draw(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        layer = self.layer(pl_module)
+        if layer is None or not (self.due(trainer, stage) and trainer.is_global_zero):
+            return
+        with self.timed(trainer):
+            if stage not in self._pools:
+                images, labels, _ = dataset_examples(self.stage_dataset(trainer, stage), self.pool)
+                self._pools[stage] = (images, labels)
+            images, labels = self._pools[stage]
+            p_real = predict_p_real(pl_module, images)
+            predicted = (p_real > self.threshold).astype(np.int64)
+            sets = explanation_sets(labels, predicted, self.per_class)
+            order = np.concatenate(list(sets.values()))
+            x = to_unit_float(images[order].to(pl_module.device))
+            cams = gradcam(pl_module, x, predicted[order], layer)
+            sections, start = {}, 0
+            for name, idx in sets.items():
+                part = slice(start, start + len(idx))
+                sections[name] = (images[idx].numpy(), cams[part], p_real[idx], labels[idx])
+                start += len(idx)
+            classes = tuple(pl_module.hparams.get("classes", ("FAKE", "REAL")))
+            writers = tensorboard_writers(trainer)
+            suffix = f", {stage} epoch {trainer.current_epoch}" if stage == "val" else f", {stage}"
+            for name, section in sections.items():
+                fig = gradcam_figure({name: section}, classes, self.threshold, self.pairs_per_row,
+                                     f"Grad-CAM at {layer} ({name}{suffix})")
+                log_figure(writers, f"{stage}/gradcam/{name}", fig, trainer.global_step)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._draw(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._draw(trainer, pl_module, "test")

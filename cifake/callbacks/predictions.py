@@ -1,0 +1,64 @@
+"""A grid of the same validation images every epoch, titled with the model's prediction."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+
+from cifake.callbacks.base import FigureCallback, dataset_examples, log_figure, tensorboard_writers
+from cifake.data.augment import to_unit_float
+from cifake.explain import pick_per_class
+from cifake.plots import prediction_grid_figure
+
+
+@torch.no_grad()
+def predict_p_real(pl_module: L.LightningModule, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    """p(REAL) of uint8 ``images`` with the module in eval mode (its mode is restored after)."""
+    was_training = pl_module.training
+    pl_module.eval()
+    try:
+        out = [torch.sigmoid(pl_module(to_unit_float(chunk.to(pl_module.device)))).float().cpu()
+               for chunk in images.split(batch_size)]
+    finally:
+        pl_module.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+
+class PredictionGridCallback(FigureCallback):
+    """``{val,test}/predictions``: ``per_class`` images of each class, the same ones every epoch,
+    each titled with the predicted class, p(FAKE) and the truth, green when right and red when
+    wrong (the report's figure 8). Images are the first of each class in the evaluation set's
+    fixed order, found among its first ``search`` items."""
+
+    name = "prediction_grid"
+
+    def __init__(self, every_n_epochs: int = 1, on_test: bool = True, per_class: int = 8, ncols: int = 8,
+                 threshold: float = 0.5, search: int = 512) -> None:
+        super().__init__(every_n_epochs, on_test)
+        self.per_class, self.ncols, self.threshold, self.search = per_class, ncols, threshold, search
+        self._examples: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
+
+    def examples(self, trainer: L.Trainer, stage: str) -> tuple[torch.Tensor, np.ndarray]:
+        if stage not in self._examples:
+            images, labels, _ = dataset_examples(self.stage_dataset(trainer, stage), self.search)
+            keep = pick_per_class(labels, self.per_class)
+            self._examples[stage] = (images[keep], labels[keep])
+        return self._examples[stage]
+
+    def _draw(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not (self.due(trainer, stage) and trainer.is_global_zero):
+            return
+        with self.timed(trainer):
+            images, labels = self.examples(trainer, stage)
+            p_real = predict_p_real(pl_module, images)
+            classes = tuple(pl_module.hparams.get("classes", ("FAKE", "REAL")))
+            title = f"{stage} predictions, epoch {trainer.current_epoch}" if stage == "val" else "test predictions"
+            fig = prediction_grid_figure(images.numpy(), p_real, labels, classes, self.threshold, self.ncols, title)
+            log_figure(tensorboard_writers(trainer), f"{stage}/predictions", fig, trainer.global_step)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._draw(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._draw(trainer, pl_module, "test")

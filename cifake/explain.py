@@ -1,0 +1,91 @@
+"""Grad-CAM heat maps that leave the model exactly as they found it, and the choice of which
+images to explain."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
+from torch import nn
+
+from cifake.errors import ConfigError
+
+
+def resolve_layer(model: nn.Module, name: str) -> nn.Module:
+    """The submodule called ``name`` (e.g. ``net.features.2.5``), or a :class:`ConfigError` that
+    lists the layers one could name instead."""
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        convs = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.ReLU, nn.Sequential)) and n]
+        raise ConfigError(
+            f"Grad-CAM layer {name!r} is not in this model. Convolutional layers and blocks it has: "
+            f"{', '.join(convs[:40])}{' ...' if len(convs) > 40 else ''}. Set model.gradcam_layer "
+            "(or callbacks.gradcam.target_layer) to one of them."
+        ) from None
+
+
+@contextmanager
+def preserved_state(model: nn.Module) -> Iterator[None]:
+    """Restore every module's train/eval mode, every parameter's ``.grad`` and ``requires_grad``
+    on exit; pytorch-grad-cam switches the model to eval mode and overwrites gradients."""
+    modes = [(m, m.training) for m in model.modules()]
+    params = [(p, p.requires_grad, None if p.grad is None else p.grad.detach().clone()) for p in model.parameters()]
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+        for p, requires_grad, grad in params:
+            p.requires_grad_(requires_grad)
+            p.grad = grad
+
+
+def gradcam(model: nn.Module, images: torch.Tensor, target_classes: Sequence[int], layer: str) -> np.ndarray:
+    """Grad-CAM maps ``(N, H, W)`` in [0, 1] of one-logit ``model`` on float ``images`` for the
+    given classes (1: evidence for label 1, 0: evidence against it).
+
+    Safe inside Lightning's loops: gradients are switched on even under ``no_grad`` or
+    ``inference_mode`` (as in ``trainer.validate``/``test``), mixed-precision autocast is switched
+    off, and the model's mode, gradients and hooks are as before when it returns.
+    """
+    if len(images) != len(target_classes):
+        raise ValueError(f"{len(images)} images but {len(target_classes)} target classes")
+    if len(images) == 0:
+        return np.zeros((0, *images.shape[2:]), dtype=np.float32)
+    target_layer = resolve_layer(model, layer)
+    targets = [BinaryClassifierOutputTarget(int(c)) for c in target_classes]
+    device_type = images.device.type
+    with (preserved_state(model), torch.inference_mode(False), torch.enable_grad(),
+          torch.autocast(device_type=device_type, enabled=False)):
+        # A clone made outside inference mode is an ordinary tensor that autograd can use.
+        x = images.detach().clone().float()
+        with GradCAM(model=model, target_layers=[target_layer]) as cam:
+            maps = cam(input_tensor=x, targets=targets)
+    return np.asarray(maps, dtype=np.float32)
+
+
+def pick_per_class(labels: np.ndarray, per_class: int, mask: np.ndarray | None = None,
+                   num_classes: int = 2) -> np.ndarray:
+    """Positions of the first ``per_class`` items of each class (optionally only where ``mask``),
+    classes in label order; fewer where a class has fewer."""
+    labels = np.asarray(labels)
+    keep = np.ones(len(labels), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    chosen = [np.flatnonzero((labels == c) & keep)[:per_class] for c in range(num_classes)]
+    return np.concatenate(chosen).astype(np.int64)
+
+
+def explanation_sets(labels: np.ndarray, predicted: np.ndarray, per_class: int) -> dict[str, np.ndarray]:
+    """Which images to explain: the first ``per_class`` of each class (the same images every time:
+    ``fixed``), and the first ``per_class`` of each class that the model gets ``correct`` and
+    ``wrong``."""
+    right = np.asarray(labels) == np.asarray(predicted)
+    return {
+        "fixed": pick_per_class(labels, per_class),
+        "correct": pick_per_class(labels, per_class, right),
+        "wrong": pick_per_class(labels, per_class, ~right),
+    }

@@ -1,0 +1,149 @@
+"""Figures of a binary real-vs-fake classifier: ROC, precision-recall, confusion matrix, prediction
+grids and Grad-CAM overlays.
+
+Every function takes arrays that were already computed (curves, counts, probabilities) and returns
+a matplotlib :class:`~matplotlib.figure.Figure`; nothing here runs a model. Figures are built with
+the object API, not pyplot, so no global state or display backend is involved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
+CORRECT_COLOUR = "#1a7f37"
+WRONG_COLOUR = "#cf222e"
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One curve: ``x`` and ``y`` in plotting order and a summary number for the legend."""
+
+    x: np.ndarray
+    y: np.ndarray
+    summary: float
+
+
+def auc(x: np.ndarray, y: np.ndarray) -> float:
+    """Area under a curve by the trapezoidal rule (x in either order)."""
+    order = np.argsort(x, kind="stable")
+    return float(np.trapezoid(np.asarray(y)[order], np.asarray(x)[order]))
+
+
+def average_precision(precision: np.ndarray, recall: np.ndarray) -> float:
+    """Step-wise area under a precision-recall curve given with recall decreasing (torchmetrics'
+    order): sum over steps of the recall gained times the precision reached."""
+    precision, recall = np.asarray(precision), np.asarray(recall)
+    return float(-np.sum((recall[1:] - recall[:-1]) * precision[:-1]))
+
+
+def roc_figure(fpr: np.ndarray, tpr: np.ndarray, positive: str, title: str = "ROC") -> Figure:
+    """The ROC curve of ``positive`` against the other class, with its AUC in the legend."""
+    fig = Figure(figsize=(4.5, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(fpr, tpr, lw=2, label=f"AUC = {auc(fpr, tpr):.4f}")
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="chance")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel=f"false positive rate (other class called {positive})",
+           ylabel=f"true positive rate (recall of {positive})", title=title)
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def pr_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str = "Precision-recall") -> Figure:
+    """Precision-recall curves, one per positive class: ``{class: (precision, recall)}`` with recall
+    decreasing, as torchmetrics returns them; average precision in the legend."""
+    fig = Figure(figsize=(4.5, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for name, (precision, recall) in curves.items():
+        ax.plot(recall, precision, lw=2, label=f"{name} positive: AP = {average_precision(precision, recall):.4f}")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall", ylabel="precision", title=title)
+    ax.legend(loc="lower left")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def confusion_figure(cm: Sequence[Sequence[int]], classes: Sequence[str], title: str = "Confusion matrix") -> Figure:
+    """Counts with the share of each true class (row) under them; rows true, columns predicted."""
+    cm = np.asarray(cm, dtype=np.int64)
+    rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig = Figure(figsize=(4.2, 3.8), layout="constrained")
+    ax = fig.add_subplot()
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, f"{cm[i, j]:,}\n{rates[i, j]:.1%}", ha="center", va="center",
+                    color="white" if rates[i, j] > 0.5 else "black", fontsize=11)
+    ticks = range(len(classes))
+    ax.set(xticks=ticks, yticks=ticks, xticklabels=classes, yticklabels=classes,
+           xlabel="predicted", ylabel="true", title=f"{title} (n={cm.sum():,})")
+    return fig
+
+
+def _hwc(image: np.ndarray) -> np.ndarray:
+    """``(3, H, W)`` uint8 -> ``(H, W, 3)`` float in [0, 1] for display."""
+    return np.transpose(image, (1, 2, 0)).astype(np.float32) / 255.0
+
+
+def _caption(p_real: float, label: int, classes: Sequence[str], threshold: float) -> tuple[str, bool]:
+    predicted = int(p_real > threshold)
+    text = f"pred {classes[predicted]}\np({classes[0]})={1 - p_real:.2f}\ntrue {classes[label]}"
+    return text, predicted == label
+
+
+def prediction_grid_figure(images: np.ndarray, p_real: np.ndarray, labels: np.ndarray, classes: Sequence[str],
+                           threshold: float = 0.5, ncols: int = 8, title: str = "Predictions") -> Figure:
+    """Images ``(N, 3, H, W)`` uint8, each titled with the predicted class, p(FAKE) and the truth,
+    green when right and red when wrong."""
+    n = len(images)
+    nrows = max(1, -(-n // ncols))
+    fig = Figure(figsize=(1.5 * ncols, 1.95 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k >= n:
+            continue
+        ax.imshow(_hwc(images[k]), interpolation="nearest")
+        text, right = _caption(float(p_real[k]), int(labels[k]), classes, threshold)
+        ax.set_title(text, fontsize=8, color=CORRECT_COLOUR if right else WRONG_COLOUR)
+    fig.suptitle(f"{title} (green: right, red: wrong)")
+    return fig
+
+
+def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """A heat map ``(H, W)`` in [0, 1] blended over a ``(3, H, W)`` uint8 image, as ``(H, W, 3)`` floats."""
+    heat = colormaps["jet"](np.clip(cam, 0, 1))[..., :3]
+    return (1 - alpha) * _hwc(image) + alpha * heat
+
+
+def gradcam_figure(sections: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+                   classes: Sequence[str], threshold: float = 0.5, pairs_per_row: int = 4,
+                   title: str = "Grad-CAM for the predicted class") -> Figure:
+    """Image | overlay pairs, one block of rows per section: ``{name: (images, cams, p_real, labels)}``
+    with images ``(N, 3, H, W)`` uint8 and cams ``(N, H, W)`` in [0, 1]."""
+    layout: list[tuple[str, int]] = []  # (section, first image index) per row
+    for name, (images, *_rest) in sections.items():
+        layout += [(name, i) for i in range(0, max(len(images), 1), pairs_per_row)]
+    ncols = 2 * pairs_per_row
+    fig = Figure(figsize=(1.4 * ncols, 2.0 * len(layout)), layout="constrained")
+    axes = fig.subplots(len(layout), ncols, squeeze=False)
+    for (name, start), row in zip(layout, axes, strict=True):
+        images, cams, p_real, labels = sections[name]
+        for ax in row:
+            ax.axis("off")
+        if len(images) == 0:
+            row[0].set_title(f"{name}: none", fontsize=9, loc="left")
+            continue
+        for j, k in enumerate(range(start, min(start + pairs_per_row, len(images)))):
+            text, right = _caption(float(p_real[k]), int(labels[k]), classes, threshold)
+            colour = CORRECT_COLOUR if right else WRONG_COLOUR
+            row[2 * j].imshow(_hwc(images[k]), interpolation="nearest")
+            row[2 * j].set_title(text, fontsize=7, color=colour)
+            row[2 * j + 1].imshow(overlay(images[k], cams[k]), interpolation="bilinear")
+            row[2 * j + 1].set_title(name if k == start and j == 0 else "", fontsize=8, loc="left")
+    fig.suptitle(title)
+    return fig

@@ -1,0 +1,115 @@
+"""The files an evaluation leaves: ``predictions.csv`` and the figures, all drawn from the one set
+of predictions that ``metrics.json`` was computed from."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc
+
+from cifake.callbacks.base import log_figure
+from cifake.data.augment import to_unit_float
+from cifake.explain import explanation_sets, gradcam, pick_per_class
+from cifake.plots import confusion_figure, gradcam_figure, pr_figure, prediction_grid_figure, roc_figure
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """One prediction per image, aligned by construction: ``files[i]`` has ``labels[i]`` and
+    ``p_real[i]``; ``images`` holds the decoded pixels ``(N, 3, H, W)`` uint8 in the same order."""
+
+    files: Sequence[str]
+    labels: np.ndarray
+    p_real: np.ndarray
+    images: np.ndarray
+
+    def predicted(self, threshold: float) -> np.ndarray:
+        """Label 1 (REAL) where p(REAL) > ``threshold``, as ``metrics.json`` counts it."""
+        return (self.p_real > threshold).astype(np.int64)
+
+
+def write_predictions_csv(path: Path, pred: Predictions, classes: Sequence[str], threshold: float) -> None:
+    """``path,label,p_real,predicted``: one row per image, class names for the labels."""
+    predicted = pred.predicted(threshold)
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label", "p_real", "predicted"])
+        for file, label, p, guess in zip(pred.files, pred.labels, pred.p_real, predicted, strict=True):
+            writer.writerow([file, classes[int(label)], f"{float(p):.6f}", classes[int(guess)]])
+
+
+def curve_figures(pred: Predictions, confusion: Sequence[Sequence[int]], classes: Sequence[str],
+                  title: str) -> dict[str, Figure]:
+    """Exact ROC and PR curves of every prediction, and the confusion matrix as counted for
+    ``metrics.json``."""
+    p = torch.from_numpy(pred.p_real).float()
+    y = torch.from_numpy(pred.labels).long()
+    figures = {"confusion_matrix": confusion_figure(confusion, classes, f"Confusion ({title})")}
+    if 0 < int(y.sum()) < len(y):  # curves need both classes
+        fpr, tpr, _ = binary_roc(p, y)
+        real = binary_precision_recall_curve(p, y)[:2]
+        fake = binary_precision_recall_curve(1 - p, 1 - y)[:2]
+        figures["roc"] = roc_figure(fpr.numpy(), tpr.numpy(), classes[1], f"ROC ({title})")
+        figures["pr"] = pr_figure({classes[1]: tuple(v.numpy() for v in real),
+                                   classes[0]: tuple(v.numpy() for v in fake)}, f"Precision-recall ({title})")
+    else:
+        log.warning("Only one class among the labels: ROC and precision-recall figures are skipped")
+    return figures
+
+
+def example_figures(pred: Predictions, classes: Sequence[str], threshold: float, model: nn.Module | None,
+                    settings: dict[str, Any], title: str) -> dict[str, Figure]:
+    """The prediction grid and, when ``model`` and a Grad-CAM layer are given, Grad-CAM overlays of
+    correctly and wrongly classified examples of each class (for the predicted class). Images are taken in the order of
+    ``pred``; probabilities come from ``pred``, the model only supplies gradients."""
+    grid = pick_per_class(pred.labels, settings["examples_per_class"])
+    figures = {"predictions": prediction_grid_figure(pred.images[grid], pred.p_real[grid], pred.labels[grid],
+                                                     classes, threshold, settings["ncols"], f"Predictions ({title})")}
+    layer = settings.get("gradcam_layer") or (getattr(model, "hparams", {}).get("gradcam_layer") if model else None)
+    if model is None or layer is None:
+        log.info("Grad-CAM skipped: %s", "no network to explain" if model is None else "no Grad-CAM layer set")
+        return figures
+    predicted = pred.predicted(threshold)
+    # The prediction grid already shows the first images; a report explains right and wrong calls.
+    sets = explanation_sets(pred.labels, predicted, settings["gradcam_per_class"])
+    sets = {"correct": sets["correct"], "wrong": sets["wrong"]}
+    order = np.concatenate(list(sets.values()))
+    device = next(model.parameters()).device
+    cams = gradcam(model, to_unit_float(torch.from_numpy(pred.images[order]).to(device)), predicted[order], layer)
+    sections, start = {}, 0
+    for name, idx in sets.items():
+        sections[name] = (pred.images[idx], cams[start:start + len(idx)], pred.p_real[idx], pred.labels[idx])
+        start += len(idx)
+    figures["gradcam"] = gradcam_figure(sections, classes, threshold, settings["pairs_per_row"],
+                                        f"Grad-CAM at {layer} for the predicted class ({title})")
+    return figures
+
+
+def log_pr_curve(writers: list, tag: str, pred: Predictions, step: int, num_thresholds: int = 201) -> None:
+    """TensorBoard's native precision-recall curve of every prediction (REAL positive)."""
+    for writer in writers:
+        writer.add_pr_curve(tag, pred.labels, pred.p_real, global_step=step, num_thresholds=num_thresholds)
+
+
+def write_figures(figures: dict[str, Figure], out_dir: Path, writers: list, step: int, prefix: str = "test",
+                  metadata: dict[str, dict[str, str]] | None = None) -> list[Path]:
+    """Save each figure as ``out_dir/<name>.png`` (with ``metadata[name]`` as PNG text chunks) and
+    log it to TensorBoard as ``<prefix>/<name>``."""
+    written = []
+    for name, fig in figures.items():
+        path = out_dir / f"{name}.png"
+        fig.savefig(path, dpi=120, metadata=(metadata or {}).get(name))
+        log_figure(writers, f"{prefix}/{name}", fig, step)
+        written.append(path)
+    return written
