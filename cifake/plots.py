@@ -147,3 +147,75 @@ def gradcam_figure(sections: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray,
             row[2 * j + 1].set_title(name if k == start and j == 0 else "", fontsize=8, loc="left")
     fig.suptitle(title)
     return fig
+
+
+def class_balance_figure(counts: dict[str, dict[str, int]], title: str = "Images per class") -> Figure:
+    """Bars of images per class for each set: ``{set: {class: count}}``."""
+    sets = list(counts)
+    classes = sorted({c for per in counts.values() for c in per})
+    fig = Figure(figsize=(1.6 + 1.4 * len(sets), 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    width = 0.8 / max(len(classes), 1)
+    for k, name in enumerate(classes):
+        xs = np.arange(len(sets)) + (k - (len(classes) - 1) / 2) * width
+        values = [counts[s].get(name, 0) for s in sets]
+        bars = ax.bar(xs, values, width, label=name)
+        ax.bar_label(bars, labels=[f"{v:,}" for v in values], fontsize=8)
+    ax.set(xticks=range(len(sets)), xticklabels=sets, ylabel="images", title=title)
+    ax.legend()
+    return fig
+
+
+def correlation_figure(features: np.ndarray, names: Sequence[str], title: str = "Feature correlation") -> Figure:
+    """Pearson correlation between feature columns (constant columns show as 0)."""
+    x = np.asarray(features, dtype=np.float64)
+    x = x - x.mean(axis=0)
+    scale = np.sqrt((x ** 2).sum(axis=0))
+    corr = (x.T @ x) / np.maximum(np.outer(scale, scale), 1e-12)
+    size = 2.5 + 0.32 * len(names)
+    fig = Figure(figsize=(size + 1.8, size), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(corr, cmap="RdBu_r", vmin=-1, vmax=1)
+    ticks = range(len(names))
+    ax.set(xticks=ticks, yticks=ticks, title=title)
+    ax.set_xticklabels(names, rotation=90, fontsize=7)
+    ax.set_yticklabels(names, fontsize=7)
+    if len(names) <= 12:
+        for i in ticks:
+            for j in ticks:
+                ax.text(j, i, f"{corr[i, j]:.2f}", ha="center", va="center", fontsize=7)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    return fig
+
+
+def feature_distributions_figure(features: np.ndarray, labels: np.ndarray, names: Sequence[str],
+                                 classes: Sequence[str], bins: int = 40, ncols: int = 4,
+                                 title: str = "Feature distributions per class") -> Figure:
+    """One histogram per feature, the classes overlaid (densities, common bins)."""
+    nrows = max(1, -(-len(names) // ncols))
+    fig = Figure(figsize=(3.0 * ncols, 2.3 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        if k >= len(names):
+            ax.axis("off")
+            continue
+        column = features[:, k]
+        edges = np.histogram_bin_edges(column[np.isfinite(column)], bins=bins)
+        for label, name in enumerate(classes):
+            ax.hist(column[labels == label], bins=edges, density=True, alpha=0.5, label=name)
+        ax.set_title(names[k], fontsize=9)
+        ax.tick_params(labelsize=7)
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
+def importance_figure(importances: dict[str, float], title: str = "Feature importances") -> Figure:
+    """Horizontal bars, most important on top."""
+    items = sorted(importances.items(), key=lambda kv: kv[1])
+    fig = Figure(figsize=(5.5, 1.2 + 0.25 * len(items)), layout="constrained")
+    ax = fig.add_subplot()
+    ax.barh([k for k, _ in items], [v for _, v in items])
+    ax.set(xlabel="mean decrease in impurity", title=title)
+    ax.tick_params(axis="y", labelsize=8)
+    return fig

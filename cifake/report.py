@@ -4,6 +4,7 @@ of predictions that ``metrics.json`` was computed from."""
 from __future__ import annotations
 
 import csv
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,9 +17,11 @@ from matplotlib.figure import Figure
 from torch import nn
 from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc
 
-from cifake.callbacks.base import log_figure
+from cifake.callbacks.base import log_figure, tensorboard_writers
 from cifake.data.augment import to_unit_float
+from cifake.data.cache import DecodedSplit
 from cifake.explain import explanation_sets, gradcam, pick_per_class
+from cifake.metrics import binary_report, format_report, report_scalars
 from cifake.plots import confusion_figure, gradcam_figure, pr_figure, prediction_grid_figure, roc_figure
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,14 @@ class Predictions:
     labels: np.ndarray
     p_real: np.ndarray
     images: np.ndarray
+
+    @classmethod
+    def of_rows(cls, split: DecodedSplit, rows: np.ndarray, p_real: np.ndarray) -> Predictions:
+        """Predictions ``p_real[i]`` for row ``rows[i]`` of a decoded split; files, labels and
+        pixels are looked up by row, so nothing can be misaligned."""
+        rows = np.asarray(rows)
+        return cls(files=[str(split.root / split.files[r]) for r in rows], labels=np.asarray(split.labels[rows]),
+                   p_real=np.asarray(p_real, dtype=np.float32), images=split.images[rows])
 
     def predicted(self, threshold: float) -> np.ndarray:
         """Label 1 (REAL) where p(REAL) > ``threshold``, as ``metrics.json`` counts it."""
@@ -77,8 +88,10 @@ def example_figures(pred: Predictions, classes: Sequence[str], threshold: float,
     figures = {"predictions": prediction_grid_figure(pred.images[grid], pred.p_real[grid], pred.labels[grid],
                                                      classes, threshold, settings["ncols"], f"Predictions ({title})")}
     layer = settings.get("gradcam_layer") or (getattr(model, "hparams", {}).get("gradcam_layer") if model else None)
-    if model is None or layer is None:
-        log.info("Grad-CAM skipped: %s", "no network to explain" if model is None else "no Grad-CAM layer set")
+    if model is None:  # the caller says why (e.g. a forest has no layers)
+        return figures
+    if layer is None:
+        log.info("Grad-CAM skipped: the checkpoint names no model.gradcam_layer; set report.gradcam_layer")
         return figures
     predicted = pred.predicted(threshold)
     # The prediction grid already shows the first images; a report explains right and wrong calls.
@@ -113,3 +126,29 @@ def write_figures(figures: dict[str, Figure], out_dir: Path, writers: list, step
         log_figure(writers, f"{prefix}/{name}", fig, step)
         written.append(path)
     return written
+
+
+def write_report(pred: Predictions, classes: Sequence[str], threshold: float, out_dir: Path,
+                 settings: dict[str, Any], loggers: list, step: int, source: str,
+                 model: nn.Module | None = None) -> dict[str, Any]:
+    """Everything an evaluation leaves, from ``pred`` alone: ``metrics.json``, ``predictions.csv``
+    and (with ``settings["figures"]``) the figures as PNGs, logged to ``loggers`` under ``test/``
+    too. ``model``, if given, is used only for Grad-CAM's gradients. Returns the metrics."""
+    report = binary_report(torch.from_numpy(pred.p_real), torch.from_numpy(pred.labels), threshold, tuple(classes))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_predictions_csv(out_dir / "predictions.csv", pred, classes, threshold)
+    for lg in loggers:
+        lg.log_metrics(report_scalars(report), step=step)
+    written = ["metrics.json", "predictions.csv"]
+    if settings["figures"]:
+        writers = tensorboard_writers(loggers)
+        figures = curve_figures(pred, report["confusion_matrix"], classes, "test")
+        figures.update(example_figures(pred, classes, threshold, model, settings, "test"))
+        # The counts travel inside the PNG too, so a figure can be checked against metrics.json.
+        counts = {"confusion_matrix": {"confusion_matrix": json.dumps(report["confusion_matrix"])}}
+        written += [p.name for p in write_figures(figures, out_dir, writers, step, metadata=counts)]
+        log_pr_curve(writers, "test/pr_curve", pred, step)
+    log.info("Test split, %s:\n%s\nWritten to %s: %s", source, format_report(report, tuple(classes)), out_dir,
+             ", ".join(written))
+    return report

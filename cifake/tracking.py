@@ -11,10 +11,10 @@ from omegaconf import DictConfig, OmegaConf
 HPARAM_KEYS = ("model", "data", "trainer", "seed")
 
 
-def run_hparams(cfg: DictConfig) -> dict[str, Any]:
+def run_hparams(cfg: DictConfig, keys: tuple[str, ...] = HPARAM_KEYS) -> dict[str, Any]:
     """The resolved config branches that make one run differ from another, as plain containers."""
     return {key: OmegaConf.to_container(cfg[key], resolve=True) if isinstance(cfg[key], DictConfig) else cfg[key]
-            for key in HPARAM_KEYS if key in cfg}
+            for key in keys if key in cfg}
 
 
 def hparam_metrics(metrics: dict[str, Any]) -> dict[str, float]:

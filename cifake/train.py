@@ -12,7 +12,9 @@ from omegaconf import DictConfig
 
 from cifake import schemas  # noqa: F401  (registers the config schemas)
 from cifake.evaluate import evaluate_checkpoint
+from cifake.forest_job import fit_forest
 from cifake.metrics import report_scalars
+from cifake.models.forest import ForestClassifier
 from cifake.tracking import log_hparams, run_hparams
 from cifake.utils import build_trainer, silence_known_warnings
 
@@ -27,7 +29,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     silence_known_warnings()
 
     datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")
-    model: L.LightningModule = instantiate(cfg.model, _convert_="all")
+    model: L.LightningModule | ForestClassifier = instantiate(cfg.model, _convert_="all")
+    if isinstance(model, ForestClassifier):
+        return fit_forest(cfg, datamodule, model)
     trainer: L.Trainer = build_trainer(cfg)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))

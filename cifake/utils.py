@@ -45,6 +45,18 @@ def silence_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
+def _cifake_cause(err: BaseException) -> CifakeError | None:
+    """The :class:`CifakeError` behind ``err``: itself, or one that Hydra's ``instantiate``
+    wrapped in an ``InstantiationException`` (raised from a constructor)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, CifakeError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__
+    return None
+
+
 def friendly_errors(job: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]:
     """Report a :class:`CifakeError` as one clear line and exit with status 2 (for entry scripts)."""
 
@@ -52,7 +64,10 @@ def friendly_errors(job: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]
     def wrapper(cfg: DictConfig) -> T:
         try:
             return job(cfg)
-        except CifakeError as err:
+        except Exception as raised:
+            err = _cifake_cause(raised)
+            if err is None:
+                raise
             log.error("%s", err)
             print(f"\nerror: {err}", file=sys.stderr)
             raise SystemExit(2) from None

@@ -107,6 +107,13 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path) -> None:
     assert proc.returncode == 2 and "is not a file" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_errors_raised_while_building_from_config_are_reported_plainly(tmp_path) -> None:
+    proc = _cli(str(ROOT / "train.py"), "data=demo", "data.validate_on=everything", f"paths.log_dir={tmp_path}",
+                f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "error: data.validate_on='everything'; choose one of ['holdout', 'test']" in proc.stderr
+
+
 def test_config_typos_are_rejected_by_name(tmp_path) -> None:
     proc = _cli(str(ROOT / "train.py"), "model.net.dropuots=[0.1]", f"paths.log_dir={tmp_path}", cwd=tmp_path)
     assert proc.returncode != 0 and "dropuots" in proc.stderr

@@ -16,9 +16,10 @@ from torch.utils.data import Dataset
 from cifake.errors import ConfigError
 
 
-def tensorboard_writers(trainer: L.Trainer) -> list:
-    """The ``SummaryWriter`` of every TensorBoard logger of ``trainer``."""
-    return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+def tensorboard_writers(source: L.Trainer | list) -> list:
+    """The ``SummaryWriter`` of every TensorBoard logger of a trainer or in a list of loggers."""
+    loggers = source.loggers if isinstance(source, L.Trainer) else source
+    return [lg.experiment for lg in loggers if isinstance(lg, TensorBoardLogger)]
 
 
 def log_figure(writers: list, tag: str, fig: Figure, step: int) -> None:

@@ -1,0 +1,89 @@
+"""``python train.py model=rf`` and ``python evaluate.py ckpt_path=<forest.skops>`` end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cifake import evaluate as evaluate_job
+from cifake import train as train_job
+from cifake.errors import ConfigError
+from tests.conftest import tiny_demo_overrides
+from tests.test_dashboards import PER_CLASS, read_events
+from tests.test_jobs import ROOT, _cli, check_metrics_file
+
+DATA = [o for o in tiny_demo_overrides() if not o.startswith("model.")]
+FOREST = ["model=rf", "model.n_estimators=20", "model.n_jobs=1"]
+
+
+@pytest.fixture(scope="module")
+def forest_run(tmp_path_factory) -> tuple[Path, dict]:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from tests.conftest import CONF_DIR
+
+    tmp = tmp_path_factory.mktemp("forest")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", [f"paths.output_dir={tmp / 'out'}", f"paths.cache_dir={tmp / 'cache'}",
+                                *DATA, *FOREST, "model.features.name=rich", "evaluate=true"])
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return tmp / "out", train_job.run(cfg)
+
+
+def test_forest_run_has_the_networks_dashboard_and_files(forest_run) -> None:
+    out, metrics = forest_run
+    assert (out / "checkpoints" / "forest.skops").is_file()
+    for stage in ("train", "val"):
+        assert 0.0 <= metrics[f"{stage}/acc"] <= 1.0 and f"{stage}/auroc" in metrics
+    assert metrics["train/acc"] == 1.0  # a forest grown to purity memorises its training set
+    check_metrics_file(out / "metrics.json", n=48)
+    for name in ("roc.png", "pr.png", "confusion_matrix.png", "predictions.png", "predictions.csv",
+                 "train_feature_correlation.png", "train_feature_distributions.png", "train_class_balance.png",
+                 "train_feature_importances.png", "test_feature_correlation.png"):
+        assert (out / name).is_file(), name
+    assert not (out / "gradcam.png").exists()  # no layer to explain
+
+    events = read_events(out / "tensorboard")
+    names = ("loss", "acc", "auroc", *PER_CLASS)
+    assert {f"{stage}/{m}" for stage in ("train", "val") for m in names} <= events["scalars"]
+    assert {"test/acc", "test/auroc", "test/f1_fake"} <= events["scalars"]
+    assert {"val/roc", "val/pr", "val/confusion_matrix", "val/predictions", "test/roc",
+            "eda/train_feature_importances", "eda/train_class_balance"} <= events["images"]
+    assert "test/pr_curve" in events["tensors"] and "_hparams_/experiment" in events["hparams"]
+
+
+def test_evaluate_loads_the_saved_forest(forest_run, compose_cfg, tmp_path: Path) -> None:
+    out, metrics = forest_run
+    data = [o for o in DATA if o.startswith("data")]
+    cfg = compose_cfg("evaluate", [*data, f"paths.cache_dir={out.parent / 'cache'}",
+                                   f"ckpt_path={out / 'checkpoints' / 'forest.skops'}"])
+    report = evaluate_job.run(cfg)
+    assert report == check_metrics_file(Path(cfg.paths.output_dir) / "metrics.json", n=48)
+    assert report == json.loads((out / "metrics.json").read_text()) == metrics["test"]
+
+
+def test_invalid_forest_parameter_fails_before_any_feature_is_computed(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    proc = _cli(str(ROOT / "train.py"), *DATA, *FOREST, "model.n_estimators=-1", f"paths.log_dir={tmp_path}",
+                f"paths.cache_dir={cache}", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "n_estimators" in proc.stderr.split("error:")[-1]
+    assert not list(cache.rglob("features-*.npy")) and not (cache / "decoded").exists()
+
+
+@pytest.mark.parametrize(("override", "named"), [("+model.n_trees=5", "n_trees"),
+                                                 ("model.features.name=fancy", "fancy"),
+                                                 ("model.grid={max_depth:[0]}", "max_depth")])
+def test_other_bad_forest_settings_are_config_errors(compose_cfg, tmp_path: Path, override, named) -> None:
+    from cifake.utils import _cifake_cause
+
+    cfg = compose_cfg("train", [*DATA, *FOREST, override])
+    with pytest.raises(Exception) as raised:
+        train_job.run(cfg)
+    err = _cifake_cause(raised.value)
+    assert isinstance(err, ConfigError) and named in str(err)
+    assert not (tmp_path / "cache" / "decoded").exists()
