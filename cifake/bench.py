@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=100, help="timed training steps per path")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs per path; the best counts")
-    parser.add_argument("--out", type=Path, default=Path("bench.md"), help="where the table is written")
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench.md"), help="where the table is written")
     args, overrides = parser.parse_known_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
           for k, label in (("bare", "bare PyTorch loop (no augmentation)"),
                            ("lightning", "Lightning: train.py's module, datamodule (shear on), callbacks, logger"))),
     ])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(table + "\n")
     print(table)
 
