@@ -3,13 +3,12 @@
 import hydra
 from omegaconf import DictConfig
 
-from cifake.train import run
-from cifake.utils import friendly_errors
+from cifake.train import objective
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> None:
-    friendly_errors(run)(cfg)
+def main(cfg: DictConfig) -> float | None:
+    return objective(cfg)
 
 
 if __name__ == "__main__":

@@ -9,5 +9,6 @@ class DataError(CifakeError):
     """The dataset is missing, laid out wrongly, or holds files that cannot be used."""
 
 
-class ConfigError(CifakeError):
-    """A configuration value is missing, of the wrong kind or out of range."""
+class ConfigError(CifakeError, ValueError):
+    """A configuration value is missing, of the wrong kind or out of range (also a ``ValueError``,
+    so library callers can catch it as one)."""

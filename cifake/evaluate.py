@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from cifake import schemas  # noqa: F401  (registers the config schemas)
 from cifake.errors import ConfigError
 from cifake.forest_job import evaluate_forest
-from cifake.metrics import report_scalars
+from cifake.metrics import binary_report, report_scalars
 from cifake.models.classifier import Classifier
 from cifake.report import Predictions, write_report
 from cifake.tracking import log_hparams, run_hparams
@@ -43,8 +43,24 @@ def predict_split(model: L.LightningModule, datamodule: L.LightningDataModule,
     """p(REAL), label and dataset row of every test image, ordered by row."""
     batches = trainer.predict(model, datamodule=datamodule)
     out = {k: torch.cat([b[k].cpu() for b in batches]) for k in batches[0]}
-    order = torch.argsort(out["row"])
-    return {k: v[order] for k, v in out.items()}
+    if trainer.world_size > 1:
+        out = _gather(trainer, out)
+    # Rows are unique per image; a distributed sampler may have repeated some to even out ranks.
+    _, first = np.unique(out["row"].numpy(), return_index=True)
+    return {k: v[torch.from_numpy(first)] for k, v in out.items()}
+
+
+def _gather(trainer: L.Trainer, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every rank's predictions on every rank (ranks may hold different numbers of images)."""
+    n = torch.tensor([len(out["row"])], device=trainer.strategy.root_device)
+    longest = int(trainer.strategy.all_gather(n).max())
+    gathered = {}
+    for key, value in out.items():
+        padded = torch.full((longest,), -1, dtype=value.dtype, device=trainer.strategy.root_device)
+        padded[: len(value)] = value.to(padded.device)
+        gathered[key] = trainer.strategy.all_gather(padded).reshape(-1).cpu()
+    keep = gathered["row"] >= 0
+    return {k: v[keep] for k, v in gathered.items()}
 
 
 def check_threshold(threshold: float) -> None:
@@ -69,6 +85,8 @@ def evaluate_checkpoint(ckpt_path: str | Path, datamodule: L.LightningDataModule
                                raw["p_real"].numpy())
     if not np.array_equal(pred.labels, raw["label"].numpy()):
         raise RuntimeError("predictions and labels are misaligned; please report this as a bug")
+    if not trainer.is_global_zero:  # every rank predicted its share; rank zero writes the report
+        return binary_report(raw["p_real"], raw["label"], threshold, classes)
     return write_report(pred, classes, threshold, out_dir, settings, trainer.loggers, trainer.global_step,
                         source=str(ckpt_path), model=model)
 

@@ -51,12 +51,13 @@ class VGGNetSchema:
     _target_: str = MISSING
     filters: list[int] = MISSING
     convs: list[int] = MISSING
-    dropouts: list[float] = MISSING
+    dropouts: Any = MISSING  # one rate per block, or one number for every block
     dense: list[int] = MISSING
     kernel_size: int = MISSING
     dense_dropout: float = MISSING
     in_channels: int = MISSING
     image_size: int = MISSING
+    batch_norm: bool = MISSING
 
 
 @dataclass

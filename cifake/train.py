@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -11,48 +12,85 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from cifake import schemas  # noqa: F401  (registers the config schemas)
+from cifake.errors import ConfigError
 from cifake.evaluate import evaluate_checkpoint
 from cifake.forest_job import fit_forest
 from cifake.metrics import report_scalars
 from cifake.models.forest import ForestClassifier
+from cifake.sweep import RESULTS_FILE
 from cifake.tracking import log_hparams, run_hparams
-from cifake.utils import build_trainer, silence_known_warnings
+from cifake.utils import build_trainer, friendly_errors, silence_known_warnings
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Fit ``cfg.model`` on ``cfg.data`` (resuming from ``cfg.ckpt_path`` if set), optionally
-    evaluate the best checkpoint on the test split, and return the final metrics."""
+    evaluate the best checkpoint on the test split, write ``results.json`` and return the final
+    metrics (flat scalars; ``test``: the test report)."""
     if cfg.seed is not None:
         L.seed_everything(cfg.seed, workers=True)
     silence_known_warnings()
+    out = Path(cfg.paths.output_dir)
 
     datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")
     model: L.LightningModule | ForestClassifier = instantiate(cfg.model, _convert_="all")
     if isinstance(model, ForestClassifier):
-        return fit_forest(cfg, datamodule, model)
+        metrics = fit_forest(cfg, datamodule, model)
+        write_results(out, metrics)
+        return metrics
     trainer: L.Trainer = build_trainer(cfg)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path == "last" and not (out / "checkpoints" / "last.ckpt").is_file():
+        raise ConfigError(
+            f"ckpt_path=last resumes the run in hydra.run.dir, but {out / 'checkpoints'} holds no last.ckpt; "
+            "pass hydra.run.dir=<the run folder to resume> (with the run's other overrides)"
+        )
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     # Epoch-level values only: per-step and timing scalars describe the last batch, not the run.
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()
                                if not k.startswith(("train_step/", "perf/"))}
-
     checkpoint = trainer.checkpoint_callback
-    best = checkpoint.best_model_path if checkpoint else ""
-    out = Path(cfg.paths.output_dir)
-    if cfg.get("evaluate") and not trainer.fast_dev_run:
-        if not best:
-            raise RuntimeError("evaluate=true needs a ModelCheckpoint callback to know the best weights")
-        metrics["test"] = evaluate_checkpoint(best, datamodule, trainer, cfg.threshold, out, cfg.report)
     if checkpoint is not None and checkpoint.best_model_score is not None:
         metrics[f"best/{checkpoint.monitor}"] = float(checkpoint.best_model_score)
+    best = checkpoint.best_model_path if checkpoint else ""
+    if cfg.get("evaluate") and not trainer.fast_dev_run:
+        if not best:
+            raise ConfigError("evaluate=true needs the model_checkpoint callback to know the best weights")
+        metrics["test"] = evaluate_checkpoint(best, datamodule, trainer, cfg.threshold, out, cfg.report)
     if not trainer.fast_dev_run:
         log_hparams(trainer.loggers, run_hparams(cfg),
                     {**metrics, **(report_scalars(metrics["test"]) if "test" in metrics else {})})
-    _print_outputs(out, best, trainer.loggers, bool(metrics.get("test")))
+    if trainer.is_global_zero:
+        write_results(out, metrics)
+        _print_outputs(out, best, trainer.loggers, bool(metrics.get("test")))
     return metrics
+
+
+def write_results(out: Path, metrics: dict[str, Any]) -> Path:
+    """``results.json``: the run's final metrics as flat scalars (test ones as ``test/...``), for
+    sweep summaries and scripts."""
+    flat = {k: v for k, v in metrics.items() if k != "test"}
+    if "test" in metrics:
+        flat.update(report_scalars(metrics["test"]))
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / RESULTS_FILE
+    path.write_text(json.dumps({"metrics": flat}, indent=2) + "\n")
+    return path
+
+
+def objective(cfg: DictConfig) -> float | None:
+    """Run the job (errors reported plainly) and return ``cfg.optimized_metric`` when one is
+    named, for hyper-parameter sweepers (``hparams_search=...``)."""
+    metrics = friendly_errors(run)(cfg)
+    name = cfg.get("optimized_metric")
+    if name is None:
+        return None
+    flat = {**metrics, **(report_scalars(metrics["test"]) if "test" in metrics else {})}
+    if name not in flat:
+        raise ConfigError(f"optimized_metric={name!r} was not logged; choose one of {sorted(flat)}")
+    return float(flat[name])
 
 
 def _print_outputs(out: Path, best: str, loggers: list, evaluated: bool) -> None:

@@ -3,6 +3,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from cifake.errors import ConfigError
 from cifake.models.vgg import VGG
 
 # 3x3 convs 64x2, 128x2, 256x3, 512x3 with biases, 4 batch-norms (weight+bias),
@@ -55,3 +56,28 @@ def test_hparams_are_plain_containers(compose_cfg) -> None:
     assert type(model.hparams.net) is dict and type(model.hparams.net["filters"]) is list
     assert OmegaConf.is_config(model.hparams.optimizer) is False
     assert model.hparams.classes == ["FAKE", "REAL"]
+
+
+def test_one_dropout_rate_for_every_block_or_one_per_block() -> None:
+    def rates(net: VGG) -> list[float]:
+        return [m.p for m in net.features.modules() if isinstance(m, torch.nn.Dropout)]
+
+    assert rates(VGG(filters=[4, 8], convs=[1, 1], dropouts=0.3, dense=[8])) == [0.3, 0.3]
+    assert rates(VGG(filters=[4, 8], convs=[1, 1], dropouts=[0.1, 0.2], dense=[8])) == [0.1, 0.2]
+    with pytest.raises(ConfigError, match=r"\[0, 1\)"):
+        VGG(filters=[4, 8], convs=[1, 1], dropouts=1.5, dense=[8])
+
+
+def test_batch_norm_can_be_left_out_without_renaming_layers() -> None:
+    with_bn = VGG(filters=[4, 8], convs=[1, 1], dropouts=0.0, dense=[8])
+    without = VGG(filters=[4, 8], convs=[1, 1], dropouts=0.0, dense=[8], batch_norm=False)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in without.modules())
+    assert [n for n, _ in with_bn.named_modules()] == [n for n, _ in without.named_modules()]
+
+
+def test_a_bad_net_setting_on_the_command_line_is_one_clear_line(tmp_path) -> None:
+    from tests.test_jobs import ROOT, _cli
+
+    proc = _cli(str(ROOT / "train.py"), "data=demo", "model.net.dropouts=[0.1,0.2]", f"paths.log_dir={tmp_path}",
+                f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "one entry per block" in proc.stderr

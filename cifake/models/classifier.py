@@ -79,7 +79,9 @@ class Classifier(L.LightningModule):
             self.log("train_step/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
         else:
             self._metrics(stage).update(two_class_probs(p_real), labels)
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=n)
+        # sync_dist: under DDP the epoch mean covers every rank's images (synced once per epoch).
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=n,
+                 sync_dist=True)
         # Callbacks (curves, grids) read these from on_*_batch_end.
         return {"loss": loss, "p_real": p_real, "label": labels, "row": rows}
 

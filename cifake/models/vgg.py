@@ -7,11 +7,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from cifake.errors import ConfigError
+
 
 def _check_lengths(**lists: Sequence) -> None:
     lengths = {name: len(values) for name, values in lists.items()}
     if len(set(lengths.values())) != 1:
-        raise ValueError(
+        raise ConfigError(
             f"VGG needs one entry per block in each of {', '.join(lengths)}; got lengths {lengths}"
         )
 
@@ -21,29 +23,36 @@ class VGG(nn.Module):
     then flatten and a ReLU MLP ending in one logit (no sigmoid: that lives in the loss/metrics).
 
     The defaults of ``conf/model/vgg.yaml`` give the report's net: 64x2, 128x2, 256x3, 512x3,
-    dropouts 0.4/0.4/0.3/0.2, dense 4000 -> 1500 -> 1.
+    dropouts 0.4/0.4/0.3/0.2, dense 4000 -> 1500 -> 1. ``dropouts`` is one rate per block or one
+    rate for all; ``batch_norm=False`` puts an identity where the batch-norm layers were (module
+    indices, and so Grad-CAM layer names, stay the same).
     """
 
     def __init__(
         self,
         filters: Sequence[int],
         convs: Sequence[int],
-        dropouts: Sequence[float],
+        dropouts: Sequence[float] | float,
         dense: Sequence[int],
         kernel_size: int = 3,
         dense_dropout: float = 0.0,
         in_channels: int = 3,
         image_size: int = 32,
+        batch_norm: bool = True,
     ) -> None:
         super().__init__()
+        if isinstance(dropouts, (int, float)):  # one rate for every block
+            dropouts = [float(dropouts)] * len(filters)
         _check_lengths(filters=filters, convs=convs, dropouts=dropouts)
+        if not all(0.0 <= p < 1.0 for p in dropouts):
+            raise ConfigError(f"dropout rates must lie in [0, 1), got {list(dropouts)}")
         if image_size % (2 ** len(filters)):
-            raise ValueError(
+            raise ConfigError(
                 f"image_size {image_size} is not divisible by 2**{len(filters)} "
                 f"(one 2x2 max-pool per block); use fewer blocks or another image size"
             )
         if kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd for 'same' padding, got {kernel_size}")
+            raise ConfigError(f"kernel_size must be odd for 'same' padding, got {kernel_size}")
 
         blocks: list[nn.Module] = []
         channels = in_channels
@@ -52,7 +61,7 @@ class VGG(nn.Module):
             for _ in range(n_convs):
                 layers += [nn.Conv2d(channels, width, kernel_size, padding=kernel_size // 2), nn.ReLU()]
                 channels = width
-            layers += [nn.MaxPool2d(2), nn.BatchNorm2d(width), nn.Dropout(p)]
+            layers += [nn.MaxPool2d(2), nn.BatchNorm2d(width) if batch_norm else nn.Identity(), nn.Dropout(p)]
             blocks.append(nn.Sequential(*layers))
         self.features = nn.Sequential(*blocks)
 

@@ -1,0 +1,174 @@
+"""Sweeps, search, DDP, launchers and crash recovery, through train.py as users run it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import tiny_demo_overrides
+from tests.test_jobs import ROOT, _cli
+
+pytestmark = pytest.mark.slow
+
+
+def tiny(tmp_path: Path, *extra: str) -> list[str]:
+    return [*tiny_demo_overrides(), "trainer.max_epochs=1", f"paths.cache_dir={tmp_path / 'cache'}",
+            f"paths.log_dir={tmp_path / 'logs'}", *extra]
+
+
+def check(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_dropout_multirun_leaves_one_folder_per_job_and_a_summary(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    check(_cli(str(ROOT / "train.py"), "-m", "experiment=demo", "model.net.dropouts=0.1,0.3,0.5",
+               *tiny(tmp_path), f"hydra.sweep.dir={sweep}", cwd=tmp_path))
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert jobs == ["0", "1", "2"]
+    for job in jobs:
+        assert list((sweep / job / "tensorboard").glob("events.out.tfevents.*"))
+        assert (sweep / job / "checkpoints" / "best.ckpt").is_file()
+    with (sweep / "summary.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["model.net.dropouts"] for r in rows] == ["0.1", "0.3", "0.5"]
+    for row in rows:
+        results = json.loads((sweep / row["job"] / "results.json").read_text())["metrics"]
+        assert float(row["val/acc"]) == pytest.approx(results["val/acc"])
+        assert float(row["test/acc"]) == pytest.approx(results["test/acc"])
+        ckpt = torch.load(sweep / row["job"] / "checkpoints" / "last.ckpt", weights_only=True)
+        assert ckpt["hyper_parameters"]["net"]["dropouts"] == float(row["model.net.dropouts"])
+    summary = (sweep / "summary.md").read_text()
+    assert summary.count("\n| ") == 4 and "model.net.dropouts" in summary  # header + 3 jobs
+
+
+def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path: Path) -> None:
+    # Learning rate 0 and no batch-norm: both runs end with the initial weights, so every
+    # evaluation number must agree; only the split of the images across ranks differs.
+    same = tiny(tmp_path, "model.optimizer.lr=0", "model.net.batch_norm=false", "evaluate=true")
+    check(_cli(str(ROOT / "train.py"), *same, f"hydra.run.dir={tmp_path / 'single'}", cwd=tmp_path))
+    check(_cli(str(ROOT / "train.py"), "trainer=ddp", "trainer.devices=2", *same,
+               f"hydra.run.dir={tmp_path / 'ddp'}", cwd=tmp_path))
+    single = json.loads((tmp_path / "single" / "results.json").read_text())["metrics"]
+    ddp = json.loads((tmp_path / "ddp" / "results.json").read_text())["metrics"]
+    assert set(single) == set(ddp)
+    # Training numbers depend on random dropout masks and shears, which differ per process.
+    compared = [k for k in single if k.startswith(("val/", "best/", "test/"))]
+    assert len(compared) == 18  # 9 validation, best val/acc, 8 test
+    for key in compared:
+        assert ddp[key] == pytest.approx(single[key], abs=1e-5), key
+    assert single["test/auroc"] != 0.5  # the predictions differ between images: a real comparison
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name not in ("cache", "logs")) == ["ddp", "single"]
+    assert not (tmp_path / "logs").exists()
+    ddp_events = sorted((tmp_path / "ddp" / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(ddp_events) == len(list((tmp_path / "single" / "tensorboard").glob("events.out.tfevents.*")))
+    report = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert report["n"] == 48  # every test image once, gathered from both ranks
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    overrides = [*tiny(tmp_path), "data.demo.train_per_class=160", "trainer.max_epochs=6",
+                 f"hydra.run.dir={run_dir}"]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *overrides], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while not last.is_file() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        time.sleep(0.3)  # into the next epoch
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    killed_at = torch.load(last, weights_only=True)
+    steps_per_epoch = 15  # 240 training images / 16
+    assert killed_at["epoch"] < 5 and killed_at["global_step"] == (killed_at["epoch"] + 1) * steps_per_epoch
+
+    before = set((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    check(_cli(str(ROOT / "train.py"), *overrides, "ckpt_path=last", cwd=tmp_path))
+    final = torch.load(last, weights_only=True)
+    assert final["epoch"] == 5 and final["global_step"] == 6 * steps_per_epoch
+    resumed_events = sorted(set((run_dir / "tensorboard").glob("events.out.tfevents.*")) - before)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(resumed_events[0]), size_guidance={"scalars": 0})
+    ea.Reload()
+    steps = [e.step for e in ea.Scalars("train_step/loss")]
+    assert min(steps) >= killed_at["global_step"] - 1  # continued, not restarted
+    assert max(steps) == 6 * steps_per_epoch - 1
+
+
+def test_resuming_without_a_checkpoint_says_where_it_looked(tmp_path: Path) -> None:
+    proc = _cli(str(ROOT / "train.py"), *tiny(tmp_path), "ckpt_path=last", f"hydra.run.dir={tmp_path / 'new'}",
+                cwd=tmp_path)
+    assert proc.returncode == 2 and "holds no last.ckpt" in proc.stderr and "hydra.run.dir" in proc.stderr
+
+
+def test_local_submitit_launcher_runs_a_two_job_sweep(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    check(_cli(str(ROOT / "train.py"), "-m", "hydra/launcher=local", "model.net.dropouts=0.2,0.4",
+               *tiny(tmp_path), f"hydra.sweep.dir={sweep}", cwd=tmp_path))
+    for job in ("0", "1"):
+        assert (sweep / job / "results.json").is_file()
+    assert len(list(csv.DictReader((sweep / "summary.csv").open()))) == 2
+
+
+def test_slurm_launcher_config_composes(compose_cfg) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.partition == "gpu" and launcher.gpus_per_node == 1 and launcher.tasks_per_node == 1
+
+
+def test_optuna_search_runs_trials_and_writes_the_best_parameters(tmp_path: Path) -> None:
+    sweep = tmp_path / "search"
+    check(_cli(str(ROOT / "train.py"), "hparams_search=optuna", "experiment=demo", *tiny(tmp_path),
+               "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}", cwd=tmp_path))
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert set(best["best_params"]) == {"model.net.dropouts", "model.optimizer.lr"}
+    assert 0.0 <= best["best_params"]["model.net.dropouts"] <= 0.6
+    assert 1e-5 <= best["best_params"]["model.optimizer.lr"] <= 3e-3
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert len(rows) == 3 and max(float(r["best/val/acc"]) for r in rows) == pytest.approx(best["best_value"])
+
+
+@pytest.mark.parametrize("debug", ["fast_dev_run", "overfit", "limit", "profiler"])
+def test_debug_configs_compose(compose_cfg, debug: str) -> None:
+    cfg = compose_cfg("train", [f"debug={debug}"])
+    t = cfg.trainer
+    assert {"fast_dev_run": t.fast_dev_run is True, "overfit": t.get("overfit_batches") == 4,
+            "limit": t.limit_train_batches == 20, "profiler": "SimpleProfiler" in str(t.get("profiler"))}[debug]
+
+
+def test_reference_experiment_is_the_reports_recipe(compose_cfg) -> None:
+    cfg = compose_cfg("train", ["experiment=reference"])
+    assert cfg.trainer.max_epochs == 350 and cfg.trainer.accelerator == "gpu"
+    assert cfg.data.batch_size == 32 and cfg.data.shear == 0.2 and cfg.data.validate_on == "test"
+    assert cfg.model.optimizer._target_ == "torch.optim.Adam" and cfg.model.optimizer.lr == 5e-4
+    assert list(cfg.model.net.filters) == [64, 128, 256, 512] and list(cfg.model.net.convs) == [2, 2, 3, 3]
+    assert list(cfg.model.net.dropouts) == [0.4, 0.4, 0.3, 0.2] and list(cfg.model.net.dense) == [4000, 1500]
+
+
+def test_limit_debug_run_trains_end_to_end(compose_cfg) -> None:
+    from cifake import train as train_job
+
+    cfg = compose_cfg("train", [*tiny_demo_overrides(), "debug=limit", "callbacks.gradcam=null"])
+    metrics = train_job.run(cfg)
+    assert "val/acc" in metrics and (Path(cfg.paths.output_dir) / "results.json").is_file()
