@@ -1,123 +1,276 @@
-"""Training throughput of the Lightning path (``train.py``'s module, datamodule and callbacks)
-against a bare PyTorch loop of the same network, batch size and optimizer.
+"""Throughput, side by side on the same data and machine, as one table with ratios:
 
-    python -m cifake.bench [--steps 100] [--warmup 10] [--out bench.md] [hydra overrides ...]
+(a) data path: images/s delivered to the model, shear included: the decode-once cache (the
+    DataModule's loader and its on-device shear) against torchvision ``ImageFolder`` + PIL +
+    ``RandomAffine`` shear + ``DataLoader`` with one worker per core;
+(b) training: ``train.py``'s Lightning path (module, datamodule, default callbacks, logger)
+    against a bare PyTorch loop of the same network, batch size and optimizer, at the configured
+    batch size and at ``--large-batch``;
+(c) evaluation: ``trainer.predict`` against a bare ``no_grad`` loop, at ``data.eval_batch_size``.
 
-The overrides are those of ``train.py`` (``data.root=...``, ``data.batch_size=256``, ...); both
-paths read the same decoded cache. Each path runs ``warmup`` steps, then ``steps`` timed ones, ``repeats``
-times in alternation; the table gives the median and the best run of each.
+    python -m cifake.bench [--steps 100] [--warmup 10] [--repeats 2] [--large-batch 256]
+                           [--out outputs/bench.md] [train.py overrides: data.root=... ...]
+
+Each measurement runs ``warmup`` untimed batches then ``steps`` timed ones, ``repeats`` times with
+the paths alternating (drift in the machine hits both alike); the table gives medians. It runs on
+CUDA when present (synchronising before reading the clock), else on the CPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
+from torch.utils.data import DataLoader
 
 from cifake import schemas  # noqa: F401  (registers the config schemas)
-from cifake.data.augment import to_unit_float
+from cifake.data.augment import random_shear, to_unit_float
 from cifake.utils import build_trainer
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _rate(batches: Iterator[int], steps: int, warmup: int) -> float:
+    """Images per second over ``steps`` batches after ``warmup``; ``batches`` yields batch sizes."""
+    images, start = 0, 0.0
+    for i, n in enumerate(batches):
+        if i == warmup:
+            _sync()
+            start = time.perf_counter()
+        if i >= warmup:
+            images += n
+        if i + 1 >= warmup + steps:
+            break
+    _sync()
+    return images / (time.perf_counter() - start)
+
+
+# -- (a) data path ---------------------------------------------------------------------------
+def cached_data_rate(cfg: DictConfig, steps: int, warmup: int) -> float:
+    """The project's path: index the decoded uint8 cache, move, scale and shear on the device."""
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    device, shear = _device(), cfg.data.shear
+
+    def batches() -> Iterator[int]:
+        while True:
+            for images, _labels, _rows in datamodule.train_dataloader():
+                x = random_shear(to_unit_float(images.to(device, non_blocking=True)), shear)
+                yield len(x)
+
+    return _rate(batches(), steps, warmup)
+
+
+def naive_data_rate(cfg: DictConfig, steps: int, warmup: int, workers: int) -> float:
+    """The conventional path: decode every JPEG with PIL each time, shear with ``RandomAffine``."""
+    from torchvision import datasets, transforms
+
+    datamodule = instantiate(cfg.data, _convert_="all")
+    root = datamodule.layout_root() / cfg.data.train_split
+    transform = transforms.Compose([transforms.RandomAffine(degrees=0, shear=cfg.data.shear), transforms.ToTensor()])
+    loader = DataLoader(datasets.ImageFolder(str(root), transform=transform), batch_size=cfg.data.batch_size,
+                        shuffle=True, num_workers=workers, persistent_workers=workers > 0,
+                        pin_memory=torch.cuda.is_available())
+    device = _device()
+
+    def batches() -> Iterator[int]:
+        while True:
+            for images, _labels in loader:
+                yield len(images.to(device, non_blocking=True))
+
+    return _rate(batches(), steps, warmup)
+
+
+# -- (b) training ------------------------------------------------------------------------------
 class _StepTimer(L.Callback):
-    """Wall time from the start of batch ``warmup`` to the end of the last batch."""
+    """Wall time from the start of batch ``warmup`` to the end of the last batch (train or predict)."""
 
     def __init__(self, warmup: int) -> None:
         self.warmup, self.start, self.end, self.images = warmup, 0.0, 0.0, 0
 
-    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+    def _start(self, batch_idx: int) -> None:
         if batch_idx == self.warmup:
+            _sync()
             self.start = time.perf_counter()
 
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+    def _end(self, batch, batch_idx: int) -> None:
         if batch_idx >= self.warmup:
+            _sync()
             self.images += len(batch[1])
             self.end = time.perf_counter()
 
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self._start(batch_idx)
 
-def lightning_throughput(cfg: DictConfig, steps: int, warmup: int) -> float:
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self._end(batch, batch_idx)
+
+    def on_predict_batch_start(self, trainer, module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._start(batch_idx)
+
+    def on_predict_batch_end(self, trainer, module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._end(batch, batch_idx)
+
+    def rate(self) -> float:
+        if not self.images:
+            raise ValueError(f"the split has no batches after the {self.warmup} warm-up ones; lower --warmup")
+        return self.images / (self.end - self.start)
+
+
+def lightning_train_rate(cfg: DictConfig, steps: int, warmup: int) -> float:
     """Images per second through ``trainer.fit`` with the configured callbacks and logger."""
     L.seed_everything(0)
-    datamodule = instantiate(cfg.data, _convert_="all")
-    model = instantiate(cfg.model, _convert_="all")
     timer = _StepTimer(warmup)
     trainer = build_trainer(cfg, [timer], max_epochs=1, limit_train_batches=warmup + steps, limit_val_batches=0)
-    trainer.fit(model, datamodule=datamodule)
-    return timer.images / (timer.end - timer.start)
+    trainer.fit(instantiate(cfg.model, _convert_="all"), datamodule=instantiate(cfg.data, _convert_="all"))
+    return timer.rate()
 
 
-def bare_throughput(cfg: DictConfig, steps: int, warmup: int) -> float:
-    """Images per second of a plain loop: index the cache, scale, forward, BCE, backward, Adam."""
+def _bare_setup(cfg: DictConfig) -> tuple:
     L.seed_everything(0)
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
     split = datamodule.decoded(cfg.data.train_split)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    net = instantiate(cfg.model.net).to(device).train()
+    net = instantiate(cfg.model.net).to(_device())
+    return split, net, torch.from_numpy(split.labels)
+
+
+def bare_train_rate(cfg: DictConfig, steps: int, warmup: int) -> float:
+    """A plain loop: index the cache, scale, forward, BCE, backward, optimizer step."""
+    split, net, labels_all = _bare_setup(cfg)
+    net.train()
     optimizer = instantiate(cfg.model.optimizer)(params=net.parameters())
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    labels_all = torch.from_numpy(split.labels)
-    batch = cfg.data.batch_size
-    for step in range(warmup + steps):
-        if step == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-        rows = torch.randint(len(split), (batch,)).numpy()
-        images = to_unit_float(torch.from_numpy(split.images[rows]).to(device))
-        labels = labels_all[rows].to(device).float()
-        optimizer.zero_grad(set_to_none=True)
-        loss_fn(net(images), labels).backward()
-        optimizer.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps * batch / (time.perf_counter() - start)
+    loss_fn, device, batch = torch.nn.BCEWithLogitsLoss(), _device(), cfg.data.batch_size
+
+    def batches() -> Iterator[int]:
+        while True:
+            rows = torch.randint(len(split), (batch,)).numpy()
+            images = to_unit_float(torch.from_numpy(split.images[rows]).to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(net(images), labels_all[rows].to(device).float()).backward()
+            optimizer.step()
+            yield batch
+
+    return _rate(batches(), steps, warmup)
 
 
-def main(argv: list[str] | None = None) -> None:
+# -- (c) evaluation ----------------------------------------------------------------------------
+def lightning_eval_rate(cfg: DictConfig, steps: int, warmup: int) -> float:
+    """Images per second through ``trainer.predict`` on the test split."""
+    L.seed_everything(0)
+    timer = _StepTimer(warmup)
+    trainer = build_trainer(cfg, [timer], limit_predict_batches=warmup + steps)
+    trainer.predict(instantiate(cfg.model, _convert_="all"), datamodule=instantiate(cfg.data, _convert_="all"))
+    return timer.rate()
+
+
+@torch.no_grad()
+def bare_eval_rate(cfg: DictConfig, steps: int, warmup: int) -> float:
+    """A plain ``no_grad`` loop over the cache at the evaluation batch size."""
+    split, net, _ = _bare_setup(cfg)
+    net.eval()
+    device, batch = _device(), min(cfg.data.eval_batch_size or cfg.data.batch_size, len(split))
+
+    def batches() -> Iterator[int]:
+        while True:
+            for start in range(0, len(split) - batch + 1, batch):
+                images = torch.from_numpy(np.array(split.images[start:start + batch]))  # a writable copy
+                torch.sigmoid(net(to_unit_float(images.to(device))))
+                yield batch
+
+    return _rate(batches(), steps, warmup)
+
+
+# -- the table ---------------------------------------------------------------------------------
+def _compare(rows: list[str], title: str, paths: dict[str, Callable[[], float]], reference: str,
+             repeats: int, runs_log: list[str]) -> None:
+    runs: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(repeats):
+        for name, measure in paths.items():
+            runs[name].append(measure())
+    ref = statistics.median(runs[reference])
+    for name, values in runs.items():
+        mid = statistics.median(values)
+        rows.append(f"| {title} | {name} | {mid:,.1f} | {mid / ref:.2f} |")
+        runs_log.append(f"{title} / {name}: " + ", ".join(f"{v:.1f}" for v in values))
+
+
+def _compose(overrides: list[str], tmp: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"paths.output_dir={tmp}", "trainer.enable_progress_bar=false",
+                                          "trainer.enable_model_summary=false", *overrides])
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=100, help="timed training steps per path")
-    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
-    parser.add_argument("--repeats", type=int, default=2, help="alternating runs per path; the best counts")
+    parser.add_argument("--steps", type=int, default=100, help="timed batches per measurement")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed batches first")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating runs per path; the median counts")
+    parser.add_argument("--large-batch", type=int, default=256, help="the second training batch size")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="naive loader's worker processes")
+    parser.add_argument("--sections", default="data,train,eval", help="which of data,train,eval to run")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench.md"), help="where the table is written")
     args, overrides = parser.parse_known_args(argv)
+    sections = set(args.sections.split(","))
+    rows = ["| measurement | path | median images/s | ratio |", "|---|---|---:|---:|"]
+    runs_log: list[str] = []
+    s, w, r = args.steps, args.warmup, args.repeats
     with tempfile.TemporaryDirectory() as tmp:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose("train", overrides=[f"paths.output_dir={tmp}", "trainer.enable_progress_bar=false",
-                                              "trainer.enable_model_summary=false", *overrides])
-        with open_dict(cfg):
-            cfg.pop("hydra", None)
-        runs: dict[str, list[float]] = {"bare": [], "lightning": []}
-        for _ in range(args.repeats):  # alternate, so drift in the machine hits both paths alike
-            runs["bare"].append(bare_throughput(cfg, args.steps, args.warmup))
-            runs["lightning"].append(lightning_throughput(cfg, args.steps, args.warmup))
-        best = {k: max(v) for k, v in runs.items()}
-        mid = {k: statistics.median(v) for k, v in runs.items()}
+        cfg = _compose(overrides, tmp)
+        b = cfg.data.batch_size
+        if "data" in sections:
+            _compare(rows, f"(a) data path, batch {b}", {
+                f"torchvision ImageFolder + PIL + RandomAffine, {args.workers} workers":
+                    lambda: naive_data_rate(cfg, s, w, args.workers),
+                "decode-once cache, shear on the device": lambda: cached_data_rate(cfg, s, w),
+            }, f"torchvision ImageFolder + PIL + RandomAffine, {args.workers} workers", r, runs_log)
+        if "train" in sections:
+            for batch in (b, args.large_batch):
+                c = _compose([*overrides, f"data.batch_size={batch}"], tmp)
+                _compare(rows, f"(b) training, batch {batch}", {
+                    "bare PyTorch loop": lambda c=c: bare_train_rate(c, s, w),
+                    "Lightning (train.py's module, datamodule, callbacks, logger)":
+                        lambda c=c: lightning_train_rate(c, s, w),
+                }, "bare PyTorch loop", r, runs_log)
+        if "eval" in sections:
+            _compare(rows, f"(c) evaluation, batch {cfg.data.eval_batch_size or b}", {
+                "bare no_grad loop": lambda: bare_eval_rate(cfg, s, w),
+                "Lightning trainer.predict": lambda: lightning_eval_rate(cfg, s, w),
+            }, "bare no_grad loop", r, runs_log)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     table = "\n".join([
-        f"Training throughput, batch {cfg.data.batch_size}, {args.steps} steps after {args.warmup} warm-up, "
-        f"{args.repeats} alternating runs ({device}; torch {torch.__version__})",
-        "all runs (images/s): " + "; ".join(f"{k} " + ", ".join(f"{v:.1f}" for v in vs) for k, vs in runs.items()),
-        "",
-        "| path | median images/s | ratio | best images/s | ratio |",
-        "|---|---:|---:|---:|---:|",
-        *(f"| {label} | {mid[k]:.1f} | {mid[k] / mid['bare']:.2f} | {best[k]:.1f} | {best[k] / best['bare']:.2f} |"
-          for k, label in (("bare", "bare PyTorch loop (no augmentation)"),
-                           ("lightning", "Lightning: train.py's module, datamodule (shear on), callbacks, logger"))),
+        f"Throughput on {device} (torch {torch.__version__}): {s} timed batches after {w} warm-up, "
+        f"{r} alternating runs per path; ratio against the first path of each measurement",
+        "", *rows, "", "All runs (images/s):", *(f"- {line}" for line in runs_log),
     ])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(table + "\n")
     print(table)
+    return table
 
 
 if __name__ == "__main__":

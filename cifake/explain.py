@@ -4,7 +4,7 @@ images to explain."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -60,8 +60,9 @@ def gradcam(model: nn.Module, images: torch.Tensor, target_classes: Sequence[int
     target_layer = resolve_layer(model, layer)
     targets = [BinaryClassifierOutputTarget(int(c)) for c in target_classes]
     device_type = images.device.type
+    eager = getattr(model, "eager", None)  # a compiled module would bypass the hooks
     with (preserved_state(model), torch.inference_mode(False), torch.enable_grad(),
-          torch.autocast(device_type=device_type, enabled=False)):
+          torch.autocast(device_type=device_type, enabled=False), eager() if eager else nullcontext()):
         # A clone made outside inference mode is an ordinary tensor that autograd can use.
         x = images.detach().clone().float()
         with GradCAM(model=model, target_layers=[target_layer]) as cam:

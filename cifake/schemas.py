@@ -40,9 +40,11 @@ class DataSchema:
     validate_on: str = MISSING
     split_seed: int = MISSING
     shear: float = MISSING
+    hflip: float = MISSING
     skip_bad_files: bool = MISSING
     decode_workers: Optional[int] = MISSING  # noqa: UP045
     num_workers: int = MISSING
+    on_device: Any = MISSING  # auto, true or false
     demo: Optional[DemoSchema] = MISSING  # noqa: UP045
 
 
@@ -66,12 +68,14 @@ class VGGModelSchema:
     _recursive_: bool = MISSING
     net: VGGNetSchema = field(default_factory=VGGNetSchema)
     optimizer: dict[str, Any] = MISSING
-    scheduler: Optional[dict[str, Any]] = MISSING  # noqa: UP045
+    scheduler: Any = MISSING  # null or a mapping (Any: OmegaConf cannot merge a mapping into a typed null)
     scheduler_interval: str = MISSING
     classes: list[str] = MISSING
     image_size: int = MISSING
     num_thresholds: int = MISSING
     gradcam_layer: Optional[str] = MISSING  # noqa: UP045
+    channels_last: Any = MISSING  # auto, true or false
+    compile: bool = MISSING
 
 
 def register() -> None:

@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig
@@ -35,7 +36,19 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[Any] | None = None, **o
         # Lightning refuses a progress-bar callback when the bar is off; the override should win.
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = instantiate_all(cfg.get("logger"))
+    if "precision" not in overrides:
+        overrides["precision"] = resolve_precision(cfg.trainer.get("precision", "32-true"),
+                                                   cfg.trainer.get("accelerator", "auto"))
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
+
+
+def resolve_precision(precision: Any, accelerator: str) -> Any:
+    """``auto``: bf16 mixed precision where a CUDA device that supports it will be used (batch-norm
+    and the loss stay in float32 under autocast), full float32 elsewhere; other values pass through."""
+    if precision != "auto":
+        return precision
+    on_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if on_cuda and torch.cuda.is_bf16_supported() else "32-true"
 
 
 def silence_known_warnings() -> None:

@@ -4,12 +4,16 @@ from cifake import bench
 from tests.conftest import tiny_demo_overrides
 
 
-def test_bench_writes_a_table_with_both_paths(tmp_path: Path) -> None:
+def test_bench_writes_one_table_with_every_measurement(tmp_path: Path) -> None:
     out = tmp_path / "bench.md"
-    bench.main(["--steps", "2", "--warmup", "1", "--repeats", "1", "--out", str(out),
-                f"paths.cache_dir={tmp_path / 'cache'}", *tiny_demo_overrides()])
-    rows = [line for line in out.read_text().splitlines() if line.startswith("| ")]
-    assert rows[1].startswith("| bare PyTorch loop") and rows[2].startswith("| Lightning")
-    bare_ips, lightning_ips = float(rows[1].split("|")[2]), float(rows[2].split("|")[2])
-    assert bare_ips > 0 and lightning_ips > 0
-    assert rows[1].split("|")[3].strip() == "1.00"
+    bench.main(["--steps", "2", "--warmup", "1", "--repeats", "1", "--large-batch", "24", "--workers", "0",
+                "--out", str(out), f"paths.cache_dir={tmp_path / 'cache'}", *tiny_demo_overrides(),
+                "data.eval_batch_size=8"])
+    rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| (")]
+    measurements = [r[0].strip() for r in rows]
+    assert measurements == ["(a) data path, batch 16"] * 2 + ["(b) training, batch 16"] * 2 + \
+        ["(b) training, batch 24"] * 2 + ["(c) evaluation, batch 8"] * 2
+    for k in range(0, len(rows), 2):
+        assert float(rows[k][3]) == 1.00  # each measurement's first path is its reference
+        assert float(rows[k][2].replace(",", "")) > 0 and float(rows[k + 1][2].replace(",", "")) > 0
+    assert "ImageFolder" in rows[0][1] and "decode-once" in rows[1][1] and "Lightning" in rows[3][1]

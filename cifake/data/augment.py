@@ -46,3 +46,11 @@ def random_shear(images: torch.Tensor, max_degrees: float,
     grid = shear_grid(sample_shear_degrees(n, max_degrees, images.device, generator), h, w)
     return F.grid_sample(images, grid.to(images.dtype), mode="bilinear",
                          padding_mode="border", align_corners=False)
+
+
+def random_hflip(images: torch.Tensor, p: float = 0.5, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mirror each image of a batch left-right with probability ``p`` (one draw per sample)."""
+    if p <= 0:
+        return images
+    flip = torch.rand(len(images), device=images.device, generator=generator) < p
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)

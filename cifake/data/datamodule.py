@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cifake.data.archive import extract_archive, is_archive
-from cifake.data.augment import random_shear, to_unit_float
+from cifake.data.augment import random_hflip, random_shear, to_unit_float
 from cifake.data.cache import DecodedSplit, load_or_decode
 from cifake.data.demo import generate_demo
 from cifake.data.scan import KAGGLE_HINT, resolve_layout_root, scan_split
@@ -29,15 +29,21 @@ class DecodedImages(Dataset):
     """Rows ``indices`` of a decoded split. Fetches whole batches with one array index
     (``__getitems__``), so no per-image Python work happens in the loader."""
 
-    def __init__(self, split: DecodedSplit, indices: np.ndarray | None = None) -> None:
+    def __init__(self, split: DecodedSplit, indices: np.ndarray | None = None,
+                 resident: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         self.split = split
         self.indices = np.arange(len(split)) if indices is None else np.asarray(indices)
+        self.resident = resident  # (images, labels) of the whole split as tensors on a device
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitems__(self, positions: list[int]) -> Batch:
         rows = self.indices[positions]
+        if self.resident is not None:
+            images, labels = self.resident
+            index = torch.from_numpy(rows).to(images.device)
+            return images[index], labels[index], torch.from_numpy(rows)
         images = torch.from_numpy(np.ascontiguousarray(self.split.images[rows]))
         return images, torch.from_numpy(self.split.labels[rows]), torch.from_numpy(rows)
 
@@ -57,8 +63,10 @@ class CIFAKEDataModule(L.LightningDataModule):
     ``root`` is an extracted folder or a downloaded archive (extracted once under ``cache_dir``).
     Validation is a seeded, stratified ``val_fraction`` of train (``validate_on="holdout"``) or,
     as the report did, the test split (``validate_on="test"``). Training batches are sheared per
-    sample by up to ``shear`` degrees on the device. With ``demo`` set, a generated dataset is
-    written to ``root`` first (see :func:`cifake.data.demo.generate_demo`).
+    sample by up to ``shear`` degrees on the device, and mirrored with probability ``hflip``.
+    With ``on_device`` (``auto``: on CUDA) the decoded uint8 arrays are copied to the device once
+    and batches are indexed there, so no image crosses the bus per step. With ``demo`` set, a
+    generated dataset is written to ``root`` first (see :func:`cifake.data.demo.generate_demo`).
     """
 
     def __init__(
@@ -76,9 +84,11 @@ class CIFAKEDataModule(L.LightningDataModule):
         validate_on: str = "holdout",
         split_seed: int = 0,
         shear: float = 0.2,
+        hflip: float = 0.0,
         skip_bad_files: bool = False,
         decode_workers: int | None = None,
         num_workers: int = 0,
+        on_device: bool | str = "auto",
         demo: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -88,6 +98,10 @@ class CIFAKEDataModule(L.LightningDataModule):
             raise ConfigError(f"data.batch_size must be at least 1, got {batch_size}")
         if shear < 0:
             raise ConfigError(f"data.shear is a maximum angle in degrees and must be >= 0, got {shear}")
+        if not 0.0 <= hflip <= 1.0:
+            raise ConfigError(f"data.hflip is the probability of a left-right flip and must lie in [0, 1], got {hflip}")
+        if on_device not in (True, False, "auto"):
+            raise ConfigError(f"data.on_device is auto, true or false, got {on_device!r}")
         self.save_hyperparameters(logger=False)
         self.classes = tuple(sorted(classes))
         self._splits: dict[str, DecodedSplit] = {}
@@ -149,18 +163,38 @@ class CIFAKEDataModule(L.LightningDataModule):
             train = self.decoded(hp.train_split)
             if hp.validate_on == "test":
                 test = self.decoded(hp.test_split)
-                self.train_set = DecodedImages(train)
-                self.val_set = DecodedImages(test, rng.permutation(len(test)))
+                self.train_set = DecodedImages(train, resident=self._resident(train))
+                self.val_set = DecodedImages(test, rng.permutation(len(test)), self._resident(test))
             else:
                 train_idx, val_idx = stratified_split(train.labels, hp.val_fraction, hp.split_seed)
-                self.train_set = DecodedImages(train, train_idx)
-                self.val_set = DecodedImages(train, rng.permutation(val_idx))
+                self.train_set = DecodedImages(train, train_idx, self._resident(train))
+                self.val_set = DecodedImages(train, rng.permutation(val_idx), self._resident(train))
             log.info("train: %s; validation (%s): %s", self._describe(self.train_set),
                      hp.validate_on, self._describe(self.val_set))
         if stage in ("test", "predict", None) and self.test_set is None:
             test = self.decoded(hp.test_split)
-            self.test_set = DecodedImages(test, rng.permutation(len(test)))
+            self.test_set = DecodedImages(test, rng.permutation(len(test)), self._resident(test))
             log.info("test: %s", self._describe(self.test_set))
+
+    def device(self) -> torch.device:
+        """Where batches go: the trainer's device, or the CPU without a trainer."""
+        return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+
+    def keeps_data_on_device(self) -> bool:
+        choice = self.hparams.on_device
+        return self.device().type == "cuda" if choice == "auto" else bool(choice)
+
+    def _resident(self, split: DecodedSplit) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The whole split as device tensors (copied once per split), when ``on_device`` asks."""
+        if not self.keeps_data_on_device():
+            return None
+        key = f"_resident_{id(split)}"
+        if not hasattr(self, key):
+            device = self.device()
+            log.info("Copying %d decoded images to %s", len(split), device)
+            setattr(self, key, (torch.from_numpy(np.array(split.images)).to(device),  # a writable copy
+                                torch.from_numpy(split.labels).to(device)))
+        return getattr(self, key)
 
     def _describe(self, ds: DecodedImages) -> str:
         counts = np.bincount(ds.split.labels[ds.indices], minlength=len(self.classes))
@@ -171,14 +205,16 @@ class CIFAKEDataModule(L.LightningDataModule):
         if ds is None:
             raise RuntimeError("call setup() before asking for a dataloader")
         hp = self.hparams
+        resident = ds.resident is not None  # already on the device: no workers, nothing to pin
+        workers = 0 if resident else hp.num_workers
         return DataLoader(
             ds,
             batch_size=hp.batch_size if train else (hp.eval_batch_size or hp.batch_size),
             shuffle=train,
-            num_workers=hp.num_workers,
+            num_workers=workers,
             collate_fn=_keep_batch,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=hp.num_workers > 0,
+            pin_memory=torch.cuda.is_available() and not resident,
+            persistent_workers=workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -194,9 +230,9 @@ class CIFAKEDataModule(L.LightningDataModule):
         return self._loader(self.test_set, train=False)
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
-        """Scale to [0, 1] on the device; shear only while training."""
+        """Scale to [0, 1] on the device; shear (and flip, if asked) only while training."""
         images, labels, rows = batch
         images = to_unit_float(images)
         if self.trainer is not None and self.trainer.training:
-            images = random_shear(images, self.hparams.shear)
+            images = random_hflip(random_shear(images, self.hparams.shear), self.hparams.hflip)
         return images, labels, rows

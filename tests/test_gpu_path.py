@@ -1,0 +1,108 @@
+"""The GPU path's switches, checked where a CPU can check them (nothing here is timed)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from cifake.data.augment import random_hflip
+from cifake.explain import gradcam
+from cifake.utils import build_trainer, resolve_precision
+from tests.conftest import tiny_demo_overrides
+
+
+def test_precision_auto_means_bf16_on_cuda_only(monkeypatch, compose_cfg) -> None:
+    assert compose_cfg("train").trainer.precision == "auto"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_precision("auto", "auto") == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_precision("auto", "auto") == "bf16-mixed"
+    assert resolve_precision("auto", "cpu") == "32-true"
+    assert resolve_precision("16-mixed", "auto") == "16-mixed"
+
+
+def test_cpu_trainer_gets_full_precision(compose_cfg) -> None:
+    trainer = build_trainer(compose_cfg("train", ["trainer.accelerator=cpu"]))
+    assert trainer.precision == "32-true"
+
+
+def _classifier(**kw):
+    from cifake.models.classifier import Classifier
+
+    torch.manual_seed(0)
+    net = {"_target_": "cifake.models.vgg.VGG", "filters": [8, 16, 16, 16], "convs": [2, 2, 3, 3],
+           "dropouts": 0.0, "dense": [32]}
+    optimizer = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
+    return Classifier(net=net, optimizer=optimizer, gradcam_layer="net.features.1.3", **kw).eval()
+
+
+def test_channels_last_gives_the_same_outputs() -> None:
+    plain, nhwc = _classifier(channels_last=False), _classifier(channels_last=True)
+    nhwc.load_state_dict(plain.state_dict())
+    nhwc.setup("fit")
+    assert nhwc.net.features[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(6, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(nhwc(x), plain(x), atol=1e-5, rtol=1e-4)
+    assert not _classifier().uses_channels_last(torch.device("cpu"))  # auto: only on CUDA
+    assert _classifier().uses_channels_last(torch.device("cuda"))
+
+
+def test_compile_keeps_plain_weights_and_grad_cam_runs_the_plain_module() -> None:
+    model = _classifier(compile=True)
+    model.setup("fit")
+    assert model._compiled is not None
+    assert list(model.state_dict()) == list(_classifier().state_dict())  # no _orig_mod. prefix
+
+    class Refuse(torch.nn.Module):
+        def forward(self, x):
+            raise AssertionError("Grad-CAM must not run the compiled module")
+
+    object.__setattr__(model, "_compiled", Refuse())  # stands in for the compiled graph
+    with pytest.raises(AssertionError, match="compiled"):
+        model(torch.rand(2, 3, 32, 32))
+    cams = gradcam(model, torch.rand(2, 3, 32, 32), [0, 1], "net.features.1.3")
+    assert cams.shape == (2, 32, 32) and not model._eager
+
+
+@pytest.mark.parametrize("override", ["model.compile=true", "model.channels_last=true", "trainer.precision=bf16-mixed",
+                                      "data.on_device=true", "experiment=cpu_fast", "experiment=best"])
+def test_gpu_switches_and_recipes_compose(compose_cfg, override: str) -> None:
+    cfg = compose_cfg("train", [override])
+    assert cfg.model is not None and cfg.trainer is not None
+
+
+def test_data_on_the_device_gives_the_same_batches(compose_cfg) -> None:
+    batches = {}
+    for on_device in (False, True):
+        cfg = compose_cfg("train", [*tiny_demo_overrides(), f"data.on_device={str(on_device).lower()}",
+                                    "data.num_workers=2"])
+        dm = instantiate(cfg.data, _convert_="all")
+        dm.prepare_data()
+        dm.setup("fit")
+        loader = dm.val_dataloader()
+        assert (loader.num_workers == 0) == on_device and (dm.val_set.resident is not None) == on_device
+        batches[on_device] = next(iter(loader))
+    for a, b in zip(batches[False], batches[True], strict=True):
+        assert torch.equal(a, b)
+
+
+def test_hflip_mirrors_with_the_given_probability() -> None:
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    assert torch.equal(random_hflip(x, 1.0), x.flip(-1))
+    assert torch.equal(random_hflip(x, 0.0), x)
+    mixed = random_hflip(torch.ones(1000, 1, 1, 2) * torch.tensor([0.0, 1.0]), 0.5)
+    assert 400 < int((mixed[:, 0, 0, 0] == 1).sum()) < 600
+
+
+def test_one_cycle_schedule_gets_its_length_from_the_trainer(compose_cfg) -> None:
+    cfg = compose_cfg("train", [*tiny_demo_overrides(), "trainer.max_epochs=2", "trainer.limit_train_batches=3",
+                                "model.scheduler={_target_:torch.optim.lr_scheduler.OneCycleLR,_partial_:true,"
+                                "max_lr:0.01}", "model.scheduler_interval=step", "callbacks.gradcam=null"])
+    trainer = build_trainer(cfg)
+    model = instantiate(cfg.model, _convert_="all")
+    trainer.fit(model, datamodule=instantiate(cfg.data, _convert_="all"))
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    assert scheduler.total_steps == 6 and trainer.lr_scheduler_configs[0].interval == "step"
