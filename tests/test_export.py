@@ -1,0 +1,206 @@
+"""export.py: the ONNX file and its contract, checked against PyTorch in process and in a Python
+that has only onnxruntime and numpy."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+from torch import nn
+
+from cifake import export as export_job
+from cifake.data.decode import decode_image
+from cifake.errors import ConfigError
+from cifake.evaluate import load_classifier
+from cifake.export import choose_resample
+from tests.conftest import CONF_DIR, write_image
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_NET = {"_target_": "cifake.models.vgg.VGG", "filters": [8, 16, 16, 16], "convs": [2, 2, 3, 3],
+            "dropouts": 0.0, "dense": [32]}
+ADAM = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
+
+
+def make_checkpoint(path: Path, resample: str | None = "bicubic", seed: int = 0) -> Path:
+    """A tiny classifier with random weights saved by a Lightning Trainer, as train.py saves one,
+    recording ``resample`` as its data module's setting (``None``: nothing recorded)."""
+    from cifake.models.classifier import Classifier
+
+    torch.manual_seed(seed)
+    model = Classifier(net=TINY_NET, optimizer=ADAM, gradcam_layer="net.features.1.3")
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                # He initialisation keeps the signal through ten layers (PyTorch's default shrinks it
+                # until every image gets the same logit).
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            if isinstance(module, nn.BatchNorm2d):  # not the identity, so the export must carry it
+                module.running_mean.normal_(0.0, 0.1)
+                module.running_var.uniform_(0.5, 2.0)
+        # Spread the logits of images of different brightness and contrast over about +-4, centred on 0.
+        model.eval()
+        logits = model(torch.rand(64, 3, 32, 32) * torch.rand(64, 1, 1, 1))
+        scale = 2.0 / logits.std()
+        last = model.net.head[-1]
+        last.weight.mul_(scale)
+        last.bias.mul_(scale).sub_(logits.median() * scale)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(path)
+    if resample is not None:  # what trainer.fit(model, datamodule) adds
+        raw = torch.load(path, weights_only=True)
+        raw["datamodule_hyper_parameters"] = {"resample": resample, "image_size": 32}
+        torch.save(raw, path)
+    return path
+
+
+def compose_job(name: str, out: Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """``conf/<name>.yaml`` with overrides, writing to ``out`` (usable outside a test's tmp_path)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name=name, overrides=[f"paths.output_dir={out}", *overrides])
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return cfg
+
+
+def export_tiny(folder: Path, overrides: Sequence[str] = ()) -> tuple[Path, Path, dict]:
+    """A tiny checkpoint in ``folder`` and its export under ``folder/export``: (ckpt, model.onnx, contract)."""
+    ckpt = make_checkpoint(folder / "tiny.ckpt")
+    terms = export_job.run(compose_job("export", folder / "export", [f"ckpt_path={ckpt}", *overrides]))
+    return ckpt, folder / "export" / "model.onnx", terms
+
+
+def torch_p_real(ckpt: Path, images: np.ndarray) -> np.ndarray:
+    """p(REAL) of uint8 images ``(N, 3, S, S)`` from the checkpoint, as training scales them."""
+    model = load_classifier(ckpt).eval()
+    with torch.no_grad():
+        return torch.sigmoid(model(torch.from_numpy(images).float() / 255.0)).numpy()
+
+
+def generated_images(folder: Path, n: int, seed: int = 1) -> np.ndarray:
+    """``n`` JPEGs of assorted sizes written to ``folder`` and decoded as prediction decodes them."""
+    rng = np.random.default_rng(seed)
+    decoded = []
+    for i in range(n):
+        path = folder / f"{i}.jpg"
+        write_image(path, rng, size=int(rng.integers(20, 90)))
+        decoded.append(decode_image(path, 32, "bicubic")[0])
+    return np.stack(decoded)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[Path, Path, dict]:
+    return export_tiny(tmp_path_factory.mktemp("export"))
+
+
+def test_export_writes_the_model_and_its_contract(exported) -> None:
+    ckpt, onnx_path, terms = exported
+    assert onnx_path.is_file() and not list(onnx_path.parent.glob("*.data"))  # one self-contained file
+    assert json.loads((onnx_path.parent / "model.json").read_text()) == terms
+    assert terms["model_file"] == "model.onnx" and terms["source_checkpoint"] == str(ckpt)
+    assert terms["input"] | {"preprocessing": None} == {
+        "name": "images", "dtype": "float32", "layout": "NCHW", "shape": ["batch", 3, 32, 32], "channel_order": "RGB",
+        "image_size": 32, "divide_by": 255.0, "range": [0.0, 1.0], "preprocessing": None, "resample": "bicubic",
+        "resample_library": "Pillow"}
+    assert terms["output"]["name"] == "p_real" and "REAL" in terms["output"]["meaning"]
+    assert terms["classes"] == ["FAKE", "REAL"] and terms["labels"] == {"FAKE": 0, "REAL": 1}
+    assert terms["threshold"] == 0.5 and terms["opset"] == 20
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert (inp.name, inp.type, out.name, out.type) == ("images", "tensor(float)", "p_real", "tensor(float)")
+    assert isinstance(inp.shape[0], str) and inp.shape[1:] == [3, 32, 32]  # the batch axis is symbolic
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_onnxruntime_matches_pytorch_on_random_and_decoded_images(exported, tmp_path, batch) -> None:
+    ckpt, onnx_path, _ = exported
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(batch)
+    for images in (rng.integers(0, 256, (batch, 3, 32, 32), dtype=np.uint8), generated_images(tmp_path, batch)):
+        expected = torch_p_real(ckpt, images)
+        got = session.run(["p_real"], {"images": images.astype(np.float32) / np.float32(255)})[0]
+        assert got.shape == (batch,) and got.dtype == np.float32
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    # The probabilities are spread out, so agreement is not two constant outputs agreeing.
+    varied = rng.integers(0, 256, (32, 3, 32, 32)) * rng.uniform(0, 1, (32, 1, 1, 1))
+    assert np.ptp(torch_p_real(ckpt, varied.astype(np.uint8))) > 0.1
+
+
+NO_TORCH_CONSUMER = r"""
+import json, sys
+import numpy as np
+import onnxruntime as ort
+
+contract = json.load(open(sys.argv[1]))
+images = np.load(sys.argv[2])  # uint8 (N, 3, S, S), RGB, already resized as the contract says
+x = images.astype(np.float32) / np.float32(contract["input"]["divide_by"])
+session = ort.InferenceSession(sys.argv[3], providers=["CPUExecutionProvider"])
+p_real = session.run([contract["output"]["name"]], {contract["input"]["name"]: x})[0]
+assert "torch" not in sys.modules, sorted(m for m in sys.modules if m.startswith("torch"))
+predicted = [contract["classes"][int(p > contract["threshold"])] for p in p_real]
+print(json.dumps({"p_real": p_real.tolist(), "predicted": predicted}))
+"""
+
+
+def test_exported_model_runs_with_onnxruntime_alone(exported, tmp_path) -> None:
+    ckpt, onnx_path, _ = exported
+    images = generated_images(tmp_path, 5)
+    np.save(tmp_path / "images.npy", images)
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH_CONSUMER, str(onnx_path.parent / "model.json"),
+                           str(tmp_path / "images.npy"), str(onnx_path)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    expected = torch_p_real(ckpt, images)
+    np.testing.assert_allclose(result["p_real"], expected, atol=1e-4, rtol=0)
+    assert result["predicted"] == [("FAKE", "REAL")[int(p > 0.5)] for p in expected]
+
+
+def test_torchscript_exporter_gives_an_equivalent_model(tmp_path) -> None:
+    ckpt, onnx_path, terms = export_tiny(tmp_path, ["dynamo=false", "opset=17", "threshold=0.3"])
+    assert terms["threshold"] == 0.3 and terms["opset"] == 17 and "TorchScript" in terms["exporter"]
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    for batch in (1, 7):
+        images = np.random.default_rng(batch).integers(0, 256, (batch, 3, 32, 32), dtype=np.uint8)
+        got = session.run(["p_real"], {"images": images.astype(np.float32) / np.float32(255)})[0]
+        np.testing.assert_allclose(got, torch_p_real(ckpt, images), atol=1e-4, rtol=0)
+
+
+def test_resample_comes_from_the_checkpoint_unless_set() -> None:
+    assert choose_resample(None, "bilinear", "x.ckpt") == "bilinear"
+    assert choose_resample("lanczos", "bilinear", "x.ckpt") == "lanczos"
+    with pytest.raises(ConfigError, match="set resample=bicubic"):
+        choose_resample(None, None, "x.ckpt")
+    with pytest.raises(ConfigError, match="choose one of"):
+        choose_resample("cubic", "bicubic", "x.ckpt")
+
+
+def test_bad_export_requests_are_clear_errors(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="ckpt_path is required"):
+        export_job.run(compose_job("export", tmp_path / "a"))
+    with pytest.raises(ConfigError, match="is not a file"):
+        export_job.run(compose_job("export", tmp_path / "b", [f"ckpt_path={tmp_path / 'none.ckpt'}"]))
+    bare = make_checkpoint(tmp_path / "bare.ckpt", resample=None)
+    with pytest.raises(ConfigError, match="does not record how its training images were resized"):
+        export_job.run(compose_job("export", tmp_path / "c", [f"ckpt_path={bare}"]))
+    with pytest.raises(ConfigError, match=r"threshold=1.5 must lie in \[0, 1\]"):
+        export_job.run(compose_job("export", tmp_path / "d", [f"ckpt_path={bare}", "threshold=1.5"]))
+
+
+def test_console_script_entry_reports_errors_plainly(tmp_path) -> None:
+    # The cifake-export console script calls cifake.export:main, whose config path is absolute.
+    proc = subprocess.run([sys.executable, "-c", "from cifake.export import main; main()",
+                           f"ckpt_path={tmp_path / 'none.ckpt'}", f"paths.log_dir={tmp_path}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "is not a file" in proc.stderr and "Traceback" not in proc.stderr
