@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +12,16 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from torch import nn
 
 from cifake import schemas  # noqa: F401  (registers the config schemas)
+from cifake.audit import find_leaks
+from cifake.data.augment import to_unit_float
 from cifake.errors import ConfigError
 from cifake.forest_job import evaluate_forest
 from cifake.metrics import binary_report, report_scalars
 from cifake.models.classifier import Classifier
-from cifake.report import Predictions, write_report
+from cifake.report import Predictions, threshold_on_validation, write_report, write_robustness_report
 from cifake.tracking import log_hparams, run_hparams
 from cifake.utils import build_trainer, instantiate_all, silence_known_warnings
 
@@ -68,11 +72,31 @@ def check_threshold(threshold: float) -> None:
         raise ConfigError(f"threshold={threshold} must lie in [0, 1] (it applies to p(REAL))")
 
 
+def network_predictor(model: nn.Module, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 batch (on the CPU) -> p(REAL) (on the CPU), as training scales its inputs."""
+    model.eval().to(device)
+
+    @torch.no_grad()
+    def predict(images: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(model(to_unit_float(images.to(device)))).float().cpu()
+
+    return predict
+
+
 def evaluate_checkpoint(ckpt_path: str | Path, datamodule: L.LightningDataModule, trainer: L.Trainer,
-                        threshold: float, out_dir: Path, settings: dict[str, Any] | DictConfig) -> dict[str, Any]:
-    """Score ``ckpt_path`` on the test split; write and log the report (:func:`write_report`)."""
+                        threshold: float, out_dir: Path, settings: dict[str, Any] | DictConfig,
+                        threshold_choice: dict[str, Any] | None = None, robustness: bool = False,
+                        exclude: set[str] | None = None) -> dict[str, Any]:
+    """Score ``ckpt_path`` on the test split; write and log the report (:func:`write_report`).
+    With ``threshold_choice["method"]`` the threshold is chosen on the validation split first;
+    with ``robustness`` the test split is scored again under perturbations."""
     check_threshold(threshold)
     model = load_classifier(ckpt_path)
+    predictor = network_predictor(model, trainer.strategy.root_device)
+    batch = datamodule.hparams.eval_batch_size or datamodule.hparams.batch_size
+    if threshold_choice and threshold_choice.get("method"):
+        threshold = threshold_on_validation(predictor, datamodule, threshold_choice,
+                                            tuple(model.hparams.get("classes", datamodule.classes)), batch)
     image_size = model.hparams.get("image_size")
     if image_size != datamodule.hparams.image_size:
         raise ConfigError(
@@ -87,8 +111,23 @@ def evaluate_checkpoint(ckpt_path: str | Path, datamodule: L.LightningDataModule
         raise RuntimeError("predictions and labels are misaligned; please report this as a bug")
     if not trainer.is_global_zero:  # every rank predicted its share; rank zero writes the report
         return binary_report(raw["p_real"], raw["label"], threshold, classes)
-    return write_report(pred, classes, threshold, out_dir, settings, trainer.loggers, trainer.global_step,
-                        source=str(ckpt_path), model=model)
+    report = write_report(pred, classes, threshold, out_dir, settings, trainer.loggers, trainer.global_step,
+                          source=str(ckpt_path), model=model, exclude=exclude)
+    if robustness:
+        write_robustness_report(network_predictor(model, trainer.strategy.root_device), pred, threshold, settings,
+                                out_dir, trainer.loggers, trainer.global_step)
+    return report
+
+
+def leaking_test_files(datamodule: L.LightningDataModule, near_distance: int | None) -> set[str]:
+    """Test files (as ``Predictions.files`` names them) identical to, or within ``near_distance``
+    pHash bits of, a train file (see ``python audit.py``)."""
+    hp = datamodule.hparams
+    train, test = datamodule.decoded(hp.train_split), datamodule.decoded(hp.test_split)
+    leaks = {str(test.root / leak.path) for leak in find_leaks(train, test, near_distance)}
+    log.info("%d test images leak from train (exact copies%s)", len(leaks),
+             f" and pHash within {near_distance} bits" if near_distance is not None else "")
+    return leaks
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -100,13 +139,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     check_threshold(cfg.threshold)
     datamodule = instantiate(cfg.data, _convert_="all")
     out = Path(cfg.paths.output_dir)
+    exclude = leaking_test_files(datamodule, cfg.leak_near_distance) if cfg.exclude_leaks else None
     if str(cfg.ckpt_path).endswith(".skops"):
         loggers = instantiate_all(cfg.get("logger"))
-        report = evaluate_forest(cfg.ckpt_path, datamodule, cfg.threshold, out, cfg.report, loggers)
+        report = evaluate_forest(cfg.ckpt_path, datamodule, cfg.threshold, out, cfg.report, loggers,
+                                 cfg.threshold_choice, cfg.robustness, exclude)
     else:
         trainer: L.Trainer = build_trainer(cfg)
         loggers = trainer.loggers
-        report = evaluate_checkpoint(cfg.ckpt_path, datamodule, trainer, cfg.threshold, out, cfg.report)
+        report = evaluate_checkpoint(cfg.ckpt_path, datamodule, trainer, cfg.threshold, out, cfg.report,
+                                     cfg.threshold_choice, cfg.robustness, exclude)
     params = {"ckpt_path": str(cfg.ckpt_path), "threshold": cfg.threshold, **run_hparams(cfg, keys=("data", "seed"))}
     log_hparams(loggers, params, report_scalars(report))
     for lg in loggers:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,20 @@ from sklearn.metrics import log_loss
 from cifake.callbacks.base import log_figure, tensorboard_writers
 from cifake.data.cache import DecodedSplit
 from cifake.data.datamodule import CIFAKEDataModule
-from cifake.data.features import cached_features
+from cifake.data.features import cached_features, extract_features
 from cifake.errors import ConfigError
 from cifake.metrics import binary_report, report_scalars
 from cifake.models.forest import ForestClassifier
 from cifake.plots import class_balance_figure, correlation_figure, feature_distributions_figure, importance_figure
-from cifake.report import Predictions, curve_figures, example_figures, write_figures, write_report
+from cifake.report import (
+    Predictions,
+    curve_figures,
+    example_figures,
+    threshold_on_validation,
+    write_figures,
+    write_report,
+    write_robustness_report,
+)
 from cifake.tracking import log_hparams, run_hparams
 from cifake.utils import instantiate_all
 
@@ -122,8 +131,20 @@ def fit_forest(cfg: DictConfig, datamodule: CIFAKEDataModule, model: ForestClass
     return metrics
 
 
+def forest_predictor(model: ForestClassifier) -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 batch -> p(REAL): the forest's features of the images, then its probabilities."""
+
+    def predict(images: torch.Tensor) -> torch.Tensor:
+        features = extract_features(images.numpy(), model.feature_set, **model.feature_params)
+        return torch.from_numpy(model.predict_proba_real(features))
+
+    return predict
+
+
 def evaluate_forest(path: str | Path, datamodule: CIFAKEDataModule, threshold: float, out_dir: Path,
-                    settings: dict[str, Any] | DictConfig, loggers: list) -> dict[str, Any]:
+                    settings: dict[str, Any] | DictConfig, loggers: list,
+                    threshold_choice: dict[str, Any] | None = None, robustness: bool = False,
+                    exclude: set[str] | None = None) -> dict[str, Any]:
     """Score a saved forest on the test split: the same files as a network's evaluation (Grad-CAM
     is skipped: a forest on image statistics has no layer to explain), plus the exploratory
     figures of the test features (``test_*.png``)."""
@@ -131,13 +152,20 @@ def evaluate_forest(path: str | Path, datamodule: CIFAKEDataModule, threshold: f
     if model.image_size is not None and model.image_size != datamodule.hparams.image_size:
         raise ConfigError(f"the forest was trained on {model.image_size}px images but data.image_size="
                           f"{datamodule.hparams.image_size}; set data.image_size={model.image_size}")
+    if threshold_choice and threshold_choice.get("method"):
+        batch = datamodule.hparams.eval_batch_size or datamodule.hparams.batch_size
+        threshold = threshold_on_validation(forest_predictor(model), datamodule, threshold_choice, model.classes,
+                                            batch)
     datamodule.setup("test")
     split = datamodule.test_set.split
     features = split_features(model, split)
     rows = np.sort(datamodule.test_set.indices)
     pred = Predictions.of_rows(split, rows, model.predict_proba_real(features[rows]))
     log.info("Grad-CAM skipped: the random forest works on image statistics, it has no layer to explain")
-    report = write_report(pred, model.classes, threshold, out_dir, settings, loggers, step=0, source=str(path))
+    report = write_report(pred, model.classes, threshold, out_dir, settings, loggers, step=0, source=str(path),
+                          exclude=exclude)
+    if robustness:
+        write_robustness_report(forest_predictor(model), pred, threshold, settings, out_dir, loggers, step=0)
     if settings["figures"]:
         eda = eda_figures(features[rows], pred.labels, model, {"test": _counts(pred.labels, model.classes)}, "test")
         write_figures({f"test_{k}": v for k, v in eda.items()}, out_dir, tensorboard_writers(loggers), step=0,

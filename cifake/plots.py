@@ -219,3 +219,73 @@ def importance_figure(importances: dict[str, float], title: str = "Feature impor
     ax.set(xlabel="mean decrease in impurity", title=title)
     ax.tick_params(axis="y", labelsize=8)
     return fig
+
+
+def robustness_figure(rows: Sequence[dict], metrics: Sequence[str] = ("accuracy", "auroc"), baseline: str = "none",
+                      title: str = "Robustness to perturbations") -> Figure:
+    """One panel per metric: a line of points per perturbation across its strengths (in the order
+    given), with the unperturbed ``baseline`` row as a dashed line. ``rows`` are
+    :func:`cifake.robustness.robustness_table`'s ``{perturbation, strength, <metric>, ...}``."""
+    base = next((r for r in rows if r["perturbation"] == baseline), None)
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["perturbation"] != baseline:
+            groups.setdefault(r["perturbation"], []).append(r)
+    xs: dict[str, np.ndarray] = {}
+    ticks, labels, cursor = [], [], 0
+    for name, members in groups.items():
+        xs[name] = cursor + np.arange(len(members))
+        ticks += list(xs[name])
+        labels += [name if r["strength"] is None else f"{name}\n{r['strength']:g}" for r in members]
+        cursor += len(members) + 1  # a gap between perturbations
+    fig = Figure(figsize=(max(5.0, 1.6 + 0.55 * max(cursor, 1)), 2.6 * len(metrics) + 0.6), layout="constrained")
+    axes = fig.subplots(len(metrics), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, metric in zip(axes, metrics, strict=True):
+        if base is not None:
+            ax.axhline(base[metric], ls="--", c="grey", lw=1, label=f"{baseline}: {base[metric]:.4f}")
+        for k, (name, members) in enumerate(groups.items()):
+            values = [r[metric] for r in members]
+            ax.plot(xs[name], values, marker="o", c=f"C{k % 10}", label=name)
+            for x, v in zip(xs[name], values, strict=True):
+                ax.annotate(f"{v:.3f}", (x, v), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=7)
+        ax.set(ylabel=metric)
+        ax.grid(alpha=0.3)
+        ax.margins(y=0.2)
+    axes[0].legend(fontsize=7, loc="lower left", ncols=2)
+    axes[-1].set_xticks(ticks, labels, fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
+def reliability_figure(edges: np.ndarray, count: np.ndarray, confidence: np.ndarray, accuracy: np.ndarray,
+                       ece: float | None = None, log_counts: bool = True,
+                       title: str = "Reliability of the predicted class") -> Figure:
+    """Reliability diagram of per-bin mean ``confidence`` and ``accuracy`` (NaN for empty bins)
+    over confidence bins ``edges``, as :func:`cifake.calibration.reliability_bins` gives them:
+    the accuracy of each bin as a bar, the gap to its mean confidence shaded, the diagonal of a
+    calibrated model, and the number of predictions per bin under it."""
+    edges, count = np.asarray(edges, dtype=np.float64), np.asarray(count)
+    confidence, accuracy = np.asarray(confidence, dtype=np.float64), np.asarray(accuracy, dtype=np.float64)
+    widths = np.diff(edges)
+    filled = count > 0
+    fig = Figure(figsize=(4.5, 5.6), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    top.bar(edges[:-1][filled], accuracy[filled], widths[filled], align="edge", edgecolor="black", lw=0.5,
+            label="accuracy")
+    gap_low = np.minimum(accuracy, confidence)[filled]
+    top.bar(edges[:-1][filled], np.abs(confidence - accuracy)[filled], widths[filled], bottom=gap_low,
+            align="edge", color=WRONG_COLOUR, alpha=0.3, hatch="//", label="gap to mean confidence")
+    top.plot(edges[[0, -1]], edges[[0, -1]], ls="--", c="grey", lw=1, label="calibrated")
+    top.plot(confidence[filled], accuracy[filled], "k.", ms=4)
+    top.set(xlim=(edges[0], edges[-1]), ylim=(0, 1.01), ylabel="accuracy of the predicted class",
+            title=title if ece is None else f"{title}\nECE = {ece:.4f} (n={int(count.sum()):,})")
+    top.legend(loc="upper left", fontsize=8)
+    top.grid(alpha=0.3)
+    bottom.bar(edges[:-1][filled], count[filled], widths[filled], align="edge", color="grey", edgecolor="black",
+               lw=0.5)
+    if log_counts and filled.any():
+        bottom.set_yscale("log")
+        bottom.yaxis.set_major_formatter("{x:,.0f}")  # plain counts, not 6x10^2
+        bottom.yaxis.set_minor_formatter("")
+    bottom.set(xlabel="confidence = max(p(REAL), p(FAKE))", ylabel="predictions")
+    return fig

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,12 +17,22 @@ from matplotlib.figure import Figure
 from torch import nn
 from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc
 
+from cifake.calibration import choose_threshold, expected_calibration_error, reliability_bins
 from cifake.callbacks.base import log_figure, tensorboard_writers
 from cifake.data.augment import to_unit_float
 from cifake.data.cache import DecodedSplit
 from cifake.explain import explanation_sets, gradcam, pick_per_class
 from cifake.metrics import binary_report, format_report, report_scalars
-from cifake.plots import confusion_figure, gradcam_figure, pr_figure, prediction_grid_figure, roc_figure
+from cifake.plots import (
+    confusion_figure,
+    gradcam_figure,
+    pr_figure,
+    prediction_grid_figure,
+    reliability_figure,
+    robustness_figure,
+    roc_figure,
+)
+from cifake.robustness import robustness_markdown, robustness_table, write_robustness
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +140,21 @@ def write_figures(figures: dict[str, Figure], out_dir: Path, writers: list, step
 
 def write_report(pred: Predictions, classes: Sequence[str], threshold: float, out_dir: Path,
                  settings: dict[str, Any], loggers: list, step: int, source: str,
-                 model: nn.Module | None = None) -> dict[str, Any]:
+                 model: nn.Module | None = None, exclude: set[str] | None = None) -> dict[str, Any]:
     """Everything an evaluation leaves, from ``pred`` alone: ``metrics.json``, ``predictions.csv``
     and (with ``settings["figures"]``) the figures as PNGs, logged to ``loggers`` under ``test/``
-    too. ``model``, if given, is used only for Grad-CAM's gradients. Returns the metrics."""
+    too. ``model``, if given, is used only for Grad-CAM's gradients; with ``exclude`` (file paths as
+    in ``pred.files``) the metrics without those images go in as ``leak_free``. Returns the metrics."""
     report = binary_report(torch.from_numpy(pred.p_real), torch.from_numpy(pred.labels), threshold, tuple(classes))
+    bins = reliability_bins(pred.p_real, pred.labels, settings["calibration_bins"])
+    report["ece"] = float(bins.ece)
+    if exclude is not None:  # e.g. the test images that leak from train (cifake.audit)
+        keep = np.array([f not in exclude for f in pred.files], dtype=bool)
+        subset = binary_report(torch.from_numpy(pred.p_real[keep]), torch.from_numpy(pred.labels[keep]), threshold,
+                               tuple(classes))
+        subset["ece"] = expected_calibration_error(pred.p_real[keep], pred.labels[keep], settings["calibration_bins"])
+        report["leak_free"] = {**subset, "excluded": int((~keep).sum())}
+        log.info("Without the %d leaking test images:\n%s", (~keep).sum(), format_report(subset, tuple(classes)))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     write_predictions_csv(out_dir / "predictions.csv", pred, classes, threshold)
@@ -144,6 +164,7 @@ def write_report(pred: Predictions, classes: Sequence[str], threshold: float, ou
     if settings["figures"]:
         writers = tensorboard_writers(loggers)
         figures = curve_figures(pred, report["confusion_matrix"], classes, "test")
+        figures["reliability"] = reliability_figure(bins.edges, bins.count, bins.confidence, bins.accuracy, bins.ece)
         figures.update(example_figures(pred, classes, threshold, model, settings, "test"))
         # The counts travel inside the PNG too, so a figure can be checked against metrics.json.
         counts = {"confusion_matrix": {"confusion_matrix": json.dumps(report["confusion_matrix"])}}
@@ -152,3 +173,40 @@ def write_report(pred: Predictions, classes: Sequence[str], threshold: float, ou
     log.info("Test split, %s:\n%s\nWritten to %s: %s", source, format_report(report, tuple(classes)), out_dir,
              ", ".join(written))
     return report
+
+
+def predict_in_batches(predict_p_real: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray,
+                       batch_size: int) -> np.ndarray:
+    """p(REAL) of uint8 ``images`` ``(N, 3, H, W)`` through ``predict_p_real``, a batch at a time."""
+    out = [predict_p_real(torch.from_numpy(np.array(images[i:i + batch_size]))).float().cpu()
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+
+def write_robustness_report(predict_p_real: Callable[[torch.Tensor], torch.Tensor], pred: Predictions,
+                            threshold: float, settings: dict[str, Any], out_dir: Path, loggers: list,
+                            step: int) -> list[dict[str, Any]]:
+    """Accuracy and AUROC on the test images under each perturbation of ``settings["robustness"]``:
+    ``robustness.csv``, ``robustness.md`` and ``robustness.png`` (also in TensorBoard)."""
+    cfg = settings["robustness"]
+    rows = robustness_table(predict_p_real, pred.images, pred.labels, cfg["perturbations"], cfg["batch_size"],
+                            threshold, cfg["seed"], cfg.get("options"))
+    write_robustness(rows, out_dir)
+    write_figures({"robustness": robustness_figure(rows)}, out_dir, tensorboard_writers(loggers), step)
+    log.info("Robustness (test split):\n%s", robustness_markdown(rows))
+    return rows
+
+
+def threshold_on_validation(predict_p_real: Callable[[torch.Tensor], torch.Tensor], datamodule: Any,
+                            choice: dict[str, Any], classes: Sequence[str], batch_size: int) -> float:
+    """The threshold ``choice["method"]`` picks on the validation split (see
+    :func:`cifake.calibration.choose_threshold`), to be used on the test split."""
+    datamodule.setup("fit")
+    val = datamodule.val_set
+    images, labels = val.split.images[np.sort(val.indices)], val.split.labels[np.sort(val.indices)]
+    p_real = predict_in_batches(predict_p_real, images, batch_size)
+    threshold = choose_threshold(p_real, labels, choice["method"], choice.get("target_precision"),
+                                 choice.get("positive", classes[1]), tuple(classes))
+    log.info("Threshold chosen on the validation split (%d images, %s): %.4f", len(labels), choice["method"],
+             threshold)
+    return float(threshold)

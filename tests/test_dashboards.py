@@ -115,3 +115,35 @@ def test_report_can_leave_figures_out(demo_run: Path, compose_cfg) -> None:
     evaluate_job.run(cfg)
     out = Path(cfg.paths.output_dir)
     assert (out / "predictions.csv").is_file() and not list(out.glob("*.png"))
+
+
+def test_evaluate_adds_calibration_robustness_and_a_validation_threshold(demo_run: Path, compose_cfg) -> None:
+    data = [o for o in tiny_demo_overrides() if o.startswith(("data", "trainer.accelerator"))]
+    cfg = compose_cfg("evaluate", [*data, f"paths.cache_dir={demo_run.parent / 'cache'}", "robustness=true",
+                                   "threshold_choice.method=f1",
+                                   f"ckpt_path={demo_run / 'checkpoints' / 'best.ckpt'}"])
+    report = evaluate_job.run(cfg)
+    out = Path(cfg.paths.output_dir)
+    assert 0.0 <= report["ece"] <= 1.0 and (out / "reliability.png").is_file()
+    with (out / "robustness.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    strengths = cfg.report.robustness.perturbations
+    assert rows[0]["perturbation"] == "none" and len(rows) == 1 + sum(len(v) for v in strengths.values())
+    assert [r["perturbation"] for r in rows[1:]] == [k for k, v in strengths.items() for _ in v]
+    assert float(rows[0]["accuracy"]) == pytest.approx(report["accuracy"])  # the baseline is the report
+    assert (out / "robustness.md").is_file() and (out / "robustness.png").is_file()
+    assert 0.0 <= report["threshold"] <= 1.0
+
+
+def test_evaluate_can_leave_out_test_images_that_leak_from_train(demo_run: Path, compose_cfg, tmp_path: Path) -> None:
+    import shutil
+
+    from tests.conftest import make_cifake_tree
+
+    root = make_cifake_tree(tmp_path / "leaky", n_per_class=6)
+    shutil.copy(root / "train" / "FAKE" / "0 (FAKE).jpg", root / "test" / "FAKE" / "copied.jpg")
+    cfg = compose_cfg("evaluate", [f"data.root={root}", "trainer.accelerator=cpu", "exclude_leaks=true",
+                                   "report.figures=false", f"ckpt_path={demo_run / 'checkpoints' / 'best.ckpt'}"])
+    report = evaluate_job.run(cfg)
+    assert report["n"] == 13 and report["leak_free"]["n"] == 12 and report["leak_free"]["excluded"] == 1
+    assert json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())["leak_free"]["n"] == 12

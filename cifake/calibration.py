@@ -1,0 +1,169 @@
+"""Whether p(REAL) can be read as a probability (expected calibration error, reliability bins),
+and the choice of the decision threshold on the validation split.
+
+Calibration is measured on the predicted class (top-label calibration, Guo et al. 2017): each
+prediction is the more probable class, REAL when ``p_real > 0.5`` as in the metrics, and its
+confidence is ``max(p_real, 1 - p_real)``, in [0.5, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from cifake.errors import ConfigError
+
+METHODS = ("f1", "precision")
+
+
+def _check(p_real: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Float64 probabilities in [0, 1] and 0/1 labels of the same 1-D shape."""
+    p, y = np.asarray(p_real, dtype=np.float64), np.asarray(labels)
+    if p.ndim != 1 or p.shape != y.shape or len(p) == 0:
+        raise ValueError(f"p_real {p.shape} and labels {y.shape} must be equal, non-empty and 1-D")
+    if not np.all((p >= 0) & (p <= 1)):
+        raise ValueError("p_real must be probabilities in [0, 1] (no NaN)")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError(f"labels must be 0 or 1, got {np.unique(y)[:10].tolist()}")
+    return p, y.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class ReliabilityBins:
+    """Equal-width confidence bins: ``edges`` (``n_bins + 1``, from 0.5 to 1) and per bin the
+    number of predictions, their mean confidence and the share of them that are right (NaN for
+    empty bins)."""
+
+    edges: np.ndarray
+    count: np.ndarray
+    confidence: np.ndarray
+    accuracy: np.ndarray
+
+    @property
+    def ece(self) -> float:
+        """Sum over bins of ``count / N * |accuracy - confidence|``."""
+        filled = self.count > 0
+        gaps = np.abs(self.accuracy[filled] - self.confidence[filled])
+        return float(np.sum(self.count[filled] * gaps) / self.count.sum())
+
+
+def reliability_bins(p_real: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> ReliabilityBins:
+    """Bin the predictions by confidence ``max(p, 1 - p)`` into ``n_bins`` equal-width bins over
+    [0.5, 1]: bin ``i`` holds ``edges[i] < confidence <= edges[i + 1]``, the first also 0.5.
+
+    The range starts at 0.5 because a binary prediction is never less confident than that; bins
+    over [0, 1] would leave half of them empty.
+    """
+    p, y = _check(p_real, labels)
+    if int(n_bins) != n_bins or n_bins < 1:
+        raise ConfigError(f"calibration n_bins must be an integer >= 1, got {n_bins}")
+    n_bins = int(n_bins)
+    predicted = (p > 0.5).astype(np.int64)
+    confidence = np.maximum(p, 1.0 - p)
+    correct = (predicted == y).astype(np.float64)
+    edges = np.linspace(0.5, 1.0, n_bins + 1)
+    # Right-closed bins: compared with the very edges the figure shows, so no rounding moves a point.
+    which = np.digitize(confidence, edges[1:-1], right=True)
+    count = np.bincount(which, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(which, weights=confidence, minlength=n_bins) / count
+        accuracy = np.bincount(which, weights=correct, minlength=n_bins) / count
+    return ReliabilityBins(edges=edges, count=count, confidence=mean_conf, accuracy=accuracy)
+
+
+def expected_calibration_error(p_real: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> float:
+    """Top-label ECE: ``sum_b |B_b| / N * |acc(B_b) - conf(B_b)|`` over the :func:`reliability_bins`
+    ``B_b``, where conf is the mean of ``max(p, 1 - p)`` in the bin and acc the share of its
+    predictions (REAL when ``p > 0.5``) that are right. 0 when calibrated, at most 1; it is the
+    same whichever class is called positive."""
+    return reliability_bins(p_real, labels, n_bins).ece
+
+
+@dataclass(frozen=True)
+class ThresholdSweep:
+    """Every distinct split of the predictions by a threshold on p(REAL), with precision, recall
+    and F1 of the positive class; thresholds increase."""
+
+    threshold: np.ndarray
+    precision: np.ndarray
+    recall: np.ndarray
+    f1: np.ndarray
+
+
+def threshold_sweep(p_real: ArrayLike, labels: ArrayLike, positive: str = "REAL",
+                    classes: Sequence[str] = ("FAKE", "REAL")) -> ThresholdSweep:
+    """Precision, recall and F1 of ``positive`` for each distinct split, an image being REAL when
+    ``p_real > threshold`` (the metrics' rule), thresholds in [0, 1] as the metrics require.
+
+    Each threshold lies midway between two neighbouring distinct scores, so it splits these
+    predictions exactly as any threshold in that gap would, with the most room on both sides for
+    scores not seen yet. The ends are midway between 0 and the lowest score (all REAL; left out
+    when some score is 0, which no threshold in [0, 1] calls REAL) and between the highest score
+    and 1 (all FAKE). Ratios with a zero denominator count as 0, as in the metrics.
+    """
+    p, y = _check(p_real, labels)
+    if positive not in classes:
+        raise ConfigError(f"positive class must be one of {list(classes)}, got {positive!r}")
+    order = np.argsort(p, kind="stable")
+    p, y = p[order], y[order]
+    scores = np.unique(p)
+    # Images at or below each distinct score: those called FAKE when the threshold sits just above it.
+    below = np.searchsorted(p, scores, side="right")
+    real_cum = np.concatenate([[0], np.cumsum(y)])
+    called_fake = np.concatenate([[0], below])  # split j: the j lowest scores are FAKE
+    real_in_fake = real_cum[called_fake]
+    lower, upper = np.concatenate([[0.0], scores]), np.concatenate([scores, [1.0]])
+    threshold = (lower + upper) / 2
+    # The metrics compare in float32: a midpoint between two neighbouring float32 scores may round
+    # up onto the upper one, which would then count as FAKE; the lower score splits the same way.
+    threshold = np.where(threshold.astype(np.float32) < upper.astype(np.float32), threshold, lower)
+    n, n_real = len(p), int(y.sum())
+    if classes.index(positive) == 1:  # REAL positive: called REAL above the threshold
+        tp, called, actual = n_real - real_in_fake, n - called_fake, n_real
+    else:
+        tp, called, actual = called_fake - real_in_fake, called_fake, n - n_real
+    tp, called = tp.astype(np.float64), called.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(called > 0, tp / called, 0.0)
+        recall = tp / actual if actual else np.zeros_like(tp)
+        f1 = np.where(called + actual > 0, 2 * tp / (called + actual), 0.0)
+    first = 1 if scores[0] == 0 else 0
+    return ThresholdSweep(threshold=threshold[first:], precision=precision[first:], recall=recall[first:],
+                          f1=f1[first:])
+
+
+def choose_threshold(p_real: ArrayLike, labels: ArrayLike, method: str = "f1", target_precision: float | None = None,
+                     positive: str = "REAL", classes: Sequence[str] = ("FAKE", "REAL")) -> float:
+    """A threshold on p(REAL) (REAL when ``p_real > threshold``) chosen on validation predictions.
+
+    ``method="f1"``: the threshold of highest F1 of ``positive`` (ties: the lowest threshold).
+    ``method="precision"``: among thresholds whose precision for ``positive`` reaches
+    ``target_precision``, the one of highest recall of ``positive`` (ties: the higher precision);
+    for REAL positive that is the lowest threshold reaching the target. A :class:`ConfigError` says
+    when no threshold reaches it. Thresholds are those of :func:`threshold_sweep`.
+    """
+    if method not in METHODS:
+        raise ConfigError(f"threshold method must be one of {list(METHODS)}, got {method!r}")
+    y = np.asarray(labels)
+    if len(np.unique(y)) < 2:
+        raise ValueError("choosing a threshold needs labels of both classes")
+    sweep = threshold_sweep(p_real, labels, positive, classes)
+    if method == "f1":
+        return float(sweep.threshold[int(np.argmax(sweep.f1))])
+    if target_precision is None or not 0 < target_precision <= 1:
+        raise ConfigError(f"method 'precision' needs target_precision in (0, 1], got {target_precision}")
+    # A hair of tolerance so that e.g. 4/5 counts as reaching 0.8 whatever the rounding.
+    reached = np.flatnonzero(sweep.precision >= target_precision - 1e-12)
+    if len(reached) == 0:
+        best = int(np.argmax(sweep.precision))
+        raise ConfigError(
+            f"no threshold reaches precision {target_precision} for {positive} on these {len(y)} predictions: "
+            f"the highest is {sweep.precision[best]:.4f} (threshold {sweep.threshold[best]:.4g}, recall "
+            f"{sweep.recall[best]:.4f}). Lower target_precision or choose by F1."
+        )
+    # lexsort's last key is the primary one: highest recall, then highest precision.
+    best = reached[np.lexsort((sweep.precision[reached], sweep.recall[reached]))[-1]]
+    return float(sweep.threshold[best])
