@@ -70,7 +70,7 @@ def test_undecodable_files_stop_the_run_with_every_name(cifake_tree: Path, tmp_p
     message = str(err.value)
     assert "3 file(s)" in message and "data.skip_bad_files=true" in message
     assert all(name in message for name in names)
-    assert not list((tmp_path / "c" / "decoded").iterdir())  # nothing half-written is left
+    assert not [p for p in (tmp_path / "c" / "decoded").iterdir() if p.suffix != ".lock"]  # nothing half-written
 
 
 def test_skip_bad_files_leaves_them_out_with_a_warning(cifake_tree: Path, tmp_path: Path, caplog) -> None:
@@ -80,6 +80,9 @@ def test_skip_bad_files_leaves_them_out_with_a_warning(cifake_tree: Path, tmp_pa
     assert len(split) == 12 and split.labels.tolist() == [0] * 6 + [1] * 6
     assert not any(name in f for f in split.files for name in names)
     assert all(name in caplog.text for name in names)
+    # The same cache reused by a run that did not ask to skip: the bad files are not silently gone.
+    with pytest.raises(DataError, match="data.skip_bad_files=true"):
+        decode(cifake_tree, tmp_path / "c", skip_bad_files=False)
 
 
 @pytest.mark.parametrize(("mode", "size", "fmt", "kind"), [
@@ -105,3 +108,23 @@ def test_parallel_decode_matches_serial(cifake_tree: Path, tmp_path: Path, monke
     listing = scan_split(cifake_tree, "train", CLASSES)
     parallel = load_or_decode(listing, tmp_path / "b", image_size=32, workers=2)
     assert np.array_equal(np.asarray(serial.images), np.asarray(parallel.images))
+
+
+def test_jobs_started_together_build_each_cache_once(tmp_path) -> None:
+    """As in a sweep whose jobs start at once: every process must get the same complete data."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from pathlib import Path; from cifake.data.demo import generate_demo; "
+        "from cifake.data.scan import scan_split; from cifake.data.cache import load_or_decode; "
+        "root = generate_demo(Path(sys.argv[1]), 40, 10, 0, 32, 2, 0.06, 90); "
+        "s = load_or_decode(scan_split(root, 'train', ('FAKE', 'REAL')), Path(sys.argv[2]), 32); "
+        "print(len(s), int(s.images.sum()))"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "demo"), str(tmp_path / "cache")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=240) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+    assert len({out for out, _ in outs}) == 1 and outs[0][0].split()[0] == "80"
+    assert len([p for p in (tmp_path / "cache" / "decoded").iterdir() if p.is_dir()]) == 1

@@ -53,6 +53,6 @@ def test_each_stage_decodes_only_the_splits_it_reads(tmp_path: Path) -> None:
     assert dm.splits_for("predict") == ("test",) and dm.splits_for("fit") == ("train",)
     dm.trainer = SimpleNamespace(state=SimpleNamespace(fn="predict"))
     dm.prepare_data()
-    assert [p.name.split("-")[1] for p in (tmp_path / "cache" / "decoded").iterdir()] == ["test"]
+    assert [p.name.split("-")[1] for p in (tmp_path / "cache" / "decoded").iterdir() if p.is_dir()] == ["test"]
     on_test = CIFAKEDataModule(root=str(root), cache_dir=str(tmp_path / "cache"), validate_on="test")
     assert on_test.splits_for("fit") == ("train", "test")

@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
+from cifake.data.locking import build_lock
 from cifake.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,13 @@ def extract_archive(archive: Path, cache_dir: Path) -> Path:
     if (dest / _DONE).exists():
         log.info("Reusing the extraction of %s in %s", archive, dest)
         return dest
+    with build_lock(dest):
+        if not (dest / _DONE).exists():  # another process may have extracted it while we waited
+            _extract(archive, dest)
+    return dest
+
+
+def _extract(archive: Path, dest: Path) -> None:
     if dest.exists():  # an earlier extraction was interrupted
         shutil.rmtree(dest)
     tmp = dest.with_name(dest.name + ".partial")
@@ -90,4 +98,3 @@ def extract_archive(archive: Path, cache_dir: Path) -> Path:
         raise
     (tmp / _DONE).touch()
     tmp.rename(dest)
-    return dest

@@ -19,6 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cifake.data.decode import RESAMPLING, decode_into
+from cifake.data.locking import build_lock
 from cifake.data.scan import SplitListing
 from cifake.errors import ConfigError, DataError
 
@@ -94,11 +95,20 @@ def load_or_decode(
     if meta_path.exists():
         log.info("Reusing the decoded %s cache %s (the files have not changed)", listing.split, folder)
     else:
-        _build(listing, folder, image_size, resample, skip_bad_files, workers or os.cpu_count() or 1)
-        for stale in folder.parent.glob(f"{prefix}*"):  # older versions of the same split
-            if stale != folder:
-                shutil.rmtree(stale, ignore_errors=True)
+        with build_lock(folder):
+            if not meta_path.exists():  # another process may have built it while we waited
+                _build(listing, folder, image_size, resample, skip_bad_files, workers or os.cpu_count() or 1)
+                for stale in folder.parent.glob(f"{prefix}*"):  # older versions of the same split
+                    if stale != folder and not stale.name.endswith(".lock"):
+                        shutil.rmtree(stale, ignore_errors=True)
     meta = json.loads(meta_path.read_text())
+    skipped = meta.get("skipped_undecodable") or {}
+    if skipped and not skip_bad_files:  # the cache was built leaving them out; this run did not ask to
+        lines = "\n".join(f"  {listing.root / name}: {why}" for name, why in skipped.items())
+        raise DataError(
+            f"{len(skipped)} file(s) in {listing.split} cannot be decoded:\n{lines}\n"
+            "Replace or delete them, or set data.skip_bad_files=true to leave them out."
+        )
     return DecodedSplit(
         images=np.load(folder / "images.npy", mmap_mode="r"),
         labels=np.load(folder / "labels.npy"),

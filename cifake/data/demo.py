@@ -18,6 +18,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from cifake.data.locking import build_lock
+
 log = logging.getLogger(__name__)
 
 _DONE = ".generated"
@@ -74,8 +76,20 @@ def generate_demo(
     """Write ``root/{train,test}/{FAKE,REAL}/NNNN.jpg`` unless a complete copy made with the same
     parameters is already there (other parameters regenerate it)."""
     params = json.dumps({k: v for k, v in locals().items() if k != "root"}, sort_keys=True)
-    if (root / _DONE).exists() and (root / _DONE).read_text() == params:
+    def done() -> bool:
+        return (root / _DONE).exists() and (root / _DONE).read_text() == params
+
+    if done():
         return root
+    with build_lock(root):
+        if not done():
+            _write_demo(root, params, train_per_class, test_per_class, seed, image_size, upsample_factor, noise,
+                        jpeg_quality)
+    return root
+
+
+def _write_demo(root: Path, params: str, train_per_class: int, test_per_class: int, seed: int, image_size: int,
+                upsample_factor: int, noise: float, jpeg_quality: int) -> None:
     shutil.rmtree(root, ignore_errors=True)
     tmp = root.with_name(root.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -93,4 +107,3 @@ def generate_demo(
                     bar.update()
     (tmp / _DONE).write_text(params)
     tmp.rename(root)
-    return root
