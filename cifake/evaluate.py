@@ -73,11 +73,12 @@ def check_threshold(threshold: float) -> None:
 
 
 def network_predictor(model: nn.Module, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """uint8 batch (on the CPU) -> p(REAL) (on the CPU), as training scales its inputs."""
-    model.eval().to(device)
+    """uint8 batch (on the CPU) -> p(REAL) (on the CPU), as training scales its inputs. The model
+    is put in eval mode on ``device`` at each call: a trainer's teardown may have moved it back."""
 
     @torch.no_grad()
     def predict(images: torch.Tensor) -> torch.Tensor:
+        model.eval().to(device)
         return torch.sigmoid(model(to_unit_float(images.to(device)))).float().cpu()
 
     return predict
@@ -114,8 +115,7 @@ def evaluate_checkpoint(ckpt_path: str | Path, datamodule: L.LightningDataModule
     report = write_report(pred, classes, threshold, out_dir, settings, trainer.loggers, trainer.global_step,
                           source=str(ckpt_path), model=model, exclude=exclude)
     if robustness:
-        write_robustness_report(network_predictor(model, trainer.strategy.root_device), pred, threshold, settings,
-                                out_dir, trainer.loggers, trainer.global_step)
+        write_robustness_report(predictor, pred, threshold, settings, out_dir, trainer.loggers, trainer.global_step)
     return report
 
 

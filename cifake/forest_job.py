@@ -152,10 +152,10 @@ def evaluate_forest(path: str | Path, datamodule: CIFAKEDataModule, threshold: f
     if model.image_size is not None and model.image_size != datamodule.hparams.image_size:
         raise ConfigError(f"the forest was trained on {model.image_size}px images but data.image_size="
                           f"{datamodule.hparams.image_size}; set data.image_size={model.image_size}")
+    predictor = forest_predictor(model)
     if threshold_choice and threshold_choice.get("method"):
         batch = datamodule.hparams.eval_batch_size or datamodule.hparams.batch_size
-        threshold = threshold_on_validation(forest_predictor(model), datamodule, threshold_choice, model.classes,
-                                            batch)
+        threshold = threshold_on_validation(predictor, datamodule, threshold_choice, model.classes, batch)
     datamodule.setup("test")
     split = datamodule.test_set.split
     features = split_features(model, split)
@@ -165,7 +165,7 @@ def evaluate_forest(path: str | Path, datamodule: CIFAKEDataModule, threshold: f
     report = write_report(pred, model.classes, threshold, out_dir, settings, loggers, step=0, source=str(path),
                           exclude=exclude)
     if robustness:
-        write_robustness_report(forest_predictor(model), pred, threshold, settings, out_dir, loggers, step=0)
+        write_robustness_report(predictor, pred, threshold, settings, out_dir, loggers, step=0)
     if settings["figures"]:
         eda = eda_figures(features[rows], pred.labels, model, {"test": _counts(pred.labels, model.classes)}, "test")
         write_figures({f"test_{k}": v for k, v in eda.items()}, out_dir, tensorboard_writers(loggers), step=0,

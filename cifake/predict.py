@@ -27,9 +27,9 @@ from tqdm import tqdm
 
 from cifake.data.augment import to_unit_float
 from cifake.data.decode import decode_image
-from cifake.data.scan import _is_hidden
+from cifake.data.scan import is_hidden
 from cifake.errors import ConfigError, DataError
-from cifake.evaluate import check_threshold, load_classifier
+from cifake.evaluate import check_threshold, load_classifier, network_predictor
 from cifake.explain import gradcam
 from cifake.export import CONTRACT_FORMAT, choose_resample, require, trained_resample
 from cifake.models.classifier import Classifier
@@ -56,11 +56,10 @@ class Predictor:
 def checkpoint_predictor(ckpt_path: Path, device: torch.device) -> Predictor:
     """A ``.ckpt`` written by train.py, on ``device``, in eval mode."""
     model = load_classifier(ckpt_path).to(device).eval()
+    predict = network_predictor(model, device)
 
-    @torch.inference_mode()
     def p_real(images: np.ndarray) -> np.ndarray:
-        logits = model(to_unit_float(torch.from_numpy(images).to(device)))
-        return torch.sigmoid(logits).float().cpu().numpy()
+        return predict(torch.from_numpy(images)).numpy()
 
     return Predictor(p_real, int(model.hparams.image_size), trained_resample(ckpt_path),
                      tuple(model.hparams.get("classes", ("FAKE", "REAL"))), model, device)
@@ -117,8 +116,8 @@ def pick_device(device: str) -> torch.device:
 
 def _walk(folder: Path) -> Iterator[Path]:
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not _is_hidden(d)]
-        yield from (Path(dirpath) / f for f in filenames if not _is_hidden(f))
+        dirnames[:] = [d for d in dirnames if not is_hidden(d)]
+        yield from (Path(dirpath) / f for f in filenames if not is_hidden(f))
 
 
 def find_files(inputs: str | Sequence[str]) -> list[Path]:

@@ -48,7 +48,7 @@ class SplitListing:
         return {name: counts[i] for i, name in enumerate(self.classes)}
 
 
-def _is_hidden(name: str) -> bool:
+def is_hidden(name: str) -> bool:
     return name.startswith(".") or name in {"__MACOSX", "Thumbs.db", "desktop.ini"}
 
 
@@ -59,10 +59,10 @@ def resolve_layout_root(root: Path, splits: tuple[str, ...]) -> Path:
         raise DataError(f"data.root {str(root)!r} does not exist or is not a folder. {KAGGLE_HINT}")
     if all((root / s).is_dir() for s in splits):
         return root
-    subdirs = [p for p in root.iterdir() if p.is_dir() and not _is_hidden(p.name)]
+    subdirs = [p for p in root.iterdir() if p.is_dir() and not is_hidden(p.name)]
     if len(subdirs) == 1 and all((subdirs[0] / s).is_dir() for s in splits):
         return subdirs[0]
-    found = sorted(p.name for p in root.iterdir() if not _is_hidden(p.name))
+    found = sorted(p.name for p in root.iterdir() if not is_hidden(p.name))
     raise DataError(
         f"{root} should contain the split folders {list(splits)} (the Kaggle layout "
         f"train/{{REAL,FAKE}}, test/{{REAL,FAKE}}); found {found or 'nothing'}. {KAGGLE_HINT}"
@@ -77,7 +77,7 @@ def scan_split(root: Path, split: str, classes: tuple[str, ...]) -> SplitListing
     that names what was expected and what was found.
     """
     split_dir = root / split
-    found = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not _is_hidden(p.name))
+    found = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not is_hidden(p.name))
     if found != sorted(classes):
         raise DataError(
             f"{split_dir}: expected exactly the class folders {sorted(classes)}, found {found}. "
@@ -89,10 +89,10 @@ def scan_split(root: Path, split: str, classes: tuple[str, ...]) -> SplitListing
     for label, name in enumerate(sorted(classes)):
         class_files = []
         for dirpath, dirnames, filenames in os.walk(split_dir / name):
-            dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+            dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
             for fname in filenames:
                 path = Path(dirpath) / fname
-                if _is_hidden(fname) or path.suffix.lower() not in IMAGE_SUFFIXES:
+                if is_hidden(fname) or path.suffix.lower() not in IMAGE_SUFFIXES:
                     skipped[f"not an image ({path.suffix or fname})"] += 1
                     continue
                 class_files.append(path.relative_to(root).as_posix())
