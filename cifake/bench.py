@@ -4,14 +4,17 @@
     DataModule's loader and its on-device shear) against torchvision ``ImageFolder`` + PIL +
     ``RandomAffine`` shear + ``DataLoader`` with one worker per core;
 (b) training: ``train.py``'s Lightning path (module, datamodule, default callbacks, logger)
-    against a bare PyTorch loop of the same network, batch size and optimizer, at the configured
-    batch size and at ``--large-batch``;
-(c) evaluation: ``trainer.predict`` against a bare ``no_grad`` loop, at ``data.eval_batch_size``.
+    against a bare PyTorch loop of the same network, batch size and optimizer;
+(c) evaluation: ``trainer.predict`` against a bare ``no_grad`` loop;
 
-    python -m cifake.bench [--steps 100] [--warmup 10] [--repeats 2] [--large-batch 256]
+each at ``data.batch_size`` and at ``--large-batch``.
+
+    python -m cifake.bench [--steps 100] [--data-images 32000] [--warmup 10] [--repeats 2]
+                           [--large-batch 256] [--sections data,train,eval]
                            [--out outputs/bench.md] [train.py overrides: data.root=... ...]
 
-Each measurement runs ``warmup`` untimed batches then ``steps`` timed ones, ``repeats`` times with
+Each measurement runs ``warmup`` untimed batches then ``steps`` timed ones (the data path,
+``--data-images`` worth of batches), ``repeats`` times with
 the paths alternating (drift in the machine hits both alike); the table gives medians. It runs on
 CUDA when present (synchronising before reading the clock), else on the CPU.
 """
@@ -227,10 +230,12 @@ def _compose(overrides: list[str], tmp: str) -> DictConfig:
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=100, help="timed batches per measurement")
+    parser.add_argument("--steps", type=int, default=100, help="timed batches per training/evaluation measurement")
+    parser.add_argument("--data-images", type=int, default=32_000,
+                        help="timed images per data-path measurement (it is fast, so it needs more)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed batches first")
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs per path; the median counts")
-    parser.add_argument("--large-batch", type=int, default=256, help="the second training batch size")
+    parser.add_argument("--large-batch", type=int, default=256, help="the second batch size")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="naive loader's worker processes")
     parser.add_argument("--sections", default="data,train,eval", help="which of data,train,eval to run")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench.md"), help="where the table is written")
@@ -239,31 +244,36 @@ def main(argv: list[str] | None = None) -> str:
     rows = ["| measurement | path | median images/s | ratio |", "|---|---|---:|---:|"]
     runs_log: list[str] = []
     s, w, r = args.steps, args.warmup, args.repeats
+    naive = f"torchvision ImageFolder + PIL + RandomAffine, {args.workers} workers"
     with tempfile.TemporaryDirectory() as tmp:
         cfg = _compose(overrides, tmp)
-        b = cfg.data.batch_size
+        # every measurement at the configured batch size and at the large one (evaluation too)
+        configs = {batch: _compose([*overrides, f"data.batch_size={batch}", f"data.eval_batch_size={batch}"], tmp)
+                   for batch in dict.fromkeys((cfg.data.batch_size, args.large_batch))}
         if "data" in sections:
-            _compare(rows, f"(a) data path, batch {b}", {
-                f"torchvision ImageFolder + PIL + RandomAffine, {args.workers} workers":
-                    lambda: naive_data_rate(cfg, s, w, args.workers),
-                "decode-once cache, shear on the device": lambda: cached_data_rate(cfg, s, w),
-            }, f"torchvision ImageFolder + PIL + RandomAffine, {args.workers} workers", r, runs_log)
+            for batch, c in configs.items():
+                d = max(1, args.data_images // batch)
+                _compare(rows, f"(a) data path, batch {batch}", {
+                    naive: lambda c=c, d=d: naive_data_rate(c, d, w, args.workers),
+                    "decode-once cache, shear on the device": lambda c=c, d=d: cached_data_rate(c, d, w),
+                }, naive, r, runs_log)
         if "train" in sections:
-            for batch in (b, args.large_batch):
-                c = _compose([*overrides, f"data.batch_size={batch}"], tmp)
+            for batch, c in configs.items():
                 _compare(rows, f"(b) training, batch {batch}", {
                     "bare PyTorch loop": lambda c=c: bare_train_rate(c, s, w),
                     "Lightning (train.py's module, datamodule, callbacks, logger)":
                         lambda c=c: lightning_train_rate(c, s, w),
                 }, "bare PyTorch loop", r, runs_log)
         if "eval" in sections:
-            _compare(rows, f"(c) evaluation, batch {cfg.data.eval_batch_size or b}", {
-                "bare no_grad loop": lambda: bare_eval_rate(cfg, s, w),
-                "Lightning trainer.predict": lambda: lightning_eval_rate(cfg, s, w),
-            }, "bare no_grad loop", r, runs_log)
+            for batch, c in configs.items():
+                _compare(rows, f"(c) evaluation, batch {batch}", {
+                    "bare no_grad loop": lambda c=c: bare_eval_rate(c, s, w),
+                    "Lightning trainer.predict": lambda c=c: lightning_eval_rate(c, s, w),
+                }, "bare no_grad loop", r, runs_log)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     table = "\n".join([
-        f"Throughput on {device} (torch {torch.__version__}): {s} timed batches after {w} warm-up, "
+        f"Throughput on {device} (torch {torch.__version__}): {s} timed batches per training and evaluation "
+        f"measurement and {args.data_images:,} timed images per data-path one, after {w} warm-up batches, "
         f"{r} alternating runs per path; ratio against the first path of each measurement",
         "", *rows, "", "All runs (images/s):", *(f"- {line}" for line in runs_log),
     ])

@@ -4,7 +4,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cifake.data.augment import random_shear, sample_shear_degrees, shear_grid, to_unit_float
+from cifake.data.augment import (
+    NEGLIGIBLE_ROW_OFFSET,
+    column_offsets,
+    max_shear_offsets,
+    random_shear,
+    row_offsets,
+    sample_shear_degrees,
+    shear_grid,
+    to_unit_float,
+)
 from cifake.data.datamodule import CIFAKEDataModule
 
 
@@ -69,3 +78,41 @@ def test_datamodule_shears_only_while_training(tmp_path) -> None:
     dm.trainer = SimpleNamespace(training=True)
     trained = dm.on_after_batch_transfer(batch, 0)[0]
     assert trained.dtype == torch.float32 and not torch.allclose(trained, evaluated)
+
+
+@pytest.mark.parametrize("max_degrees", [0.2, 1.0, 3.5, 30.0])
+@pytest.mark.parametrize("shape", [(16, 3, 32, 32), (5, 1, 20, 28), (3, 2, 7, 4)])
+def test_every_shear_path_matches_grid_sample(max_degrees: float, shape: tuple[int, ...]) -> None:
+    # sub-pixel shears take the CPU's three-tap filters; they must resample as grid_sample does,
+    # up to the vertical offset they may leave out (bounded by NEGLIGIBLE_ROW_OFFSET)
+    x = torch.rand(shape)
+    out = random_shear(x, max_degrees, generator=torch.Generator().manual_seed(1))
+    degrees = sample_shear_degrees(shape[0], max_degrees, generator=torch.Generator().manual_seed(1))
+    expected = torch.nn.functional.grid_sample(x, shear_grid(degrees, *shape[2:]), mode="bilinear",
+                                               padding_mode="border", align_corners=False)
+    max_dy, _ = max_shear_offsets(max_degrees, shape[2])
+    skipped = max_dy if max_dy < NEGLIGIBLE_ROW_OFFSET else 0.0
+    assert (out - expected).abs().max() <= skipped + 1e-5
+
+
+def test_the_reports_shear_differs_from_grid_sample_by_under_half_a_grey_level() -> None:
+    x = torch.randint(0, 256, (64, 3, 32, 32)).float() / 255  # sharp 8-bit noise: the worst case
+    out = random_shear(x, 0.2, generator=torch.Generator().manual_seed(0))
+    degrees = sample_shear_degrees(64, 0.2, generator=torch.Generator().manual_seed(0))
+    expected = torch.nn.functional.grid_sample(x, shear_grid(degrees, 32, 32), mode="bilinear",
+                                               padding_mode="border", align_corners=False)
+    assert (out - expected).abs().max() < 0.5 / 255
+    assert (out - x).abs().max() > 10 / 255  # and the shear itself is far bigger than that
+
+
+def test_max_shear_offsets_bound_every_row_offset() -> None:
+    for max_degrees, height in [(0.2, 32), (3.5, 32), (10.0, 32), (150.0, 3), (179.0, 2)]:
+        degrees = torch.linspace(-max_degrees, max_degrees, 2001)
+        radians = torch.deg2rad(degrees)
+        for offsets, bound in zip((row_offsets(radians, height), column_offsets(radians, height)),
+                                  max_shear_offsets(max_degrees, height), strict=True):
+            largest = offsets.abs().max().item()
+            assert bound - 1e-3 <= largest <= bound + 1e-6  # a bound, and a tight one
+    max_dy, max_dx = max_shear_offsets(0.2, 32)
+    assert max_dx < 1 < max(max_shear_offsets(4.0, 32))  # the report's shear is sub-pixel
+    assert max_dy < NEGLIGIBLE_ROW_OFFSET < max_shear_offsets(1.0, 32)[0]

@@ -6,14 +6,14 @@ from tests.conftest import tiny_demo_overrides
 
 def test_bench_writes_one_table_with_every_measurement(tmp_path: Path) -> None:
     out = tmp_path / "bench.md"
-    bench.main(["--steps", "2", "--warmup", "1", "--repeats", "1", "--large-batch", "24", "--workers", "0",
-                "--out", str(out), f"paths.cache_dir={tmp_path / 'cache'}", *tiny_demo_overrides(),
-                "data.eval_batch_size=8"])
+    bench.main(["--steps", "2", "--data-images", "48", "--warmup", "1", "--repeats", "1", "--large-batch", "24",
+                "--workers", "0", "--out", str(out), f"paths.cache_dir={tmp_path / 'cache'}", *tiny_demo_overrides()])
     rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| (")]
     measurements = [r[0].strip() for r in rows]
-    assert measurements == ["(a) data path, batch 16"] * 2 + ["(b) training, batch 16"] * 2 + \
-        ["(b) training, batch 24"] * 2 + ["(c) evaluation, batch 8"] * 2
+    assert measurements == [f"({section}) {what}, batch {batch}" for section, what in
+                            [("a", "data path"), ("b", "training"), ("c", "evaluation")]
+                            for batch in (16, 24) for _ in range(2)]
     for k in range(0, len(rows), 2):
         assert float(rows[k][3]) == 1.00  # each measurement's first path is its reference
         assert float(rows[k][2].replace(",", "")) > 0 and float(rows[k + 1][2].replace(",", "")) > 0
-    assert "ImageFolder" in rows[0][1] and "decode-once" in rows[1][1] and "Lightning" in rows[3][1]
+    assert "ImageFolder" in rows[0][1] and "decode-once" in rows[1][1] and "Lightning" in rows[5][1]
