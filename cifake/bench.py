@@ -9,7 +9,7 @@
 
 each at ``data.batch_size`` and at ``--large-batch``.
 
-    python -m cifake.bench [--steps 100] [--data-images 32000] [--warmup 10] [--repeats 2]
+    python -m cifake.bench [--steps 100] [--data-images 32000] [--warmup 10] [--repeats 3]
                            [--large-batch 256] [--sections data,train,eval]
                            [--out outputs/bench.md] [train.py overrides: data.root=... ...]
 
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--data-images", type=int, default=32_000,
                         help="timed images per data-path measurement (it is fast, so it needs more)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed batches first")
-    parser.add_argument("--repeats", type=int, default=2, help="alternating runs per path; the median counts")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs per path; the median counts")
     parser.add_argument("--large-batch", type=int, default=256, help="the second batch size")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="naive loader's worker processes")
     parser.add_argument("--sections", default="data,train,eval", help="which of data,train,eval to run")
