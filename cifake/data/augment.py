@@ -30,6 +30,13 @@ def shear_grid(degrees: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return F.affine_grid(theta, [len(s), 1, height, width], align_corners=False)
 
 
+def grid_shear(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Shear each image of a float batch by its angle in ``degrees`` with ``grid_sample``:
+    bilinear, edges replicated (Keras' ``order=1``, ``fill_mode='nearest'``). Any angle, any device."""
+    grid = shear_grid(degrees, *images.shape[-2:])
+    return F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def _row_centres(height: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Each row's centre measured from the image's centre: -h/2 + 0.5, ..., h/2 - 0.5."""
     return torch.arange(0.5 - height / 2, height / 2, device=device, dtype=dtype)
@@ -91,7 +98,7 @@ def random_shear(images: torch.Tensor, max_degrees: float,
         return images
     if not math.isfinite(max_degrees) or max_degrees < 0:
         raise ValueError(f"shear must be a finite angle in degrees >= 0, got {max_degrees}")
-    n, _, h, w = images.shape
+    n, _, h, _ = images.shape
     degrees = sample_shear_degrees(n, max_degrees, images.device, generator)
     max_dy, max_dx = max_shear_offsets(max_degrees, h)
     if images.device.type == "cpu" and max(max_dy, max_dx) <= 1:
@@ -99,9 +106,7 @@ def random_shear(images: torch.Tensor, max_degrees: float,
         if max_dy >= NEGLIGIBLE_ROW_OFFSET:
             images = _subpixel_shift(images, row_offsets(radians, h, images.dtype)[:, None, :, None], -2)
         return _subpixel_shift(images, column_offsets(radians, h, images.dtype)[:, None, :, None], -1)
-    grid = shear_grid(degrees, h, w)
-    return F.grid_sample(images, grid.to(images.dtype), mode="bilinear",
-                         padding_mode="border", align_corners=False)
+    return grid_shear(images, degrees)
 
 
 def random_hflip(images: torch.Tensor, p: float = 0.5, generator: torch.Generator | None = None) -> torch.Tensor:
