@@ -41,6 +41,8 @@ class DataSchema:
     split_seed: int = MISSING
     shear: float = MISSING
     hflip: float = MISSING
+    translate: int = MISSING
+    translate_padding: str = MISSING
     skip_bad_files: bool = MISSING
     decode_workers: Optional[int] = MISSING  # noqa: UP045
     num_workers: int = MISSING
@@ -76,14 +78,34 @@ class VGGModelSchema:
     gradcam_layer: Optional[str] = MISSING  # noqa: UP045
     channels_last: Any = MISSING  # auto, true or false
     compile: bool = MISSING
+    label_smoothing: float = MISSING
+
+
+@dataclass
+class ResNetSchema:
+    _target_: str = MISSING
+    stem: list[int] = MISSING
+    widths: list[int] = MISSING
+    blocks: list[int] = MISSING
+    dropout: float = MISSING
+    high_pass: bool = MISSING
+    in_channels: int = MISSING
+    image_size: int = MISSING
+
+
+@dataclass
+class ResNetModelSchema(VGGModelSchema):
+    net: ResNetSchema = field(default_factory=ResNetSchema)  # type: ignore[assignment]
 
 
 def register() -> None:
-    """Make the schemas available to ``conf/`` as ``/schema_data`` and ``/schema_vgg`` (outside
+    """Make the schemas available to ``conf/`` as ``/schema_data``, ``/schema_vgg`` and
+    ``/schema_resnet`` (outside
     the config groups, so they are not offered as choices)."""
     cs = ConfigStore.instance()
     cs.store(name="schema_data", node=DataSchema)
     cs.store(name="schema_vgg", node=VGGModelSchema)
+    cs.store(name="schema_resnet", node=ResNetModelSchema)
 
 
 register()

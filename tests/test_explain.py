@@ -12,17 +12,22 @@ from cifake.explain import explanation_sets, gradcam, pick_per_class
 from cifake.models.classifier import Classifier
 from tests.conftest import CONF_DIR
 
-LAYER = OmegaConf.load(CONF_DIR / "model" / "vgg.yaml").gradcam_layer  # the shipped default
+LAYER = OmegaConf.load(CONF_DIR / "model" / "vgg.yaml").gradcam_layer  # the shipped defaults
+RESNET_LAYER = OmegaConf.load(CONF_DIR / "model" / "resnet.yaml").gradcam_layer
 PATCH = 8
 CORNERS = (2, 12, 22)  # patch corners on both axes: nine places, none aligned to the 8x8 grid
 
 
-def tiny_classifier(seed: int = 0) -> Classifier:
+def tiny_classifier(seed: int = 0, arch: str = "vgg") -> Classifier:
     torch.manual_seed(seed)
-    net = {"_target_": "cifake.models.vgg.VGG", "filters": [8, 16, 16, 16], "convs": [2, 2, 3, 3],
-           "dropouts": [0.0, 0.0, 0.0, 0.0], "dense": [32]}
+    if arch == "resnet":  # the shipped ResNet's shape (two-conv stem, three stages), narrower
+        net = {"_target_": "cifake.models.resnet.ResNet", "stem": [8, 8], "widths": [16, 16, 16],
+               "blocks": [1, 1, 1]}
+    else:
+        net = {"_target_": "cifake.models.vgg.VGG", "filters": [8, 16, 16, 16], "convs": [2, 2, 3, 3],
+               "dropouts": [0.0, 0.0, 0.0, 0.0], "dense": [32]}
     optimizer = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 3e-3}
-    return Classifier(net=net, optimizer=optimizer, gradcam_layer=LAYER)
+    return Classifier(net=net, optimizer=optimizer, gradcam_layer=RESNET_LAYER if arch == "resnet" else LAYER)
 
 
 def patch_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
@@ -39,8 +44,10 @@ def patch_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndar
 
 
 @pytest.mark.slow
-def test_gradcam_maximum_falls_on_the_planted_evidence() -> None:
-    model = tiny_classifier()
+@pytest.mark.parametrize("arch", ["vgg", "resnet"])
+def test_gradcam_maximum_falls_on_the_planted_evidence(arch: str) -> None:
+    model = tiny_classifier(arch=arch)
+    layer = model.hparams.gradcam_layer
     images, labels, _ = patch_images(1024, seed=1)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
@@ -55,14 +62,14 @@ def test_gradcam_maximum_falls_on_the_planted_evidence() -> None:
         predicted = (torch.sigmoid(model(test_images)) > 0.5).long()
     assert (predicted == test_labels).float().mean() > 0.95, "the planted signal was not learnt"
 
-    cams = gradcam(model, test_images, predicted.tolist(), LAYER)
+    cams = gradcam(model, test_images, predicted.tolist(), layer)
     assert cams.shape == (64, 32, 32) and np.isfinite(cams).all()
     # Only REAL images hold evidence (the patch); a FAKE call rests on its absence, nothing to point at.
     real = np.flatnonzero(test_labels.numpy() == 1)
     peaks = [np.unravel_index(np.argmax(cams[i]), cams[i].shape) for i in real]
     inside = [r <= pr < r + PATCH and c <= pc < c + PATCH
               for (pr, pc), (r, c) in zip(peaks, corners[real], strict=True)]
-    assert np.mean(inside) >= 0.8, f"Grad-CAM at {LAYER} peaked on the patch for only {np.mean(inside):.0%}"
+    assert np.mean(inside) >= 0.8, f"Grad-CAM at {layer} peaked on the patch for only {np.mean(inside):.0%}"
 
 
 def hooks(model: torch.nn.Module) -> list[int]:

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cifake.data.archive import extract_archive, is_archive
-from cifake.data.augment import random_hflip, random_shear, to_unit_float
+from cifake.data.augment import TRANSLATE_PADDING, random_hflip, random_shear, random_translate, to_unit_float
 from cifake.data.cache import DecodedSplit, load_or_decode
 from cifake.data.demo import generate_demo
 from cifake.data.scan import KAGGLE_HINT, resolve_layout_root, scan_split
@@ -63,7 +63,8 @@ class CIFAKEDataModule(L.LightningDataModule):
     ``root`` is an extracted folder or a downloaded archive (extracted once under ``cache_dir``).
     Validation is a seeded, stratified ``val_fraction`` of train (``validate_on="holdout"``) or,
     as the report did, the test split (``validate_on="test"``). Training batches are sheared per
-    sample by up to ``shear`` degrees on the device, and mirrored with probability ``hflip``.
+    sample by up to ``shear`` degrees on the device, shifted by up to ``translate`` whole pixels
+    (pad-and-crop, border filled as ``translate_padding`` says) and mirrored with probability ``hflip``.
     With ``on_device`` (``auto``: on CUDA) the decoded uint8 arrays are copied to the device once
     and batches are indexed there, so no image crosses the bus per step. With ``demo`` set, a
     generated dataset is written to ``root`` first (see :func:`cifake.data.demo.generate_demo`).
@@ -85,6 +86,8 @@ class CIFAKEDataModule(L.LightningDataModule):
         split_seed: int = 0,
         shear: float = 0.2,
         hflip: float = 0.0,
+        translate: int = 0,
+        translate_padding: str = "reflect",
         skip_bad_files: bool = False,
         decode_workers: int | None = None,
         num_workers: int = 0,
@@ -100,6 +103,10 @@ class CIFAKEDataModule(L.LightningDataModule):
             raise ConfigError(f"data.shear is a maximum angle in degrees and must be >= 0, got {shear}")
         if not 0.0 <= hflip <= 1.0:
             raise ConfigError(f"data.hflip is the probability of a left-right flip and must lie in [0, 1], got {hflip}")
+        if translate < 0 or translate >= image_size:
+            raise ConfigError(f"data.translate is a shift in whole pixels in [0, image_size), got {translate}")
+        if translate_padding not in TRANSLATE_PADDING:
+            raise ConfigError(f"data.translate_padding={translate_padding!r}; choose one of {list(TRANSLATE_PADDING)}")
         if on_device not in (True, False, "auto"):
             raise ConfigError(f"data.on_device is auto, true or false, got {on_device!r}")
         self.save_hyperparameters(logger=False)
@@ -230,9 +237,12 @@ class CIFAKEDataModule(L.LightningDataModule):
         return self._loader(self.test_set, train=False)
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
-        """Scale to [0, 1] on the device; shear (and flip, if asked) only while training."""
+        """Scale to [0, 1] on the device; shear (and shift and flip, if asked) only while training."""
         images, labels, rows = batch
         images = to_unit_float(images)
         if self.trainer is not None and self.trainer.training:
-            images = random_hflip(random_shear(images, self.hparams.shear), self.hparams.hflip)
+            hp = self.hparams
+            images = random_shear(images, hp.shear)
+            images = random_translate(images, hp.translate, hp.translate_padding)
+            images = random_hflip(images, hp.hflip)
         return images, labels, rows
