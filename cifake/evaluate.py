@@ -72,14 +72,19 @@ def check_threshold(threshold: float) -> None:
         raise ConfigError(f"threshold={threshold} must lie in [0, 1] (it applies to p(REAL))")
 
 
-def network_predictor(model: nn.Module, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """uint8 batch (on the CPU) -> p(REAL) (on the CPU), as training scales its inputs. The model
-    is put in eval mode on ``device`` at each call: a trainer's teardown may have moved it back."""
+def network_predictor(model: nn.Module, device: torch.device,
+                      precision: str = "32-true") -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 batch (on the CPU) -> p(REAL) (on the CPU), as training scales its inputs, with the
+    model's test-time augmentation (``Classifier.set_tta``) and, for ``bf16-mixed``, under bf16
+    autocast as the trainer runs it. The model is put in eval mode on ``device`` at each call: a
+    trainer's teardown may have moved it back."""
+    bf16 = str(precision).startswith("bf16")
 
     @torch.no_grad()
     def predict(images: torch.Tensor) -> torch.Tensor:
         model.eval().to(device)
-        return torch.sigmoid(model(to_unit_float(images.to(device)))).float().cpu()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            return model.p_real(to_unit_float(images.to(device))).float().cpu()
 
     return predict
 
@@ -87,13 +92,16 @@ def network_predictor(model: nn.Module, device: torch.device) -> Callable[[torch
 def evaluate_checkpoint(ckpt_path: str | Path, datamodule: L.LightningDataModule, trainer: L.Trainer,
                         threshold: float, out_dir: Path, settings: dict[str, Any] | DictConfig,
                         threshold_choice: dict[str, Any] | None = None, robustness: bool = False,
-                        exclude: set[str] | None = None) -> dict[str, Any]:
+                        exclude: set[str] | None = None, tta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Score ``ckpt_path`` on the test split; write and log the report (:func:`write_report`).
     With ``threshold_choice["method"]`` the threshold is chosen on the validation split first;
-    with ``robustness`` the test split is scored again under perturbations."""
+    with ``robustness`` the test split is scored again under perturbations; ``tta`` (``mode``,
+    ``shift``, ``padding``) averages every score over augmented views (recorded in metrics.json)."""
     check_threshold(threshold)
     model = load_classifier(ckpt_path)
-    predictor = network_predictor(model, trainer.strategy.root_device)
+    tta = dict(tta) if tta else {"mode": "none"}
+    model.set_tta(tta["mode"], tta.get("shift", 1), tta.get("padding", "reflect"))
+    predictor = network_predictor(model, trainer.strategy.root_device, str(trainer.precision))
     batch = datamodule.hparams.eval_batch_size or datamodule.hparams.batch_size
     if threshold_choice and threshold_choice.get("method"):
         threshold = threshold_on_validation(predictor, datamodule, threshold_choice,
@@ -113,7 +121,7 @@ def evaluate_checkpoint(ckpt_path: str | Path, datamodule: L.LightningDataModule
     if not trainer.is_global_zero:  # every rank predicted its share; rank zero writes the report
         return binary_report(raw["p_real"], raw["label"], threshold, classes)
     report = write_report(pred, classes, threshold, out_dir, settings, trainer.loggers, trainer.global_step,
-                          source=str(ckpt_path), model=model, exclude=exclude)
+                          source=str(ckpt_path), model=model, exclude=exclude, tta=tta)
     if robustness:
         write_robustness_report(predictor, pred, threshold, settings, out_dir, trainer.loggers, trainer.global_step)
     return report
@@ -141,6 +149,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.paths.output_dir)
     exclude = leaking_test_files(datamodule, cfg.leak_near_distance) if cfg.exclude_leaks else None
     if str(cfg.ckpt_path).endswith(".skops"):
+        if (cfg.get("tta") or {}).get("mode", "none") != "none":
+            raise ConfigError("tta averages a network's predictions over flipped and shifted views; a forest of "
+                              "image statistics would score every view alike: leave tta.mode=none for .skops")
         loggers = instantiate_all(cfg.get("logger"))
         report = evaluate_forest(cfg.ckpt_path, datamodule, cfg.threshold, out, cfg.report, loggers,
                                  cfg.threshold_choice, cfg.robustness, exclude)
@@ -148,7 +159,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         trainer: L.Trainer = build_trainer(cfg)
         loggers = trainer.loggers
         report = evaluate_checkpoint(cfg.ckpt_path, datamodule, trainer, cfg.threshold, out, cfg.report,
-                                     cfg.threshold_choice, cfg.robustness, exclude)
+                                     cfg.threshold_choice, cfg.robustness, exclude, cfg.get("tta"))
     params = {"ckpt_path": str(cfg.ckpt_path), "threshold": cfg.threshold, **run_hparams(cfg, keys=("data", "seed"))}
     log_hparams(loggers, params, report_scalars(report))
     for lg in loggers:

@@ -58,6 +58,8 @@ def report_scalars(report: dict[str, Any], prefix: str = "test/") -> dict[str, f
     out = {f"{prefix}acc": report["accuracy"], f"{prefix}auroc": report["auroc"]}
     for metric in ("precision", "recall", "f1"):
         out.update({f"{prefix}{metric}_{name.lower()}": value for name, value in report[metric].items()})
+    if "leak_free" in report:  # the same metrics without the test images that leak from train
+        out.update(report_scalars(report["leak_free"], f"{prefix}leak_free/"))
     return out
 
 

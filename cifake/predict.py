@@ -14,7 +14,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,8 @@ from cifake.explain import gradcam
 from cifake.export import CONTRACT_FORMAT, choose_resample, require, trained_resample
 from cifake.models.classifier import Classifier
 from cifake.plots import overlay
-from cifake.utils import friendly_errors
+from cifake.tta import check_tta, uint8_mean_over_views
+from cifake.utils import friendly_errors, resolve_precision
 
 log = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -53,16 +54,35 @@ class Predictor:
     device: torch.device | None = None
 
 
-def checkpoint_predictor(ckpt_path: Path, device: torch.device) -> Predictor:
-    """A ``.ckpt`` written by train.py, on ``device``, in eval mode."""
+def checkpoint_predictor(ckpt_path: Path, device: torch.device, precision: str = "auto") -> Predictor:
+    """A ``.ckpt`` written by train.py, on ``device``, in eval mode, at ``precision`` (``auto``:
+    bf16 where the device computes it natively, as training chooses)."""
     model = load_classifier(ckpt_path).to(device).eval()
-    predict = network_predictor(model, device)
+    precision = str(resolve_precision(precision, device.type))
+    model.set_channels_last(model.uses_channels_last(device))
+    predict = network_predictor(model, device, precision)
 
     def p_real(images: np.ndarray) -> np.ndarray:
         return predict(torch.from_numpy(images)).numpy()
 
     return Predictor(p_real, int(model.hparams.image_size), trained_resample(ckpt_path),
                      tuple(model.hparams.get("classes", ("FAKE", "REAL"))), model, device)
+
+
+def with_tta(predictor: Predictor, tta: dict[str, Any]) -> Predictor:
+    """``predictor`` with p(REAL) averaged over the test-time views ``tta["mode"]`` names (the same
+    views evaluate.py averages over); unchanged for ``none``."""
+    mode = tta.get("mode", "none")
+    if mode == "none":
+        return predictor
+    base = predictor.p_real
+
+    def p_real(images: np.ndarray) -> np.ndarray:
+        as_tensor = lambda x: torch.from_numpy(base(x.numpy()))  # noqa: E731
+        return uint8_mean_over_views(as_tensor, torch.from_numpy(images), mode, tta.get("shift", 1),
+                                     tta.get("padding", "reflect")).numpy()
+
+    return replace(predictor, p_real=p_real)
 
 
 def read_contract(path: Path) -> dict[str, Any]:
@@ -96,12 +116,12 @@ def onnx_predictor(onnx_path: Path, contract_path: Path) -> Predictor:
     return Predictor(p_real, int(inp["image_size"]), inp["resample"], tuple(terms["classes"]))
 
 
-def load_predictor(ckpt_path: str, contract: str | None, device: str) -> Predictor:
+def load_predictor(ckpt_path: str, contract: str | None, device: str, precision: str = "auto") -> Predictor:
     """A checkpoint or, for a ``.onnx`` file, the exported model with its contract (``contract``, or
     ``model.json`` beside it)."""
     path = Path(ckpt_path).expanduser()
     if path.suffix.lower() != ".onnx":
-        return checkpoint_predictor(path, pick_device(device))
+        return checkpoint_predictor(path, pick_device(device), precision)
     if not path.is_file():
         raise ConfigError(f"ckpt_path={str(path)!r} is not a file; pass a model.onnx written by export.py")
     return onnx_predictor(path, Path(contract).expanduser() if contract else path.with_suffix(".json"))
@@ -266,7 +286,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"batch_size must be at least 1, got {cfg.batch_size}")
     inputs = OmegaConf.to_container(inputs) if OmegaConf.is_config(inputs) else inputs
     files = find_files(inputs)  # before loading the model: a mistyped path fails at once
-    predictor = load_predictor(str(ckpt_path), cfg.contract, cfg.device)
+    tta = cfg.get("tta") or {"mode": "none"}
+    check_tta(tta["mode"], tta.get("shift", 1))
+    predictor = with_tta(load_predictor(str(ckpt_path), cfg.contract, cfg.device, cfg.get("precision", "auto")), tta)
     resample = choose_resample(cfg.resample, predictor.resample, str(ckpt_path))
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -277,8 +299,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     elif cfg.gradcam:
         explainer = GradcamWriter(predictor, cfg.gradcam_layer, out / "gradcam", cfg.gradcam_limit,
                                   cfg.gradcam_scale, cfg.gradcam_alpha)
-    log.info("Predicting %d files with %s (%dx%d input, %s resampling, REAL when p_real > %g)", len(files),
-             ckpt_path, predictor.image_size, predictor.image_size, resample, cfg.threshold)
+    log.info("Predicting %d files with %s (%dx%d input, %s resampling, REAL when p_real > %g, TTA %s)",
+             len(files), ckpt_path, predictor.image_size, predictor.image_size, resample, cfg.threshold, tta["mode"])
     rows = predict_files(files, predictor, resample, cfg.threshold, cfg.batch_size, out, explainer,
                          cfg.progress_bar)
     summary = summarize(rows, predictor.classes, cfg.show_unreadable)

@@ -140,12 +140,15 @@ def write_figures(figures: dict[str, Figure], out_dir: Path, writers: list, step
 
 def write_report(pred: Predictions, classes: Sequence[str], threshold: float, out_dir: Path,
                  settings: dict[str, Any], loggers: list, step: int, source: str,
-                 model: nn.Module | None = None, exclude: set[str] | None = None) -> dict[str, Any]:
+                 model: nn.Module | None = None, exclude: set[str] | None = None,
+                 tta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything an evaluation leaves, from ``pred`` alone: ``metrics.json``, ``predictions.csv``
     and (with ``settings["figures"]``) the figures as PNGs, logged to ``loggers`` under ``test/``
     too. ``model``, if given, is used only for Grad-CAM's gradients; with ``exclude`` (file paths as
-    in ``pred.files``) the metrics without those images go in as ``leak_free``. Returns the metrics."""
+    in ``pred.files``) the metrics without those images go in as ``leak_free``; ``tta``, the
+    test-time augmentation ``pred`` was scored with, is recorded as given. Returns the metrics."""
     report = binary_report(torch.from_numpy(pred.p_real), torch.from_numpy(pred.labels), threshold, tuple(classes))
+    report["tta"] = dict(tta) if tta else {"mode": "none"}
     bins = reliability_bins(pred.p_real, pred.labels, settings["calibration_bins"])
     report["ece"] = float(bins.ece)
     if exclude is not None:  # e.g. the test images that leak from train (cifake.audit)

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from cifake import schemas  # noqa: F401  (registers the config schemas)
 from cifake.errors import ConfigError
-from cifake.evaluate import evaluate_checkpoint
+from cifake.evaluate import evaluate_checkpoint, leaking_test_files
 from cifake.forest_job import fit_forest
 from cifake.metrics import report_scalars
 from cifake.models.forest import ForestClassifier
@@ -58,7 +58,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("evaluate") and not trainer.fast_dev_run:
         if not best:
             raise ConfigError("evaluate=true needs the model_checkpoint callback to know the best weights")
-        metrics["test"] = evaluate_checkpoint(best, datamodule, trainer, cfg.threshold, out, cfg.report)
+        exclude = leaking_test_files(datamodule, cfg.leak_near_distance) if cfg.get("exclude_leaks") else None
+        metrics["test"] = evaluate_checkpoint(best, datamodule, trainer, cfg.threshold, out, cfg.report,
+                                              exclude=exclude, tta=cfg.get("tta"))
     if not trainer.fast_dev_run:
         log_hparams(trainer.loggers, run_hparams(cfg),
                     {**metrics, **(report_scalars(metrics["test"]) if "test" in metrics else {})})

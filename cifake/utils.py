@@ -7,6 +7,7 @@ import logging
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -42,13 +43,32 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[Any] | None = None, **o
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512_BF16 or AMX): there oneDNN's bf16
+    convolutions run about twice as fast as float32 ones; elsewhere bf16 is emulated and slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: we cannot tell, so we do not guess
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
 def resolve_precision(precision: Any, accelerator: str) -> Any:
-    """``auto``: bf16 mixed precision where a CUDA device that supports it will be used (batch-norm
-    and the loss stay in float32 under autocast), full float32 elsewhere; other values pass through."""
+    """``auto``: bf16 mixed precision where a CUDA device supports it, or where the CPU computes
+    bf16 natively (:func:`cpu_has_fast_bf16`); full float32 elsewhere. Batch-norm and the loss stay
+    in float32 under autocast. Other values pass through. The choice and its reason are logged."""
     if precision != "auto":
         return precision
     on_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return "bf16-mixed" if on_cuda and torch.cuda.is_bf16_supported() else "32-true"
+    if on_cuda:
+        chosen, why = ("bf16-mixed", "the CUDA device supports bf16") if torch.cuda.is_bf16_supported() \
+            else ("32-true", "the CUDA device has no bf16")
+    elif cpu_has_fast_bf16():
+        chosen, why = "bf16-mixed", "the CPU has native bf16 (AVX512_BF16/AMX)"
+    else:
+        chosen, why = "32-true", "the CPU has no native bf16 (no AVX512_BF16/AMX)"
+    log.info("trainer.precision=auto -> %s: %s (set trainer.precision=32-true to force float32)", chosen, why)
+    return chosen
 
 
 def silence_known_warnings() -> None:

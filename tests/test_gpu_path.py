@@ -6,25 +6,36 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from cifake import utils
 from cifake.data.augment import random_hflip
 from cifake.explain import gradcam
 from cifake.utils import build_trainer, resolve_precision
 from tests.conftest import tiny_demo_overrides
 
 
-def test_precision_auto_means_bf16_on_cuda_only(monkeypatch, compose_cfg) -> None:
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_precision_auto_means_bf16_where_the_hardware_computes_it(monkeypatch, compose_cfg, caplog,
+                                                                  native_bf16: bool) -> None:
     assert compose_cfg("train").trainer.precision == "auto"
+    monkeypatch.setattr(utils, "cpu_has_fast_bf16", lambda: native_bf16)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert resolve_precision("auto", "auto") == "32-true"
+    cpu_choice = "bf16-mixed" if native_bf16 else "32-true"
+    with caplog.at_level("INFO", logger="cifake"):
+        assert resolve_precision("auto", "auto") == cpu_choice
+    assert f"-> {cpu_choice}" in caplog.text and "native bf16" in caplog.text  # the log says why
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     assert resolve_precision("auto", "auto") == "bf16-mixed"
-    assert resolve_precision("auto", "cpu") == "32-true"
+    assert resolve_precision("auto", "cpu") == cpu_choice
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert resolve_precision("auto", "gpu") == "32-true"
     assert resolve_precision("16-mixed", "auto") == "16-mixed"
 
 
-def test_cpu_trainer_gets_full_precision(compose_cfg) -> None:
+def test_cpu_trainer_precision_follows_the_cpu(compose_cfg) -> None:
     trainer = build_trainer(compose_cfg("train", ["trainer.accelerator=cpu"]))
+    assert trainer.precision == ("bf16-mixed" if utils.cpu_has_fast_bf16() else "32-true")
+    trainer = build_trainer(compose_cfg("train", ["trainer.accelerator=cpu", "trainer.precision=32-true"]))
     assert trainer.precision == "32-true"
 
 
@@ -46,8 +57,10 @@ def test_channels_last_gives_the_same_outputs() -> None:
     x = torch.rand(6, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(nhwc(x), plain(x), atol=1e-5, rtol=1e-4)
-    assert not _classifier().uses_channels_last(torch.device("cpu"))  # auto: only on CUDA
+    # auto: on CUDA and on a CPU (where oneDNN's NHWC kernels measured faster); forced either way
+    assert _classifier().uses_channels_last(torch.device("cpu"))
     assert _classifier().uses_channels_last(torch.device("cuda"))
+    assert not _classifier(channels_last=False).uses_channels_last(torch.device("cpu"))
 
 
 def test_compile_keeps_plain_weights_and_grad_cam_runs_the_plain_module() -> None:

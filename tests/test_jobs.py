@@ -16,7 +16,7 @@ from cifake.models.classifier import Classifier
 from tests.conftest import tiny_demo_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
-METRIC_KEYS = {"accuracy", "auroc", "precision", "recall", "f1", "confusion_matrix", "n", "threshold", "ece"}
+METRIC_KEYS = {"accuracy", "auroc", "precision", "recall", "f1", "confusion_matrix", "n", "threshold", "ece", "tta"}
 
 
 def check_metrics_file(path: Path, n: int) -> dict:

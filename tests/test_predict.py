@@ -99,7 +99,9 @@ def test_every_file_gets_a_prediction_or_a_reason(setup, tmp_path) -> None:
 
 
 def test_onnx_model_gives_the_checkpoints_predictions(setup, tmp_path, caplog) -> None:
-    _, by_ckpt = predict(tmp_path, "ckpt", setup["ckpt"], str(setup["folder"]), "batch_size=3")
+    # The export runs in float32, so the checkpoint does too here (auto may choose bf16 on this CPU).
+    _, by_ckpt = predict(tmp_path, "ckpt", setup["ckpt"], str(setup["folder"]), "batch_size=3",
+                         "precision=32-true")
     with caplog.at_level(logging.WARNING):
         _, by_onnx = predict(tmp_path, "onnx", setup["onnx"], str(setup["folder"]), "gradcam=true")
     assert "Grad-CAM skipped" in caplog.text and not (tmp_path / "onnx" / "gradcam").exists()
@@ -107,6 +109,24 @@ def test_onnx_model_gives_the_checkpoints_predictions(setup, tmp_path, caplog) -
            [(r["path"], r["predicted"], r["error"]) for r in by_ckpt]
     ok = [i for i, r in enumerate(by_ckpt) if not r["error"]]
     np.testing.assert_allclose([by_onnx[i]["p_real"] for i in ok], [by_ckpt[i]["p_real"] for i in ok], atol=1e-4)
+
+
+def test_tta_averages_the_same_views_for_checkpoints_and_onnx(setup, tmp_path) -> None:
+    folder = str(setup["folder"])
+    _, plain = predict(tmp_path, "plain", setup["ckpt"], folder, "precision=32-true")
+    _, ckpt = predict(tmp_path, "ckpt_tta", setup["ckpt"], folder, "precision=32-true", "tta.mode=flip")
+    _, onnx = predict(tmp_path, "onnx_tta", setup["onnx"], folder, "tta.mode=flip")
+    ok = [i for i, r in enumerate(plain) if not r["error"]]
+    np.testing.assert_allclose([onnx[i]["p_real"] for i in ok], [ckpt[i]["p_real"] for i in ok], atol=1e-4)
+    assert max(abs(ckpt[i]["p_real"] - plain[i]["p_real"]) for i in ok) > 1e-4  # the mirror was scored too
+
+
+def test_bf16_prediction_stays_close_to_float32(setup, tmp_path) -> None:
+    folder = str(setup["folder"])
+    _, full = predict(tmp_path, "fp32", setup["ckpt"], folder, "precision=32-true")
+    _, half = predict(tmp_path, "bf16", setup["ckpt"], folder, "precision=bf16-mixed")
+    ok = [i for i, r in enumerate(full) if not r["error"]]
+    np.testing.assert_allclose([half[i]["p_real"] for i in ok], [full[i]["p_real"] for i in ok], atol=0.05)
 
 
 def test_threshold_and_resample_settings_apply(setup, tmp_path) -> None:
