@@ -7,10 +7,15 @@
     against a bare PyTorch loop of the same network, batch size and optimizer;
 (c) evaluation: ``trainer.predict`` against a bare ``no_grad`` loop;
 
-each at ``data.batch_size`` and at ``--large-batch``.
+each at ``data.batch_size`` and at ``--large-batch``; and
+
+(d) precision: training and ``trainer.predict`` through train.py's path in float32 and bf16
+    mixed precision, each with NCHW and NHWC (channels_last) convolutions, for the report's VGG
+    at its batch of 32 and for ``experiment=cpu_fast``'s network at its batch of 128, against
+    float32 NCHW: what ``trainer.precision=auto`` and ``model.channels_last=auto`` choose from.
 
     python -m cifake.bench [--steps 100] [--data-images 32000] [--warmup 10] [--repeats 3]
-                           [--large-batch 256] [--sections data,train,eval]
+                           [--large-batch 256] [--sections data,train,eval,precision]
                            [--out outputs/bench.md] [train.py overrides: data.root=... ...]
 
 Each measurement runs ``warmup`` untimed batches then ``steps`` timed ones (the data path,
@@ -205,6 +210,27 @@ def bare_eval_rate(cfg: DictConfig, steps: int, warmup: int) -> float:
     return _rate(batches(), steps, warmup)
 
 
+# -- (d) precision -----------------------------------------------------------------------------
+# The networks compared, as train.py overrides on top of the command line's.
+PRECISION_NETS = {"report VGG, batch 32": ["model=vgg", "data.batch_size=32"],
+                  "cpu_fast network, batch 128": ["experiment=cpu_fast"]}
+PRECISIONS = {"float32 NCHW": ["trainer.precision=32-true", "model.channels_last=false"],
+              "float32 NHWC": ["trainer.precision=32-true", "model.channels_last=true"],
+              "bf16-mixed NCHW": ["trainer.precision=bf16-mixed", "model.channels_last=false"],
+              "bf16-mixed NHWC": ["trainer.precision=bf16-mixed", "model.channels_last=true"]}
+
+
+def precision_rows(rows: list[str], runs_log: list[str], overrides: list[str], tmp: str, steps: int,
+                   warmup: int, repeats: int) -> None:
+    """Section (d): every network of ``PRECISION_NETS`` at every setting of ``PRECISIONS``."""
+    for net, net_overrides in PRECISION_NETS.items():
+        configs = {name: _compose([*net_overrides, *overrides, *extra], tmp) for name, extra in PRECISIONS.items()}
+        reference = next(iter(PRECISIONS))
+        for title, measure in (("training", lightning_train_rate), ("evaluation", lightning_eval_rate)):
+            _compare(rows, f"(d) {net}, {title}", {name: lambda c=c, m=measure: m(c, steps, warmup)
+                                                   for name, c in configs.items()}, reference, repeats, runs_log)
+
+
 # -- the table ---------------------------------------------------------------------------------
 def _compare(rows: list[str], title: str, paths: dict[str, Callable[[], float]], reference: str,
              repeats: int, runs_log: list[str]) -> None:
@@ -237,7 +263,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs per path; the median counts")
     parser.add_argument("--large-batch", type=int, default=256, help="the second batch size")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="naive loader's worker processes")
-    parser.add_argument("--sections", default="data,train,eval", help="which of data,train,eval to run")
+    parser.add_argument("--sections", default="data,train,eval,precision",
+                        help="which of data,train,eval,precision to run")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench.md"), help="where the table is written")
     args, overrides = parser.parse_known_args(argv)
     sections = set(args.sections.split(","))
@@ -270,6 +297,8 @@ def main(argv: list[str] | None = None) -> str:
                     "bare no_grad loop": lambda c=c: bare_eval_rate(c, s, w),
                     "Lightning trainer.predict": lambda c=c: lightning_eval_rate(c, s, w),
                 }, "bare no_grad loop", r, runs_log)
+        if "precision" in sections:
+            precision_rows(rows, runs_log, overrides, tmp, s, w, r)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     table = "\n".join([
         f"Throughput on {device} (torch {torch.__version__}): {s} timed batches per training and evaluation "

@@ -7,7 +7,8 @@ from tests.conftest import tiny_demo_overrides
 def test_bench_writes_one_table_with_every_measurement(tmp_path: Path) -> None:
     out = tmp_path / "bench.md"
     bench.main(["--steps", "2", "--data-images", "48", "--warmup", "1", "--repeats", "1", "--large-batch", "24",
-                "--workers", "0", "--out", str(out), f"paths.cache_dir={tmp_path / 'cache'}", *tiny_demo_overrides()])
+                "--workers", "0", "--sections", "data,train,eval", "--out", str(out),
+                f"paths.cache_dir={tmp_path / 'cache'}", *tiny_demo_overrides()])
     rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| (")]
     measurements = [r[0].strip() for r in rows]
     assert measurements == [f"({section}) {what}, batch {batch}" for section, what in
@@ -17,3 +18,18 @@ def test_bench_writes_one_table_with_every_measurement(tmp_path: Path) -> None:
         assert float(rows[k][3]) == 1.00  # each measurement's first path is its reference
         assert float(rows[k][2].replace(",", "")) > 0 and float(rows[k + 1][2].replace(",", "")) > 0
     assert "ImageFolder" in rows[0][1] and "decode-once" in rows[1][1] and "Lightning" in rows[5][1]
+
+
+def test_bench_compares_precisions_and_layouts_for_both_networks(tmp_path: Path) -> None:
+    out = tmp_path / "bench.md"
+    demo = [o for o in tiny_demo_overrides() if not o.startswith(("model.", "data.batch_size", "data.demo."))]
+    bench.main(["--steps", "1", "--warmup", "1", "--repeats", "1", "--sections", "precision", "--out", str(out),
+                f"paths.cache_dir={tmp_path / 'cache'}", "data.demo.train_per_class=200",
+                "data.demo.test_per_class=80", *demo, "data.eval_batch_size=64"])
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in out.read_text().splitlines()
+            if line.startswith("| (d)")]
+    assert [r[0] for r in rows[::4]] == [f"(d) {net}, {what}" for net in bench.PRECISION_NETS
+                                          for what in ("training", "evaluation")]
+    assert [r[1] for r in rows[:4]] == list(bench.PRECISIONS)
+    assert all(float(r[2].replace(",", "")) > 0 for r in rows)
+    assert all(float(r[3]) == 1.00 for r in rows[::4])  # float32 NCHW is each group's reference
