@@ -23,7 +23,7 @@ from cifake.metrics import binary_report, report_scalars
 from cifake.models.classifier import Classifier
 from cifake.report import Predictions, threshold_on_validation, write_report, write_robustness_report
 from cifake.tracking import log_hparams, run_hparams
-from cifake.utils import build_trainer, instantiate_all, silence_known_warnings
+from cifake.utils import build_trainer, instantiate_all, require, silence_known_warnings
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,8 @@ def leaking_test_files(datamodule: L.LightningDataModule, near_distance: int | N
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` (a network's ``.ckpt`` or a forest's ``.skops``) on ``cfg.data``'s
     test split; write the report files and log them."""
+    require(cfg, "ckpt_path", "pass a checkpoint written by train.py, e.g. "
+            "ckpt_path=outputs/train/runs/<run>/checkpoints/best.ckpt (or forest.skops for model=rf)")
     if cfg.seed is not None:
         L.seed_everything(cfg.seed, workers=True)
     silence_known_warnings()

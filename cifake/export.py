@@ -18,14 +18,14 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from cifake.data.decode import RESAMPLING
 from cifake.errors import ConfigError
 from cifake.evaluate import check_threshold, load_classifier
 from cifake.models.classifier import Classifier
-from cifake.utils import friendly_errors
+from cifake.utils import friendly_errors, require
 
 log = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -45,13 +45,6 @@ class ProbabilityOfReal(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.net(images))
-
-
-def require(cfg: DictConfig, key: str, hint: str) -> Any:
-    """``cfg[key]``, or a :class:`ConfigError` with ``hint`` when it was left as ``???``."""
-    if OmegaConf.is_missing(cfg, key):
-        raise ConfigError(f"{key} is required: {hint}")
-    return cfg[key]
 
 
 def trained_resample(ckpt_path: str | Path) -> str | None:

@@ -13,9 +13,9 @@ from typing import Any, TypeVar
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from cifake.errors import CifakeError
+from cifake.errors import CifakeError, ConfigError
 
 log = logging.getLogger("cifake")
 T = TypeVar("T")
@@ -69,6 +69,13 @@ def resolve_precision(precision: Any, accelerator: str) -> Any:
         chosen, why = "32-true", "the CPU has no native bf16 (no AVX512_BF16/AMX)"
     log.info("trainer.precision=auto -> %s: %s (set trainer.precision=32-true to force float32)", chosen, why)
     return chosen
+
+
+def require(cfg: DictConfig, key: str, hint: str) -> Any:
+    """``cfg[key]``, or a :class:`ConfigError` with ``hint`` when it was left as ``???``."""
+    if OmegaConf.is_missing(cfg, key):
+        raise ConfigError(f"{key} is required: {hint}")
+    return cfg[key]
 
 
 def silence_known_warnings() -> None:
