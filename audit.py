@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from cifake.audit.job import run
+from cifake.jobs.audit import run
 from cifake.utils import friendly_errors
 
 

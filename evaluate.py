@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from cifake.evaluate import run
+from cifake.jobs.evaluate import run
 from cifake.utils import friendly_errors
 
 

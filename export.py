@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from cifake.export import run
+from cifake.jobs.export import run
 from cifake.utils import friendly_errors
 
 

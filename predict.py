@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from cifake.predict import run
+from cifake.jobs.predict import run
 from cifake.utils import friendly_errors
 
 

@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from cifake.train import objective
+from cifake.jobs.train import objective
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

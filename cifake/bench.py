@@ -43,10 +43,9 @@ from omegaconf import DictConfig, open_dict
 from torch.utils.data import DataLoader
 
 from cifake import schemas  # noqa: F401  (registers the config schemas)
+from cifake.configs import CONF_DIR
 from cifake.data.augment import random_shear, to_unit_float
 from cifake.utils import build_trainer
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def _device() -> torch.device:

@@ -18,7 +18,7 @@ from PIL import Image
 from cifake.audit import hashes as hashes_module
 from cifake.audit import leaked_test_files
 from cifake.audit.hashes import perceptual_hashes
-from cifake.audit.job import check_settings, run
+from cifake.jobs.audit import check_settings, run
 from cifake.audit.near import chunk_spans, components, near_pairs
 from cifake.data.features import grayscale
 from cifake.errors import ConfigError

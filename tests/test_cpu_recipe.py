@@ -13,8 +13,8 @@ import torch
 import yaml
 from hydra.utils import instantiate
 
-from cifake import evaluate as evaluate_job
-from cifake import train as train_job
+from cifake.jobs import evaluate as evaluate_job
+from cifake.jobs import train as train_job
 from cifake.models.classifier import Classifier
 from cifake.sweep import write_summary
 from tests.conftest import tiny_demo_overrides

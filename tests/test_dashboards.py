@@ -12,8 +12,8 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from cifake import evaluate as evaluate_job
-from cifake import train as train_job
+from cifake.jobs import evaluate as evaluate_job
+from cifake.jobs import train as train_job
 from tests.conftest import tiny_demo_overrides
 
 FIGURES = ("roc.png", "pr.png", "confusion_matrix.png", "predictions.png", "gradcam.png")

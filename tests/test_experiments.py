@@ -167,7 +167,7 @@ def test_reference_experiment_is_the_reports_recipe(compose_cfg) -> None:
 
 
 def test_limit_debug_run_trains_end_to_end(compose_cfg) -> None:
-    from cifake import train as train_job
+    from cifake.jobs import train as train_job
 
     cfg = compose_cfg("train", [*tiny_demo_overrides(), "debug=limit", "callbacks.gradcam=null"])
     metrics = train_job.run(cfg)

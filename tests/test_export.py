@@ -18,11 +18,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 from torch import nn
 
-from cifake import export as export_job
+from cifake.jobs import export as export_job
 from cifake.data.decode import decode_image
 from cifake.errors import ConfigError
-from cifake.evaluate import load_classifier
-from cifake.export import choose_resample
+from cifake.jobs.evaluate import load_classifier
+from cifake.jobs.export import choose_resample
 from tests.conftest import CONF_DIR, write_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -199,8 +199,8 @@ def test_bad_export_requests_are_clear_errors(tmp_path) -> None:
 
 
 def test_console_script_entry_reports_errors_plainly(tmp_path) -> None:
-    # The cifake-export console script calls cifake.export:main, whose config path is absolute.
-    proc = subprocess.run([sys.executable, "-c", "from cifake.export import main; main()",
+    # The cifake-export console script calls cifake.jobs.export:main, whose config path is absolute.
+    proc = subprocess.run([sys.executable, "-c", "from cifake.jobs.export import main; main()",
                            f"ckpt_path={tmp_path / 'none.ckpt'}", f"paths.log_dir={tmp_path}"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "is not a file" in proc.stderr and "Traceback" not in proc.stderr

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cifake import evaluate as evaluate_job
-from cifake import train as train_job
+from cifake.jobs import evaluate as evaluate_job
+from cifake.jobs import train as train_job
 from cifake.errors import ConfigError
 from tests.conftest import tiny_demo_overrides
 from tests.test_dashboards import PER_CLASS, read_events

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifake import evaluate as evaluate_job
-from cifake import train as train_job
+from cifake.jobs import evaluate as evaluate_job
+from cifake.jobs import train as train_job
 from cifake.models.classifier import Classifier
 from tests.conftest import tiny_demo_overrides
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cifake import train as train_job
+from cifake.jobs import train as train_job
 from cifake.data.scan import scan_split
 from tests.conftest import real_cifake_root
 

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from cifake import schemas  # noqa: F401  (registers the config schemas)
 from cifake.errors import ConfigError
-from cifake.evaluate import evaluate_checkpoint, leaking_test_files
+from cifake.jobs.evaluate import evaluate_checkpoint, leaking_test_files
 from cifake.forest_job import fit_forest
 from cifake.metrics import report_scalars
 from cifake.models.forest import ForestClassifier

@@ -23,12 +23,12 @@ from torch import nn
 
 from cifake.data.decode import RESAMPLING
 from cifake.errors import ConfigError
-from cifake.evaluate import check_threshold, load_classifier
+from cifake.jobs.evaluate import check_threshold, load_classifier
 from cifake.models.classifier import Classifier
 from cifake.utils import friendly_errors, require
 
 log = logging.getLogger(__name__)
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from cifake.configs import CONF_DIR  # noqa: E402
 CONTRACT_FORMAT = "cifake-onnx-contract/1"
 INPUT_NAME = "images"
 OUTPUT_NAME = "p_real"

@@ -29,16 +29,16 @@ from cifake.data.augment import to_unit_float
 from cifake.data.decode import decode_image
 from cifake.data.scan import is_hidden
 from cifake.errors import ConfigError, DataError
-from cifake.evaluate import check_threshold, load_classifier, network_predictor
+from cifake.jobs.evaluate import check_threshold, load_classifier, network_predictor
 from cifake.explain import gradcam
-from cifake.export import CONTRACT_FORMAT, choose_resample, trained_resample
+from cifake.jobs.export import CONTRACT_FORMAT, choose_resample, trained_resample
 from cifake.models.classifier import Classifier
 from cifake.plots import overlay
 from cifake.tta import check_tta, uint8_mean_over_views
 from cifake.utils import friendly_errors, require, resolve_precision
 
 log = logging.getLogger(__name__)
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from cifake.configs import CONF_DIR  # noqa: E402
 FIELDS = ("path", "predicted", "p_fake", "p_real", "threshold", "error", "gradcam")
 
 
