@@ -1,16 +1,7 @@
 """Audit the data set: python audit.py [data.root=...] -> audit.json, duplicates.csv, leaks.csv in the run directory."""
+# The same app as the console script cifake-audit: cifake/cli.py.
 
-import hydra
-from omegaconf import DictConfig
-
-from cifake.jobs.audit import run
-from cifake.utils import friendly_errors
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="audit")
-def main(cfg: DictConfig) -> None:
-    friendly_errors(run)(cfg)
-
+from cifake.cli import audit
 
 if __name__ == "__main__":
-    main()
+    audit()

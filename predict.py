@@ -1,16 +1,7 @@
 """Predict REAL or FAKE for image files: python predict.py ckpt_path=<.ckpt or .onnx> inputs=[<files or folders>]."""
+# The same app as the console script cifake-predict: cifake/cli.py.
 
-import hydra
-from omegaconf import DictConfig
-
-from cifake.jobs.predict import run
-from cifake.utils import friendly_errors
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
-def main(cfg: DictConfig) -> None:
-    friendly_errors(run)(cfg)
-
+from cifake.cli import predict
 
 if __name__ == "__main__":
-    main()
+    predict()

@@ -199,8 +199,8 @@ def test_bad_export_requests_are_clear_errors(tmp_path) -> None:
 
 
 def test_console_script_entry_reports_errors_plainly(tmp_path) -> None:
-    # The cifake-export console script calls cifake.jobs.export:main, whose config path is absolute.
-    proc = subprocess.run([sys.executable, "-c", "from cifake.jobs.export import main; main()",
+    # The cifake-export console script is cifake.cli:export, whose config path is absolute (any folder will do).
+    proc = subprocess.run([sys.executable, "-c", "from cifake.cli import export; export()",
                            f"ckpt_path={tmp_path / 'none.ckpt'}", f"paths.log_dir={tmp_path}"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "is not a file" in proc.stderr and "Traceback" not in proc.stderr

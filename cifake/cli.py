@@ -1,0 +1,65 @@
+"""The command-line entry points, one Hydra app per job: the console scripts ``cifake-train``,
+``cifake-evaluate``, ``cifake-predict``, ``cifake-export`` and ``cifake-audit`` are these functions,
+and so are the checkout's ``python train.py``, ``python evaluate.py``, ... Each composes ``<job>.yaml``
+from :func:`cifake.configs.config_dir` (the checkout's top-level ``conf/``, else the copy shipped in
+the package), so both spellings take the same config, overrides, ``--help``, ``--cfg``, ``-m`` and
+``--config-dir``, and write the same run folders.
+
+Light on purpose: a job's module (and with it torch, Lightning, ...) is imported only when the job
+runs, so ``--help`` and ``--cfg`` answer at once and ``cifake-predict`` loads only what
+:mod:`cifake.jobs.predict` needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from cifake import schemas  # noqa: F401  (registers the config schemas the YAML files name)
+from cifake.configs import config_dir
+from cifake.errors import friendly_errors
+
+
+def _launch(job: str, entry: str = "run") -> None:
+    """Run ``cifake.jobs.<job>.<entry>(cfg)`` as a Hydra app on ``<job>.yaml``, a
+    :class:`~cifake.errors.CifakeError` reported as one line (exit status 2)."""
+
+    def task(cfg: DictConfig) -> Any:
+        return friendly_errors(getattr(importlib.import_module(f"cifake.jobs.{job}"), entry))(cfg)
+
+    # Hydra names the job (hydra.job.name: the run's <job>.log, the app named by --help) after the last
+    # dotted part of the task function's module (after the file for a script run as __main__). Named as
+    # if it lived in cifake.cli.<job>, it is `train` from cifake-train and python train.py alike, not `cli`.
+    task.__module__ = f"{__name__}.{job}"
+    task.__name__ = task.__qualname__ = job
+    hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=job)(task)()
+
+
+def train() -> None:
+    """``cifake-train`` (``python train.py``): fit on ``train.yaml``; under a sweeper (``-m
+    hparams_search=...``) each run returns ``optimized_metric`` to it."""
+    _launch("train", "objective")
+
+
+def evaluate() -> None:
+    """``cifake-evaluate`` (``python evaluate.py``): score a checkpoint on the test split."""
+    _launch("evaluate")
+
+
+def predict() -> None:
+    """``cifake-predict`` (``python predict.py``): REAL or FAKE for image files, from a ``.ckpt`` or
+    an exported ``.onnx``."""
+    _launch("predict")
+
+
+def export() -> None:
+    """``cifake-export`` (``python export.py``): a checkpoint to ``model.onnx`` and ``model.json``."""
+    _launch("export")
+
+
+def audit() -> None:
+    """``cifake-audit`` (``python audit.py``): duplicates and train/test leaks in the data set."""
+    _launch("audit")
