@@ -160,12 +160,12 @@ def _bare_setup(cfg: DictConfig) -> tuple:
     datamodule.prepare_data()
     split = datamodule.decoded(cfg.data.train_split)
     net = instantiate(cfg.model.net).to(_device())
-    return split, net, torch.from_numpy(split.labels)
+    return split, net, torch.from_numpy(split.labels), datamodule.eval_batch
 
 
 def bare_train_rate(cfg: DictConfig, steps: int, warmup: int) -> float:
     """A plain loop: index the cache, scale, forward, BCE, backward, optimizer step."""
-    split, net, labels_all = _bare_setup(cfg)
+    split, net, labels_all, _ = _bare_setup(cfg)
     net.train()
     optimizer = instantiate(cfg.model.optimizer)(params=net.parameters())
     loss_fn, device, batch = torch.nn.BCEWithLogitsLoss(), _device(), cfg.data.batch_size
@@ -195,9 +195,9 @@ def lightning_eval_rate(cfg: DictConfig, steps: int, warmup: int) -> float:
 @torch.no_grad()
 def bare_eval_rate(cfg: DictConfig, steps: int, warmup: int) -> float:
     """A plain ``no_grad`` loop over the cache at the evaluation batch size."""
-    split, net, _ = _bare_setup(cfg)
+    split, net, _, eval_batch = _bare_setup(cfg)
     net.eval()
-    device, batch = _device(), min(cfg.data.eval_batch_size or cfg.data.batch_size, len(split))
+    device, batch = _device(), min(eval_batch, len(split))
 
     def batches() -> Iterator[int]:
         while True:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
+from cifake.data.labels import CLASSES
 from cifake.errors import ConfigError
 
 METHODS = ("f1", "precision")
@@ -94,7 +95,7 @@ class ThresholdSweep:
 
 
 def threshold_sweep(p_real: ArrayLike, labels: ArrayLike, positive: str = "REAL",
-                    classes: Sequence[str] = ("FAKE", "REAL")) -> ThresholdSweep:
+                    classes: Sequence[str] = CLASSES) -> ThresholdSweep:
     """Precision, recall and F1 of ``positive`` for each distinct split, an image being REAL when
     ``p_real > threshold`` (the metrics' rule), thresholds in [0, 1] as the metrics require.
 
@@ -136,7 +137,7 @@ def threshold_sweep(p_real: ArrayLike, labels: ArrayLike, positive: str = "REAL"
 
 
 def choose_threshold(p_real: ArrayLike, labels: ArrayLike, method: str = "f1", target_precision: float | None = None,
-                     positive: str = "REAL", classes: Sequence[str] = ("FAKE", "REAL")) -> float:
+                     positive: str = "REAL", classes: Sequence[str] = CLASSES) -> float:
     """A threshold on p(REAL) (REAL when ``p_real > threshold``) chosen on validation predictions.
 
     ``method="f1"``: the threshold of highest F1 of ``positive`` (ties: the lowest threshold).

@@ -12,6 +12,7 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 from torch import nn
 
+from cifake.data.augment import to_unit_float
 from cifake.errors import ConfigError
 
 
@@ -90,3 +91,21 @@ def explanation_sets(labels: np.ndarray, predicted: np.ndarray, per_class: int) 
         "correct": pick_per_class(labels, per_class, right),
         "wrong": pick_per_class(labels, per_class, ~right),
     }
+
+
+def explained_sections(model: nn.Module, images: np.ndarray, labels: np.ndarray, p_real: np.ndarray,
+                       predicted: np.ndarray, sets: dict[str, np.ndarray], layer: str,
+                       device: torch.device | None = None) -> dict[str, tuple[np.ndarray, ...]]:
+    """For each named set of positions (see :func:`explanation_sets`): the uint8 images, their
+    Grad-CAM maps for the predicted class, p(REAL) and labels, as ``gradcam_figure`` draws them.
+    One Grad-CAM pass covers every set."""
+    order = np.concatenate(list(sets.values())).astype(np.int64)
+    device = device or next(model.parameters()).device
+    cams = gradcam(model, to_unit_float(torch.from_numpy(np.asarray(images)[order]).to(device)),
+                   np.asarray(predicted)[order], layer)
+    sections, start = {}, 0
+    for name, idx in sets.items():
+        part = slice(start, start + len(idx))
+        sections[name] = (np.asarray(images)[idx], cams[part], np.asarray(p_real)[idx], np.asarray(labels)[idx])
+        start += len(idx)
+    return sections

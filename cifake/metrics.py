@@ -16,13 +16,15 @@ from torchmetrics.classification import (
 from torchmetrics.functional.classification import binary_auroc, binary_confusion_matrix
 from torchmetrics.wrappers import ClasswiseWrapper
 
+from cifake.data.labels import CLASSES
+
 
 def _ratio(num: float, den: float) -> float:
     return float(num / den) if den else 0.0
 
 
 def binary_report(p_real: torch.Tensor, labels: torch.Tensor, threshold: float,
-                  classes: tuple[str, ...] = ("FAKE", "REAL")) -> dict[str, Any]:
+                  classes: tuple[str, ...] = CLASSES) -> dict[str, Any]:
     """Accuracy, AUROC, per-class precision/recall/F1 and the confusion matrix.
 
     ``p_real`` is the probability of label 1 (``classes[1]``); an image is predicted as label 1
@@ -63,7 +65,7 @@ def report_scalars(report: dict[str, Any], prefix: str = "test/") -> dict[str, f
     return out
 
 
-def format_report(report: dict[str, Any], classes: tuple[str, ...] = ("FAKE", "REAL")) -> str:
+def format_report(report: dict[str, Any], classes: tuple[str, ...] = CLASSES) -> str:
     """The report as a small text table."""
     cm = report["confusion_matrix"]
     width = max(len(c) for c in classes) + 2
@@ -79,7 +81,7 @@ def format_report(report: dict[str, Any], classes: tuple[str, ...] = ("FAKE", "R
     return "\n".join(lines)
 
 
-def classification_metrics(classes: tuple[str, ...] = ("FAKE", "REAL"), num_thresholds: int = 200,
+def classification_metrics(classes: tuple[str, ...] = CLASSES, num_thresholds: int = 200,
                            prefix: str = "") -> MetricCollection:
     """Accuracy, AUROC and precision/recall/F1 with each class as the positive one, as one
     :class:`MetricCollection` to clone per stage (keys such as ``val/precision_fake``).
@@ -115,3 +117,12 @@ def two_class_probs(p_real: torch.Tensor) -> torch.Tensor:
     """``(N,)`` p(REAL) -> ``(N, 2)`` class probabilities [p(FAKE), p(REAL)] (FAKE=0, REAL=1)."""
     p_real = p_real.float()
     return torch.stack([1.0 - p_real, p_real], dim=1)
+
+
+def flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A run's final metrics as flat scalars: the test report under ``metrics["test"]`` becomes
+    ``test/...`` scalars (:func:`report_scalars`), the rest is kept as it is."""
+    flat = {k: v for k, v in metrics.items() if k != "test"}
+    if "test" in metrics:
+        flat.update(report_scalars(metrics["test"]))
+    return flat

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,14 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from torch import nn
 from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc
 
-from cifake.calibration import choose_threshold, expected_calibration_error, reliability_bins
+from cifake.calibration import expected_calibration_error, reliability_bins
 from cifake.callbacks.base import log_figure, tensorboard_writers
-from cifake.data.augment import to_unit_float
 from cifake.data.cache import DecodedSplit
-from cifake.explain import explanation_sets, gradcam, pick_per_class
+from cifake.explain import pick_per_class
 from cifake.metrics import binary_report, format_report, report_scalars
 from cifake.plots import (
     confusion_figure,
@@ -32,9 +30,18 @@ from cifake.plots import (
     robustness_figure,
     roc_figure,
 )
-from cifake.robustness import robustness_markdown, robustness_table, write_robustness
+from cifake.robustness import robustness_markdown, write_robustness
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Explained:
+    """Grad-CAM overlays to draw: ``sections`` as :func:`cifake.explain.explained_sections` makes
+    them, computed at ``layer``."""
+
+    layer: str
+    sections: dict[str, tuple[np.ndarray, ...]]
 
 
 @dataclass(frozen=True)
@@ -89,33 +96,16 @@ def curve_figures(pred: Predictions, confusion: Sequence[Sequence[int]], classes
     return figures
 
 
-def example_figures(pred: Predictions, classes: Sequence[str], threshold: float, model: nn.Module | None,
-                    settings: dict[str, Any], title: str) -> dict[str, Figure]:
-    """The prediction grid and, when ``model`` and a Grad-CAM layer are given, Grad-CAM overlays of
-    correctly and wrongly classified examples of each class (for the predicted class). Images are taken in the order of
-    ``pred``; probabilities come from ``pred``, the model only supplies gradients."""
+def example_figures(pred: Predictions, classes: Sequence[str], threshold: float, settings: dict[str, Any],
+                    title: str, explained: Explained | None = None) -> dict[str, Figure]:
+    """The prediction grid and, with ``explained``, its Grad-CAM overlays (computed by the caller:
+    this module draws, it does not run models)."""
     grid = pick_per_class(pred.labels, settings["examples_per_class"])
     figures = {"predictions": prediction_grid_figure(pred.images[grid], pred.p_real[grid], pred.labels[grid],
                                                      classes, threshold, settings["ncols"], f"Predictions ({title})")}
-    layer = settings.get("gradcam_layer") or (getattr(model, "hparams", {}).get("gradcam_layer") if model else None)
-    if model is None:  # the caller says why (e.g. a forest has no layers)
-        return figures
-    if layer is None:
-        log.info("Grad-CAM skipped: the checkpoint names no model.gradcam_layer; set report.gradcam_layer")
-        return figures
-    predicted = pred.predicted(threshold)
-    # The prediction grid already shows the first images; a report explains right and wrong calls.
-    sets = explanation_sets(pred.labels, predicted, settings["gradcam_per_class"])
-    sets = {"correct": sets["correct"], "wrong": sets["wrong"]}
-    order = np.concatenate(list(sets.values()))
-    device = next(model.parameters()).device
-    cams = gradcam(model, to_unit_float(torch.from_numpy(pred.images[order]).to(device)), predicted[order], layer)
-    sections, start = {}, 0
-    for name, idx in sets.items():
-        sections[name] = (pred.images[idx], cams[start:start + len(idx)], pred.p_real[idx], pred.labels[idx])
-        start += len(idx)
-    figures["gradcam"] = gradcam_figure(sections, classes, threshold, settings["pairs_per_row"],
-                                        f"Grad-CAM at {layer} for the predicted class ({title})")
+    if explained is not None:
+        figures["gradcam"] = gradcam_figure(explained.sections, classes, threshold, settings["pairs_per_row"],
+                                            f"Grad-CAM at {explained.layer} for the predicted class ({title})")
     return figures
 
 
@@ -140,11 +130,13 @@ def write_figures(figures: dict[str, Figure], out_dir: Path, writers: list, step
 
 def write_report(pred: Predictions, classes: Sequence[str], threshold: float, out_dir: Path,
                  settings: dict[str, Any], loggers: list, step: int, source: str,
-                 model: nn.Module | None = None, exclude: set[str] | None = None,
-                 tta: dict[str, Any] | None = None) -> dict[str, Any]:
+                 explained: Explained | None = None, exclude: set[str] | None = None,
+                 tta: dict[str, Any] | None = None, extra_figures: dict[str, Figure] | None = None,
+                 extra_prefix: str = "eda") -> dict[str, Any]:
     """Everything an evaluation leaves, from ``pred`` alone: ``metrics.json``, ``predictions.csv``
     and (with ``settings["figures"]``) the figures as PNGs, logged to ``loggers`` under ``test/``
-    too. ``model``, if given, is used only for Grad-CAM's gradients; with ``exclude`` (file paths as
+    too, with the Grad-CAM overlays of ``explained`` and ``extra_figures`` (under ``extra_prefix/``,
+e.g. a forest's feature figures); with ``exclude`` (file paths as
     in ``pred.files``) the metrics without those images go in as ``leak_free``; ``tta``, the
     test-time augmentation ``pred`` was scored with, is recorded as given. Returns the metrics."""
     report = binary_report(torch.from_numpy(pred.p_real), torch.from_numpy(pred.labels), threshold, tuple(classes))
@@ -168,48 +160,21 @@ def write_report(pred: Predictions, classes: Sequence[str], threshold: float, ou
         writers = tensorboard_writers(loggers)
         figures = curve_figures(pred, report["confusion_matrix"], classes, "test")
         figures["reliability"] = reliability_figure(bins.edges, bins.count, bins.confidence, bins.accuracy, bins.ece)
-        figures.update(example_figures(pred, classes, threshold, model, settings, "test"))
+        figures.update(example_figures(pred, classes, threshold, settings, "test", explained))
         # The counts travel inside the PNG too, so a figure can be checked against metrics.json.
         counts = {"confusion_matrix": {"confusion_matrix": json.dumps(report["confusion_matrix"])}}
         written += [p.name for p in write_figures(figures, out_dir, writers, step, metadata=counts)]
         log_pr_curve(writers, "test/pr_curve", pred, step)
+        if extra_figures:
+            written += [p.name for p in write_figures(extra_figures, out_dir, writers, step, prefix=extra_prefix)]
     log.info("Test split, %s:\n%s\nWritten to %s: %s", source, format_report(report, tuple(classes)), out_dir,
              ", ".join(written))
     return report
 
 
-def predict_in_batches(predict_p_real: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray,
-                       batch_size: int) -> np.ndarray:
-    """p(REAL) of uint8 ``images`` ``(N, 3, H, W)`` through ``predict_p_real``, a batch at a time."""
-    out = [predict_p_real(torch.from_numpy(np.array(images[i:i + batch_size]))).float().cpu()
-           for i in range(0, len(images), batch_size)]
-    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
-
-
-def write_robustness_report(predict_p_real: Callable[[torch.Tensor], torch.Tensor], pred: Predictions,
-                            threshold: float, settings: dict[str, Any], out_dir: Path, loggers: list,
-                            step: int) -> list[dict[str, Any]]:
-    """Accuracy and AUROC on the test images under each perturbation of ``settings["robustness"]``:
-    ``robustness.csv``, ``robustness.md`` and ``robustness.png`` (also in TensorBoard)."""
-    cfg = settings["robustness"]
-    rows = robustness_table(predict_p_real, pred.images, pred.labels, cfg["perturbations"], cfg["batch_size"],
-                            threshold, cfg["seed"], cfg.get("options"))
+def write_robustness_report(rows: list[dict[str, Any]], out_dir: Path, loggers: list, step: int) -> None:
+    """``robustness.csv``, ``robustness.md`` and ``robustness.png`` (also in TensorBoard) of the
+    rows :func:`cifake.robustness.robustness_table` computed."""
     write_robustness(rows, out_dir)
     write_figures({"robustness": robustness_figure(rows)}, out_dir, tensorboard_writers(loggers), step)
     log.info("Robustness (test split):\n%s", robustness_markdown(rows))
-    return rows
-
-
-def threshold_on_validation(predict_p_real: Callable[[torch.Tensor], torch.Tensor], datamodule: Any,
-                            choice: dict[str, Any], classes: Sequence[str], batch_size: int) -> float:
-    """The threshold ``choice["method"]`` picks on the validation split (see
-    :func:`cifake.calibration.choose_threshold`), to be used on the test split."""
-    datamodule.setup("fit")
-    val = datamodule.val_set
-    images, labels = val.split.images[np.sort(val.indices)], val.split.labels[np.sort(val.indices)]
-    p_real = predict_in_batches(predict_p_real, images, batch_size)
-    threshold = choose_threshold(p_real, labels, choice["method"], choice.get("target_precision"),
-                                 choice.get("positive", classes[1]), tuple(classes))
-    log.info("Threshold chosen on the validation split (%d images, %s): %.4f", len(labels), choice["method"],
-             threshold)
-    return float(threshold)

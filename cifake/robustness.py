@@ -181,18 +181,19 @@ def conditions(perturbations: Mapping[str, Sequence[Strength]]) -> list[tuple[st
     return pairs
 
 
-def robustness_table(predict_p_real: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray, labels: np.ndarray,
+def robustness_table(score: Callable[[np.ndarray], np.ndarray], images: np.ndarray, labels: np.ndarray,
                      perturbations: Mapping[str, Sequence[Strength]] | None = None, batch_size: int = 512,
                      threshold: float = 0.5, seed: int = 0, options: Mapping[str, Mapping[str, Any]] | None = None,
                      progress: str | None = "Robustness") -> list[dict[str, Any]]:
-    """Accuracy and AUROC of ``predict_p_real`` on ``images`` ``(N, 3, H, W)`` uint8 under each
+    """Accuracy and AUROC of ``score`` on ``images`` ``(N, 3, H, W)`` uint8 under each
     perturbation and strength, plus the ``none`` baseline first.
 
-    ``predict_p_real`` takes a uint8 CPU batch and returns p(REAL) per image; it is called under
-    ``torch.inference_mode``. Predictions count as REAL when ``p_real > threshold``, as in
-    ``metrics.json``. ``options[name]`` holds extra keyword arguments of a perturbation. Each
-    condition's noise comes from its own generator seeded with ``seed``, so the table does not
-    depend on which other conditions are listed. Rows: ``{perturbation, strength, accuracy,
+    ``score`` takes a uint8 numpy batch and returns p(REAL) per image (a
+    :class:`~cifake.scoring.Scorer`'s ``score``); it is called under ``torch.inference_mode``.
+    Predictions count as REAL when ``p_real > threshold``, as in ``metrics.json``.
+    ``options[name]`` holds extra keyword arguments of a perturbation. Each condition's noise comes
+    from its own generator seeded with ``seed``, so the table does not depend on which other
+    conditions are listed. Rows: ``{perturbation, strength, accuracy,
     auroc, n}``.
     """
     images, labels = np.asarray(images), np.asarray(labels)
@@ -218,9 +219,9 @@ def robustness_table(predict_p_real: Callable[[torch.Tensor], torch.Tensor], ima
             for start in starts:
                 batch = torch.tensor(images[start:start + batch_size])  # a copy: the array may be read-only
                 batch = perturb(name, batch, strength, generator, options.get(name))
-                p = predict_p_real(batch).detach().float().cpu().reshape(-1)
+                p = torch.from_numpy(np.asarray(score(batch.cpu().numpy()), dtype=np.float32).reshape(-1))
                 if len(p) != len(batch):
-                    raise ValueError(f"predict_p_real returned {len(p)} probabilities for {len(batch)} images")
+                    raise ValueError(f"score returned {len(p)} probabilities for {len(batch)} images")
                 p_real.append(p)
                 bar.update(len(batch))
             report = binary_report(torch.cat(p_real), torch.from_numpy(labels).long(), float(threshold))

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import logging
-import sys
 import warnings
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
-from omegaconf import DictConfig, OmegaConf
-
-from cifake.errors import CifakeError, ConfigError
+from omegaconf import DictConfig
 
 log = logging.getLogger("cifake")
-T = TypeVar("T")
 
 
 def instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -71,45 +65,8 @@ def resolve_precision(precision: Any, accelerator: str) -> Any:
     return chosen
 
 
-def require(cfg: DictConfig, key: str, hint: str) -> Any:
-    """``cfg[key]``, or a :class:`ConfigError` with ``hint`` when it was left as ``???``."""
-    if OmegaConf.is_missing(cfg, key):
-        raise ConfigError(f"{key} is required: {hint}")
-    return cfg[key]
-
-
 def silence_known_warnings() -> None:
     """Hide warnings that say nothing to act on: the decoded data needs no loader processes, and
     Lightning's pytree shim warns about a torch deprecation on every run."""
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-
-
-def _cifake_cause(err: BaseException) -> CifakeError | None:
-    """The :class:`CifakeError` behind ``err``: itself, or one that Hydra's ``instantiate``
-    wrapped in an ``InstantiationException`` (raised from a constructor)."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, CifakeError):
-            return err
-        seen.add(id(err))
-        err = err.__cause__
-    return None
-
-
-def friendly_errors(job: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]:
-    """Report a :class:`CifakeError` as one clear line and exit with status 2 (for entry scripts)."""
-
-    @functools.wraps(job)
-    def wrapper(cfg: DictConfig) -> T:
-        try:
-            return job(cfg)
-        except Exception as raised:
-            err = _cifake_cause(raised)
-            if err is None:
-                raise
-            log.error("%s", err)
-            print(f"\nerror: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
-
-    return wrapper

@@ -18,10 +18,11 @@ from PIL import Image
 from cifake.audit import hashes as hashes_module
 from cifake.audit import leaked_test_files
 from cifake.audit.hashes import perceptual_hashes
-from cifake.jobs.audit import check_settings, run
 from cifake.audit.near import chunk_spans, components, near_pairs
+from cifake.data.datamodule import CIFAKEDataModule
 from cifake.data.features import grayscale
 from cifake.errors import ConfigError
+from cifake.jobs.audit import check_settings, run
 from tests.conftest import make_cifake_tree, real_cifake_root
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,7 +209,8 @@ def test_leaked_test_files_reads_the_cached_hashes_the_second_time(planted: Path
     (planted / "test/REAL/broken.jpg").unlink()
     cache = tmp_path / "cache"
     exact = {"test/FAKE/leak-c.jpg", "test/REAL/leak-d1.jpg", "test/REAL/leak-d2.jpg"}
-    assert leaked_test_files(planted, cache) == exact
+    data = CIFAKEDataModule(root=str(planted), cache_dir=str(cache))
+    assert leaked_test_files(data) == exact
     assert len(list(cache.glob("decoded/*/hashes-v*.npz"))) == 2
 
     def no_rehashing(*args, **kwargs):
@@ -216,8 +218,8 @@ def test_leaked_test_files_reads_the_cached_hashes_the_second_time(planted: Path
 
     monkeypatch.setattr(hashes_module, "file_digests", no_rehashing)
     monkeypatch.setattr(hashes_module, "perceptual_hashes", no_rehashing)
-    assert leaked_test_files(planted, cache, near_distance=NEAR) == exact | {"test/FAKE/near-f.jpg"}
-    assert leaked_test_files(planted, cache, near_distance=0) <= exact | {"test/FAKE/near-f.jpg"}
+    assert leaked_test_files(data, near_distance=NEAR) == exact | {"test/FAKE/near-f.jpg"}
+    assert leaked_test_files(data, near_distance=0) <= exact | {"test/FAKE/near-f.jpg"}
 
 
 def test_cli_writes_the_report_and_prints_the_summary(planted: Path, tmp_path: Path) -> None:

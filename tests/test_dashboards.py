@@ -69,7 +69,7 @@ def test_demo_run_logs_every_dashboard_to_tensorboard(demo_run: Path) -> None:
     metric_tags = {m.name.tag for m in experiment.metric_infos}
     assert {"hp/val/acc", "hp/test/acc", "hp/test/auroc", "hp/best/val/acc"} <= metric_tags
     assert "hp_metric" not in metric_tags and "hp_metric" not in events["scalars"]
-    params = {h.name for h in experiment.hparam_infos}
+    params = {h.display_name or h.name for h in experiment.hparam_infos}
     assert {"model/optimizer/lr", "model/net/dropouts", "data/batch_size", "data/shear", "seed"} <= params
 
 

@@ -18,11 +18,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 from torch import nn
 
-from cifake.jobs import export as export_job
 from cifake.data.decode import decode_image
 from cifake.errors import ConfigError
-from cifake.jobs.evaluate import load_classifier
-from cifake.jobs.export import choose_resample
+from cifake.jobs import export as export_job
+from cifake.scoring import choose_resample
+from cifake.scoring.network import load_classifier
 from tests.conftest import CONF_DIR, write_image
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from cifake.errors import ConfigError
 from cifake.jobs import evaluate as evaluate_job
 from cifake.jobs import train as train_job
-from cifake.errors import ConfigError
 from tests.conftest import tiny_demo_overrides
 from tests.test_dashboards import PER_CLASS, read_events
 from tests.test_jobs import ROOT, _cli, check_metrics_file
@@ -79,7 +79,7 @@ def test_invalid_forest_parameter_fails_before_any_feature_is_computed(tmp_path:
                                                  ("model.features.name=fancy", "fancy"),
                                                  ("model.grid={max_depth:[0]}", "max_depth")])
 def test_other_bad_forest_settings_are_config_errors(compose_cfg, tmp_path: Path, override, named) -> None:
-    from cifake.utils import _cifake_cause
+    from cifake.errors import _cifake_cause
 
     cfg = compose_cfg("train", [*DATA, *FOREST, override])
     with pytest.raises(Exception) as raised:

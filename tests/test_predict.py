@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifake.jobs import predict as predict_job
 from cifake.errors import ConfigError, DataError
+from cifake.jobs import predict as predict_job
 from tests.conftest import write_image
 from tests.test_export import compose_job, export_tiny
 

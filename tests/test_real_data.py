@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cifake.jobs import train as train_job
 from cifake.data.scan import scan_split
+from cifake.jobs import train as train_job
 from tests.conftest import real_cifake_root
 
 pytestmark = [pytest.mark.real_data, pytest.mark.slow]

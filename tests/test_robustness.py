@@ -125,8 +125,9 @@ def brightness_data(n: int = 24, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     return images, labels
 
 
-def mean_brightness(batch: torch.Tensor) -> torch.Tensor:
-    return batch.float().mean(dim=(1, 2, 3)) / 255.0
+def mean_brightness(batch: np.ndarray) -> np.ndarray:
+    """A scorer's ``score``: uint8 batch -> p(REAL)."""
+    return (batch.astype(np.float32).mean(axis=(1, 2, 3)) / 255.0).astype(np.float32)
 
 
 def test_robustness_table_rows_and_files(tmp_path: Path) -> None:
@@ -137,7 +138,7 @@ def test_robustness_table_rows_and_files(tmp_path: Path) -> None:
     for r in rows:
         assert set(r) == {"perturbation", "strength", "accuracy", "auroc", "n"}
         assert 0 <= r["accuracy"] <= 1 and 0 <= r["auroc"] <= 1 and r["n"] == len(images)
-    direct = binary_report(mean_brightness(torch.from_numpy(images)), torch.from_numpy(labels), 0.45)
+    direct = binary_report(torch.from_numpy(mean_brightness(images)), torch.from_numpy(labels), 0.45)
     assert rows[0]["accuracy"] == direct["accuracy"] and rows[0]["auroc"] == pytest.approx(direct["auroc"])
     flipped = next(r for r in rows if r["perturbation"] == "hflip")
     assert flipped["accuracy"] == rows[0]["accuracy"]  # mean brightness ignores a mirror
@@ -162,7 +163,7 @@ def test_robustness_table_checks_its_settings_before_predicting() -> None:
     images, labels = brightness_data(6)
     calls = []
 
-    def predictor(batch: torch.Tensor) -> torch.Tensor:
+    def predictor(batch: np.ndarray) -> np.ndarray:
         calls.append(len(batch))
         return mean_brightness(batch)
 
@@ -174,4 +175,4 @@ def test_robustness_table_checks_its_settings_before_predicting() -> None:
     rows = robustness_table(predictor, images, labels, {"noise": [4]}, batch_size=4, progress=None)
     assert [r["perturbation"] for r in rows] == ["none", "noise"] and calls == [4, 2, 4, 2]
     with pytest.raises(ValueError, match="returned 1 probabilities"):
-        robustness_table(lambda b: torch.zeros(1), images, labels, {}, progress=None)
+        robustness_table(lambda b: np.zeros(1, dtype=np.float32), images, labels, {}, progress=None)

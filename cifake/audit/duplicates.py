@@ -13,8 +13,8 @@ across (``"train/FAKE -> test/FAKE"``). Files minus repeats = distinct groups.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,8 @@ import numpy as np
 from cifake.audit.hashes import SplitHashes, split_hashes
 from cifake.audit.near import check_distance, components, near_pairs
 from cifake.data.cache import DecodedSplit
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_CANDIDATES = 1 << 22  # candidate pairs held at once by the near-duplicate search
 
@@ -164,19 +166,17 @@ def find_leaks(train: DecodedSplit, test: DecodedSplit, near_distance: int | Non
     return corpus_leaks(corpus, near_distance, max_candidates)
 
 
-def leaked_test_files(root: str | Path, cache_dir: str | Path, near_distance: int | None = None,
-                      **data_options: Any) -> set[str]:
-    """Paths (relative to the data root, e.g. ``test/FAKE/123.jpg``) of the test files identical to a
-    train file, plus those within ``near_distance`` pHash bits of one when it is given.
+def leaked_test_files(datamodule: Any, near_distance: int | None = None) -> set[str]:
+    """Paths (relative to the data root, e.g. ``test/FAKE/123.jpg``) of the test files of
+    ``datamodule`` (a :class:`~cifake.data.datamodule.CIFAKEDataModule`) identical to a train file,
+    plus those within ``near_distance`` pHash bits of one when it is given.
 
-    ``root`` and ``cache_dir`` are ``data.root`` and ``data.cache_dir``; ``data_options`` are other
-    :class:`~cifake.data.datamodule.CIFAKEDataModule` arguments (splits, classes, image_size...).
     The first call decodes (if no run has yet) and hashes both splits into their cache folders;
     later calls only list the files and read those caches.
     """
-    from cifake.data.datamodule import CIFAKEDataModule  # lightning: imported only when needed
-
-    datamodule = CIFAKEDataModule(root=str(root), cache_dir=str(cache_dir), **data_options)
     hp = datamodule.hparams
-    leaks = find_leaks(datamodule.decoded(hp.train_split), datamodule.decoded(hp.test_split), near_distance)
-    return {leak.path for leak in leaks}
+    train, test = datamodule.decoded(hp.train_split), datamodule.decoded(hp.test_split)
+    leaks = {leak.path for leak in find_leaks(train, test, near_distance)}
+    log.info("%d test images leak from train (exact copies%s)", len(leaks),
+             f" and pHash within {near_distance} bits" if near_distance is not None else "")
+    return leaks

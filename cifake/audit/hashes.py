@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from cifake.atomic import atomic_path
 from cifake.data.cache import DecodedSplit
 from cifake.data.features import grayscale
 from cifake.errors import ConfigError
@@ -99,12 +98,6 @@ def split_hashes(split: DecodedSplit, chunk_size: int = 4096) -> SplitHashes:
     hashes = SplitHashes(sha256=file_digests(Path(split.root), split.files, progress=f"sha256 ({name})"),
                          phash=perceptual_hashes(split.images, chunk_size, progress=f"pHash ({name})"))
     # Written under a temporary name and renamed, so that an interrupted run leaves no partial cache.
-    fd, tmp = tempfile.mkstemp(prefix=path.stem, suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, sha256=hashes.sha256, phash=hashes.phash)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        np.savez(f, sha256=hashes.sha256, phash=hashes.phash)
     return hashes

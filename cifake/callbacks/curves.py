@@ -11,6 +11,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryConfusionMatrix, BinaryPrecisionRecallCurve, BinaryROC
 
 from cifake.callbacks.base import FigureCallback, log_figure, tensorboard_writers
+from cifake.data.labels import CLASSES
 from cifake.plots import confusion_figure, pr_figure, roc_figure
 
 
@@ -94,7 +95,7 @@ class CurvesCallback(FigureCallback):
             values = self._metrics.compute()
             fake_precision, fake_recall, _ = self._pr_fake.compute()
             if trainer.is_global_zero:
-                classes = tuple(pl_module.hparams.get("classes", ("FAKE", "REAL")))
+                classes = tuple(pl_module.hparams.get("classes", CLASSES))
                 self._draw(trainer, stage, classes, values, (fake_precision, fake_recall))
         self._metrics = None
 

@@ -7,10 +7,10 @@ import numpy as np
 import torch
 
 from cifake.callbacks.base import FigureCallback, dataset_examples, log_figure, tensorboard_writers
-from cifake.callbacks.predictions import predict_p_real
-from cifake.data.augment import to_unit_float
-from cifake.explain import explanation_sets, gradcam
+from cifake.data.labels import CLASSES
+from cifake.explain import explained_sections, explanation_sets
 from cifake.plots import gradcam_figure
+from cifake.scoring.network import module_scorer
 
 
 class GradCAMCallback(FigureCallback):
@@ -44,18 +44,11 @@ class GradCAMCallback(FigureCallback):
                 images, labels, _ = dataset_examples(self.stage_dataset(trainer, stage), self.pool)
                 self._pools[stage] = (images, labels)
             images, labels = self._pools[stage]
-            p_real = predict_p_real(pl_module, images)
+            p_real = module_scorer(pl_module, pl_module.device).p_real(images.numpy())
             predicted = (p_real > self.threshold).astype(np.int64)
             sets = explanation_sets(labels, predicted, self.per_class)
-            order = np.concatenate(list(sets.values()))
-            x = to_unit_float(images[order].to(pl_module.device))
-            cams = gradcam(pl_module, x, predicted[order], layer)
-            sections, start = {}, 0
-            for name, idx in sets.items():
-                part = slice(start, start + len(idx))
-                sections[name] = (images[idx].numpy(), cams[part], p_real[idx], labels[idx])
-                start += len(idx)
-            classes = tuple(pl_module.hparams.get("classes", ("FAKE", "REAL")))
+            sections = explained_sections(pl_module, images.numpy(), labels, p_real, predicted, sets, layer)
+            classes = tuple(pl_module.hparams.get("classes", CLASSES))
             writers = tensorboard_writers(trainer)
             suffix = f", {stage} epoch {trainer.current_epoch}" if stage == "val" else f", {stage}"
             for name, section in sections.items():

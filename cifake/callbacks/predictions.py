@@ -7,22 +7,10 @@ import numpy as np
 import torch
 
 from cifake.callbacks.base import FigureCallback, dataset_examples, log_figure, tensorboard_writers
-from cifake.data.augment import to_unit_float
+from cifake.data.labels import CLASSES
 from cifake.explain import pick_per_class
 from cifake.plots import prediction_grid_figure
-
-
-@torch.no_grad()
-def predict_p_real(pl_module: L.LightningModule, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
-    """p(REAL) of uint8 ``images`` with the module in eval mode (its mode is restored after)."""
-    was_training = pl_module.training
-    pl_module.eval()
-    try:
-        out = [torch.sigmoid(pl_module(to_unit_float(chunk.to(pl_module.device)))).float().cpu()
-               for chunk in images.split(batch_size)]
-    finally:
-        pl_module.train(was_training)
-    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+from cifake.scoring.network import module_scorer
 
 
 class PredictionGridCallback(FigureCallback):
@@ -51,8 +39,8 @@ class PredictionGridCallback(FigureCallback):
             return
         with self.timed(trainer):
             images, labels = self.examples(trainer, stage)
-            p_real = predict_p_real(pl_module, images)
-            classes = tuple(pl_module.hparams.get("classes", ("FAKE", "REAL")))
+            p_real = module_scorer(pl_module, pl_module.device).p_real(images.numpy())
+            classes = tuple(pl_module.hparams.get("classes", CLASSES))
             title = f"{stage} predictions, epoch {trainer.current_epoch}" if stage == "val" else "test predictions"
             fig = prediction_grid_figure(images.numpy(), p_real, labels, classes, self.threshold, self.ncols, title)
             log_figure(tensorboard_writers(trainer), f"{stage}/predictions", fig, trainer.global_step)

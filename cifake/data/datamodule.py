@@ -15,6 +15,7 @@ from cifake.data.archive import extract_archive, is_archive
 from cifake.data.augment import TRANSLATE_PADDING, random_hflip, random_shear, random_translate, to_unit_float
 from cifake.data.cache import DecodedSplit, load_or_decode
 from cifake.data.demo import generate_demo
+from cifake.data.labels import CLASSES
 from cifake.data.scan import KAGGLE_HINT, resolve_layout_root, scan_split
 from cifake.data.split import stratified_split
 from cifake.errors import ConfigError, DataError
@@ -74,7 +75,7 @@ class CIFAKEDataModule(L.LightningDataModule):
         self,
         root: str,
         cache_dir: str,
-        classes: tuple[str, ...] = ("FAKE", "REAL"),
+        classes: tuple[str, ...] = CLASSES,
         train_split: str = "train",
         test_split: str = "test",
         image_size: int = 32,
@@ -183,6 +184,11 @@ class CIFAKEDataModule(L.LightningDataModule):
             self.test_set = DecodedImages(test, rng.permutation(len(test)), self._resident(test))
             log.info("test: %s", self._describe(self.test_set))
 
+    @property
+    def eval_batch(self) -> int:
+        """Images per batch when not training: ``eval_batch_size``, else ``batch_size``."""
+        return self.hparams.eval_batch_size or self.hparams.batch_size
+
     def device(self) -> torch.device:
         """Where batches go: the trainer's device, or the CPU without a trainer."""
         return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
@@ -216,7 +222,7 @@ class CIFAKEDataModule(L.LightningDataModule):
         workers = 0 if resident else hp.num_workers
         return DataLoader(
             ds,
-            batch_size=hp.batch_size if train else (hp.eval_batch_size or hp.batch_size),
+            batch_size=hp.batch_size if train else self.eval_batch,
             shuffle=train,
             num_workers=workers,
             collate_fn=_keep_batch,

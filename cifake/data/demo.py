@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from cifake.data.labels import CLASSES
 from cifake.data.locking import build_lock
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def _write_demo(root: Path, params: str, train_per_class: int, test_per_class: i
     log.info("Generating the demo dataset (%d images) in %s", total, root)
     with tqdm(total=total, desc="Generating demo data", unit="img", mininterval=1) as bar:
         for split_idx, (split, n) in enumerate((("train", train_per_class), ("test", test_per_class))):
-            for class_idx, name in enumerate(("FAKE", "REAL")):
+            for class_idx, name in enumerate(CLASSES):
                 folder = tmp / split / name
                 folder.mkdir(parents=True)
                 rng = np.random.default_rng([seed, split_idx, class_idx])

@@ -21,14 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from cifake.atomic import atomic_path
 from cifake.data.cache import DecodedSplit
 from cifake.errors import ConfigError
 
@@ -228,12 +227,6 @@ def cached_features(split: DecodedSplit, feature_set: str, chunk_size: int = 409
     features = extract_features(split.images, feature_set, chunk_size=chunk_size,
                                 progress=f"Features ({feature_set})", **params)
     # Written under a temporary name and renamed, so that an interrupted run leaves no partial cache.
-    fd, tmp = tempfile.mkstemp(prefix=path.stem, suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, features)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        np.save(f, features)
     return features

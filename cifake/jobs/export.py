@@ -15,24 +15,20 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from cifake.data.decode import RESAMPLING
-from cifake.errors import ConfigError
-from cifake.jobs.evaluate import check_threshold, load_classifier
+from cifake.data.labels import CLASSES
+from cifake.errors import require
 from cifake.models.classifier import Classifier
-from cifake.utils import friendly_errors, require
+from cifake.scoring import check_threshold, choose_resample, model_kind
+from cifake.scoring.contract import CONTRACT_FORMAT, INPUT_NAME, OUTPUT_NAME, PIXEL_DIVISOR
+from cifake.scoring.network import read_checkpoint, rebuild_classifier, trained_resample
 
 log = logging.getLogger(__name__)
-from cifake.configs import CONF_DIR  # noqa: E402
-CONTRACT_FORMAT = "cifake-onnx-contract/1"
-INPUT_NAME = "images"
-OUTPUT_NAME = "p_real"
-PIXEL_DIVISOR = 255.0  # to_unit_float's scaling: uint8 / 255 in float32
+
 
 
 class ProbabilityOfReal(nn.Module):
@@ -45,30 +41,6 @@ class ProbabilityOfReal(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.net(images))
-
-
-def trained_resample(ckpt_path: str | Path) -> str | None:
-    """The ``data.resample`` the checkpoint's training images were resized with, if it records
-    one (train.py's checkpoints do: Lightning stores the data module's settings)."""
-    # mmap: only the small settings dict is read, not every weight.
-    raw = torch.load(Path(ckpt_path).expanduser(), map_location="cpu", weights_only=True, mmap=True)
-    return (raw.get("datamodule_hyper_parameters") or {}).get("resample")
-
-
-def choose_resample(configured: str | None, recorded: str | None, source: str) -> str:
-    """The resampling filter to resize inputs with: ``configured`` if set, else the one the model
-    was trained with (``recorded``, from ``source``)."""
-    choice = configured or recorded
-    if choice is None:
-        raise ConfigError(
-            f"{source} does not record how its training images were resized; set resample=bicubic "
-            f"(data.resample's default, as CIFAKE was made by downscaling) or one of {sorted(RESAMPLING)}"
-        )
-    if choice not in RESAMPLING:
-        raise ConfigError(f"resample={choice!r}; choose one of {sorted(RESAMPLING)}")
-    if recorded and configured and configured != recorded:
-        log.warning("resample=%s, but %s was trained on images resized with %s", configured, source, recorded)
-    return choice
 
 
 def export_onnx(model: Classifier, path: Path, opset: int, dynamo: bool) -> None:
@@ -99,7 +71,7 @@ def contract(model: Classifier, onnx_file: str, source: str, resample: str, thre
     """``model.json``: everything a consumer needs to feed an image file to ``onnx_file`` and
     read its output, without this package."""
     size = int(model.hparams.image_size)
-    classes = list(model.hparams.get("classes", ("FAKE", "REAL")))
+    classes = list(model.hparams.get("classes", CLASSES))
     return {
         "format": CONTRACT_FORMAT,
         "model_file": onnx_file,
@@ -161,8 +133,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = require(cfg, "ckpt_path", "pass the checkpoint to export, e.g. "
                         "ckpt_path=outputs/train/runs/<run>/checkpoints/best.ckpt")
     check_threshold(cfg.threshold)
-    model = load_classifier(ckpt_path).eval()
-    resample = choose_resample(cfg.resample, trained_resample(ckpt_path), str(ckpt_path))
+    model_kind(ckpt_path, allowed=("checkpoint",))  # a forest or an .onnx has no network to export
+    path = Path(ckpt_path).expanduser()
+    raw = read_checkpoint(path)
+    model = rebuild_classifier(raw, path).eval()
+    resample = choose_resample(cfg.resample, trained_resample(raw), str(ckpt_path))
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / "model.onnx"
@@ -177,9 +152,3 @@ def run(cfg: DictConfig) -> dict[str, Any]:
              ckpt_path, onnx_path, onnx_path.stat().st_size / 1e6, out / "model.json", INPUT_NAME,
              terms["input"]["shape"], OUTPUT_NAME)
     return terms
-
-
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="export")
-def main(cfg: DictConfig) -> None:
-    """The ``cifake-export`` console script (the same job as ``python export.py``)."""
-    friendly_errors(run)(cfg)

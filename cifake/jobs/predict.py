@@ -1,9 +1,11 @@
 """The prediction job behind ``predict.py``: REAL or FAKE for every image file under some paths,
-from a checkpoint (``.ckpt``) or an exported model (``.onnx`` with its ``model.json``).
+from any trained model file: a checkpoint (``.ckpt``), a forest (``.skops``) or an exported model
+(``.onnx`` with its ``model.json``).
 
 Every file found is listed in ``predictions.csv`` and ``predictions.jsonl``: with p(FAKE), p(REAL)
 and the predicted class, or with the reason it could not be read (a broken image or a file that is
-no image never stops the run).
+no image never stops the run). Predicting from an ``.onnx`` file loads neither torch nor Lightning:
+this module imports them only through the scorer of a checkpoint, and Grad-CAM only when asked.
 """
 
 from __future__ import annotations
@@ -13,125 +15,22 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
-from cifake.data.augment import to_unit_float
 from cifake.data.decode import decode_image
 from cifake.data.scan import is_hidden
-from cifake.errors import ConfigError, DataError
-from cifake.jobs.evaluate import check_threshold, load_classifier, network_predictor
-from cifake.explain import gradcam
-from cifake.jobs.export import CONTRACT_FORMAT, choose_resample, trained_resample
-from cifake.models.classifier import Classifier
-from cifake.plots import overlay
-from cifake.tta import check_tta, uint8_mean_over_views
-from cifake.utils import friendly_errors, require, resolve_precision
+from cifake.errors import ConfigError, DataError, require
+from cifake.scoring import Scorer, check_threshold, choose_resample, open_scorer
 
 log = logging.getLogger(__name__)
-from cifake.configs import CONF_DIR  # noqa: E402
 FIELDS = ("path", "predicted", "p_fake", "p_real", "threshold", "error", "gradcam")
-
-
-@dataclass(frozen=True)
-class Predictor:
-    """A model that maps uint8 images ``(N, 3, S, S)`` to p(REAL) ``(N,)``, and what its inputs need."""
-
-    p_real: Callable[[np.ndarray], np.ndarray]
-    image_size: int
-    resample: str | None  # the filter its training images were resized with, where recorded
-    classes: tuple[str, ...]
-    model: Classifier | None = None  # the PyTorch model, for Grad-CAM; None for ONNX
-    device: torch.device | None = None
-
-
-def checkpoint_predictor(ckpt_path: Path, device: torch.device, precision: str = "auto") -> Predictor:
-    """A ``.ckpt`` written by train.py, on ``device``, in eval mode, at ``precision`` (``auto``:
-    bf16 where the device computes it natively, as training chooses)."""
-    model = load_classifier(ckpt_path).to(device).eval()
-    precision = str(resolve_precision(precision, device.type))
-    model.set_channels_last(model.uses_channels_last(device))
-    predict = network_predictor(model, device, precision)
-
-    def p_real(images: np.ndarray) -> np.ndarray:
-        return predict(torch.from_numpy(images)).numpy()
-
-    return Predictor(p_real, int(model.hparams.image_size), trained_resample(ckpt_path),
-                     tuple(model.hparams.get("classes", ("FAKE", "REAL"))), model, device)
-
-
-def with_tta(predictor: Predictor, tta: dict[str, Any]) -> Predictor:
-    """``predictor`` with p(REAL) averaged over the test-time views ``tta["mode"]`` names (the same
-    views evaluate.py averages over); unchanged for ``none``."""
-    mode = tta.get("mode", "none")
-    if mode == "none":
-        return predictor
-    base = predictor.p_real
-
-    def p_real(images: np.ndarray) -> np.ndarray:
-        as_tensor = lambda x: torch.from_numpy(base(x.numpy()))  # noqa: E731
-        return uint8_mean_over_views(as_tensor, torch.from_numpy(images), mode, tta.get("shift", 1),
-                                     tta.get("padding", "reflect")).numpy()
-
-    return replace(predictor, p_real=p_real)
-
-
-def read_contract(path: Path) -> dict[str, Any]:
-    """The ``model.json`` that export.py wrote beside a ``model.onnx``."""
-    if not path.is_file():
-        raise ConfigError(f"{path} is missing: an .onnx model needs the model.json that export.py wrote beside it "
-                          "(or pass contract=<its path>)")
-    try:
-        terms = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{path} is not readable JSON ({err}); export the checkpoint again with export.py") from err
-    if not isinstance(terms, dict) or terms.get("format") != CONTRACT_FORMAT:
-        raise ConfigError(f"{path} is not a contract written by this version's export.py "
-                          f"(format {CONTRACT_FORMAT!r}); export the checkpoint again")
-    return terms
-
-
-def onnx_predictor(onnx_path: Path, contract_path: Path) -> Predictor:
-    """An exported ``.onnx`` run by onnxruntime on the CPU, fed as its contract says."""
-    import onnxruntime as ort  # only needed here; checkpoints never import it
-
-    terms = read_contract(contract_path)
-    inp, out = terms["input"], terms["output"]
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    divisor = np.float32(inp["divide_by"])
-
-    def p_real(images: np.ndarray) -> np.ndarray:
-        # float32 division, exactly as to_unit_float scales for training and the checkpoint path.
-        return session.run([out["name"]], {inp["name"]: images.astype(np.float32) / divisor})[0].astype(np.float32)
-
-    return Predictor(p_real, int(inp["image_size"]), inp["resample"], tuple(terms["classes"]))
-
-
-def load_predictor(ckpt_path: str, contract: str | None, device: str, precision: str = "auto") -> Predictor:
-    """A checkpoint or, for a ``.onnx`` file, the exported model with its contract (``contract``, or
-    ``model.json`` beside it)."""
-    path = Path(ckpt_path).expanduser()
-    if path.suffix.lower() != ".onnx":
-        return checkpoint_predictor(path, pick_device(device), precision)
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={str(path)!r} is not a file; pass a model.onnx written by export.py")
-    return onnx_predictor(path, Path(contract).expanduser() if contract else path.with_suffix(".json"))
-
-
-def pick_device(device: str) -> torch.device:
-    """``auto``: CUDA where there is one, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _walk(folder: Path) -> Iterator[Path]:
@@ -192,50 +91,15 @@ def decode_all(files: Sequence[Path], size: int, resample: str) -> tuple[np.ndar
     return stacked, ok, bad
 
 
-class GradcamWriter:
-    """Grad-CAM overlays of the predicted class: one PNG per image, the image (as the model saw
-    it) beside its heat map, both enlarged ``scale`` times, under ``folder``."""
-
-    def __init__(self, predictor: Predictor, layer: str | None, folder: Path, limit: int | None, scale: int,
-                 alpha: float) -> None:
-        self.model = predictor.model
-        self.device = predictor.device
-        self.layer = layer or self.model.hparams.get("gradcam_layer")
-        if self.layer is None:
-            raise ConfigError("gradcam=true, but the checkpoint names no model.gradcam_layer; set "
-                              "gradcam_layer=<a layer>, e.g. net.features.1.3")
-        self.folder, self.left, self.scale, self.alpha = folder, limit, scale, alpha
-        self.folder.mkdir(parents=True, exist_ok=True)
-
-    def write(self, images: np.ndarray, predicted: np.ndarray, names: Sequence[str]) -> list[str]:
-        """Overlays for the first images of a batch while the limit lasts; the file written for each
-        image ("" where none)."""
-        n = len(images) if self.left is None else min(len(images), self.left)
-        if n == 0:
-            return [""] * len(images)
-        maps = gradcam(self.model, to_unit_float(torch.from_numpy(images[:n]).to(self.device)), predicted[:n],
-                       self.layer)
-        written = []
-        for image, cam, name in zip(images[:n], maps, names[:n], strict=True):
-            both = np.concatenate([np.transpose(image, (1, 2, 0)) / 255.0, overlay(image, cam, self.alpha)], axis=1)
-            png = Image.fromarray(np.clip(both * 255.0 + 0.5, 0, 255).astype(np.uint8))
-            png = png.resize((png.width * self.scale, png.height * self.scale), Image.Resampling.NEAREST)
-            png.save(self.folder / name)
-            written.append(str(self.folder / name))
-        if self.left is not None:
-            self.left -= n
-        return written + [""] * (len(images) - n)
-
-
 def _number(value: float | None) -> str:
     return "" if value is None else f"{value:.6f}"
 
 
-def predict_files(files: Sequence[Path], predictor: Predictor, resample: str, threshold: float, batch_size: int,
-                  out_dir: Path, explainer: GradcamWriter | None = None, progress: bool = True) -> list[dict[str, Any]]:
+def predict_files(files: Sequence[Path], scorer: Scorer, resample: str, threshold: float, batch_size: int,
+                  out_dir: Path, explainer: Any = None, progress: bool = True) -> list[dict[str, Any]]:
     """Predict every file in batches, writing ``predictions.csv`` and ``predictions.jsonl`` in
     ``out_dir`` row by row as they come; returns the rows."""
-    classes = predictor.classes
+    classes = scorer.classes
     rows: list[dict[str, Any]] = []
     with ((out_dir / "predictions.csv").open("w", newline="") as csv_file,
           (out_dir / "predictions.jsonl").open("w") as jsonl_file,
@@ -244,8 +108,8 @@ def predict_files(files: Sequence[Path], predictor: Predictor, resample: str, th
         writer.writerow(FIELDS)
         for start in range(0, len(files), batch_size):
             chunk = files[start:start + batch_size]
-            images, ok, bad = decode_all(chunk, predictor.image_size, resample)
-            p = predictor.p_real(images) if len(images) else np.zeros(0, dtype=np.float32)
+            images, ok, bad = decode_all(chunk, scorer.image_size, resample)
+            p = scorer.p_real(images, batch_size)
             predicted = (p > threshold).astype(np.int64)  # as binary_report and metrics.json count
             labels = [classes[int(c)] for c in predicted]
             overlays = [""] * len(ok)
@@ -278,32 +142,37 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Predict every file under ``cfg.inputs`` with ``cfg.ckpt_path``; write ``predictions.csv``,
     ``predictions.jsonl`` (and Grad-CAM overlays with ``cfg.gradcam``) to the run folder. Returns
     the summary."""
-    ckpt_path = require(cfg, "ckpt_path", "pass a checkpoint written by train.py or a model.onnx written by "
-                        "export.py, e.g. ckpt_path=outputs/train/runs/<run>/checkpoints/best.ckpt")
+    ckpt_path = require(cfg, "ckpt_path", "pass a checkpoint written by train.py, e.g. "
+                        "ckpt_path=outputs/train/runs/<run>/checkpoints/best.ckpt, a forest.skops or an export.py "
+                        "model.onnx")
     inputs = require(cfg, "inputs", "pass the images to classify: inputs=<file or folder> or inputs=[a.jpg,photos/]")
     check_threshold(cfg.threshold)
     if cfg.batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {cfg.batch_size}")
     inputs = OmegaConf.to_container(inputs) if OmegaConf.is_config(inputs) else inputs
     files = find_files(inputs)  # before loading the model: a mistyped path fails at once
-    tta = cfg.get("tta") or {"mode": "none"}
-    check_tta(tta["mode"], tta.get("shift", 1))
-    predictor = with_tta(load_predictor(str(ckpt_path), cfg.contract, cfg.device, cfg.get("precision", "auto")), tta)
-    resample = choose_resample(cfg.resample, predictor.resample, str(ckpt_path))
+    scorer = open_scorer(ckpt_path, device=cfg.device, precision=cfg.get("precision", "auto"), tta=cfg.get("tta"),
+                         contract=cfg.contract)
+    if scorer.image_size is None:
+        raise ConfigError(f"{ckpt_path} does not record the image size it was trained on; retrain it with this "
+                          "version (model.image_size is recorded in every model file it writes)")
+    resample = choose_resample(cfg.resample, scorer.resample, str(ckpt_path))
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     explainer = None
-    if cfg.gradcam and predictor.model is None:
-        log.warning("Grad-CAM skipped: it needs the PyTorch checkpoint's gradients, and %s is an ONNX model; "
-                    "pass the .ckpt to get overlays", ckpt_path)
+    if cfg.gradcam and not scorer.explainable:
+        log.warning("Grad-CAM skipped: it needs a PyTorch checkpoint's gradients, and %s is %s; pass the .ckpt to "
+                    "get overlays", ckpt_path, "a forest" if scorer.kind == "forest" else "an ONNX model")
     elif cfg.gradcam:
-        explainer = GradcamWriter(predictor, cfg.gradcam_layer, out / "gradcam", cfg.gradcam_limit,
+        from cifake.overlays import GradcamWriter  # torch, Grad-CAM and matplotlib: only when asked
+
+        explainer = GradcamWriter(scorer, cfg.gradcam_layer, out / "gradcam", cfg.gradcam_limit,
                                   cfg.gradcam_scale, cfg.gradcam_alpha)
     log.info("Predicting %d files with %s (%dx%d input, %s resampling, REAL when p_real > %g, TTA %s)",
-             len(files), ckpt_path, predictor.image_size, predictor.image_size, resample, cfg.threshold, tta["mode"])
-    rows = predict_files(files, predictor, resample, cfg.threshold, cfg.batch_size, out, explainer,
+             len(files), ckpt_path, scorer.image_size, scorer.image_size, resample, cfg.threshold, scorer.tta["mode"])
+    rows = predict_files(files, scorer, resample, cfg.threshold, cfg.batch_size, out, explainer,
                          cfg.progress_bar)
-    summary = summarize(rows, predictor.classes, cfg.show_unreadable)
+    summary = summarize(rows, scorer.classes, cfg.show_unreadable)
     lines = [f"{summary['files']} files: " + ", ".join(f"{n} {c}" for c, n in summary["predicted"].items())
              + f", {summary['unreadable']} unreadable"]
     lines += [f"  unreadable: {path}: {why}" for path, why in summary["unreadable_examples"]]
@@ -315,9 +184,3 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise DataError(f"none of the {summary['files']} files could be read as an image (reasons in "
                         f"{out / 'predictions.csv'}), e.g. {rows[0]['path']}: {rows[0]['error']}")
     return summary
-
-
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")
-def main(cfg: DictConfig) -> None:
-    """The ``cifake-predict`` console script (the same job as ``python predict.py``)."""
-    friendly_errors(run)(cfg)

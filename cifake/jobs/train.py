@@ -1,4 +1,5 @@
-"""The training job behind ``train.py``."""
+"""The training job behind ``train.py``: fit a network (or the random-forest baseline), then
+optionally evaluate it on the test split."""
 
 from __future__ import annotations
 
@@ -12,41 +13,67 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from cifake import schemas  # noqa: F401  (registers the config schemas)
-from cifake.errors import ConfigError
-from cifake.jobs.evaluate import evaluate_checkpoint, leaking_test_files
-from cifake.forest_job import fit_forest
-from cifake.metrics import report_scalars
+from cifake.errors import ConfigError, friendly_errors
+from cifake.evaluation import evaluate_model, leaking_test_files
+from cifake.metrics import flat_metrics
 from cifake.models.forest import ForestClassifier
+from cifake.scoring import open_scorer
 from cifake.sweep import RESULTS_FILE
 from cifake.tracking import log_hparams, run_hparams
-from cifake.utils import build_trainer, friendly_errors, silence_known_warnings
+from cifake.utils import build_trainer, instantiate_all, silence_known_warnings
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Fit ``cfg.model`` on ``cfg.data`` (resuming from ``cfg.ckpt_path`` if set), optionally
-    evaluate the best checkpoint on the test split, write ``results.json`` and return the final
+    evaluate the best model on the test split, write ``results.json`` and return the final
     metrics (flat scalars; ``test``: the test report)."""
     if cfg.seed is not None:
         L.seed_everything(cfg.seed, workers=True)
     silence_known_warnings()
     out = Path(cfg.paths.output_dir)
-
-    datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")
+    datamodule = instantiate(cfg.data, _convert_="all")
     model: L.LightningModule | ForestClassifier = instantiate(cfg.model, _convert_="all")
     if isinstance(model, ForestClassifier):
-        metrics = fit_forest(cfg, datamodule, model)
+        from cifake.forest_training import fit_forest  # scikit-learn: only for the forest
+
+        loggers = instantiate_all(cfg.get("logger"))
+        metrics, best = fit_forest(cfg, datamodule, model, loggers)
+        best, step, rank_zero, fast_dev_run = str(best), 0, True, False
+    else:
+        trainer = build_trainer(cfg)
+        metrics, best = fit_network(cfg, trainer, model, datamodule, out)
+        loggers, step, rank_zero = trainer.loggers, trainer.global_step, trainer.is_global_zero
+        fast_dev_run = bool(trainer.fast_dev_run)
+    # Every rank has the same best weights; one scores the whole test split (no collective calls).
+    if cfg.get("evaluate") and not fast_dev_run and rank_zero:
+        if not best:
+            raise ConfigError("evaluate=true needs the model_checkpoint callback to know the best weights")
+        exclude = leaking_test_files(datamodule, cfg.leak_near_distance) if cfg.get("exclude_leaks") else None
+        scorer = open_scorer(best, device=str(cfg.trainer.get("accelerator", "auto")),
+                             precision=cfg.trainer.get("precision", "auto"), tta=cfg.get("tta"))
+        metrics["test"] = evaluate_model(scorer, datamodule, cfg.threshold, out, cfg.report, loggers,
+                                         step, exclude=exclude)
+    if not fast_dev_run:
+        log_hparams(loggers, run_hparams(cfg), flat_metrics(metrics))
+    if rank_zero:
+        for lg in loggers:
+            lg.finalize("success")
         write_results(out, metrics)
-        return metrics
-    trainer: L.Trainer = build_trainer(cfg)
+        _print_outputs(out, best, loggers, bool(metrics.get("test")))
+    return metrics
+
+
+def fit_network(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule, datamodule: L.LightningDataModule,
+                out: Path) -> tuple[dict[str, Any], str]:
+    """``trainer.fit``; the epoch-level metrics it ends with and the best checkpoint's path."""
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path == "last" and not (out / "checkpoints" / "last.ckpt").is_file():
         raise ConfigError(
             f"ckpt_path=last resumes the run in hydra.run.dir, but {out / 'checkpoints'} holds no last.ckpt; "
             "pass hydra.run.dir=<the run folder to resume> (with the run's other overrides)"
         )
-
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     # Epoch-level values only: per-step and timing scalars describe the last batch, not the run.
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()
@@ -54,31 +81,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = trainer.checkpoint_callback
     if checkpoint is not None and checkpoint.best_model_score is not None:
         metrics[f"best/{checkpoint.monitor}"] = float(checkpoint.best_model_score)
-    best = checkpoint.best_model_path if checkpoint else ""
-    if cfg.get("evaluate") and not trainer.fast_dev_run:
-        if not best:
-            raise ConfigError("evaluate=true needs the model_checkpoint callback to know the best weights")
-        exclude = leaking_test_files(datamodule, cfg.leak_near_distance) if cfg.get("exclude_leaks") else None
-        metrics["test"] = evaluate_checkpoint(best, datamodule, trainer, cfg.threshold, out, cfg.report,
-                                              exclude=exclude, tta=cfg.get("tta"))
-    if not trainer.fast_dev_run:
-        log_hparams(trainer.loggers, run_hparams(cfg),
-                    {**metrics, **(report_scalars(metrics["test"]) if "test" in metrics else {})})
-    if trainer.is_global_zero:
-        write_results(out, metrics)
-        _print_outputs(out, best, trainer.loggers, bool(metrics.get("test")))
-    return metrics
+    return metrics, (checkpoint.best_model_path if checkpoint else "")
 
 
 def write_results(out: Path, metrics: dict[str, Any]) -> Path:
     """``results.json``: the run's final metrics as flat scalars (test ones as ``test/...``), for
     sweep summaries and scripts."""
-    flat = {k: v for k, v in metrics.items() if k != "test"}
-    if "test" in metrics:
-        flat.update(report_scalars(metrics["test"]))
     out.mkdir(parents=True, exist_ok=True)
     path = out / RESULTS_FILE
-    path.write_text(json.dumps({"metrics": flat}, indent=2) + "\n")
+    path.write_text(json.dumps({"metrics": flat_metrics(metrics)}, indent=2) + "\n")
     return path
 
 
@@ -89,7 +100,7 @@ def objective(cfg: DictConfig) -> float | None:
     name = cfg.get("optimized_metric")
     if name is None:
         return None
-    flat = {**metrics, **(report_scalars(metrics["test"]) if "test" in metrics else {})}
+    flat = flat_metrics(metrics)
     if name not in flat:
         raise ConfigError(f"optimized_metric={name!r} was not logged; choose one of {sorted(flat)}")
     return float(flat[name])
@@ -98,7 +109,7 @@ def objective(cfg: DictConfig) -> float | None:
 def _print_outputs(out: Path, best: str, loggers: list, evaluated: bool) -> None:
     lines = [f"Run folder: {out}"]
     if best:
-        lines.append(f"Best checkpoint: {best}")
+        lines.append(f"Best {'checkpoint' if best.endswith('.ckpt') else 'model'}: {best}")
     for lg in loggers:
         if getattr(lg, "log_dir", None):
             lines.append(f"TensorBoard: tensorboard --logdir {lg.log_dir}")

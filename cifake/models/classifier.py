@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from torch import nn
 from torchmetrics import MetricCollection
 
+from cifake.data.labels import CLASSES
 from cifake.errors import ConfigError
 from cifake.metrics import classification_metrics, two_class_probs
 from cifake.tta import check_tta, mean_over_views
@@ -57,7 +58,7 @@ class Classifier(L.LightningModule):
         optimizer: dict[str, Any],
         scheduler: dict[str, Any] | None = None,
         scheduler_interval: str = "epoch",
-        classes: tuple[str, ...] = ("FAKE", "REAL"),
+        classes: tuple[str, ...] = CLASSES,
         image_size: int = 32,
         num_thresholds: int = 200,
         gradcam_layer: str | None = None,

@@ -4,8 +4,6 @@ plain class: configured from dicts, checked before any feature is computed, save
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,7 +16,9 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import get_scorer
 from sklearn.model_selection import GridSearchCV
 
+from cifake.atomic import atomic_path
 from cifake.data.features import feature_names, feature_params
+from cifake.data.labels import CLASSES
 from cifake.errors import ConfigError, DataError
 
 FORMAT_VERSION = 1  # of the saved file; bump when its layout or metadata change
@@ -86,8 +86,9 @@ class ForestClassifier:
         grid: Mapping[str, Sequence[Any]] | None = None,
         cv: int = 3,
         scoring: str = "accuracy",
-        classes: Sequence[str] = ("FAKE", "REAL"),
+        classes: Sequence[str] = CLASSES,
         image_size: int | None = None,
+        resample: str | None = None,
         **params: Any,
     ) -> None:
         spec = {"name": features} if isinstance(features, str) else dict(features)
@@ -111,6 +112,7 @@ class ForestClassifier:
             raise ConfigError(f"the forest is a binary classifier: model.classes needs 2 names, got {list(classes)}")
         self.classes = tuple(classes)
         self.image_size = image_size
+        self.resample = resample  # the filter the training images were resized with, for prediction
         self.best_params: dict[str, Any] | None = None
         self._fitted = False
 
@@ -159,6 +161,7 @@ class ForestClassifier:
             "best_params": self.best_params,
             "classes": list(self.classes),
             "image_size": self.image_size,
+            "resample": self.resample,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -168,16 +171,10 @@ class ForestClassifier:
             raise RuntimeError("fit the forest before saving it")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".partial", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             sio.dump(self.forest, tmp)
             with zipfile.ZipFile(tmp, "a") as archive:
                 archive.writestr(META_MEMBER, json.dumps(self.metadata(), indent=1, default=str))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         return path
 
     @classmethod
@@ -214,6 +211,7 @@ class ForestClassifier:
         if not isinstance(forest, RandomForestClassifier):
             raise ConfigError(f"{str(path)!r} holds a {type(forest).__name__}, not a random forest; {hint}")
         model = cls(features=meta["features"], classes=meta["classes"], image_size=meta["image_size"],
+                    resample=meta.get("resample"),
                     **meta["params"])
         if model.feature_names != meta["feature_names"]:
             raise ConfigError(f"{str(path)!r} was trained on features {meta['feature_names']}, which this version "

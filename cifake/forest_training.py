@@ -1,16 +1,13 @@
-"""The random-forest baseline's jobs: ``python train.py model=rf`` and ``python evaluate.py
-ckpt_path=<run>/checkpoints/forest.skops``.
-
-Same data split, metrics, figures and TensorBoard layout as the network's runs, so the two can be
-compared in one dashboard; the forest reads image statistics from the decoded cache instead of
-pixels, and it has no layer for Grad-CAM to explain.
+"""Fitting the random-forest baseline (``python train.py model=rf``): the same data split,
+metrics, figures and TensorBoard layout as a network's run, so the two compare in one dashboard.
+The forest reads image statistics from the decoded cache instead of pixels; it is evaluated, like
+any model, by :mod:`cifake.evaluation`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,22 +20,11 @@ from sklearn.metrics import log_loss
 from cifake.callbacks.base import log_figure, tensorboard_writers
 from cifake.data.cache import DecodedSplit
 from cifake.data.datamodule import CIFAKEDataModule
-from cifake.data.features import cached_features, extract_features
-from cifake.errors import ConfigError
+from cifake.data.features import cached_features
 from cifake.metrics import binary_report, report_scalars
 from cifake.models.forest import ForestClassifier
 from cifake.plots import class_balance_figure, correlation_figure, feature_distributions_figure, importance_figure
-from cifake.report import (
-    Predictions,
-    curve_figures,
-    example_figures,
-    threshold_on_validation,
-    write_figures,
-    write_report,
-    write_robustness_report,
-)
-from cifake.tracking import log_hparams, run_hparams
-from cifake.utils import instantiate_all
+from cifake.report import Predictions, curve_figures, example_figures, write_figures
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +68,12 @@ def _counts(labels: np.ndarray, classes: tuple[str, ...]) -> dict[str, int]:
     return dict(zip(classes, np.bincount(labels, minlength=len(classes)).tolist(), strict=True))
 
 
-def fit_forest(cfg: DictConfig, datamodule: CIFAKEDataModule, model: ForestClassifier) -> dict[str, Any]:
+def fit_forest(cfg: DictConfig, datamodule: CIFAKEDataModule, model: ForestClassifier,
+               loggers: list) -> tuple[dict[str, Any], Path]:
     """Fit the forest on the train split's features, score train and validation like a network
-    run, log the same dashboards, save ``checkpoints/forest.skops`` and, with ``cfg.evaluate``,
-    evaluate it on the test split. Returns the metrics (``test``: the test report)."""
+    run, log the same dashboards to ``loggers`` and save ``checkpoints/forest.skops``. Returns the
+    train and validation metrics and the saved file."""
     out = Path(cfg.paths.output_dir)
-    loggers = instantiate_all(cfg.get("logger"))
     writers = tensorboard_writers(loggers)
     datamodule.setup("fit")
     train_set, val_set = datamodule.train_set, datamodule.val_set
@@ -114,60 +100,9 @@ def fit_forest(cfg: DictConfig, datamodule: CIFAKEDataModule, model: ForestClass
 
     val_pred = Predictions.of_rows(val_set.split, val_set.indices, p_val)
     for name, fig in {**curve_figures(val_pred, val_report["confusion_matrix"], classes, "validation"),
-                      **example_figures(val_pred, classes, threshold, None, cfg.report, "validation")}.items():
+                      **example_figures(val_pred, classes, threshold, cfg.report, "validation")}.items():
         log_figure(writers, f"val/{name}", fig, step=0)
     counts = {"train": _counts(y_train, classes), "validation": _counts(y_val, classes)}
     eda = eda_figures(x_train, y_train, model, counts, "train")
     write_figures({f"train_{k}": v for k, v in eda.items()}, out, writers, step=0, prefix="eda")
-
-    if cfg.get("evaluate"):
-        metrics["test"] = evaluate_forest(path, datamodule, threshold, out, cfg.report, loggers)
-    final = {k: v for k, v in metrics.items() if k != "test"}
-    final.update(report_scalars(metrics["test"]) if "test" in metrics else {})
-    log_hparams(loggers, run_hparams(cfg, keys=("model", "data", "seed")), final)
-    for lg in loggers:
-        lg.finalize("success")
-    log.info("Run folder: %s\nForest: %s\nTensorBoard: tensorboard --logdir %s", out, path, out / "tensorboard")
-    return metrics
-
-
-def forest_predictor(model: ForestClassifier) -> Callable[[torch.Tensor], torch.Tensor]:
-    """uint8 batch -> p(REAL): the forest's features of the images, then its probabilities."""
-
-    def predict(images: torch.Tensor) -> torch.Tensor:
-        features = extract_features(images.numpy(), model.feature_set, **model.feature_params)
-        return torch.from_numpy(model.predict_proba_real(features))
-
-    return predict
-
-
-def evaluate_forest(path: str | Path, datamodule: CIFAKEDataModule, threshold: float, out_dir: Path,
-                    settings: dict[str, Any] | DictConfig, loggers: list,
-                    threshold_choice: dict[str, Any] | None = None, robustness: bool = False,
-                    exclude: set[str] | None = None) -> dict[str, Any]:
-    """Score a saved forest on the test split: the same files as a network's evaluation (Grad-CAM
-    is skipped: a forest on image statistics has no layer to explain), plus the exploratory
-    figures of the test features (``test_*.png``)."""
-    model = ForestClassifier.load(path)
-    if model.image_size is not None and model.image_size != datamodule.hparams.image_size:
-        raise ConfigError(f"the forest was trained on {model.image_size}px images but data.image_size="
-                          f"{datamodule.hparams.image_size}; set data.image_size={model.image_size}")
-    predictor = forest_predictor(model)
-    if threshold_choice and threshold_choice.get("method"):
-        batch = datamodule.hparams.eval_batch_size or datamodule.hparams.batch_size
-        threshold = threshold_on_validation(predictor, datamodule, threshold_choice, model.classes, batch)
-    datamodule.setup("test")
-    split = datamodule.test_set.split
-    features = split_features(model, split)
-    rows = np.sort(datamodule.test_set.indices)
-    pred = Predictions.of_rows(split, rows, model.predict_proba_real(features[rows]))
-    log.info("Grad-CAM skipped: the random forest works on image statistics, it has no layer to explain")
-    report = write_report(pred, model.classes, threshold, out_dir, settings, loggers, step=0, source=str(path),
-                          exclude=exclude)
-    if robustness:
-        write_robustness_report(predictor, pred, threshold, settings, out_dir, loggers, step=0)
-    if settings["figures"]:
-        eda = eda_figures(features[rows], pred.labels, model, {"test": _counts(pred.labels, model.classes)}, "test")
-        write_figures({f"test_{k}": v for k, v in eda.items()}, out_dir, tensorboard_writers(loggers), step=0,
-                      prefix="eda")
-    return report
+    return metrics, path

@@ -1,0 +1,107 @@
+"""Evaluating any trained model on the test split, shared by ``train.py evaluate=true`` and
+``evaluate.py``: score the split through a :class:`~cifake.scoring.Scorer`, choose the threshold
+on validation if asked, explain examples with Grad-CAM, perturb for robustness, and hand the
+predictions to :mod:`cifake.report` for the files and figures."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from cifake.audit import leaked_test_files
+from cifake.calibration import choose_threshold
+from cifake.data.datamodule import CIFAKEDataModule
+from cifake.explain import explained_sections, explanation_sets
+from cifake.report import Explained, Predictions, write_report, write_robustness_report
+from cifake.robustness import robustness_table
+from cifake.scoring import Scorer, check_threshold
+
+log = logging.getLogger(__name__)
+
+
+def leaking_test_files(datamodule: CIFAKEDataModule, near_distance: int | None) -> set[str]:
+    """The test files that leak from train (:func:`cifake.audit.leaked_test_files`), named as
+    :class:`~cifake.report.Predictions` names them, for ``write_report(exclude=...)``."""
+    root = datamodule.decoded(datamodule.hparams.test_split).root
+    return {str(root / path) for path in leaked_test_files(datamodule, near_distance)}
+
+
+def score_split(scorer: Scorer, datamodule: CIFAKEDataModule, stage: str) -> Predictions:
+    """p(REAL) of every image of the ``stage`` set (``validate`` or ``test``), in row order."""
+    datamodule.setup("fit" if stage == "validate" else "test")
+    images = datamodule.val_set if stage == "validate" else datamodule.test_set
+    rows = np.sort(images.indices)
+    p_real = scorer.p_real(images.split.images[rows], datamodule.eval_batch, progress=f"Scoring ({stage})")
+    return Predictions.of_rows(images.split, rows, p_real)
+
+
+def threshold_on_validation(scorer: Scorer, datamodule: CIFAKEDataModule, choice: dict[str, Any]) -> float:
+    """The threshold ``choice["method"]`` picks on the validation split (see
+    :func:`cifake.calibration.choose_threshold`), to be used on the test split."""
+    val = score_split(scorer, datamodule, "validate")
+    threshold = choose_threshold(val.p_real, val.labels, choice["method"], choice.get("target_precision"),
+                                 choice.get("positive", scorer.classes[1]), scorer.classes)
+    log.info("Threshold chosen on the validation split (%d images, %s): %.4f", len(val.labels), choice["method"],
+             threshold)
+    return float(threshold)
+
+
+def explain(scorer: Scorer, pred: Predictions, threshold: float, settings: dict[str, Any]) -> Explained | None:
+    """Grad-CAM overlays of correctly and wrongly classified test images of each class, for the
+    report; ``None`` (with the reason logged) where the model has no layer to explain."""
+    layer = settings.get("gradcam_layer") or scorer.gradcam_layer
+    if not scorer.explainable:
+        log.info("Grad-CAM skipped: %s is a%s, which has no layer to explain", scorer.source,
+                 " random forest on image statistics" if scorer.kind == "forest" else "n ONNX export")
+        return None
+    if layer is None:
+        log.info("Grad-CAM skipped: the checkpoint names no model.gradcam_layer; set report.gradcam_layer")
+        return None
+    predicted = pred.predicted(threshold)
+    # The prediction grid already shows the first images; a report explains right and wrong calls.
+    sets = explanation_sets(pred.labels, predicted, settings["gradcam_per_class"])
+    sets = {"correct": sets["correct"], "wrong": sets["wrong"]}
+    return Explained(layer, explained_sections(scorer.model, pred.images, pred.labels, pred.p_real, predicted, sets,
+                                               layer, scorer.device))
+
+
+def forest_figures(scorer: Scorer, datamodule: CIFAKEDataModule, pred: Predictions) -> dict[str, Figure]:
+    """A forest's exploratory figures of the test split's features (``test_*``)."""
+    from cifake.forest_training import eda_figures, split_features  # the forest's own figures
+
+    split = datamodule.test_set.split
+    features = split_features(scorer.model, split)[np.sort(datamodule.test_set.indices)]
+    counts = dict(zip(scorer.classes, np.bincount(pred.labels, minlength=2).tolist(), strict=True))
+    eda = eda_figures(features, pred.labels, scorer.model, {"test": counts}, "test")
+    return {f"test_{name}": fig for name, fig in eda.items()}
+
+
+def evaluate_model(scorer: Scorer, datamodule: CIFAKEDataModule, threshold: float, out_dir: Path,
+                   settings: dict[str, Any], loggers: list, step: int = 0,
+                   threshold_choice: dict[str, Any] | None = None, robustness: bool = False,
+                   exclude: set[str] | None = None) -> dict[str, Any]:
+    """Score ``scorer`` on the test split and write the report (:func:`cifake.report.write_report`).
+    With ``threshold_choice["method"]`` the threshold is chosen on the validation split first;
+    with ``robustness`` the test split is scored again under perturbations; ``exclude``: files
+    whose metrics also go in without them (``leak_free``). Returns the metrics."""
+    check_threshold(threshold)
+    scorer.check_image_size(datamodule.hparams.image_size)
+    if threshold_choice and threshold_choice.get("method"):
+        threshold = threshold_on_validation(scorer, datamodule, threshold_choice)
+    pred = score_split(scorer, datamodule, "test")
+    explained, extra = None, None
+    if settings["figures"]:
+        explained = explain(scorer, pred, threshold, settings)
+        extra = forest_figures(scorer, datamodule, pred) if scorer.kind == "forest" else None
+    report = write_report(pred, scorer.classes, threshold, out_dir, settings, loggers, step, source=scorer.source,
+                          explained=explained, exclude=exclude, tta=dict(scorer.tta), extra_figures=extra)
+    if robustness:
+        cfg = settings["robustness"]
+        rows = robustness_table(scorer.score, pred.images, pred.labels, cfg["perturbations"], cfg["batch_size"],
+                                threshold, cfg["seed"], cfg.get("options"))
+        write_robustness_report(rows, out_dir, loggers, step)
+    return report

@@ -1,0 +1,122 @@
+"""Scoring with a PyTorch network: a train.py checkpoint, or a LightningModule being trained."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cifake.data.augment import to_unit_float
+from cifake.data.labels import CLASSES
+from cifake.errors import ConfigError, ModelFileError
+from cifake.scoring.scorer import NO_TTA, Scorer
+from cifake.utils import resolve_precision
+
+
+def pick_device(device: str) -> torch.device:
+    """``auto``: CUDA where there is one, else the CPU; ``gpu`` is CUDA, as Lightning names it."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device("cuda" if device == "gpu" else device)
+    except RuntimeError as err:
+        raise ConfigError(f"device={device!r} is not a device PyTorch knows; use auto, cpu or cuda") from err
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint's contents, unpickled with ``weights_only=True``: only tensors and plain
+    containers are rebuilt, so a file that would run code is refused, not run."""
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as err:
+        raise ModelFileError(f"{path} holds objects a checkpoint never has and was refused unread (a pickle that "
+                             f"could run code, or a file from another program); expected a .ckpt written by "
+                             f"train.py. ({str(err).splitlines()[0]})") from err
+    except Exception as err:  # torch raises many kinds on damaged archives (RuntimeError, EOFError, ...)
+        raise ModelFileError(f"{path} is not a readable checkpoint ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else 'damaged'}); "
+                             "expected a .ckpt written by train.py") from err
+    if not isinstance(raw, dict) or "state_dict" not in raw or "hyper_parameters" not in raw:
+        raise ModelFileError(f"{path} is a PyTorch file but not a train.py checkpoint (no state_dict and "
+                             "hyper_parameters); expected a .ckpt written by train.py")
+    return raw
+
+
+def load_classifier(path: str | Path) -> Any:
+    """The :class:`~cifake.models.classifier.Classifier` saved in a train.py checkpoint (safely:
+    see :func:`read_checkpoint`), on the CPU."""
+    path = Path(path).expanduser()
+    return rebuild_classifier(read_checkpoint(path), path)
+
+
+def rebuild_classifier(raw: Mapping[str, Any], path: Path) -> Any:
+    """The Classifier of a checkpoint's contents (:func:`read_checkpoint`)."""
+    from cifake.models.classifier import Classifier
+
+    try:
+        model = Classifier(**raw["hyper_parameters"])
+        model.load_state_dict(raw["state_dict"])
+    except (TypeError, KeyError, RuntimeError, ConfigError) as err:
+        raise ModelFileError(f"{path} is a checkpoint this version cannot rebuild ({err}); retrain, or use the "
+                             "version that wrote it") from err
+    return model
+
+
+def trained_resample(raw: Mapping[str, Any]) -> str | None:
+    """The ``data.resample`` a checkpoint's training images were resized with, if it records one
+    (train.py's checkpoints do: Lightning stores the data module's settings)."""
+    return (raw.get("datamodule_hyper_parameters") or {}).get("resample")
+
+
+def network_score(module: nn.Module, device: torch.device, precision: str = "32-true") -> Callable[
+        [np.ndarray], np.ndarray]:
+    """uint8 batch -> p(REAL) through ``module.p_real`` (which applies its test-time augmentation),
+    scaled as training scales its inputs, on ``device``, under bf16 autocast for ``bf16-mixed``.
+    The module is put in eval mode for the call and given back in the mode it was in; it is moved
+    to ``device`` at each call, as a trainer's teardown may have moved it back."""
+    bf16 = str(precision).startswith("bf16")
+
+    @torch.no_grad()
+    def score(images: np.ndarray) -> np.ndarray:
+        was_training = module.training
+        module.eval().to(device)
+        try:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                p = module.p_real(to_unit_float(torch.from_numpy(np.asarray(images)).to(device)))
+        finally:
+            module.train(was_training)
+        return p.float().cpu().numpy()
+
+    return score
+
+
+def module_scorer(module: nn.Module, device: torch.device, precision: str = "32-true", source: str = "model",
+                  resample: str | None = None) -> Scorer:
+    """A :class:`Scorer` for a Classifier in memory (a checkpoint just loaded, or the module a
+    trainer is fitting, as the dashboards' callbacks score it)."""
+    hp = getattr(module, "hparams", {})
+    mode, shift, padding = getattr(module, "tta", ("none", 1, "reflect"))
+    return Scorer(kind="checkpoint", source=source, score=network_score(module, device, precision),
+                  classes=tuple(hp.get("classes", CLASSES)), image_size=hp.get("image_size"), resample=resample,
+                  tta={"mode": mode, "shift": shift, "padding": padding}, model=module,
+                  gradcam_layer=hp.get("gradcam_layer"), device=device)
+
+
+def checkpoint_scorer(path: Path, device: str = "auto", precision: str = "auto",
+                      tta: Mapping[str, Any] | None = None) -> Scorer:
+    """A train.py checkpoint on ``device``, in eval mode, at ``precision`` (``auto``: bf16 where the
+    device computes it natively, as training chooses; NHWC where that is faster)."""
+    raw = read_checkpoint(path)
+    model = rebuild_classifier(raw, path)
+    tta = dict(tta or NO_TTA)
+    model.set_tta(tta.get("mode", "none"), tta.get("shift", 1), tta.get("padding", "reflect"))
+    target = pick_device(device)
+    resolved = str(resolve_precision(precision, target.type))
+    model = model.to(target).eval()
+    model.set_channels_last(model.uses_channels_last(target))
+    return module_scorer(model, target, resolved, str(path), trained_resample(raw))

@@ -1,0 +1,88 @@
+"""The one interface every trained model is scored through (numpy in, numpy out)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from cifake.data.decode import RESAMPLING
+from cifake.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+NO_TTA: Mapping[str, Any] = {"mode": "none"}
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """A trained model as the jobs see it, whatever file it came from.
+
+    ``score`` maps one uint8 batch ``(N, 3, S, S)`` to p(REAL) ``(N,)`` float32, with the
+    test-time augmentation ``tta`` already applied; :meth:`p_real` feeds it any number of images
+    in batches. ``model`` is what was loaded; for a network (``explainable``) it is the PyTorch
+    module Grad-CAM explains, at ``gradcam_layer`` by default, on ``device``.
+    """
+
+    kind: str  # "checkpoint", "forest" or "onnx" (see cifake.scoring.open.MODEL_KINDS)
+    source: str  # the file it was opened from
+    score: Callable[[np.ndarray], np.ndarray]
+    classes: tuple[str, ...]
+    image_size: int | None  # the side of the square images it was trained on, where recorded
+    resample: str | None  # the Pillow filter its training images were resized with, where recorded
+    threshold: float | None = None  # the decision threshold stored with the model (model.json), if any
+    tta: Mapping[str, Any] = field(default_factory=lambda: dict(NO_TTA))
+    model: Any = None  # what was loaded: a Classifier, a ForestClassifier or an onnxruntime session
+    gradcam_layer: str | None = None
+    device: Any = None  # where a network runs (a torch.device)
+
+    @property
+    def explainable(self) -> bool:
+        """Whether Grad-CAM can explain this model (a PyTorch network; not a forest or ONNX)."""
+        return self.kind == "checkpoint" and self.model is not None
+
+    def p_real(self, images: np.ndarray, batch_size: int = 512, progress: str | None = None) -> np.ndarray:
+        """p(REAL) float32 for uint8 ``images`` ``(N, 3, S, S)``, ``batch_size`` at a time (a
+        progress bar titled ``progress`` when given)."""
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+        starts = range(0, len(images), batch_size)
+        out = [np.asarray(self.score(np.ascontiguousarray(images[i:i + batch_size])), dtype=np.float32).reshape(-1)
+               for i in tqdm(starts, desc=progress, unit="batch", disable=progress is None or len(starts) < 2)]
+        p = np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+        if len(p) != len(images):
+            raise RuntimeError(f"{self.source} returned {len(p)} probabilities for {len(images)} images; "
+                               "please report this as a bug")
+        return p
+
+    def check_image_size(self, image_size: int, key: str = "data.image_size") -> None:
+        """Refuse to score images of another size than the model was trained on."""
+        if self.image_size is not None and self.image_size != image_size:
+            raise ConfigError(f"{self.source} was trained on {self.image_size}px images but {key}={image_size}; "
+                              f"set {key}={self.image_size}")
+
+
+def check_threshold(threshold: float) -> None:
+    """Refuse a decision threshold outside [0, 1]."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"threshold={threshold} must lie in [0, 1] (it applies to p(REAL))")
+
+
+def choose_resample(configured: str | None, recorded: str | None, source: str) -> str:
+    """The resampling filter to resize inputs with: ``configured`` if set, else the one the model
+    was trained with (``recorded``, from ``source``)."""
+    choice = configured or recorded
+    if choice is None:
+        raise ConfigError(
+            f"{source} does not record how its training images were resized; set resample=bicubic "
+            f"(data.resample's default, as CIFAKE was made by downscaling) or one of {sorted(RESAMPLING)}"
+        )
+    if choice not in RESAMPLING:
+        raise ConfigError(f"resample={choice!r}; choose one of {sorted(RESAMPLING)}")
+    if recorded and configured and configured != recorded:
+        log.warning("resample=%s, but %s was trained on images resized with %s", configured, source, recorded)
+    return choice
