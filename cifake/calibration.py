@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -168,3 +169,43 @@ def choose_threshold(p_real: ArrayLike, labels: ArrayLike, method: str = "f1", t
     # lexsort's last key is the primary one: highest recall, then highest precision.
     best = reached[np.lexsort((sweep.precision[reached], sweep.recall[reached]))[-1]]
     return float(sweep.threshold[best])
+
+
+def choose_unsure_band(p_real: ArrayLike, labels: ArrayLike, threshold: float, target_precision: float,
+                       classes: Sequence[str] = CLASSES) -> tuple[float, float]:
+    """The narrowest band ``(low, high)`` around ``threshold`` outside which both classes' answers
+    reach ``target_precision`` on these (validation) predictions: REAL when ``p_real > high``,
+    FAKE when ``p_real <= low``, UNSURE in between.
+
+    ``high`` is the lowest cut at or above ``threshold`` whose REAL answers reach the target and
+    ``low`` the highest cut at or below it whose FAKE answers do (cuts of :func:`threshold_sweep`,
+    midway between scores); a class that reaches it nowhere gets no confident answers (``high=1``,
+    ``low=0``). The two sides are independent, so together they give the narrowest such band.
+    """
+    if not 0 < target_precision <= 1:
+        raise ConfigError(f"unsure target_precision must lie in (0, 1], got {target_precision}")
+    if not 0 <= threshold <= 1:
+        raise ConfigError(f"threshold={threshold} must lie in [0, 1]")
+    tolerance = 1e-12  # so that e.g. 97/100 counts as reaching 0.97 whatever the rounding
+    real = threshold_sweep(p_real, labels, classes[1], classes)
+    fake = threshold_sweep(p_real, labels, classes[0], classes)
+    ok_high = (real.threshold >= threshold) & (real.precision >= target_precision - tolerance)
+    ok_low = (fake.threshold <= threshold) & (fake.precision >= target_precision - tolerance)
+    high = float(real.threshold[ok_high].min()) if ok_high.any() else 1.0
+    low = float(fake.threshold[ok_low].max()) if ok_low.any() else 0.0
+    return min(low, threshold), max(high, threshold)
+
+
+def unsure_report(p_real: ArrayLike, labels: ArrayLike, band: Sequence[float]) -> dict[str, Any]:
+    """Coverage (the share of confident answers) and accuracy on the confident ones, for the band
+    ``(low, high)``: FAKE when ``p <= low``, REAL when ``p > high``, UNSURE between
+    (``confident_accuracy`` is None when every answer is UNSURE)."""
+    p, y = _check(p_real, labels)
+    low, high = float(band[0]), float(band[1])
+    fake, real = p <= low, p > high
+    confident = fake | real
+    right = (fake & (y == 0)) | (real & (y == 1))
+    n = int(confident.sum())
+    return {"band": [low, high], "coverage": float(confident.mean()) if len(p) else 0.0,
+            "confident_accuracy": float(right.sum() / n) if n else None, "n_confident": n,
+            "n_unsure": int(len(p) - n)}

@@ -13,11 +13,11 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from cifake.audit import leaked_test_files
-from cifake.calibration import choose_threshold
+from cifake.calibration import choose_threshold, choose_unsure_band, unsure_report
 from cifake.data.datamodule import CIFAKEDataModule
 from cifake.explain import explained_sections, explanation_sets
 from cifake.report import Explained, Predictions, write_report, write_robustness_report
-from cifake.robustness import robustness_table
+from cifake.robustness import robustness_table, trained_with
 from cifake.scoring import Scorer, check_threshold
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,19 @@ def threshold_on_validation(scorer: Scorer, datamodule: CIFAKEDataModule, choice
     log.info("Threshold chosen on the validation split (%d images, %s): %.4f", len(val.labels), choice["method"],
              threshold)
     return float(threshold)
+
+
+def unsure_band_on_validation(scorer: Scorer, datamodule: CIFAKEDataModule, threshold: float,
+                              target_precision: float) -> tuple[float, float]:
+    """The narrowest band around ``threshold`` outside which both classes' validation answers reach
+    ``target_precision`` (:func:`cifake.calibration.choose_unsure_band`)."""
+    val = score_split(scorer, datamodule, "validate")
+    band = choose_unsure_band(val.p_real, val.labels, threshold, target_precision, scorer.classes)
+    report = unsure_report(val.p_real, val.labels, band)
+    log.info("Unsure band chosen on the validation split (%d images, precision >= %g each side): (%.4f, %.4f]; "
+             "coverage %.4f, accuracy of the confident answers %s", len(val.labels), target_precision, *band,
+             report["coverage"], report["confident_accuracy"])
+    return band
 
 
 def explain(scorer: Scorer, pred: Predictions, threshold: float, settings: dict[str, Any]) -> Explained | None:
@@ -83,11 +96,13 @@ def forest_figures(scorer: Scorer, datamodule: CIFAKEDataModule, pred: Predictio
 def evaluate_model(scorer: Scorer, datamodule: CIFAKEDataModule, threshold: float, out_dir: Path,
                    settings: dict[str, Any], loggers: list, step: int = 0,
                    threshold_choice: dict[str, Any] | None = None, robustness: bool = False,
-                   exclude: set[str] | None = None) -> dict[str, Any]:
+                   exclude: set[str] | None = None, band: tuple[float, float] | None = None) -> dict[str, Any]:
     """Score ``scorer`` on the test split and write the report (:func:`cifake.report.write_report`).
     With ``threshold_choice["method"]`` the threshold is chosen on the validation split first;
     with ``robustness`` the test split is scored again under perturbations; ``exclude``: files
-    whose metrics also go in without them (``leak_free``). Returns the metrics."""
+    whose metrics also go in without them (``leak_free``); with an unsure ``band``, coverage and the
+    accuracy of the confident answers go in as ``unsure`` (and into the robustness rows). Returns
+    the metrics."""
     check_threshold(threshold)
     scorer.check_image_size(datamodule.hparams.image_size)
     if threshold_choice and threshold_choice.get("method"):
@@ -97,11 +112,15 @@ def evaluate_model(scorer: Scorer, datamodule: CIFAKEDataModule, threshold: floa
     if settings["figures"]:
         explained = explain(scorer, pred, threshold, settings)
         extra = forest_figures(scorer, datamodule, pred) if scorer.kind == "forest" else None
+    unsure = unsure_report(pred.p_real, pred.labels, band) if band is not None else None
     report = write_report(pred, scorer.classes, threshold, out_dir, settings, loggers, step, source=scorer.source,
-                          explained=explained, exclude=exclude, tta=dict(scorer.tta), extra_figures=extra)
+                          explained=explained, exclude=exclude, tta=dict(scorer.tta), extra_figures=extra,
+                          unsure=unsure)
     if robustness:
         cfg = settings["robustness"]
         rows = robustness_table(scorer.score, pred.images, pred.labels, cfg["perturbations"], cfg["batch_size"],
-                                threshold, cfg["seed"], cfg.get("options"))
+                                threshold, cfg["seed"], cfg.get("options"), band=band)
+        for row in rows:
+            row["trained"] = trained_with(row["perturbation"], row["strength"], scorer.training)
         write_robustness_report(rows, out_dir, loggers, step)
     return report

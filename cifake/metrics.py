@@ -62,6 +62,10 @@ def report_scalars(report: dict[str, Any], prefix: str = "test/") -> dict[str, f
         out.update({f"{prefix}{metric}_{name.lower()}": value for name, value in report[metric].items()})
     if "leak_free" in report:  # the same metrics without the test images that leak from train
         out.update(report_scalars(report["leak_free"], f"{prefix}leak_free/"))
+    if "unsure" in report:  # answers outside the unsure band: how many, and how right
+        out[f"{prefix}unsure/coverage"] = report["unsure"]["coverage"]
+        if report["unsure"]["confident_accuracy"] is not None:  # None: every answer was UNSURE
+            out[f"{prefix}unsure/confident_accuracy"] = report["unsure"]["confident_accuracy"]
     return out
 
 

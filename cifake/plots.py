@@ -224,7 +224,8 @@ def importance_figure(importances: dict[str, float], title: str = "Feature impor
 def robustness_figure(rows: Sequence[dict], metrics: Sequence[str] = ("accuracy", "auroc"), baseline: str = "none",
                       title: str = "Robustness to perturbations") -> Figure:
     """One panel per metric: a line of points per perturbation across its strengths (in the order
-    given), with the unperturbed ``baseline`` row as a dashed line. ``rows`` are
+    given), with the unperturbed ``baseline`` row as a dashed line; families the model never
+    trained on (``trained == "no"``) are dotted and marked held out. ``rows`` are
     :func:`cifake.robustness.robustness_table`'s ``{perturbation, strength, <metric>, ...}``."""
     base = next((r for r in rows if r["perturbation"] == baseline), None)
     groups: dict[str, list[dict]] = {}
@@ -245,7 +246,9 @@ def robustness_figure(rows: Sequence[dict], metrics: Sequence[str] = ("accuracy"
             ax.axhline(base[metric], ls="--", c="grey", lw=1, label=f"{baseline}: {base[metric]:.4f}")
         for k, (name, members) in enumerate(groups.items()):
             values = [r[metric] for r in members]
-            ax.plot(xs[name], values, marker="o", c=f"C{k % 10}", label=name)
+            held_out = members[0].get("trained") == "no"  # a family the model never trained on
+            ax.plot(xs[name], values, marker="o", c=f"C{k % 10}", ls=":" if held_out else "-",
+                    label=f"{name} (held out)" if held_out else name)
             for x, v in zip(xs[name], values, strict=True):
                 ax.annotate(f"{v:.3f}", (x, v), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=7)
         ax.set(ylabel=metric)

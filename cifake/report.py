@@ -132,7 +132,7 @@ def write_report(pred: Predictions, classes: Sequence[str], threshold: float, ou
                  settings: dict[str, Any], loggers: list, step: int, source: str,
                  explained: Explained | None = None, exclude: set[str] | None = None,
                  tta: dict[str, Any] | None = None, extra_figures: dict[str, Figure] | None = None,
-                 extra_prefix: str = "eda") -> dict[str, Any]:
+                 extra_prefix: str = "eda", unsure: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything an evaluation leaves, from ``pred`` alone: ``metrics.json``, ``predictions.csv``
     and (with ``settings["figures"]``) the figures as PNGs, logged to ``loggers`` under ``test/``
     too, with the Grad-CAM overlays of ``explained`` and ``extra_figures`` (under ``extra_prefix/``,
@@ -141,6 +141,10 @@ e.g. a forest's feature figures); with ``exclude`` (file paths as
     test-time augmentation ``pred`` was scored with, is recorded as given. Returns the metrics."""
     report = binary_report(torch.from_numpy(pred.p_real), torch.from_numpy(pred.labels), threshold, tuple(classes))
     report["tta"] = dict(tta) if tta else {"mode": "none"}
+    if unsure is not None:  # cifake.calibration.unsure_report: coverage and confident accuracy
+        report["unsure"] = dict(unsure)
+        log.info("Unsure band (%.4f, %.4f]: coverage %.4f, accuracy of the confident answers %s",
+                 *unsure["band"], unsure["coverage"], unsure["confident_accuracy"])
     bins = reliability_bins(pred.p_real, pred.labels, settings["calibration_bins"])
     report["ece"] = float(bins.ece)
     if exclude is not None:  # e.g. the test images that leak from train (cifake.audit)
@@ -176,5 +180,9 @@ def write_robustness_report(rows: list[dict[str, Any]], out_dir: Path, loggers: 
     """``robustness.csv``, ``robustness.md`` and ``robustness.png`` (also in TensorBoard) of the
     rows :func:`cifake.robustness.robustness_table` computed."""
     write_robustness(rows, out_dir)
-    write_figures({"robustness": robustness_figure(rows)}, out_dir, tensorboard_writers(loggers), step)
-    log.info("Robustness (test split):\n%s", robustness_markdown(rows))
+    writers = tensorboard_writers(loggers)
+    write_figures({"robustness": robustness_figure(rows)}, out_dir, writers, step)
+    table = robustness_markdown(rows)
+    for writer in writers:  # the table itself, under TensorBoard's Text tab
+        writer.add_text("test/robustness", table, global_step=step)
+    log.info("Robustness (test split):\n%s", table)

@@ -1,173 +1,24 @@
-"""How well a classifier holds up when its test images are degraded: JPEG re-compression, blur,
-down-and-up scaling, noise and mirroring, each at a few strengths, against the clean baseline.
-
-Every perturbation maps a uint8 batch ``(N, C, H, W)`` to a new uint8 batch of the same shape and
-never changes its input. A fake detector that keys on high-frequency artefacts tends to lose them
-to exactly these operations, which images on the web go through all the time.
+"""How well a classifier holds up when its test images are degraded (:mod:`cifake.data.perturb`:
+JPEG re-compression, blur, down-and-up scaling, noise, mirroring), each at a few strengths,
+against the clean baseline. A fake detector that keys on high-frequency artefacts tends to lose
+them to exactly these operations, which images on the web go through all the time.
 """
 
 from __future__ import annotations
 
 import csv
-import io
-import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
-from torchvision.transforms.v2.functional import gaussian_blur as tv_gaussian_blur
 from tqdm.auto import tqdm
 
+from cifake.calibration import unsure_report
+from cifake.data.perturb import BASELINE, DEFAULT_PERTURBATIONS, Strength, perturb
 from cifake.errors import ConfigError
 from cifake.metrics import binary_report
-
-Strength = float | None
-# A perturbation as the registry calls it: (images, strength, generator, **options) -> images.
-Perturbation = Callable[..., torch.Tensor]
-BASELINE = "none"
-
-
-def _check_batch(images: torch.Tensor) -> None:
-    if images.dtype != torch.uint8 or images.ndim != 4:
-        raise ValueError(f"expected a uint8 batch (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
-
-
-def _to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Float pixels in 0..255 -> uint8, rounded to nearest and clipped (not wrapped)."""
-    return x.round_().clamp_(0, 255).to(torch.uint8)
-
-
-def jpeg(images: torch.Tensor, quality: int, subsampling: int = 2) -> torch.Tensor:
-    """Encode each image as a JPEG of ``quality`` (1..100) and decode it again.
-
-    Pillow (the library the dataset is decoded with) is used rather than ``torchvision.io``,
-    whose JPEG codec is deprecated since torchvision 0.29. ``subsampling`` is Pillow's chroma
-    subsampling: 0 keeps full colour resolution (4:4:4), 2 halves it both ways (4:2:0, what most
-    encoders and web services do).
-    """
-    _check_batch(images)
-    if images.shape[1] != 3:
-        raise ValueError(f"JPEG needs RGB images (3 channels), got {images.shape[1]}")
-    if quality != int(quality) or not 1 <= int(quality) <= 100:
-        raise ConfigError(f"JPEG quality must be an integer in 1..100, got {quality}")
-    if subsampling not in (0, 1, 2):
-        raise ConfigError(f"JPEG subsampling must be 0 (4:4:4), 1 (4:2:2) or 2 (4:2:0), got {subsampling}")
-    pixels = images.permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, 3), what PIL reads
-    out = np.empty_like(pixels)
-    for i, image in enumerate(pixels):
-        buffer = io.BytesIO()
-        Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="JPEG", quality=int(quality),
-                                                          subsampling=subsampling)
-        buffer.seek(0)
-        with Image.open(buffer) as decoded:
-            out[i] = np.asarray(decoded)  # an RGB JPEG decodes to RGB
-    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous().to(images.device)
-
-
-def gaussian_blur(images: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:
-    """Blur with a Gaussian of ``sigma`` pixels, cut off at ``truncate`` sigmas (as scipy does),
-    edges reflected. ``sigma=0`` returns an unchanged copy."""
-    _check_batch(images)
-    if not math.isfinite(sigma) or sigma < 0:
-        raise ConfigError(f"blur sigma must be a finite number of pixels >= 0, got {sigma}")
-    if truncate <= 0:
-        raise ConfigError(f"blur truncate must be > 0 sigmas, got {truncate}")
-    if sigma == 0:
-        return images.clone()
-    # Reflection padding needs the radius below the image size; the tails cut off there are tiny.
-    radius = max(1, min(math.ceil(truncate * sigma), min(images.shape[-2:]) - 1))
-    return tv_gaussian_blur(images, kernel_size=[2 * radius + 1] * 2, sigma=[float(sigma)] * 2)
-
-
-def rescale(images: torch.Tensor, factor: float, mode: str = "bilinear") -> torch.Tensor:
-    """Shrink by ``factor`` (0 < factor <= 1; antialiased) and enlarge back to the original size,
-    as a thumbnail blown up again would be. A factor that keeps the size returns an unchanged copy."""
-    _check_batch(images)
-    if not 0 < factor <= 1:
-        raise ConfigError(f"scale factor must be in (0, 1], got {factor}")
-    if mode not in ("bilinear", "bicubic"):
-        raise ConfigError(f"scale mode must be 'bilinear' or 'bicubic', got {mode!r}")
-    h, w = images.shape[-2:]
-    small = (max(1, round(h * factor)), max(1, round(w * factor)))
-    if small == (h, w):
-        return images.clone()
-    x = F.interpolate(images.float(), size=small, mode=mode, antialias=True, align_corners=False)
-    # Antialiasing only matters when shrinking; enlarging interpolates plainly.
-    x = F.interpolate(x, size=(h, w), mode=mode, align_corners=False)
-    return _to_uint8(x)  # bicubic overshoots: clip
-
-
-def gaussian_noise(images: torch.Tensor, std: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Add Gaussian noise of ``std`` grey levels (0..255 units), rounded and clipped to 0..255.
-
-    The noise is drawn on ``generator``'s device (the default generator if None), so a seeded
-    generator gives the same noise for the same batch shapes in the same order."""
-    _check_batch(images)
-    if not math.isfinite(std) or std < 0:
-        raise ConfigError(f"noise std must be a finite number of grey levels >= 0, got {std}")
-    if std == 0:
-        return images.clone()
-    device = generator.device if generator is not None else images.device
-    noise = torch.randn(images.shape, generator=generator, device=device).to(images.device)
-    return _to_uint8(images.float() + std * noise)
-
-
-def hflip(images: torch.Tensor) -> torch.Tensor:
-    """Mirror left-right. Training augments with flips, so a drop here is a warning sign."""
-    _check_batch(images)
-    return images.flip(-1)
-
-
-def _no_strength(name: str, strength: Strength) -> None:
-    if strength is not None:
-        raise ConfigError(f"{name} takes no strength; list it as `{name}: [null]`, got {strength!r}")
-
-
-def _hflip(images: torch.Tensor, strength: Strength, generator: torch.Generator | None) -> torch.Tensor:
-    _no_strength("hflip", strength)
-    return hflip(images)
-
-
-def _identity(images: torch.Tensor, strength: Strength, generator: torch.Generator | None) -> torch.Tensor:
-    _no_strength(BASELINE, strength)
-    return images
-
-
-PERTURBATIONS: dict[str, Perturbation] = {
-    "jpeg": lambda x, s, g, **kw: jpeg(x, s, **kw),
-    "blur": lambda x, s, g, **kw: gaussian_blur(x, s, **kw),
-    "scale": lambda x, s, g, **kw: rescale(x, s, **kw),
-    "noise": lambda x, s, g, **kw: gaussian_noise(x, s, generator=g, **kw),
-    "hflip": _hflip,
-}
-
-# name -> strengths: JPEG quality, blur sigma (pixels), scale factor, noise std (grey levels).
-DEFAULT_PERTURBATIONS: dict[str, list[Strength]] = {
-    "jpeg": [90, 75, 50],
-    "blur": [0.5, 1.0],
-    "scale": [0.75, 0.5],
-    "noise": [4, 8, 16],
-    "hflip": [None],
-}
-
-
-def perturb(name: str, images: torch.Tensor, strength: Strength, generator: torch.Generator | None = None,
-            options: Mapping[str, Any] | None = None) -> torch.Tensor:
-    """Apply the registered perturbation ``name`` at ``strength``; ``options`` are its keyword
-    arguments beyond the strength (e.g. ``{"subsampling": 0}`` for ``jpeg``)."""
-    if name == BASELINE:
-        return _identity(images, strength, generator)
-    if name not in PERTURBATIONS:
-        raise ConfigError(f"unknown perturbation {name!r}; known: {', '.join(PERTURBATIONS)}")
-    try:
-        return PERTURBATIONS[name](images, strength, generator, **dict(options or {}))
-    except TypeError as err:  # a misspelt option or a strength of the wrong kind
-        raise ConfigError(f"perturbation {name!r} at strength {strength!r} with options {dict(options or {})}: "
-                          f"{err}") from None
 
 
 def conditions(perturbations: Mapping[str, Sequence[Strength]]) -> list[tuple[str, Strength]]:
@@ -184,7 +35,8 @@ def conditions(perturbations: Mapping[str, Sequence[Strength]]) -> list[tuple[st
 def robustness_table(score: Callable[[np.ndarray], np.ndarray], images: np.ndarray, labels: np.ndarray,
                      perturbations: Mapping[str, Sequence[Strength]] | None = None, batch_size: int = 512,
                      threshold: float = 0.5, seed: int = 0, options: Mapping[str, Mapping[str, Any]] | None = None,
-                     progress: str | None = "Robustness") -> list[dict[str, Any]]:
+                     progress: str | None = "Robustness",
+                     band: Sequence[float] | None = None) -> list[dict[str, Any]]:
     """Accuracy and AUROC of ``score`` on ``images`` ``(N, 3, H, W)`` uint8 under each
     perturbation and strength, plus the ``none`` baseline first.
 
@@ -193,8 +45,9 @@ def robustness_table(score: Callable[[np.ndarray], np.ndarray], images: np.ndarr
     Predictions count as REAL when ``p_real > threshold``, as in ``metrics.json``.
     ``options[name]`` holds extra keyword arguments of a perturbation. Each condition's noise comes
     from its own generator seeded with ``seed``, so the table does not depend on which other
-    conditions are listed. Rows: ``{perturbation, strength, accuracy,
-    auroc, n}``.
+    conditions are listed. Rows: ``{perturbation, strength, accuracy, auroc, n}``, and with an
+    unsure ``band`` (low, high) also ``coverage`` and ``confident_accuracy``
+    (:func:`cifake.calibration.unsure_report`).
     """
     images, labels = np.asarray(images), np.asarray(labels)
     if images.ndim != 4 or images.dtype != np.uint8 or len(images) != len(labels) or len(images) == 0:
@@ -224,26 +77,60 @@ def robustness_table(score: Callable[[np.ndarray], np.ndarray], images: np.ndarr
                     raise ValueError(f"score returned {len(p)} probabilities for {len(batch)} images")
                 p_real.append(p)
                 bar.update(len(batch))
-            report = binary_report(torch.cat(p_real), torch.from_numpy(labels).long(), float(threshold))
-            rows.append({"perturbation": name, "strength": strength, "accuracy": report["accuracy"],
-                         "auroc": report["auroc"], "n": report["n"]})
+            scores = torch.cat(p_real)
+            report = binary_report(scores, torch.from_numpy(labels).long(), float(threshold))
+            row = {"perturbation": name, "strength": strength, "accuracy": report["accuracy"],
+                   "auroc": report["auroc"], "n": report["n"]}
+            if band is not None:
+                unsure = unsure_report(scores.numpy(), labels, band)
+                row.update(coverage=unsure["coverage"], confident_accuracy=unsure["confident_accuracy"])
+            rows.append(row)
     return rows
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
 
 
 def _strength_text(strength: Strength) -> str:
     return "" if strength is None else f"{strength:g}"
 
 
+def trained_with(name: str, strength: Strength, training: Mapping[str, Any] | None) -> str:
+    """Whether a model trained on data settings ``training`` (its ``data`` config as the checkpoint
+    records it) saw perturbation ``name`` in training: ``yes`` (the family, at this strength),
+    ``family only`` (the family, at other strengths), ``no`` (held out), ``unknown`` (not recorded)."""
+    if name == BASELINE:
+        return ""
+    if training is None:
+        return "unknown"
+    if name == "hflip":
+        return "yes" if float(training.get("hflip") or 0) > 0 else "no"
+    family = (training.get("degrade") or {}).get(name)  # jpeg, blur, scale, noise share their names
+    if not family or float(family.get("p", 0)) <= 0:
+        return "no"
+    low, high = family["range"]
+    return "yes" if strength is not None and low <= float(strength) <= high else "family only"
+
+
 def robustness_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     """The rows as a Markdown table with the change from the ``none`` baseline."""
     base = next((r for r in rows if r["perturbation"] == BASELINE), None)
-    lines = ["| perturbation | strength | accuracy | Δ accuracy | AUROC | Δ AUROC | n |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    trained = any("trained" in r for r in rows)
+    unsure = any("coverage" in r for r in rows)
+    head = "| perturbation | strength |" + (" trained on |" if trained else "") + \
+        " accuracy | Δ accuracy | AUROC | Δ AUROC | n |" + (" coverage | confident accuracy |" if unsure else "")
+    rule = "|---|---:|" + ("---|" if trained else "") + "---:|---:|---:|---:|---:|" + ("---:|---:|" if unsure else "")
+    lines = [head, rule]
     for r in rows:
         d_acc = f"{r['accuracy'] - base['accuracy']:+.4f}" if base else ""
         d_auroc = f"{r['auroc'] - base['auroc']:+.4f}" if base else ""
-        lines.append(f"| {r['perturbation']} | {_strength_text(r['strength'])} | {r['accuracy']:.4f} | {d_acc} | "
-                     f"{r['auroc']:.4f} | {d_auroc} | {r['n']} |")
+        line = f"| {r['perturbation']} | {_strength_text(r['strength'])} |"
+        line += f" {r.get('trained', '')} |" if trained else ""
+        line += f" {r['accuracy']:.4f} | {d_acc} | {r['auroc']:.4f} | {d_auroc} | {r['n']} |"
+        if unsure:
+            line += f" {r['coverage']:.4f} | {_number(r['confident_accuracy'])} |"
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 
@@ -254,9 +141,11 @@ def write_robustness(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[P
     csv_path, md_path = out_dir / "robustness.csv", out_dir / "robustness.md"
     with csv_path.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["perturbation", "strength", "accuracy", "auroc", "n"])
+        extra = [k for k in ("trained", "coverage", "confident_accuracy") if any(k in r for r in rows)]
+        writer.writerow(["perturbation", "strength", "accuracy", "auroc", "n", *extra])
         for r in rows:
             writer.writerow([r["perturbation"], _strength_text(r["strength"]), f"{r['accuracy']:.6f}",
-                             f"{r['auroc']:.6f}", r["n"]])
+                             f"{r['auroc']:.6f}", r["n"],
+                             *[r.get(k, "") if k == "trained" else _number(r[k], 6) for k in extra]])
     md_path.write_text(robustness_markdown(rows))
     return [csv_path, md_path]

@@ -3,6 +3,7 @@ label smoothing, EMA weights, test-time augmentation in evaluate.py, and seed st
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import statistics
@@ -122,3 +123,19 @@ def test_sweep_without_seed_repeats_has_no_seed_section(tmp_path: Path) -> None:
         write_job(tmp_path, job, [f"model.net.dropouts={p}"], {"test/acc": p})
     assert "Over seeds" not in write_summary(tmp_path).read_text()
     assert not (tmp_path / "summary_seeds.csv").exists()
+
+
+def test_cpu_robust_composes_and_runs_end_to_end_on_demo_data(compose_cfg) -> None:
+    # The recipe as a user runs it, scaled down: degradations on, the unsure band chosen and the
+    # robustness battery (held-out families included) scored at the end.
+    cfg = compose_cfg("train", ["experiment=cpu_robust", *resnet_overrides(), "trainer.max_epochs=1",
+                                "callbacks.gradcam=null", "exclude_leaks=false", "callbacks.ema=null"])
+    assert cfg.data.degrade.jpeg.p > 0 and cfg.robustness and cfg.unsure_precision == 0.97
+    result = train_job.run(cfg)
+    out = Path(cfg.paths.output_dir)
+    assert math.isfinite(result["train/loss"]) and "unsure" in result["test"]
+    with (out / "robustness.csv").open(newline="") as fh:
+        trained = {(r["perturbation"], r["strength"]): r["trained"] for r in csv.DictReader(fh)}
+    assert trained[("jpeg", "50")] == "yes" and trained[("jpeg", "30")] == "family only"
+    assert trained[("pil_scale", "0.5")] == "no" and trained[("scale", "0.5")] == "yes"
+    assert trained[("hflip", "")] == "yes"  # cpu_fast's flips

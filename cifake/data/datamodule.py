@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from cifake.data.archive import extract_archive, is_archive
 from cifake.data.augment import TRANSLATE_PADDING, random_hflip, random_shear, random_translate, to_unit_float
 from cifake.data.cache import DecodedSplit, load_or_decode
+from cifake.data.degrade import check_degradations, degrade, is_active
 from cifake.data.demo import generate_demo
 from cifake.data.labels import CLASSES
 from cifake.data.scan import KAGGLE_HINT, resolve_layout_root, scan_split
@@ -94,6 +95,7 @@ class CIFAKEDataModule(L.LightningDataModule):
         num_workers: int = 0,
         on_device: bool | str = "auto",
         demo: dict[str, Any] | None = None,
+        degrade: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if validate_on not in VALIDATE_ON:
@@ -110,6 +112,7 @@ class CIFAKEDataModule(L.LightningDataModule):
             raise ConfigError(f"data.translate_padding={translate_padding!r}; choose one of {list(TRANSLATE_PADDING)}")
         if on_device not in (True, False, "auto"):
             raise ConfigError(f"data.on_device is auto, true or false, got {on_device!r}")
+        self.degradations = check_degradations(degrade)
         self.save_hyperparameters(logger=False)
         self.classes = tuple(sorted(classes))
         self._splits: dict[str, DecodedSplit] = {}
@@ -243,10 +246,14 @@ class CIFAKEDataModule(L.LightningDataModule):
         return self._loader(self.test_set, train=False)
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
-        """Scale to [0, 1] on the device; shear (and shift and flip, if asked) only while training."""
+        """Scale to [0, 1] on the device; while training, degrade (``data.degrade``), then shear (and
+        shift and flip, if asked)."""
         images, labels, rows = batch
+        training = self.trainer is not None and self.trainer.training
+        if training and is_active(self.degradations):  # on the uint8 pixels, as sharing degrades a file
+            images = degrade(images, self.degradations)
         images = to_unit_float(images)
-        if self.trainer is not None and self.trainer.training:
+        if training:
             hp = self.hparams
             images = random_shear(images, hp.shear)
             images = random_translate(images, hp.translate, hp.translate_padding)

@@ -15,7 +15,7 @@ from cifake import schemas  # noqa: F401  (registers the config schemas)
 from cifake.errors import require
 from cifake.evaluation import evaluate_model, leaking_test_files
 from cifake.metrics import report_scalars
-from cifake.scoring import check_threshold, open_scorer
+from cifake.scoring import check_threshold, open_scorer, resolve_band
 from cifake.tracking import log_hparams, run_hparams
 from cifake.utils import instantiate_all, silence_known_warnings
 
@@ -37,8 +37,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data, _convert_="all")
     exclude = leaking_test_files(datamodule, cfg.leak_near_distance) if cfg.exclude_leaks else None
     loggers = instantiate_all(cfg.get("logger"))
+    band = resolve_band(cfg.get("unsure_band", "auto"), scorer, cfg.threshold)
     report = evaluate_model(scorer, datamodule, cfg.threshold, Path(cfg.paths.output_dir), cfg.report, loggers,
-                            threshold_choice=cfg.threshold_choice, robustness=cfg.robustness, exclude=exclude)
+                            threshold_choice=cfg.threshold_choice, robustness=cfg.robustness, exclude=exclude,
+                            band=band)
     params = {"ckpt_path": str(cfg.ckpt_path), "threshold": cfg.threshold, **run_hparams(cfg, keys=("data", "seed"))}
     log_hparams(loggers, params, report_scalars(report))
     for lg in loggers:

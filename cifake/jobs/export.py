@@ -25,7 +25,7 @@ from cifake.errors import require
 from cifake.models.classifier import Classifier
 from cifake.scoring import check_threshold, choose_resample, model_kind
 from cifake.scoring.contract import CONTRACT_FORMAT, INPUT_NAME, OUTPUT_NAME, PIXEL_DIVISOR
-from cifake.scoring.network import read_checkpoint, rebuild_classifier, trained_resample
+from cifake.scoring.network import UNSURE_BAND_KEY, read_checkpoint, rebuild_classifier, trained_resample
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def export_onnx(model: Classifier, path: Path, opset: int, dynamo: bool) -> None
 
 
 def contract(model: Classifier, onnx_file: str, source: str, resample: str, threshold: float, opset: int,
-             dynamo: bool) -> dict[str, Any]:
+             dynamo: bool, unsure_band: list[float] | None = None) -> dict[str, Any]:
     """``model.json``: everything a consumer needs to feed an image file to ``onnx_file`` and
     read its output, without this package."""
     size = int(model.hparams.image_size)
@@ -102,7 +102,9 @@ def contract(model: Classifier, onnx_file: str, source: str, resample: str, thre
         "classes": classes,
         "labels": {name: i for i, name in enumerate(classes)},
         "threshold": float(threshold),
-        "decision": f"{classes[1]} when {OUTPUT_NAME} > threshold, else {classes[0]}",
+        "decision": f"{classes[1]} when {OUTPUT_NAME} > threshold, else {classes[0]}"
+                    + ("; UNSURE when unsure_band[0] < p_real <= unsure_band[1]" if unsure_band else ""),
+        "unsure_band": None if unsure_band is None else [float(v) for v in unsure_band],
         "opset": opset,
         "exporter": f"torch.onnx.export({'dynamo=True' if dynamo else 'dynamo=False (TorchScript)'})",
         "torch_version": torch.__version__,
@@ -142,7 +144,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / "model.onnx"
     export_onnx(model, onnx_path, cfg.opset, cfg.dynamo)
-    terms = contract(model, onnx_path.name, str(ckpt_path), resample, cfg.threshold, cfg.opset, cfg.dynamo)
+    terms = contract(model, onnx_path.name, str(ckpt_path), resample, cfg.threshold, cfg.opset, cfg.dynamo,
+                     raw.get(UNSURE_BAND_KEY))
     (out / "model.json").write_text(json.dumps(terms, indent=2) + "\n")
     if cfg.check.enabled:
         gap = check_parity(model, onnx_path, cfg.check.batch_size, cfg.check.atol, cfg.check.seed)

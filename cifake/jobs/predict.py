@@ -27,10 +27,11 @@ from tqdm import tqdm
 from cifake.data.decode import decode_image
 from cifake.data.scan import is_hidden
 from cifake.errors import ConfigError, DataError, require
-from cifake.scoring import Scorer, check_threshold, choose_resample, open_scorer
+from cifake.scoring import Scorer, check_threshold, choose_resample, open_scorer, resolve_band
 
 log = logging.getLogger(__name__)
 FIELDS = ("path", "predicted", "p_fake", "p_real", "threshold", "error", "gradcam")
+UNSURE = "UNSURE"  # the answer inside the unsure band
 
 
 def _walk(folder: Path) -> Iterator[Path]:
@@ -96,9 +97,11 @@ def _number(value: float | None) -> str:
 
 
 def predict_files(files: Sequence[Path], scorer: Scorer, resample: str, threshold: float, batch_size: int,
-                  out_dir: Path, explainer: Any = None, progress: bool = True) -> list[dict[str, Any]]:
+                  out_dir: Path, explainer: Any = None, progress: bool = True,
+                  band: tuple[float, float] | None = None) -> list[dict[str, Any]]:
     """Predict every file in batches, writing ``predictions.csv`` and ``predictions.jsonl`` in
-    ``out_dir`` row by row as they come; returns the rows."""
+    ``out_dir`` row by row as they come; with an unsure ``band`` (low, high), p(REAL) in
+    ``(low, high]`` is answered ``UNSURE``. Returns the rows."""
     classes = scorer.classes
     rows: list[dict[str, Any]] = []
     with ((out_dir / "predictions.csv").open("w", newline="") as csv_file,
@@ -112,6 +115,8 @@ def predict_files(files: Sequence[Path], scorer: Scorer, resample: str, threshol
             p = scorer.p_real(images, batch_size)
             predicted = (p > threshold).astype(np.int64)  # as binary_report and metrics.json count
             labels = [classes[int(c)] for c in predicted]
+            if band is not None:
+                labels = [UNSURE if band[0] < q <= band[1] else label for q, label in zip(p, labels, strict=True)]
             overlays = [""] * len(ok)
             if explainer is not None:  # named by row, so every file gets its own
                 names = [f"{start + i:06d}_{label}_{chunk[i].stem}.png" for i, label in zip(ok, labels, strict=True)]
@@ -131,10 +136,12 @@ def predict_files(files: Sequence[Path], scorer: Scorer, resample: str, threshol
 
 
 def summarize(rows: Sequence[dict[str, Any]], classes: Sequence[str], show: int) -> dict[str, Any]:
-    """Images per predicted class and the unreadable files (the first ``show`` named)."""
+    """Images per predicted class (and UNSURE, if any) and the unreadable files (the first
+    ``show`` named)."""
     counts = Counter(r["predicted"] for r in rows if not r["error"])
     unreadable = [(r["path"], r["error"]) for r in rows if r["error"]]
-    return {"files": len(rows), "predicted": {c: counts.get(c, 0) for c in classes},
+    answers = [*classes, UNSURE] if counts.get(UNSURE) else list(classes)
+    return {"files": len(rows), "predicted": {c: counts.get(c, 0) for c in answers},
             "unreadable": len(unreadable), "unreadable_examples": unreadable[:show]}
 
 
@@ -157,6 +164,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"{ckpt_path} does not record the image size it was trained on; retrain it with this "
                           "version (model.image_size is recorded in every model file it writes)")
     resample = choose_resample(cfg.resample, scorer.resample, str(ckpt_path))
+    band = resolve_band(cfg.get("unsure_band", "auto"), scorer, cfg.threshold)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     explainer = None
@@ -168,10 +176,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
         explainer = GradcamWriter(scorer, cfg.gradcam_layer, out / "gradcam", cfg.gradcam_limit,
                                   cfg.gradcam_scale, cfg.gradcam_alpha)
-    log.info("Predicting %d files with %s (%dx%d input, %s resampling, REAL when p_real > %g, TTA %s)",
-             len(files), ckpt_path, scorer.image_size, scorer.image_size, resample, cfg.threshold, scorer.tta["mode"])
+    log.info("Predicting %d files with %s (%dx%d input, %s resampling, REAL when p_real > %g, TTA %s%s)",
+             len(files), ckpt_path, scorer.image_size, scorer.image_size, resample, cfg.threshold, scorer.tta["mode"],
+             f", UNSURE when {band[0]:.4f} < p_real <= {band[1]:.4f}" if band else "")
     rows = predict_files(files, scorer, resample, cfg.threshold, cfg.batch_size, out, explainer,
-                         cfg.progress_bar)
+                         cfg.progress_bar, band)
     summary = summarize(rows, scorer.classes, cfg.show_unreadable)
     lines = [f"{summary['files']} files: " + ", ".join(f"{n} {c}" for c, n in summary["predicted"].items())
              + f", {summary['unreadable']} unreadable"]

@@ -14,10 +14,11 @@ from omegaconf import DictConfig
 
 from cifake import schemas  # noqa: F401  (registers the config schemas)
 from cifake.errors import ConfigError, friendly_errors
-from cifake.evaluation import evaluate_model, leaking_test_files
+from cifake.evaluation import evaluate_model, leaking_test_files, unsure_band_on_validation
 from cifake.metrics import flat_metrics
 from cifake.models.forest import ForestClassifier
 from cifake.scoring import open_scorer
+from cifake.scoring.network import record_unsure_band
 from cifake.sweep import RESULTS_FILE
 from cifake.tracking import log_hparams, run_hparams
 from cifake.utils import build_trainer, instantiate_all, silence_known_warnings
@@ -46,15 +47,23 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         metrics, best = fit_network(cfg, trainer, model, datamodule, out)
         loggers, step, rank_zero = trainer.loggers, trainer.global_step, trainer.is_global_zero
         fast_dev_run = bool(trainer.fast_dev_run)
-    # Every rank has the same best weights; one scores the whole test split (no collective calls).
-    if cfg.get("evaluate") and not fast_dev_run and rank_zero:
-        if not best:
-            raise ConfigError("evaluate=true needs the model_checkpoint callback to know the best weights")
-        exclude = leaking_test_files(datamodule, cfg.leak_near_distance) if cfg.get("exclude_leaks") else None
+    # Every rank has the same best weights; one scores what follows alone (no collective calls).
+    if rank_zero and not fast_dev_run and best and (cfg.get("evaluate") or cfg.get("unsure_precision")):
         scorer = open_scorer(best, device=str(cfg.trainer.get("accelerator", "auto")),
                              precision=cfg.trainer.get("precision", "auto"), tta=cfg.get("tta"))
-        metrics["test"] = evaluate_model(scorer, datamodule, cfg.threshold, out, cfg.report, loggers,
-                                         step, exclude=exclude)
+        band = None
+        if cfg.get("unsure_precision") and scorer.kind != "checkpoint":
+            raise ConfigError("unsure_precision stores its band in a network's checkpoint; the forest has none: "
+                              "leave unsure_precision=null for model=rf")
+        if cfg.get("unsure_precision"):
+            band = unsure_band_on_validation(scorer, datamodule, cfg.threshold, cfg.unsure_precision)
+            record_unsure_band(best, band)
+        if cfg.get("evaluate"):
+            exclude = leaking_test_files(datamodule, cfg.leak_near_distance) if cfg.get("exclude_leaks") else None
+            metrics["test"] = evaluate_model(scorer, datamodule, cfg.threshold, out, cfg.report, loggers, step,
+                                             robustness=bool(cfg.get("robustness")), exclude=exclude, band=band)
+    elif cfg.get("evaluate") and not fast_dev_run and rank_zero:
+        raise ConfigError("evaluate=true needs the model_checkpoint callback to know the best weights")
     if not fast_dev_run:
         log_hparams(loggers, run_hparams(cfg), flat_metrics(metrics))
     if rank_zero:

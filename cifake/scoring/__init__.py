@@ -7,6 +7,6 @@ kind of file pulls in only what it needs when it is opened, so predicting from O
 """
 
 from cifake.scoring.open import MODEL_KINDS, model_kind, open_scorer
-from cifake.scoring.scorer import Scorer, check_threshold, choose_resample
+from cifake.scoring.scorer import Scorer, check_threshold, choose_resample, resolve_band
 
-__all__ = ["MODEL_KINDS", "Scorer", "check_threshold", "choose_resample", "model_kind", "open_scorer"]
+__all__ = ["MODEL_KINDS", "Scorer", "check_threshold", "choose_resample", "model_kind", "open_scorer", "resolve_band"]

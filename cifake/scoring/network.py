@@ -11,11 +11,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from cifake.atomic import atomic_path
 from cifake.data.augment import to_unit_float
 from cifake.data.labels import CLASSES
 from cifake.errors import ConfigError, ModelFileError
 from cifake.scoring.scorer import NO_TTA, Scorer
 from cifake.utils import resolve_precision
+
+UNSURE_BAND_KEY = "unsure_band"  # the checkpoint entry holding (low, high)
 
 
 def pick_device(device: str) -> torch.device:
@@ -96,15 +99,20 @@ def network_score(module: nn.Module, device: torch.device, precision: str = "32-
 
 
 def module_scorer(module: nn.Module, device: torch.device, precision: str = "32-true", source: str = "model",
-                  resample: str | None = None) -> Scorer:
+                  resample: str | None = None, raw: Mapping[str, Any] | None = None) -> Scorer:
     """A :class:`Scorer` for a Classifier in memory (a checkpoint just loaded, or the module a
-    trainer is fitting, as the dashboards' callbacks score it)."""
+    trainer is fitting, as the dashboards' callbacks score it); ``raw``: the checkpoint's contents,
+    for what it records beside the weights (data settings, the unsure band)."""
     hp = getattr(module, "hparams", {})
+    raw = raw or {}
+    band = raw.get(UNSURE_BAND_KEY)
     mode, shift, padding = getattr(module, "tta", ("none", 1, "reflect"))
     return Scorer(kind="checkpoint", source=source, score=network_score(module, device, precision),
                   classes=tuple(hp.get("classes", CLASSES)), image_size=hp.get("image_size"), resample=resample,
                   tta={"mode": mode, "shift": shift, "padding": padding}, model=module,
-                  gradcam_layer=hp.get("gradcam_layer"), device=device)
+                  gradcam_layer=hp.get("gradcam_layer"), device=device,
+                  unsure_band=None if band is None else (float(band[0]), float(band[1])),
+                  training=raw.get("datamodule_hyper_parameters"))
 
 
 def checkpoint_scorer(path: Path, device: str = "auto", precision: str = "auto",
@@ -119,4 +127,14 @@ def checkpoint_scorer(path: Path, device: str = "auto", precision: str = "auto",
     resolved = str(resolve_precision(precision, target.type))
     model = model.to(target).eval()
     model.set_channels_last(model.uses_channels_last(target))
-    return module_scorer(model, target, resolved, str(path), trained_resample(raw))
+    return module_scorer(model, target, resolved, str(path), trained_resample(raw), raw)
+
+
+def record_unsure_band(path: str | Path, band: tuple[float, float]) -> None:
+    """Store the unsure band chosen on validation in the checkpoint itself (Lightning ignores keys
+    it does not know), so evaluation, prediction and export find it with the weights."""
+    path = Path(path)
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    raw[UNSURE_BAND_KEY] = [float(band[0]), float(band[1])]
+    with atomic_path(path) as tmp:
+        torch.save(raw, tmp)

@@ -39,6 +39,8 @@ class Scorer:
     model: Any = None  # what was loaded: a Classifier, a ForestClassifier or an onnxruntime session
     gradcam_layer: str | None = None
     device: Any = None  # where a network runs (a torch.device)
+    unsure_band: tuple[float, float] | None = None  # (low, high): UNSURE when low < p(REAL) <= high
+    training: Mapping[str, Any] | None = None  # the data settings it was trained with (augmentation, degradations)
 
     @property
     def explainable(self) -> bool:
@@ -64,6 +66,23 @@ class Scorer:
         if self.image_size is not None and self.image_size != image_size:
             raise ConfigError(f"{self.source} was trained on {self.image_size}px images but {key}={image_size}; "
                               f"set {key}={self.image_size}")
+
+
+def resolve_band(setting: Any, scorer: Scorer, threshold: float) -> tuple[float, float] | None:
+    """The unsure band to answer with: ``auto``, the one recorded with the model (none if it has
+    none); ``None``, no band; ``[low, high]``, that band. It must contain ``threshold``."""
+    if setting == "auto":
+        band = scorer.unsure_band
+    elif setting is None:
+        band = None
+    else:
+        try:
+            band = (float(setting[0]), float(setting[1]))
+        except (TypeError, ValueError, IndexError, KeyError):
+            raise ConfigError(f"unsure_band={setting!r}; use auto, null or [low, high]") from None
+    if band is not None and not 0.0 <= band[0] <= threshold <= band[1] <= 1.0:
+        raise ConfigError(f"unsure band {list(band)} must satisfy 0 <= low <= threshold ({threshold}) <= high <= 1")
+    return None if band is None else (float(band[0]), float(band[1]))
 
 
 def check_threshold(threshold: float) -> None:
