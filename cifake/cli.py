@@ -13,14 +13,17 @@ runs, so ``--help`` and ``--cfg`` answer at once and ``cifake-predict`` loads on
 from __future__ import annotations
 
 import importlib
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from cifake import schemas  # noqa: F401  (registers the config schemas the YAML files name)
 from cifake.configs import config_dir
-from cifake.errors import friendly_errors
+from cifake.errors import friendly_errors, report
 
 
 def _launch(job: str, entry: str = "run") -> None:
@@ -36,6 +39,30 @@ def _launch(job: str, entry: str = "run") -> None:
     task.__module__ = f"{__name__}.{job}"
     task.__name__ = task.__qualname__ = job
     hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=job)(task)()
+
+
+class OutputFolderCheck(Callback):
+    """Hydra callback (``conf/hydra/default.yaml``): before Hydra creates the run folder
+    (``hydra.run.dir``) or a sweep's (``hydra.sweep.dir``), and so before any of our code runs,
+    make sure it can be created and written to. Hydra would otherwise end in its own traceback."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        writable_folder(config.hydra.run.dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        writable_folder(config.hydra.sweep.dir, "hydra.sweep.dir")
+
+
+def writable_folder(folder: str, key: str) -> None:
+    """Create ``folder`` (the value of ``key``) and write a file in it, or report why not as one
+    ``error:`` line (exit status 2)."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        report(f"cannot write the run folder {folder} ({key}): {err.strerror or err}; pass {key}=<a folder you "
+               "can write to>, or paths.log_dir=<one> (run folders go under it)", to_log=False)  # no run log yet
 
 
 def train() -> None:

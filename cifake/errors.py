@@ -1,13 +1,22 @@
 """Errors that the entry points report as one clear message instead of a traceback, and the
-wrapper that reports them (:func:`friendly_errors`)."""
+wrapper that reports them (:func:`friendly_errors`).
+
+Two kinds reach the user as one ``error:`` line with exit status 2: our own :class:`CifakeError`
+(raised where the mistake is found, with what to do), and the errors of Lightning, PyTorch, Pillow
+or the operating system that a user can fix, recognised by :data:`KNOWN_ERRORS` (the exception's
+class and a pattern in its message, mapped to a hint). Anything else is a bug and keeps its
+traceback. Light on purpose: the table names classes instead of importing them.
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
+import re
 import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -21,6 +30,10 @@ class CifakeError(Exception):
 
 class DataError(CifakeError):
     """The dataset is missing, laid out wrongly, or holds files that cannot be used."""
+
+
+class DiskSpaceError(DataError):
+    """A file would not fit on its disk: what it needs, what is free, which folder to move."""
 
 
 class ConfigError(CifakeError, ValueError):
@@ -40,31 +53,113 @@ def require(cfg: DictConfig, key: str, hint: str) -> Any:
     return cfg[key]
 
 
-def _cifake_cause(err: BaseException) -> CifakeError | None:
-    """The :class:`CifakeError` behind ``err``: itself, or one that Hydra's ``instantiate``
-    wrapped in an ``InstantiationException`` (raised from a constructor)."""
-    seen = set()
+@dataclass(frozen=True)
+class KnownError:
+    """A foreign exception a user can fix: one whose class (or a base class) is named ``kind`` and
+    whose message matches ``pattern`` (``re.search``). ``hint`` is what the user reads; it may use
+    ``{message}`` (the original message on one line) and ``{filename}`` (an ``OSError``'s file)."""
+
+    kind: str
+    pattern: str
+    hint: str
+
+
+_FOLDERS = ("choose another folder: hydra.run.dir or paths.log_dir for run folders, paths.cache_dir "
+            "(or CIFAKE_CACHE_DIR) for the data caches")
+_GPU = ("this run asks for a GPU (trainer.accelerator=gpu, from the experiment or an override) but PyTorch "
+        "finds none: add trainer.accelerator=cpu to train on the CPU (far slower: an epoch of the report's VGG "
+        "takes about 19 minutes on 2 cores), or run it on a machine with CUDA")
+_GPU_SCORING = ("this run asks for a GPU but PyTorch finds none ({message}): pass device=cpu to predict.py, "
+                "trainer.accelerator=cpu to evaluate.py or train.py, or run it on a machine with CUDA")
+
+# Matched in order against each exception of the chain (the raised one first, then its causes:
+# Hydra's instantiate wraps a constructor's error in its own).
+KNOWN_ERRORS: tuple[KnownError, ...] = (
+    KnownError("MisconfigurationException", r"No supported gpu backend found|can not run on your system", _GPU),
+    KnownError("RuntimeError", r"Found no NVIDIA driver|Torch not compiled with CUDA enabled|No CUDA GPUs are "
+               r"available", _GPU_SCORING),
+    KnownError("MisconfigurationException", r"You requested gpu",
+               "trainer.devices asks for more GPUs than this machine has ({message}): pass trainer.devices=<at most "
+               "that many>, or trainer.devices=auto for all of them"),
+    KnownError("MisconfigurationException", r"`devices` selected with",
+               "trainer.devices is out of range ({message}): pass a number of devices from 1 up to the machine's"),
+    KnownError("OutOfMemoryError", r"out of memory",
+               "the GPU ran out of memory: lower data.batch_size (or data.eval_batch_size), or set "
+               "data.on_device=false to keep the decoded images in host memory"),
+    KnownError("OSError", r"\[Errno 28\]",
+               "no space left on the disk that holds {filename}: free some space there, or " + _FOLDERS),
+    KnownError("RuntimeError", r"PytorchStreamWriter failed writing file",
+               "a checkpoint could not be written ({message}); most often its disk is full: free some space "
+               "there, or choose another folder with hydra.run.dir or paths.log_dir"),
+    KnownError("OSError", r"\[Errno (1|13)\]",
+               "permission denied for {filename}: make it readable (and its folder writable) for this user, or "
+               + _FOLDERS),
+    KnownError("OSError", r"\[Errno 30\]", "{filename} is on a read-only file system: " + _FOLDERS),
+    KnownError("BrokenProcessPool", r"",
+               "a decoding process was killed by the system (out of memory, or a full disk under paths.cache_dir): "
+               "free memory or space, or pass data.decode_workers=1 to decode in one process"),
+)
+
+
+def _chain(err: BaseException | None) -> Iterator[BaseException]:
+    """``err``, then the exceptions it was raised from or while handling (each once)."""
+    seen: set[int] = set()
     while err is not None and id(err) not in seen:
-        if isinstance(err, CifakeError):
-            return err
         seen.add(id(err))
-        err = err.__cause__
+        yield err
+        err = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def known_error(err: BaseException) -> tuple[KnownError, BaseException] | None:
+    """The first :data:`KNOWN_ERRORS` entry that an exception of ``err``'s chain matches, with
+    that exception; ``None`` when none does."""
+    for link in _chain(err):
+        names = {cls.__name__ for cls in type(link).__mro__}
+        for known in KNOWN_ERRORS:
+            if known.kind in names and re.search(known.pattern, str(link)):
+                return known, link
     return None
 
 
+def user_message(err: BaseException) -> str | None:
+    """What to tell the user about ``err``: the message of a :class:`CifakeError` in its chain,
+    else the hint of its :func:`known_error`; ``None`` for a bug."""
+    for link in _chain(err):
+        if isinstance(link, CifakeError):
+            return str(link)
+    found = known_error(err)
+    if found is None:
+        return None
+    known, link = found
+    filename = getattr(link, "filename", None)
+    return known.hint.format(message=_one_line(str(link)),
+                             filename=filename if filename is not None else "one of the run's files")
+
+
+def report(message: str, to_log: bool = True) -> NoReturn:
+    """Print ``message`` after ``error:`` (and, with ``to_log``, to the run's log) and exit with status 2."""
+    if to_log:
+        log.error("%s", message)
+    print(f"\nerror: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def friendly_errors(job: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]:
-    """Report a :class:`CifakeError` as one clear line and exit with status 2 (for entry scripts)."""
+    """Report an error the user can fix (see :func:`user_message`) as one clear line and exit
+    with status 2 (for entry scripts); any other error propagates with its traceback."""
 
     @functools.wraps(job)
     def wrapper(cfg: DictConfig) -> T:
         try:
             return job(cfg)
         except Exception as raised:
-            err = _cifake_cause(raised)
-            if err is None:
+            message = user_message(raised)
+            if message is None:
                 raise
-            log.error("%s", err)
-            print(f"\nerror: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
+            report(message)
 
     return wrapper

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig
+
+from cifake.errors import ConfigError
 
 log = logging.getLogger("cifake")
 
@@ -25,16 +28,48 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
 
 def build_trainer(cfg: DictConfig, extra_callbacks: list[Any] | None = None, **overrides: Any) -> Any:
     """The Trainer of ``cfg.trainer`` with the callbacks of ``cfg.callbacks`` (plus
-    ``extra_callbacks``) and the loggers of ``cfg.logger``; ``overrides`` replace trainer keys."""
+    ``extra_callbacks``) and the loggers of ``cfg.logger``; ``overrides`` replace trainer keys.
+
+    A device count that the CPU cannot give is refused before Lightning starts a process for each."""
+    accelerator = str(overrides.get("accelerator", cfg.trainer.get("accelerator", "auto")))
+    check_devices(overrides.get("devices", cfg.trainer.get("devices", 1)), accelerator)
     callbacks = instantiate_all(cfg.get("callbacks")) + list(extra_callbacks or [])
     if not overrides.get("enable_progress_bar", cfg.trainer.get("enable_progress_bar", True)):
         # Lightning refuses a progress-bar callback when the bar is off; the override should win.
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = instantiate_all(cfg.get("logger"))
     if "precision" not in overrides:
-        overrides["precision"] = resolve_precision(cfg.trainer.get("precision", "32-true"),
-                                                   cfg.trainer.get("accelerator", "auto"))
+        overrides["precision"] = resolve_precision(cfg.trainer.get("precision", "32-true"), accelerator)
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
+
+
+def uses_cuda(accelerator: str) -> bool:
+    """Whether Lightning will run on a CUDA device for ``trainer.accelerator=accelerator``."""
+    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity mask, which a container or ``taskset`` narrows)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def check_devices(devices: Any, accelerator: str) -> None:
+    """Refuse ``trainer.devices`` above the core count when training runs on the CPU, where
+    Lightning would start that many processes and wait for all of them (GPU counts Lightning checks
+    itself; :data:`cifake.errors.KNOWN_ERRORS` words its refusal)."""
+    if accelerator not in ("auto", "cpu") or uses_cuda(accelerator):
+        return
+    try:
+        wanted = int(devices)
+    except (TypeError, ValueError):  # auto, a list of GPU ids: nothing to compare on the CPU
+        return
+    cores = cpu_cores()
+    if wanted > cores:
+        no_gpu = "" if torch.cuda.is_available() else " and PyTorch sees no GPU"
+        raise ConfigError(
+            f"trainer.devices={devices} would start {wanted} training processes on the CPU, but this machine has "
+            f"{cores} core(s){no_gpu}: pass trainer.devices={cores} or fewer, or run on a machine with {wanted} GPUs"
+        )
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -53,8 +88,7 @@ def resolve_precision(precision: Any, accelerator: str) -> Any:
     in float32 under autocast. Other values pass through. The choice and its reason are logged."""
     if precision != "auto":
         return precision
-    on_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    if on_cuda:
+    if uses_cuda(accelerator):
         chosen, why = ("bf16-mixed", "the CUDA device supports bf16") if torch.cuda.is_bf16_supported() \
             else ("32-true", "the CUDA device has no bf16")
     elif cpu_has_fast_bf16():

@@ -1,0 +1,153 @@
+"""Errors a user can fix end in one ``error:`` line with what to do (exit status 2), whoever raised
+them: our code, Lightning, PyTorch or the operating system; a bug keeps its traceback."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import InstantiationException
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+from cifake.errors import KNOWN_ERRORS, ConfigError, friendly_errors, known_error, user_message
+from tests.tmpfs import mounted
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def wrapped(err: BaseException) -> InstantiationException:
+    """``err`` as Hydra's ``instantiate`` hands it on: inside its own exception."""
+    try:
+        raise InstantiationException("Error in call to target 'lightning.pytorch.trainer.trainer.Trainer'") from err
+    except InstantiationException as outer:
+        return outer
+
+
+# One example per row of KNOWN_ERRORS, in its order, as the library raises it.
+EXAMPLES: list[tuple[BaseException, str]] = [
+    (wrapped(MisconfigurationException("No supported gpu backend found!")), "trainer.accelerator=cpu"),
+    (RuntimeError("Found no NVIDIA driver on your system. Please check that you have an NVIDIA GPU"),
+     "pass device=cpu to predict.py"),
+    (wrapped(MisconfigurationException("You requested gpu: [0, 1, 2]\n But your machine only has: [0]")),
+     "You requested gpu: [0, 1, 2] But your machine only has: [0]"),
+    (MisconfigurationException("`devices` selected with `CPUAccelerator` should be an int > 0."), "trainer.devices"),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "data.batch_size"),
+    (OSError(errno.ENOSPC, "No space left on device", "/data/cache/x.npy"), "/data/cache/x.npy"),
+    (RuntimeError("[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing file data/0: "
+                  "file write failed"), "hydra.run.dir"),
+    (PermissionError(errno.EACCES, "Permission denied", "/data/cache"), "permission denied for /data/cache"),
+    (OSError(errno.EROFS, "Read-only file system", "/mnt/ro/run"), "/mnt/ro/run is on a read-only file system"),
+    (BrokenProcessPool("A process in the process pool was terminated abruptly"), "data.decode_workers=1"),
+]
+
+
+def test_every_known_error_has_an_example() -> None:
+    assert len(EXAMPLES) == len(KNOWN_ERRORS)
+
+
+@pytest.mark.parametrize(("row", "example"), list(enumerate(EXAMPLES)))
+def test_each_known_error_is_told_with_its_hint(row: int, example: tuple[BaseException, str]) -> None:
+    err, fragment = example
+    message = user_message(err)
+    assert message is not None and fragment in message, message
+    assert "\n" not in message
+    found = known_error(err)
+    assert found is not None and found[0] is KNOWN_ERRORS[row]  # its own row, not an earlier one
+
+
+@pytest.mark.parametrize("bug", [
+    RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x3 and 5x6)"),
+    KeyError("val/acc"),
+    FileNotFoundError(errno.ENOENT, "No such file or directory", "cifake/conf/x.yaml"),
+    MisconfigurationException("`training_step` returned None"),
+])
+def test_a_bug_is_not_dressed_up(bug: BaseException) -> None:
+    assert user_message(bug) is None and known_error(bug) is None
+
+    def job(cfg):
+        raise bug
+
+    with pytest.raises(type(bug)):
+        friendly_errors(job)({})
+
+
+def test_our_own_error_wins_over_the_library_error_behind_it(capsys) -> None:
+    def job(cfg):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "/x")
+        except OSError as err:
+            raise ConfigError("data.root is wrong: pass the folder") from err
+
+    with pytest.raises(SystemExit) as ended:
+        friendly_errors(job)({})
+    assert ended.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: data.root is wrong: pass the folder"
+
+
+# -- as users meet them: the entry scripts ------------------------------------------------------
+
+def run(script: str, tmp_path: Path, *overrides: str, run_dir: Path | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("CIFAKE_ROOT", "HYDRA_FULL_ERROR")}
+    return subprocess.run([sys.executable, str(ROOT / script), *overrides,
+                           f"hydra.run.dir={run_dir or tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+
+
+def one_error_line(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Exit 2, exactly one ``error:`` line holding each fragment, and no traceback."""
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2, output[-3000:]
+    assert "Traceback" not in output and "HYDRA_FULL_ERROR" not in output, output[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.mark.parametrize(("script", "fragment"), [
+    ("train.py", "data.root"), ("evaluate.py", "ckpt_path is required"), ("predict.py", "ckpt_path is required"),
+    ("export.py", "ckpt_path is required"), ("audit.py", "data.root"),
+])
+def test_every_entry_script_without_its_mandatory_keys(tmp_path: Path, script: str, fragment: str) -> None:
+    one_error_line(run(script, tmp_path), fragment)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU for experiment=reference")
+def test_the_reference_experiment_on_a_machine_without_a_gpu(tmp_path: Path) -> None:
+    one_error_line(run("train.py", tmp_path, "experiment=reference"), "asks for a GPU", "trainer.accelerator=cpu")
+
+
+def test_more_devices_than_the_machine_has(tmp_path: Path) -> None:
+    line = one_error_line(run("train.py", tmp_path, "experiment=demo", "trainer.devices=64"), "trainer.devices")
+    assert ("64 training processes" in line) if not torch.cuda.is_available() else ("more GPUs" in line)
+
+
+def test_a_run_folder_that_cannot_be_written(tmp_path: Path) -> None:
+    folder = tmp_path / "locked"
+    if os.geteuid() == 0:  # root writes through permissions: a read-only file system refuses it too
+        with mounted(folder, "ro,size=64k"):
+            line = one_error_line(run("train.py", tmp_path, "experiment=demo", run_dir=folder / "run"))
+    else:
+        folder.mkdir()
+        folder.chmod(0o555)
+        try:
+            line = one_error_line(run("train.py", tmp_path, "experiment=demo", run_dir=folder / "run"))
+        finally:
+            folder.chmod(0o755)
+    assert f"cannot write the run folder {folder / 'run'} (hydra.run.dir)" in line and "paths.log_dir" in line
+    assert not (tmp_path / "cache").exists()  # refused before anything ran
+
+
+def test_a_sweep_folder_that_cannot_be_written(tmp_path: Path) -> None:
+    with mounted(tmp_path / "locked", "ro,size=64k") as folder:
+        proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "experiment=demo", "seed=1,2",
+                               f"hydra.sweep.dir={folder / 'sweep'}"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300)
+        one_error_line(proc, "hydra.sweep.dir")
