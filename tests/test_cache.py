@@ -128,3 +128,100 @@ def test_jobs_started_together_build_each_cache_once(tmp_path) -> None:
     assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
     assert len({out for out, _ in outs}) == 1 and outs[0][0].split()[0] == "80"
     assert len([p for p in (tmp_path / "cache" / "decoded").iterdir() if p.is_dir()]) == 1
+
+
+# -- damaged caches ------------------------------------------------------------------------------
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _garble_header(path: Path) -> None:
+    with path.open("r+b") as f:
+        f.write(b"NOT AN NPY")
+
+
+DAMAGE = {
+    "truncated images": lambda folder: _truncate(folder / "images.npy"),
+    "garbled header": lambda folder: _garble_header(folder / "images.npy"),
+    # a whole, valid .npy, but not what the record says the folder holds
+    "other shape": lambda folder: np.save(folder / "images.npy", np.zeros((12, 3, 16, 16), np.uint8)),
+    "other dtype": lambda folder: np.save(folder / "images.npy", np.zeros((12, 3, 32, 32), np.int16)),
+    "truncated labels": lambda folder: _truncate(folder / "labels.npy"),
+    "garbled record": lambda folder: (folder / "meta.json").write_text('{"files": ['),
+    "no record": lambda folder: (folder / "meta.json").unlink(),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_cache_is_rebuilt_with_one_warning_and_never_mapped(cifake_tree: Path, tmp_path: Path,
+                                                                      monkeypatch, caplog, damage: str) -> None:
+    clean = decode(cifake_tree, tmp_path / "c")
+    pixels, whole = np.array(clean.images), (clean.cache_dir / "images.npy").stat().st_size
+    DAMAGE[damage](clean.cache_dir)
+    mapped = []
+    original = np.load
+    monkeypatch.setattr(np, "load", lambda file, *a, **k: (mapped.append(Path(file).stat().st_size)
+                                                           if k.get("mmap_mode") else None, original(file, *a, **k))[1])
+    with caplog.at_level(logging.INFO):
+        again = decode(cifake_tree, tmp_path / "c")
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "is damaged" in warnings[0].getMessage(), caplog.text
+    assert str(clean.cache_dir) in warnings[0].getMessage() and "\n" not in warnings[0].getMessage()
+    assert "Decoding 12 train images" in caplog.text and "Reusing" not in caplog.text
+    assert mapped and set(mapped) == {whole}  # only whole files were mapped: the decoder's and the rebuilt one
+    assert again.cache_dir == clean.cache_dir and np.array_equal(np.asarray(again.images), pixels)
+    with caplog.at_level(logging.INFO):
+        caplog.clear()
+        decode(cifake_tree, tmp_path / "c")
+    assert "Reusing" in caplog.text and not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_the_record_says_what_the_arrays_hold(cifake_tree: Path, tmp_path: Path) -> None:
+    import json
+
+    split = decode(cifake_tree, tmp_path / "c")
+    meta = json.loads((split.cache_dir / "meta.json").read_text())
+    assert meta["images"] == {"shape": [12, 3, 32, 32], "dtype": "uint8"}
+    assert meta["labels"] == {"shape": [12], "dtype": "int64"} and len(meta["files"]) == 12
+    assert meta["fingerprint"].startswith(split.cache_dir.name.split("-")[-1])
+
+
+def test_a_cache_whose_source_files_are_gone_is_an_error_naming_the_file(cifake_tree: Path, tmp_path: Path) -> None:
+    listing = scan_split(cifake_tree, "train", CLASSES)
+    split = load_or_decode(listing, tmp_path / "c", image_size=32, workers=1)
+    _truncate(split.cache_dir / "images.npy")
+    gone = cifake_tree / listing.files[4]
+    gone.unlink()  # after it was listed: the cache can be neither trusted nor built again
+    with pytest.raises(DataError) as err:
+        load_or_decode(listing, tmp_path / "c", image_size=32, workers=1)
+    assert str(gone) in str(err.value) and "data.root" in str(err.value)
+
+
+@pytest.mark.slow
+def test_train_rebuilds_a_damaged_cache_and_its_numbers_equal_a_clean_run(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import tiny_demo_overrides
+
+    root = Path(__file__).resolve().parents[1]
+
+    def train(run: str) -> tuple[dict, str]:
+        proc = subprocess.run([sys.executable, str(root / "train.py"), *tiny_demo_overrides(), "trainer.max_epochs=1",
+                               f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / run}"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads((tmp_path / run / "results.json").read_text())["metrics"], proc.stdout + proc.stderr
+
+    clean, output = train("clean")
+    assert "is damaged" not in output
+    images = next((tmp_path / "cache" / "decoded").glob("*-train-*/images.npy"))
+    for damage in ("truncated images", "garbled header"):
+        DAMAGE[damage](images.parent)
+        metrics, output = train(damage.replace(" ", "_"))
+        warned = [line for line in output.splitlines() if "is damaged" in line]
+        assert len(warned) == 1 and str(images.parent) in warned[0], output[-3000:]
+        assert metrics == clean

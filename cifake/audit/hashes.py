@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +21,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from cifake.atomic import atomic_path
+from cifake.atomic import atomic_path, bytes_on_disk, check_space, space_errors
 from cifake.data.cache import DecodedSplit
 from cifake.data.features import grayscale
-from cifake.errors import ConfigError
+from cifake.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -83,21 +84,51 @@ def cache_path(split: DecodedSplit) -> Path:
     return Path(split.cache_dir) / f"hashes-v{HASHES_VERSION}.npz"
 
 
-def split_hashes(split: DecodedSplit, chunk_size: int = 4096) -> SplitHashes:
-    """Both hashes of every image of ``split``: read from its cache folder, or computed and stored
-    there (as ``hashes-v<version>.npz``) on first use."""
-    path = cache_path(split)
-    if path.exists():
+def require_sources(root: Path, files: Sequence[str], cache_file: Path) -> None:
+    """Raise :class:`DataError` naming ``cache_file`` and the first missing file when any of
+    ``files`` (relative to ``root``) is gone, so that ``cache_file`` cannot be computed from them."""
+    missing = [name for name in files if not (root / name).is_file()]
+    if missing:
+        raise DataError(
+            f"{cache_file} must be computed from the data set's files, but {len(missing)} of its {len(files)} are "
+            f"gone, e.g. {root / missing[0]}: restore them under data.root and run again"
+        )
+
+
+def _read_cached(path: Path, n: int) -> SplitHashes | str:
+    """The hashes stored at ``path``, or why they cannot be used: unreadable (truncated, not an
+    ``.npz``) or not the ``n`` rows of the split they belong to."""
+    try:
         with np.load(path) as stored:
             hashes = SplitHashes(sha256=stored["sha256"], phash=stored["phash"])
-        if hashes.sha256.shape == (len(split), 32) and hashes.phash.shape == (len(split),):
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        return f"unreadable ({type(err).__name__}: {err})"
+    if hashes.sha256.shape != (n, 32) or hashes.sha256.dtype != np.uint8 or hashes.phash.shape != (n,) \
+            or hashes.phash.dtype != np.uint64:
+        return (f"of another split: sha256 {hashes.sha256.dtype} {hashes.sha256.shape} and phash {hashes.phash.dtype} "
+                f"{hashes.phash.shape}, not the {n} rows of this one")
+    return hashes
+
+
+def split_hashes(split: DecodedSplit, chunk_size: int = 4096) -> SplitHashes:
+    """Both hashes of every image of ``split``: read from its cache folder, or computed and stored
+    there (as ``hashes-v<version>.npz``) on first use, or again when the stored file is damaged."""
+    path = cache_path(split)
+    if path.exists():
+        cached = _read_cached(path, len(split))
+        if isinstance(cached, SplitHashes):
             log.info("Reusing the hashes of %s", path.parent.name)
-            return hashes
-        log.warning("Recomputing %s: it does not match the split's %d files", path, len(split))
+            return cached
+        log.warning("Recomputing the hashes of %s: %s is %s", path.parent.name, path.name, cached)
+    root = Path(split.root)
+    require_sources(root, split.files, path)  # sha256 reads every file's bytes
     name = Path(split.cache_dir).name
-    hashes = SplitHashes(sha256=file_digests(Path(split.root), split.files, progress=f"sha256 ({name})"),
+    what = f"the hashes of {name}"
+    needed = bytes_on_disk([len(split) * (32 + 8) + 1024], path.parent)  # sha256 + pHash per file, the zip's headers
+    check_space(path.parent, needed, what)  # before the work, not after it
+    hashes = SplitHashes(sha256=file_digests(root, split.files, progress=f"sha256 ({name})"),
                          phash=perceptual_hashes(split.images, chunk_size, progress=f"pHash ({name})"))
     # Written under a temporary name and renamed, so that an interrupted run leaves no partial cache.
-    with atomic_path(path) as tmp, tmp.open("wb") as f:
+    with space_errors(path.parent, needed, what), atomic_path(path) as tmp, tmp.open("wb") as f:
         np.savez(f, sha256=hashes.sha256, phash=hashes.phash)
     return hashes

@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
+from cifake.atomic import bytes_on_disk, check_space, space_errors
 from cifake.data.locking import build_lock
 from cifake.errors import DataError
 
@@ -39,14 +40,28 @@ def _check_member(name: str, kind_ok: bool, archive: Path) -> None:
         )
 
 
+def _check_room(archive: Path, dest: Path, listed: list[tuple[str, int]]) -> int:
+    """Raise :class:`~cifake.errors.DiskSpaceError` unless the entries ``listed`` (name, size)
+    fit beside ``dest``: every file rounded up to whole blocks, plus one block per folder (the
+    archive's own and those implied by its paths). Returns the bytes needed."""
+    folders = {str(parent) for name, _ in listed for parent in PurePosixPath(name.replace("\\", "/")).parents}
+    sizes = [size for name, size in listed if not name.endswith("/")] + [1] * len(folders)
+    needed = bytes_on_disk(sizes, dest.parent)
+    check_space(dest.parent, needed, f"the extraction of {archive.name} ({len(listed):,} entries)",
+                files=len(sizes))
+    return needed
+
+
 def _extract_zip(archive: Path, dest: Path) -> None:
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
         for info in infos:
             mode = info.external_attr >> 16
             _check_member(info.filename, not stat.S_ISLNK(mode), archive)
-        for info in tqdm(infos, desc=f"Extracting {archive.name}", unit="file", mininterval=1):
-            zf.extract(info, dest)
+        needed = _check_room(archive, dest, [(i.filename, i.file_size) for i in infos])
+        with space_errors(dest.parent, needed, f"the extraction of {archive.name}"):
+            for info in tqdm(infos, desc=f"Extracting {archive.name}", unit="file", mininterval=1):
+                zf.extract(info, dest)
 
 
 def _extract_tar(archive: Path, dest: Path) -> None:
@@ -54,8 +69,10 @@ def _extract_tar(archive: Path, dest: Path) -> None:
         members = tf.getmembers()
         for m in members:
             _check_member(m.name, m.isfile() or m.isdir(), archive)
-        for m in tqdm(members, desc=f"Extracting {archive.name}", unit="file", mininterval=1):
-            tf.extract(m, dest, **_TAR_FILTER)
+        needed = _check_room(archive, dest, [(m.name + "/" if m.isdir() else m.name, m.size) for m in members])
+        with space_errors(dest.parent, needed, f"the extraction of {archive.name}"):
+            for m in tqdm(members, desc=f"Extracting {archive.name}", unit="file", mininterval=1):
+                tf.extract(m, dest, **_TAR_FILTER)
 
 
 def extract_archive(archive: Path, cache_dir: Path) -> Path:
@@ -63,7 +80,8 @@ def extract_archive(archive: Path, cache_dir: Path) -> Path:
 
     The folder is keyed by the archive's name, size and mtime, so a second run reuses it and a
     changed archive is extracted afresh. Every entry is checked before anything is written; an
-    entry that is a link or would land outside the folder refuses the whole archive.
+    entry that is a link or would land outside the folder refuses the whole archive, and so does
+    a disk without room for the sizes the archive lists.
     """
     st = archive.stat()
     key = hashlib.sha256(f"{archive.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()

@@ -1,5 +1,11 @@
 """Decode a split once into a memory-mapped ``(N, 3, H, W)`` uint8 array, keyed by a
-fingerprint of its file list, and reuse it on every later run."""
+fingerprint of its file list, and reuse it on every later run.
+
+A cache folder holds ``images.npy``, ``labels.npy`` and ``meta.json``, the record of what they
+hold (fingerprint, files, shapes and dtypes). Before a cache is mapped, its files' headers and
+sizes are checked against that record: a damaged or incomplete cache is reported in one warning
+and decoded again, never mapped. Space for a new one is checked, and reserved, before decoding.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from cifake.atomic import bytes_on_disk, check_space, reserve, space_errors
 from cifake.data.decode import RESAMPLING, decode_into
 from cifake.data.locking import build_lock
 from cifake.data.scan import SplitListing
@@ -25,7 +32,7 @@ from cifake.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # bump when the cache's format or decoding changes
+CACHE_VERSION = 2  # bump when the cache's format or decoding changes (2: meta.json records shapes)
 _CHUNK = 2048  # files per decoder task: large enough to amortise the task, small for the bar
 
 
@@ -87,17 +94,28 @@ def load_or_decode(
     """
     if resample not in RESAMPLING:
         raise ConfigError(f"data.resample={resample!r}; choose one of {sorted(RESAMPLING)}")
-    fingerprint = listing.fingerprint(CACHE_VERSION, image_size, resample)
+    try:  # stats every file: the sources must all be there to build the cache, or to trust it
+        fingerprint = listing.fingerprint(CACHE_VERSION, image_size, resample)
+    except FileNotFoundError as err:
+        raise DataError(f"{err.filename} is gone: it was listed a moment ago, so the data set under data.root changed "
+                        f"while this run read it; its {listing.split} cache cannot be checked or built. Run again "
+                        "once data.root holds the whole data set") from None
     root_key = hashlib.sha256(str(listing.root.resolve()).encode()).hexdigest()[:8]
     prefix = f"{root_key}-{listing.split}-"
     folder = cache_dir / "decoded" / f"{prefix}{fingerprint[:16]}"
     meta_path = folder / "meta.json"
-    if meta_path.exists():
+    if cache_problem(folder, fingerprint, image_size) is None:
         log.info("Reusing the decoded %s cache %s (the files have not changed)", listing.split, folder)
     else:
         with build_lock(folder):
-            if not meta_path.exists():  # another process may have built it while we waited
-                _build(listing, folder, image_size, resample, skip_bad_files, workers or os.cpu_count() or 1)
+            problem = cache_problem(folder, fingerprint, image_size)  # another process may have built it meanwhile
+            if problem is not None:
+                if folder.exists():
+                    log.warning("The decoded %s cache %s is damaged (%s): decoding it again", listing.split, folder,
+                                problem)
+                    shutil.rmtree(folder)  # before decoding: its space may be needed for the new one
+                _build(listing, folder, fingerprint, image_size, resample, skip_bad_files,
+                       workers or os.cpu_count() or 1)
                 for stale in folder.parent.glob(f"{prefix}*"):  # older versions of the same split
                     if stale != folder and not stale.name.endswith(".lock"):
                         shutil.rmtree(stale, ignore_errors=True)
@@ -121,52 +139,75 @@ def load_or_decode(
     )
 
 
+def npy_problem(path: Path, shape: tuple[int, ...], dtype: np.dtype | type) -> str | None:
+    """Why the ``.npy`` file at ``path`` is not a whole C-ordered array of ``shape`` and ``dtype``
+    (``None`` when it is), from its header and size alone: nothing is mapped or read beyond them."""
+    try:
+        with path.open("rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                return f"{path.name} has an unknown .npy header version {version}"
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            found_shape, fortran, found_dtype = read_header(f)
+            data_start, size = f.tell(), os.fstat(f.fileno()).st_size
+    except FileNotFoundError:
+        return f"{path.name} is missing"
+    except (OSError, ValueError) as err:  # truncated inside the header, not an .npy file
+        return f"{path.name} has no readable .npy header ({err})"
+    if tuple(found_shape) != tuple(shape) or found_dtype != np.dtype(dtype) or fortran:
+        return (f"{path.name} holds {'Fortran-ordered ' if fortran else ''}{found_dtype} {tuple(found_shape)}, "
+                f"its record says {np.dtype(dtype)} {tuple(shape)}")
+    expected = data_start + int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if size != expected:
+        return f"{path.name} is {size:,} bytes, {expected:,} for what its header and record say"
+    return None
+
+
+def cache_problem(folder: Path, fingerprint: str, image_size: int) -> str | None:
+    """What is wrong with the decoded cache in ``folder`` (``None``: whole): its record
+    (``meta.json``) missing, unreadable or of other files, or an array file whose header or size
+    disagrees with the record (a crash, an interrupted copy, a full disk)."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        n = len(meta["files"])
+        recorded = {name: (tuple(meta[name]["shape"]), meta[name]["dtype"]) for name in ("images", "labels")}
+    except FileNotFoundError:
+        return "meta.json is missing"
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"meta.json is unreadable ({type(err).__name__}: {err})"
+    if meta.get("fingerprint") != fingerprint:
+        return "meta.json records other files"
+    expected = {"images": ((n, 3, image_size, image_size), "uint8"), "labels": ((n,), "int64")}
+    for name, (shape, dtype) in expected.items():
+        if recorded[name] != (shape, dtype):
+            return f"meta.json records {name} as {recorded[name][1]} {recorded[name][0]}, not {dtype} {shape}"
+        problem = npy_problem(folder / f"{name}.npy", shape, dtype)
+        if problem is not None:
+            return problem
+    return None
+
+
 def _build(
-    listing: SplitListing, folder: Path, size: int, resample: str, skip_bad: bool, workers: int
+    listing: SplitListing, folder: Path, fingerprint: str, size: int, resample: str, skip_bad: bool, workers: int
 ) -> None:
     n = len(listing.files)
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
+    row = 3 * size * size
+    meta_bytes = sum(len(name) + 4 for name in listing.files) + 4096  # meta.json: the file list, quoted
+    needed = bytes_on_disk([n * row + 128, n * 8 + 128, meta_bytes], folder.parent)
+    what = f"the decoded {listing.split} cache ({n} images of {size}x{size})"
+    check_space(folder.parent, needed, what)
     tmp.mkdir(parents=True)
     log.info("Decoding %d %s images into %s (once; later runs reuse it)", n, listing.split, folder)
     try:
         npy = tmp / "all.npy"
         np.lib.format.open_memmap(npy, mode="w+", dtype=np.uint8, shape=(n, 3, size, size)).flush()
-        bad, converted = _decode_all(listing, npy, size, resample, workers)
-        if bad and not skip_bad:
-            lines = "\n".join(f"  {listing.root / listing.files[i]}: {why}" for i, why in bad)
-            raise DataError(
-                f"{len(bad)} file(s) in the {listing.split!r} split cannot be decoded:\n{lines}\n"
-                "Replace or delete them, or set data.skip_bad_files=true to leave them out."
-            )
-        keep = np.setdiff1d(np.arange(n), [i for i, _ in bad])
-        if bad:
-            log.warning(
-                "Skipping %d undecodable file(s) in %s (data.skip_bad_files=true): %s",
-                len(bad), listing.split, ", ".join(listing.files[i] for i, _ in bad),
-            )
-            full = np.load(npy, mmap_mode="r")
-            out = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
-                                            shape=(len(keep), 3, size, size))
-            out[:] = full[keep]
-            out.flush()
-            del full, out
-            npy.unlink()
-        else:
-            npy.rename(tmp / "images.npy")
-        labels = np.asarray(listing.labels, dtype=np.int64)[keep]
-        np.save(tmp / "labels.npy", labels)
-        meta = {
-            "version": CACHE_VERSION,
-            "split": listing.split,
-            "root": str(listing.root),
-            "classes": list(listing.classes),
-            "files": [listing.files[i] for i in keep],
-            "skipped_not_images": dict(listing.skipped),
-            "skipped_undecodable": {listing.files[i]: why for i, why in bad},
-            "converted": dict(converted),
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta))
+        reserve(npy, folder.parent, what)  # the decoders write through memory maps: a full disk there is a SIGBUS
+        with space_errors(folder.parent, needed, what):
+            bad, converted = _decode_all(listing, npy, size, resample, workers)
+            _finish(listing, tmp, npy, fingerprint, size, bad, converted, skip_bad, what)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -174,3 +215,51 @@ def _build(
         log.info("Converted in %s: %s", listing.split, ", ".join(f"{k}: {v}" for k, v in converted.items()))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
+
+
+def _finish(listing: SplitListing, tmp: Path, npy: Path, fingerprint: str, size: int,
+            bad: list[tuple[int, str]], converted: Counter, skip_bad: bool, what: str) -> None:
+    """Write ``images.npy`` (the decoded rows, less the bad ones), ``labels.npy`` and the record."""
+    n = len(listing.files)
+    if bad and not skip_bad:
+        lines = "\n".join(f"  {listing.root / listing.files[i]}: {why}" for i, why in bad)
+        raise DataError(
+            f"{len(bad)} file(s) in the {listing.split!r} split cannot be decoded:\n{lines}\n"
+            "Replace or delete them, or set data.skip_bad_files=true to leave them out."
+        )
+    keep = np.setdiff1d(np.arange(n), [i for i, _ in bad])
+    if bad:
+        log.warning(
+            "Skipping %d undecodable file(s) in %s (data.skip_bad_files=true): %s",
+            len(bad), listing.split, ", ".join(listing.files[i] for i, _ in bad),
+        )
+        row = 3 * size * size
+        # a second array, beside the first
+        check_space(tmp.parent, bytes_on_disk([len(keep) * row + 128], tmp), what)
+        full = np.load(npy, mmap_mode="r")
+        out = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
+                                        shape=(len(keep), 3, size, size))
+        reserve(tmp / "images.npy", tmp.parent, what)
+        out[:] = full[keep]
+        out.flush()
+        del full, out
+        npy.unlink()
+    else:
+        npy.rename(tmp / "images.npy")
+    labels = np.asarray(listing.labels, dtype=np.int64)[keep]
+    np.save(tmp / "labels.npy", labels)
+    meta = {
+        "version": CACHE_VERSION,
+        "fingerprint": fingerprint,
+        "split": listing.split,
+        "root": str(listing.root),
+        "classes": list(listing.classes),
+        "images": {"shape": [len(keep), 3, size, size], "dtype": "uint8"},
+        "labels": {"shape": [len(keep)], "dtype": "int64"},
+        "files": [listing.files[i] for i in keep],
+        "skipped_not_images": dict(listing.skipped),
+        "skipped_undecodable": {listing.files[i]: why for i, why in bad},
+        "converted": dict(converted),
+    }
+    # Written last: the folder is renamed into place only once its record is complete.
+    (tmp / "meta.json").write_text(json.dumps(meta))

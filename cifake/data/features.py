@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from cifake.atomic import atomic_path
-from cifake.data.cache import DecodedSplit
+from cifake.atomic import atomic_path, bytes_on_disk, check_space, space_errors
+from cifake.data.cache import DecodedSplit, npy_problem
 from cifake.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -217,16 +217,21 @@ def cached_features(split: DecodedSplit, feature_set: str, chunk_size: int = 409
     """The feature matrix of every image of ``split``, computed once and stored as ``.npy`` in
     ``split.cache_dir`` (whose name already changes whenever the split's files do)."""
     path = cache_path(split, feature_set, **params)
-    n_features = len(feature_names(feature_set, **params))
+    shape = (len(split), len(feature_names(feature_set, **params)))
     if path.exists():
-        features = np.load(path)
-        if features.shape == (len(split), n_features):
+        # Checked from the header and size before it is read: a truncated or foreign file is
+        # computed again, never loaded.
+        problem = npy_problem(path, shape, np.float32)
+        if problem is None:
             log.info("Reusing the %r features of %s", feature_set, path.parent.name)
-            return features
-        log.warning("Recomputing %s: its shape %s does not match the split", path, features.shape)
+            return np.load(path)
+        log.warning("Recomputing the %r features of %s: %s", feature_set, path.parent.name, problem)
+    what = f"the {feature_set!r} features of {path.parent.name}"
+    needed = bytes_on_disk([shape[0] * shape[1] * np.dtype(np.float32).itemsize + 128], path.parent)
+    check_space(path.parent, needed, what)  # before the work, not after it
     features = extract_features(split.images, feature_set, chunk_size=chunk_size,
                                 progress=f"Features ({feature_set})", **params)
     # Written under a temporary name and renamed, so that an interrupted run leaves no partial cache.
-    with atomic_path(path) as tmp, tmp.open("wb") as f:
+    with space_errors(path.parent, needed, what), atomic_path(path) as tmp, tmp.open("wb") as f:
         np.save(f, features)
     return features

@@ -1,0 +1,161 @@
+"""Caches, extractions and feature files on a disk too small for them: one error line saying how
+much is needed, how much is free and which folder to move; no partial file left behind; the next
+run on a larger folder succeeds. On a real small file system (a tmpfs, when the tests run as root
+and may mount one) and, everywhere, with the free-space probe patched."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cifake import atomic
+from cifake.data.archive import extract_archive
+from cifake.data.cache import load_or_decode
+from cifake.data.scan import scan_split
+from cifake.errors import DiskSpaceError
+from tests.conftest import make_cifake_tree, tiny_demo_overrides
+from tests.tmpfs import mounted
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ("FAKE", "REAL")
+SIZES = r"needs [\d.]+ (bytes|KiB|MiB|GiB), the disk there has [\d.]+ (bytes|KiB|MiB|GiB|TiB) free"
+
+
+def leftovers(folder: Path) -> list[Path]:
+    """Files under ``folder`` that a later run could take for part of a cache (lock files are empty
+    and hold nothing)."""
+    return [p for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".lock")] if folder.exists() else []
+
+
+def patch_free(monkeypatch, free: int) -> None:
+    monkeypatch.setattr(atomic, "free_bytes", lambda folder: free)
+
+
+def test_the_message_names_what_the_folder_and_both_sizes(tmp_path, monkeypatch) -> None:
+    patch_free(monkeypatch, 10 * 2**20)
+    with pytest.raises(DiskSpaceError) as err:
+        atomic.check_space(tmp_path / "cache", 369 * 2**20, "the decoded train cache")
+    message = str(err.value)
+    assert "the decoded train cache" in message and str(tmp_path / "cache") in message
+    assert "it needs 369.0 MiB, the disk there has 10.0 MiB free" in message
+    assert "paths.cache_dir" in message and "CIFAKE_CACHE_DIR" in message
+    atomic.check_space(tmp_path, 10 * 2**20, "fits")  # as much as is free: no error
+
+
+def test_sizes_count_whole_blocks(tmp_path) -> None:
+    block = atomic.block_size(tmp_path)
+    assert atomic.bytes_on_disk([1, block, block + 1], tmp_path) == 4 * block + atomic.SPACE_HEADROOM
+
+
+def test_decoding_without_room_stops_before_writing_then_a_larger_folder_works(cifake_tree, tmp_path,
+                                                                                monkeypatch) -> None:
+    listing = scan_split(cifake_tree, "train", CLASSES)
+    patch_free(monkeypatch, 64 * 1024)
+    with pytest.raises(DiskSpaceError, match=SIZES) as err:
+        load_or_decode(listing, tmp_path / "small", 32, workers=1)
+    assert str(tmp_path / "small" / "decoded") in str(err.value)
+    assert leftovers(tmp_path / "small") == []
+    monkeypatch.undo()
+    assert len(load_or_decode(listing, tmp_path / "large", 32, workers=1)) == 12
+
+
+def test_a_full_disk_while_reserving_is_the_same_message(cifake_tree, tmp_path, monkeypatch) -> None:
+    """The free-space probe can be wrong (a quota, another writer): the reservation still catches it."""
+    with mounted(tmp_path / "tiny", "size=16k") as tiny:
+        patch_free(monkeypatch, 1 << 40)  # the probe claims a terabyte
+        with pytest.raises(DiskSpaceError, match=SIZES):
+            load_or_decode(scan_split(cifake_tree, "train", CLASSES), tiny, 32, workers=1)
+        assert leftovers(tiny) == []
+
+
+def _tar(tmp_path: Path) -> Path:
+    src = make_cifake_tree(tmp_path / "src", n_per_class=3)
+    path = tmp_path / "cifake.tar"
+    with tarfile.open(path, "w") as tf:
+        tf.add(src, arcname="cifake")
+    return path
+
+
+def test_an_archive_is_not_extracted_without_room_for_its_listed_sizes(tmp_path, monkeypatch) -> None:
+    archive = _tar(tmp_path)
+    patch_free(monkeypatch, 8 * 1024)
+    with pytest.raises(DiskSpaceError, match=SIZES) as err:
+        extract_archive(archive, tmp_path / "cache")
+    assert "the extraction of cifake.tar" in str(err.value) and str(tmp_path / "cache" / "extracted") in str(err.value)
+    assert leftovers(tmp_path / "cache") == []
+    monkeypatch.undo()
+    assert len(list(extract_archive(archive, tmp_path / "cache").rglob("*.jpg"))) == 12
+
+
+def test_an_archive_needing_more_files_than_the_disk_has_inodes_is_refused(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(atomic, "free_files", lambda folder: 5)
+    with pytest.raises(DiskSpaceError, match="files, the file system there has room for 5 more"):
+        extract_archive(_tar(tmp_path), tmp_path / "cache")
+
+
+def test_a_full_disk_during_extraction_leaves_no_partial_folder(tmp_path, monkeypatch) -> None:
+    archive = _tar(tmp_path)
+    with mounted(tmp_path / "tiny", "size=16k") as tiny:  # 12 files of a 4 KiB page each
+        patch_free(monkeypatch, 1 << 40)  # passes the check; the disk fills while writing
+        with pytest.raises(DiskSpaceError, match=SIZES):
+            extract_archive(archive, tiny)
+        assert leftovers(tiny) == []
+
+
+def test_feature_and_hash_files_are_not_written_without_room(cifake_tree, tmp_path, monkeypatch) -> None:
+    from cifake.audit.hashes import split_hashes
+    from cifake.data.features import cached_features
+
+    split = load_or_decode(scan_split(cifake_tree, "train", CLASSES), tmp_path / "c", 32, workers=1)
+    before = sorted(p.name for p in split.cache_dir.iterdir())
+    patch_free(monkeypatch, 1024)
+    with pytest.raises(DiskSpaceError, match="the 'report' features of"):
+        cached_features(split, "report")
+    with pytest.raises(DiskSpaceError, match="the hashes of"):
+        split_hashes(split)
+    assert sorted(p.name for p in split.cache_dir.iterdir()) == before  # no partial file
+    monkeypatch.undo()
+    assert cached_features(split, "report").shape == (12, 8) and split_hashes(split).phash.shape == (12,)
+
+
+def test_the_entry_point_reports_no_room_as_one_line(compose_cfg, tmp_path, monkeypatch, capsys) -> None:
+    from cifake.errors import friendly_errors
+    from cifake.jobs import train as train_job
+
+    cfg = compose_cfg("train", [*tiny_demo_overrides(), "trainer.max_epochs=1", f"data.root={tmp_path / 'demo'}"])
+    patch_free(monkeypatch, 100 * 1024)
+    with pytest.raises(SystemExit) as ended:
+        friendly_errors(train_job.run)(cfg)
+    assert ended.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and re.search(SIZES, errors[0]) and str(tmp_path / "cache") in errors[0]
+
+
+def _train(tmp_path: Path, cache: Path, run: str) -> subprocess.CompletedProcess:
+    # The demo images go to a large folder; only the decoded cache goes to `cache`.
+    overrides = [*tiny_demo_overrides(), "trainer.max_epochs=1", f"data.root={tmp_path / 'demo'}",
+                 f"paths.cache_dir={cache}", f"hydra.run.dir={tmp_path / run}"]
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_train_on_a_too_small_cache_disk_says_so_then_runs_on_a_larger_one(tmp_path) -> None:
+    with mounted(tmp_path / "small", "size=256k") as small:  # the train split decodes to 288 KiB
+        proc = _train(tmp_path, small / "cache", "first")
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stdout + proc.stderr
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1, proc.stderr[-3000:]
+        assert str(small / "cache" / "decoded") in errors[0] and re.search(SIZES, errors[0]), errors[0]
+        assert "paths.cache_dir" in errors[0]
+        assert leftovers(small) == []
+    proc = _train(tmp_path, tmp_path / "large", "second")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert np.load(next((tmp_path / "large" / "decoded").glob("*-train-*/images.npy"))).shape == (96, 3, 32, 32)
