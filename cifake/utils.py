@@ -30,9 +30,14 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[Any] | None = None, **o
     """The Trainer of ``cfg.trainer`` with the callbacks of ``cfg.callbacks`` (plus
     ``extra_callbacks``) and the loggers of ``cfg.logger``; ``overrides`` replace trainer keys.
 
-    A device count that the CPU cannot give is refused before Lightning starts a process for each."""
+    ``trainer.sync_batchnorm`` works off CUDA too (see :mod:`cifake.distributed`), and a device
+    count that the CPU cannot give is refused before Lightning starts a process for each."""
     accelerator = str(overrides.get("accelerator", cfg.trainer.get("accelerator", "auto")))
     check_devices(overrides.get("devices", cfg.trainer.get("devices", 1)), accelerator)
+    if overrides.get("sync_batchnorm", cfg.trainer.get("sync_batchnorm")) and not uses_cuda(accelerator):
+        from cifake.distributed import GlobalBatchNormSync  # torch's SyncBatchNorm runs on GPUs only
+
+        overrides["plugins"] = [*overrides.get("plugins", []), GlobalBatchNormSync()]
     callbacks = instantiate_all(cfg.get("callbacks")) + list(extra_callbacks or [])
     if not overrides.get("enable_progress_bar", cfg.trainer.get("enable_progress_bar", True)):
         # Lightning refuses a progress-bar callback when the bar is off; the override should win.
