@@ -1,4 +1,4 @@
-"""Grad-CAM overlays of single images as PNG files (``predict.py gradcam=true``)."""
+"""Grad-CAM overlays of single images: PNG files for ``predict.py gradcam=true``, images for the server."""
 
 from __future__ import annotations
 
@@ -37,17 +37,28 @@ class GradcamWriter:
         n = len(images) if self.left is None else min(len(images), self.left)
         if n == 0:
             return [""] * len(images)
-        maps = gradcam(self.model, to_unit_float(torch.from_numpy(images[:n]).to(self.device)), predicted[:n],
-                       self.layer)
+        pictures = overlay_images(self.model, self.device, self.layer, images[:n], predicted[:n], self.scale,
+                                  self.alpha)
         written = []
-        for image, cam, name in zip(images[:n], maps, names[:n], strict=True):
-            both = np.concatenate([np.transpose(image, (1, 2, 0)) / 255.0, overlay(image, cam, self.alpha)], axis=1)
-            png = Image.fromarray(np.clip(both * 255.0 + 0.5, 0, 255).astype(np.uint8))
-            png = png.resize((png.width * self.scale, png.height * self.scale), Image.Resampling.NEAREST)
-            png.save(self.folder / name)
+        for picture, name in zip(pictures, names[:n], strict=True):
+            picture.save(self.folder / name)
             written.append(str(self.folder / name))
         if self.left is not None:
             self.left -= n
         return written + [""] * (len(images) - n)
 
 
+def overlay_images(model: torch.nn.Module, device: torch.device, layer: str, images: np.ndarray, predicted: np.ndarray,
+                   scale: int, alpha: float) -> list[Image.Image]:
+    """Grad-CAM of the ``predicted`` class for uint8 ``images`` ``(N, 3, S, S)``: per image, the
+    image as the model saw it beside its heat map (``alpha`` over it), enlarged ``scale`` times."""
+    if len(images) == 0:
+        return []
+    maps = gradcam(model, to_unit_float(torch.from_numpy(images).to(device)), predicted, layer)
+    pictures = []
+    for image, cam in zip(images, maps, strict=True):
+        both = np.concatenate([np.transpose(image, (1, 2, 0)) / 255.0, overlay(image, cam, alpha)], axis=1)
+        picture = Image.fromarray(np.clip(both * 255.0 + 0.5, 0, 255).astype(np.uint8))
+        # Nearest neighbour: every model pixel stays a sharp square, nothing is invented between them.
+        pictures.append(picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST))
+    return pictures

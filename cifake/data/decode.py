@@ -24,16 +24,23 @@ def decode_image(path: Path, size: int, resample: str) -> tuple[np.ndarray, list
     Raises ``OSError``/``ValueError``/``UnidentifiedImageError`` for files that cannot be decoded
     (empty, truncated, not an image).
     """
-    conversions: list[str] = []
     with Image.open(path) as im:
         im.load()  # truncated files fail here, not later
-        if im.mode != "RGB":
-            conversions.append(f"mode {im.mode} -> RGB")
-            im = im.convert("RGB")
-        if im.size != (size, size):
-            conversions.append(f"resized to {size}x{size}")
-            im = im.resize((size, size), RESAMPLING[resample])
-        return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1), conversions
+        return to_model_input(im, size, resample)
+
+
+def to_model_input(im: Image.Image, size: int, resample: str) -> tuple[np.ndarray, list[str]]:
+    """A loaded image as ``(3, size, size)`` RGB uint8 and the conversions it needed: the one
+    conversion behind files (:func:`decode_image`) and uploads (:mod:`cifake.serving`), so both
+    give the model the same pixels."""
+    conversions: list[str] = []
+    if im.mode != "RGB":
+        conversions.append(f"mode {im.mode} -> RGB")
+        im = im.convert("RGB")
+    if im.size != (size, size):
+        conversions.append(f"resized to {size}x{size}")
+        im = im.resize((size, size), RESAMPLING[resample])
+    return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1), conversions
 
 
 def decode_into(
