@@ -1,5 +1,5 @@
 """The command-line entry points, one Hydra app per job: the console scripts ``cifake-train``,
-``cifake-evaluate``, ``cifake-predict``, ``cifake-export`` and ``cifake-audit`` are these functions,
+``cifake-evaluate``, ``cifake-predict``, ``cifake-export``, ``cifake-audit`` and ``cifake-serve`` are these functions,
 and so are the checkout's ``python train.py``, ``python evaluate.py``, ... Each composes ``<job>.yaml``
 from :func:`cifake.configs.config_dir` (the checkout's top-level ``conf/``, else the copy shipped in
 the package), so both spellings take the same config, overrides, ``--help``, ``--cfg``, ``-m`` and
@@ -90,3 +90,8 @@ def export() -> None:
 def audit() -> None:
     """``cifake-audit`` (``python audit.py``): duplicates and train/test leaks in the data set."""
     _launch("audit")
+
+
+def serve() -> None:
+    """``cifake-serve`` (``python serve.py``): a LitServe server and web page for any model file."""
+    _launch("serve")

@@ -50,7 +50,7 @@ def is_job(name: str) -> bool:
 def test_the_walk_sees_the_jobs_and_their_imports() -> None:
     graph = import_graph()
     assert {m for m in graph if is_job(m)} == {f"{JOBS}.{j}" for j in ("train", "evaluate", "predict", "export",
-                                                                        "audit")}
+                                                                        "audit", "serve")}
     assert "cifake.scoring" in graph[f"{JOBS}.predict"] and "cifake.evaluation" in graph[f"{JOBS}.train"]
 
 

@@ -25,7 +25,7 @@ import pytest
 from tests.conftest import tiny_demo_overrides, write_image
 
 ROOT = Path(__file__).resolve().parents[1]
-JOBS = ("train", "evaluate", "predict", "export", "audit")
+JOBS = ("train", "evaluate", "predict", "export", "audit", "serve")
 # The files a build reads when git cannot list the checkout's files (an unpacked sdist, say).
 BUILD_INPUTS = ("pyproject.toml", "setup.py", "README.md", "cifake", "conf")
 # Tiny demo data and net; experiment=demo picks the demo data itself.
@@ -133,6 +133,7 @@ def test_the_wheel_ships_every_config_and_module(installed: Installed) -> None:
     assert configs <= names, f"not in the wheel: {sorted(configs - names)}"
     modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "cifake").rglob("*.py") if "__pycache__" not in p.parts}
     assert modules <= names, f"not in the wheel: {sorted(modules - names)}"
+    assert "cifake/serving/page.html" in names  # serve.py's page, package data
     scripts = zipfile.ZipFile(installed.wheel).read(next(n for n in names if n.endswith("entry_points.txt")))
     for job in JOBS:
         assert f"cifake-{job} = cifake.cli:{job}" in scripts.decode()

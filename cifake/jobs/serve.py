@@ -1,0 +1,162 @@
+"""The serving job behind ``serve.py``: a LitServe server for any trained model file, with a web
+page to drop images on (:mod:`cifake.serving`).
+
+Everything a user can get wrong is checked here, before a worker starts: the model file is opened
+once in this process (then dropped; each inference worker opens its own), and the host, port,
+limits, batching, key and scoring settings are checked, each mistake one ``error:`` line.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import socket
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+
+from cifake.errors import ConfigError, require
+from cifake.scoring import check_threshold
+from cifake.serving import DetectorAPI, Limits, ModelSettings, WarnAt, build_server, identity, open_model
+
+log = logging.getLogger(__name__)
+HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # the hosts LitServe binds
+PORTS = (1024, 65535)
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
+def model_settings(cfg: DictConfig) -> ModelSettings:
+    """The model's part of ``serve.yaml``, as plain values for the workers."""
+    ckpt_path = require(cfg, "ckpt_path", "pass the model to serve: ckpt_path=outputs/train/runs/<run>/checkpoints/"
+                        "best.ckpt, a forest.skops or an export.py model.onnx")
+    return ModelSettings(path=str(ckpt_path), contract=None if cfg.contract is None else str(cfg.contract),
+                         device=str(cfg.device), precision=str(cfg.precision), tta=_plain(cfg.tta),
+                         resample=cfg.resample, threshold=float(cfg.threshold), unsure_band=_plain(cfg.unsure_band),
+                         batch_size=int(cfg.batch_size), gradcam=bool(cfg.gradcam), gradcam_layer=cfg.gradcam_layer,
+                         gradcam_scale=int(cfg.gradcam_scale), gradcam_alpha=float(cfg.gradcam_alpha))
+
+
+def limits(cfg: DictConfig) -> Limits:
+    """What one request may hold, checked."""
+    Image.init()  # registers every format Pillow has, so the list below is complete
+    formats = tuple(str(f).upper() for f in cfg.formats)
+    unknown = [f for f in formats if f not in Image.OPEN]
+    if not formats or unknown:
+        raise ConfigError(f"formats={list(cfg.formats)}: {unknown or 'empty'}; choose among Pillow's "
+                          f"{sorted(Image.OPEN)}")
+    for key in ("max_images", "max_image_pixels", "max_upload_mb"):
+        if not cfg[key] > 0:
+            raise ConfigError(f"{key}={cfg[key]} must be positive")
+    return Limits(max_images=int(cfg.max_images), max_image_pixels=int(cfg.max_image_pixels), formats=formats)
+
+
+def check_server(cfg: DictConfig) -> None:
+    """Host, port, workers, batching and timeouts, before anything starts."""
+    if cfg.host not in HOSTS:
+        raise ConfigError(f"host={cfg.host!r}; LitServe listens on {' or '.join(HOSTS)} (127.0.0.1: this machine "
+                          "only; 0.0.0.0 or ::: every interface)")
+    if not isinstance(cfg.port, int) or not PORTS[0] <= cfg.port <= PORTS[1]:
+        raise ConfigError(f"port={cfg.port!r} must be a number from {PORTS[0]} to {PORTS[1]}")
+    for key in ("workers", "max_batch_size", "batch_size"):
+        if not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise ConfigError(f"{key}={cfg[key]!r} must be a whole number of at least 1")
+    if cfg.api_servers is not None and (not isinstance(cfg.api_servers, int) or cfg.api_servers < 1):
+        raise ConfigError(f"api_servers={cfg.api_servers!r} must be null or at least 1")
+    if not cfg.request_timeout > 0:
+        raise ConfigError(f"request_timeout={cfg.request_timeout} must be positive (seconds)")
+    if not 0 <= cfg.batch_timeout < cfg.request_timeout:
+        raise ConfigError(f"batch_timeout={cfg.batch_timeout} must be at least 0 and below "
+                          f"request_timeout={cfg.request_timeout} (seconds)")
+    for key in ("max_scale", "max_aspect", "min_colours"):
+        if not cfg.warn[key] > 0:
+            raise ConfigError(f"warn.{key}={cfg.warn[key]} must be positive")
+
+
+def api_key(cfg: DictConfig) -> str | None:
+    """The key from the environment variable ``api_key_env`` names, or ``None`` when it names none."""
+    if cfg.api_key_env is None:
+        return None
+    key = os.environ.get(str(cfg.api_key_env), "")
+    if not key:
+        raise ConfigError(f"api_key_env={cfg.api_key_env} but the environment variable {cfg.api_key_env} is "
+                          f"{'empty' if cfg.api_key_env in os.environ else 'not set'}; export it with the key, or "
+                          "pass api_key_env=null to serve without a key")
+    return key
+
+
+def accelerator(kind: str, device: str) -> str:
+    """LitServe's accelerator for the model: checkpoints where ``device`` says, the rest on the CPU."""
+    if kind != "checkpoint" or device == "cpu":
+        return "cpu"
+    if device == "auto":
+        return "auto"
+    if device in ("cuda", "gpu"):
+        return "cuda"
+    raise ConfigError(f"device={device!r}; use auto, cpu or cuda (workers=N serves N copies per device)")
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail now, in one line, if something listens on the port already."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise ConfigError(f"cannot listen on {host}:{port} ({err.strerror}); pass port=<a free port>") from None
+
+
+def build(cfg: DictConfig) -> Any:
+    """The LitServer for ``cfg`` (a ``litserve.LitServer``), checked but not started."""
+    settings = model_settings(cfg)
+    check_threshold(settings.threshold)
+    check_server(cfg)
+    upload_limits = limits(cfg)
+    warn_at = WarnAt(max_scale=float(cfg.warn.max_scale), max_aspect=float(cfg.warn.max_aspect),
+                     min_colours=int(cfg.warn.min_colours))
+    key = api_key(cfg)
+    # Opened here on the CPU to check it and name it; each worker opens it again on its own device.
+    scorer, resample, band = open_model(settings, "cpu")
+    if scorer.image_size is None:
+        raise ConfigError(f"{settings.path} does not record the image size it was trained on; retrain it with this "
+                          "version (model.image_size is recorded in every model file it writes)")
+    layer = settings.gradcam_layer or scorer.gradcam_layer
+    if settings.gradcam and scorer.explainable and layer is None:
+        raise ConfigError("gradcam=true, but the checkpoint names no model.gradcam_layer; set gradcam_layer=<a "
+                          "layer>, e.g. net.features.1.3")
+    if settings.gradcam and not scorer.explainable:
+        log.warning("gradcam=true, but Grad-CAM needs a PyTorch checkpoint's gradients and %s is %s: responses "
+                    "carry no overlay", settings.path, "a forest" if scorer.kind == "forest" else "an ONNX model")
+    metadata = {"model": identity(scorer, settings, resample), "threshold": settings.threshold,
+                "unsure_band": None if band is None else list(band),
+                "gradcam": {"available": scorer.explainable and layer is not None, "default": settings.gradcam},
+                "limits": {"max_upload_mb": float(cfg.max_upload_mb), "max_images": upload_limits.max_images,
+                           "max_image_pixels": upload_limits.max_image_pixels,
+                           "formats": list(upload_limits.formats)},
+                "batching": {"max_batch_size": int(cfg.max_batch_size), "batch_timeout": float(cfg.batch_timeout)},
+                "api_key_header": cfg.api_key_header if key else None}
+    target = accelerator(scorer.kind, settings.device)
+    del scorer
+    gc.collect()
+    api = DetectorAPI(settings, upload_limits, warn_at, int(cfg.max_batch_size), float(cfg.batch_timeout))
+    return build_server(api, accelerator=target, workers=int(cfg.workers), request_timeout=float(cfg.request_timeout),
+                        max_upload_bytes=int(float(cfg.max_upload_mb) * 2**20), api_key=key,
+                        api_key_header=str(cfg.api_key_header), metadata=metadata)
+
+
+def run(cfg: DictConfig) -> None:
+    """Serve ``cfg.ckpt_path`` on ``cfg.host``:``cfg.port`` until stopped (Ctrl+C)."""
+    server = build(cfg)
+    check_port_free(cfg.host, cfg.port)
+    shown = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
+    model = server.model_metadata["model"]
+    log.info("Serving %s (%s, %dx%d input) on http://%s:%d/ : the page at /, POST /predict, GET /health, GET /info%s",
+             model["file"], model["kind"], model["image_size"], model["image_size"], shown, cfg.port,
+             f"; POST /predict needs the {cfg.api_key_header} header" if cfg.api_key_env else "")
+    server.run(host=cfg.host, port=cfg.port, num_api_servers=cfg.api_servers, log_level=cfg.log_level,
+               generate_client_file=False)

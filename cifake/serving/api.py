@@ -1,0 +1,172 @@
+"""The LitServe API: requests in, one answer per image out, scored through :mod:`cifake.scoring`.
+
+LitServe runs :class:`DetectorAPI` in its inference workers: ``setup`` opens the model file there,
+``decode_request`` turns each request into decoded images (or a refusal), ``predict`` scores every
+image of the requests it was handed (one request, or a batch of them) in one pass, and
+``encode_response`` writes each request's JSON. A refusal travels as a value, never as an
+exception: LitServe fails every request of a batch when one of them raises, so one bad upload
+would take its neighbours down with it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import litserve as ls
+import numpy as np
+from PIL import Image
+from starlette.responses import JSONResponse
+
+from cifake.scoring import Scorer, choose_resample, open_scorer, resolve_band
+from cifake.serving.uploads import Decoded, Limits, Options, Rejected, WarnAt, decode, parse
+
+log = logging.getLogger(__name__)
+UNSURE = "UNSURE"  # the answer inside the unsure band, as predict.py gives it
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """How the model file is opened and answered with (``serve.yaml``); plain values, so LitServe
+    can hand them to the workers it spawns."""
+
+    path: str
+    contract: str | None
+    device: str
+    precision: str
+    tta: Mapping[str, Any]
+    resample: str | None
+    threshold: float
+    unsure_band: Any  # auto, None or [low, high], as resolve_band takes it
+    batch_size: int  # images per forward pass
+    gradcam: bool  # the default when a request does not say
+    gradcam_layer: str | None
+    gradcam_scale: int
+    gradcam_alpha: float
+
+
+def open_model(settings: ModelSettings, device: str) -> tuple[Scorer, str, tuple[float, float] | None]:
+    """The scorer, the resampling filter and the unsure band, chosen as predict.py chooses them."""
+    scorer = open_scorer(settings.path, device=device, precision=settings.precision, tta=settings.tta,
+                         contract=settings.contract)
+    resample = choose_resample(settings.resample, scorer.resample, settings.path)
+    return scorer, resample, resolve_band(settings.unsure_band, scorer, settings.threshold)
+
+
+def identity(scorer: Scorer, settings: ModelSettings, resample: str) -> dict[str, Any]:
+    """Which model answers: its file (name and the start of its sha256), kind, input size, classes,
+    resampling and test-time augmentation."""
+    digest = hashlib.sha256(Path(settings.path).read_bytes()).hexdigest()
+    return {"file": Path(settings.path).name, "sha256": digest[:16], "kind": scorer.kind,
+            "image_size": scorer.image_size, "classes": list(scorer.classes), "resample": resample,
+            "tta": scorer.tta.get("mode", "none"), "explainable": scorer.explainable}
+
+
+@dataclass
+class Job:
+    """One request's decoded images and options, between ``decode_request`` and ``encode_response``."""
+
+    images: list[Decoded]
+    options: Options
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+
+class DetectorAPI(ls.LitAPI):
+    """p(FAKE), p(REAL), the verdict and, on request, a Grad-CAM overlay for every uploaded image."""
+
+    def __init__(self, settings: ModelSettings, limits: Limits, warn_at: WarnAt, max_batch_size: int,
+                 batch_timeout: float) -> None:
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path="/predict")
+        self.settings, self.limits, self.warn_at = settings, limits, warn_at
+
+    def setup(self, device: str) -> None:
+        """Open the model on ``device`` (LitServe's: ``cpu`` or ``cuda:<n>``) in this worker."""
+        # Pillow's own decompression-bomb guard, set explicitly (it warns past this and refuses past
+        # twice this; uploads.decode refuses anything past it before decoding).
+        Image.MAX_IMAGE_PIXELS = self.limits.max_image_pixels
+        self.scorer, self.resample, self.band = open_model(self.settings, device)
+        self.model_identity = identity(self.scorer, self.settings, self.resample)
+        self.layer = self.settings.gradcam_layer or self.scorer.gradcam_layer
+        log.info("Worker ready on %s: %s", device, self.model_identity)
+
+    # No annotation on `request`, nor on encode_response's result: LitServe reads them to type its endpoint (a
+    # pydantic body, a response model), and unannotated they mean a raw Request and any response.
+    def decode_request(self, request, **kwargs: Any) -> Job | Rejected:
+        """The request's images decoded for the model (a form or JSON object), or why it is refused."""
+        try:
+            uploads, options = parse(request, self.limits, self.settings.gradcam)
+            size = int(self.scorer.image_size)
+            images = [decode(upload, size, self.resample, self.limits, self.warn_at) for upload in uploads]
+            threshold = self.settings.threshold if options.threshold is None else options.threshold
+            if self.band is not None and not self.band[0] <= threshold <= self.band[1]:
+                raise Rejected(400, f"threshold={threshold} lies outside the model's unsure band {list(self.band)}; "
+                                    "send a threshold inside it")
+        except Rejected as refusal:
+            return refusal
+        return Job(images, options)
+
+    def predict(self, x: Any, **kwargs: Any) -> Any:
+        """Score every image of one request (``x``), or of a batch of requests (a list): one forward
+        pass over all of them, then Grad-CAM for the requests that asked."""
+        jobs = x if isinstance(x, list) else [x]
+        good = [job for job in jobs if isinstance(job, Job)]
+        images = [image for job in good for image in job.images]
+        if images:
+            p_real = self.scorer.p_real(np.stack([image.pixels for image in images]), self.settings.batch_size)
+            start = 0
+            for job in good:
+                job.results = self.answer(job, p_real[start:start + len(job.images)])
+                start += len(job.images)
+        return jobs if isinstance(x, list) else jobs[0]
+
+    def answer(self, job: Job, p_real: np.ndarray) -> list[dict[str, Any]]:
+        """One result per image of ``job``: numbers and verdict counted as predict.py counts them."""
+        threshold = self.settings.threshold if job.options.threshold is None else job.options.threshold
+        predicted = (p_real > threshold).astype(np.int64)
+        overlays: list[str | None] = [None] * len(job.images)
+        notes: list[str] = []
+        if job.options.gradcam and not self.scorer.explainable:
+            notes.append(f"no Grad-CAM: it needs a PyTorch checkpoint's gradients, and this server runs "
+                         f"{'a forest' if self.scorer.kind == 'forest' else 'an ONNX model'}")
+        elif job.options.gradcam and self.layer is None:
+            notes.append("no Grad-CAM: the checkpoint names no model.gradcam_layer (set gradcam_layer=<a layer>)")
+        elif job.options.gradcam:
+            overlays = self.overlays(np.stack([image.pixels for image in job.images]), predicted)
+        results = []
+        for image, p, c, overlay in zip(job.images, p_real.tolist(), predicted, overlays, strict=True):
+            label = self.scorer.classes[int(c)]
+            if self.band is not None and self.band[0] < p <= self.band[1]:
+                label = UNSURE
+            size = int(self.scorer.image_size)
+            resized = None if (image.width, image.height) == (size, size) else {
+                "from": [image.width, image.height], "to": [size, size], "resample": self.resample}
+            results.append({"name": image.name, "label": label, "p_real": p, "p_fake": 1.0 - p,
+                            "threshold": threshold, "unsure_band": None if self.band is None else list(self.band),
+                            "input": image.describe(), "resized": resized, "conversions": image.conversions,
+                            "warnings": image.warnings + notes, "gradcam": overlay})
+        return results
+
+    def overlays(self, pixels: np.ndarray, predicted: np.ndarray) -> list[str | None]:
+        """Grad-CAM overlays of the predicted class as PNG data URLs, drawn as predict.py draws them."""
+        from cifake.overlays import overlay_images  # torch and Grad-CAM: a checkpoint has loaded torch already
+
+        pictures = overlay_images(self.scorer.model, self.scorer.device, self.layer, pixels, predicted,
+                                  self.settings.gradcam_scale, self.settings.gradcam_alpha)
+        out: list[str | None] = []
+        for picture in pictures:
+            buffer = io.BytesIO()
+            picture.save(buffer, format="PNG")
+            out.append("data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"))
+        return out
+
+    def encode_response(self, output: Any, **kwargs: Any):  # unannotated result: see decode_request
+        """The request's JSON, or its refusal with the status that says whose fault it is."""
+        if isinstance(output, Rejected):
+            return JSONResponse({"error": output.reason}, status_code=output.status)
+        return {"model": self.model_identity, "images": output.results}

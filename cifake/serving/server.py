@@ -1,0 +1,51 @@
+"""The LitServer around :class:`~cifake.serving.api.DetectorAPI`: ``POST /predict`` behind the
+request guard, ``GET /`` the page to drop images on, ``GET /health`` and ``GET /info`` (LitServe's),
+and every refusal as ``{"error": reason}``."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from typing import Any
+
+import litserve as ls
+from fastapi import Request
+from starlette.exceptions import HTTPException
+from starlette.responses import HTMLResponse, JSONResponse
+
+from cifake.serving.api import DetectorAPI
+from cifake.serving.guard import RequestGuard
+
+PAGE = "page.html"  # package data beside this module: one static page, no build step, nothing fetched from elsewhere
+# LitServe's own wording for its errors, said so that a client knows what to do.
+REASONS = {504: "the request waited longer than request_timeout in the queue: the server is busy, try again",
+           500: "internal server error (the server's log has the details); the server is still running"}
+
+
+def page() -> str:
+    """The web page's HTML."""
+    return files("cifake.serving").joinpath(PAGE).read_text(encoding="utf-8")
+
+
+async def as_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """An HTTP error (LitServe's, or Starlette's for a malformed form) in the shape of every refusal."""
+    reason = REASONS.get(exc.status_code) if exc.status_code >= 500 else None
+    return JSONResponse({"error": reason or str(exc.detail)}, status_code=exc.status_code,
+                        headers=getattr(exc, "headers", None))
+
+
+def build_server(api: DetectorAPI, *, accelerator: str, workers: int, request_timeout: float, max_upload_bytes: int,
+                 api_key: str | None, api_key_header: str, metadata: dict[str, Any]) -> ls.LitServer:
+    """A LitServer for ``api`` (not started: ``server.run(...)``, or LitServe's test utilities)."""
+    guard = {"path": api.api_path, "max_bytes": max_upload_bytes, "api_key": api_key, "api_key_header": api_key_header}
+    server = ls.LitServer(api, accelerator=accelerator, devices="auto", workers_per_device=workers,
+                          timeout=request_timeout, model_metadata=metadata, middlewares=[(RequestGuard, guard)])
+    html = page()
+
+    async def index() -> HTMLResponse:
+        return HTMLResponse(html)
+
+    # LitServe answers GET / with "litserve running"; the page takes its place.
+    server.app.router.routes[:] = [r for r in server.app.router.routes if getattr(r, "path", None) != "/"]
+    server.app.add_api_route("/", index, methods=["GET"], include_in_schema=False)
+    server.app.add_exception_handler(HTTPException, as_error)
+    return server
