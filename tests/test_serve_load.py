@@ -1,0 +1,54 @@
+"""serve.py under load, for real: a server process on 127.0.0.1, batching on, concurrency 1, 8 and
+32, a fifth of the uploads bad. Every good answer carries the right number, every bad one is a 4xx
+naming its file, and the server is alive with its memory bounded at the end. Bounded in count and
+time; nothing here is timed (scripts/load_test.py measures, on a quiet machine)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests.test_export import make_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUESTS = 64  # per concurrency level
+GROWTH_MB = 300  # what the server's processes may grow by over all levels, after warm-up
+
+
+def load_test_module() -> ModuleType:
+    """scripts/load_test.py as a module (registered, as its dataclasses need)."""
+    if "load_test" in sys.modules:
+        return sys.modules["load_test"]
+    spec = importlib.util.spec_from_file_location("load_test", ROOT / "scripts" / "load_test.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["load_test"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def lt() -> ModuleType:
+    return load_test_module()
+
+
+def test_a_real_server_under_mixed_load(lt, tmp_path) -> None:
+    ckpt = make_checkpoint(tmp_path / "tiny.ckpt")
+    items = lt.payloads(ckpt, "32-true")
+    assert {p.p_real is None for p in items} == {True, False}
+    overrides = ["max_batch_size=16", "batch_timeout=0.02", "device=cpu", "precision=32-true", "log_level=warning",
+                 "request_timeout=60"]
+    with lt.running_server(ckpt, overrides) as server:
+        lt.load(server.url, lt.schedule(items, 16), 4)  # warm-up
+        warm = server.rss_mb()
+        assert warm > 0
+        for concurrency in (1, 8, 32):
+            level = lt.load(server.url, lt.schedule(items, REQUESTS, seed=concurrency), concurrency, timeout_s=120)
+            assert level.wrong == [], level.wrong[:5]
+            assert len(level.latencies_ms) == REQUESTS and level.bad >= REQUESTS // 6
+            assert server.alive(), server.log.read_text()[-3000:]
+        assert server.rss_mb() < warm + GROWTH_MB, f"{warm:.0f} MB after warm-up, {server.rss_mb():.0f} MB now"
+    assert server.process.poll() is not None, "the server did not stop"
