@@ -347,6 +347,22 @@ def test_compose_train_and_tensorboard_share_the_outputs() -> None:
     assert any(str(p).split(":")[-1] == "6006" for p in board["ports"])
 
 
+def test_compose_serve_runs_the_console_script_on_the_outputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = yaml.safe_load(COMPOSE.read_text())
+    serve, train = spec["services"]["serve"], spec["services"]["train"]
+    entrypoint = serve["entrypoint"]
+    assert entrypoint == ["cifake-serve"]
+    assert pyproject()["scripts"]["cifake-serve"] == "cifake.cli:serve"  # installed with the package in the image
+    overrides = [_interpolate(word) for word in serve["command"]]
+    cfg = compose_as_in_the_container(monkeypatch, "serve", overrides)
+    assert cfg.host == "0.0.0.0", "inside a container the server must listen on every interface"
+    assert cfg.ckpt_path.startswith("/outputs/") and cfg.hydra.run.dir.startswith("outputs/serve/runs/")
+    assert any(str(p).split(":") == [str(cfg.port), str(cfg.port)] for p in serve["ports"])
+    assert _mounts(serve)["/outputs"][0] == _mounts(train)["/outputs"][0], "serve reads the models training wrote"
+    probe = " ".join(serve["healthcheck"]["test"])
+    assert f"127.0.0.1:{cfg.port}/health" in probe
+
+
 # --- lint -------------------------------------------------------------------------------------------------------
 
 
