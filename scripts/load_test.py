@@ -133,11 +133,26 @@ def tree_rss_mb(pid: int) -> float:
     return total / 1024
 
 
+def group_members(pgid: int) -> list[int]:
+    """The live processes of process group ``pgid`` (zombies left out)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.append(int(entry.name))
+    return members
+
+
 @dataclass
 class Server:
     process: subprocess.Popen
     url: str
     log: Path
+    leftover: list[str] = field(default_factory=list)  # processes of its group still running after it stopped
 
     def alive(self) -> bool:
         try:
@@ -151,8 +166,8 @@ class Server:
 
 @contextmanager
 def running_server(ckpt: Path, overrides: Sequence[str] = (), startup_s: float = 240) -> Iterator[Server]:
-    """``serve.py`` for ``ckpt`` on a free port of 127.0.0.1, until the block ends; its process group
-    is stopped with SIGINT (LitServe's graceful shutdown), then killed if it lingers."""
+    """``serve.py`` for ``ckpt`` on a free port of 127.0.0.1, until the block ends; then stopped with
+    SIGTERM (serve.py shuts down as on Ctrl+C), and its process group killed if anything lingers."""
     port = free_port()
     work = Path(tempfile.mkdtemp(prefix="cifake-serve-"))
     log = work / "server.log"
@@ -171,12 +186,17 @@ def running_server(ckpt: Path, overrides: Sequence[str] = (), startup_s: float =
         yield server
     finally:
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGINT)
+            process.send_signal(signal.SIGTERM)
             try:
-                process.wait(timeout=40)
+                process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=10)
+        deadline = time.monotonic() + 15  # multiprocessing's resource tracker exits just after the server
+        while (left := group_members(process.pid)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        server.leftover = [" ".join(Path(f"/proc/{pid}/cmdline").read_text().split("\0")) for pid in left
+                           if Path(f"/proc/{pid}/cmdline").exists()]
         with contextlib.suppress(ProcessLookupError):  # what a graceful shutdown left behind in the group
             os.killpg(process.pid, signal.SIGKILL)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import signal
 import socket
 from typing import Any
 
@@ -149,10 +150,21 @@ def build(cfg: DictConfig) -> Any:
                         api_key_header=str(cfg.api_key_header), metadata=metadata)
 
 
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (``docker stop``, systemd, ``kill``) shut the server down as Ctrl+C does: LitServe
+    then stops its HTTP and inference workers and returns, instead of this process dying alone."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def run(cfg: DictConfig) -> None:
-    """Serve ``cfg.ckpt_path`` on ``cfg.host``:``cfg.port`` until stopped (Ctrl+C)."""
+    """Serve ``cfg.ckpt_path`` on ``cfg.host``:``cfg.port`` until stopped (Ctrl+C or SIGTERM)."""
     server = build(cfg)
     check_port_free(cfg.host, cfg.port)
+    stop_on_sigterm()
     shown = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
     model = server.model_metadata["model"]
     log.info("Serving %s (%s, %dx%d input) on http://%s:%d/ : the page at /, POST /predict, GET /health, GET /info%s",
