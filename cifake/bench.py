@@ -12,10 +12,13 @@ each at ``data.batch_size`` and at ``--large-batch``; and
 (d) precision: training and ``trainer.predict`` through train.py's path in float32 and bf16
     mixed precision, each with NCHW and NHWC (channels_last) convolutions, for the report's VGG
     at its batch of 32 and for ``experiment=cpu_fast``'s network at its batch of 128, against
-    float32 NCHW: what ``trainer.precision=auto`` and ``model.channels_last=auto`` choose from.
+    float32 NCHW: what ``trainer.precision=auto`` and ``model.channels_last=auto`` choose from;
+
+(e) degradations: train.py's training throughput of ``experiment=cpu_fast`` against
+    ``experiment=cpu_robust`` (the same network with ``data.degrade`` on), ``--sections degrade``.
 
     python -m cifake.bench [--steps 100] [--data-images 32000] [--warmup 10] [--repeats 3]
-                           [--large-batch 256] [--sections data,train,eval,precision]
+                           [--large-batch 256] [--sections data,train,eval,precision,degrade]
                            [--out outputs/bench.md] [train.py overrides: data.root=... ...]
 
 Each measurement runs ``warmup`` untimed batches then ``steps`` timed ones (the data path,
@@ -230,6 +233,21 @@ def precision_rows(rows: list[str], runs_log: list[str], overrides: list[str], t
                                                    for name, c in configs.items()}, reference, repeats, runs_log)
 
 
+# -- (e) training-time degradations ------------------------------------------------------------
+DEGRADE_RECIPES = {"cpu_fast (clean)": ["experiment=cpu_fast"],
+                   "cpu_robust (data.degrade on)": ["experiment=cpu_robust"]}
+
+
+def degrade_rows(rows: list[str], runs_log: list[str], overrides: list[str], tmp: str, steps: int, warmup: int,
+                 repeats: int) -> None:
+    """Section (e): train.py's training throughput of the same network without and with the
+    training-time degradations (``data.degrade``) of ``experiment=cpu_robust``."""
+    configs = {name: _compose([*extra, *overrides], tmp) for name, extra in DEGRADE_RECIPES.items()}
+    _compare(rows, "(e) training, degradations off vs on", {
+        name: lambda c=c: lightning_train_rate(c, steps, warmup) for name, c in configs.items()
+    }, next(iter(DEGRADE_RECIPES)), repeats, runs_log)
+
+
 # -- the table ---------------------------------------------------------------------------------
 def _compare(rows: list[str], title: str, paths: dict[str, Callable[[], float]], reference: str,
              repeats: int, runs_log: list[str]) -> None:
@@ -263,7 +281,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--large-batch", type=int, default=256, help="the second batch size")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="naive loader's worker processes")
     parser.add_argument("--sections", default="data,train,eval,precision",
-                        help="which of data,train,eval,precision to run")
+                        help="which of data,train,eval,precision,degrade to run")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench.md"), help="where the table is written")
     args, overrides = parser.parse_known_args(argv)
     sections = set(args.sections.split(","))
@@ -298,6 +316,8 @@ def main(argv: list[str] | None = None) -> str:
                 }, "bare no_grad loop", r, runs_log)
         if "precision" in sections:
             precision_rows(rows, runs_log, overrides, tmp, s, w, r)
+        if "degrade" in sections:
+            degrade_rows(rows, runs_log, overrides, tmp, s, w, r)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     table = "\n".join([
         f"Throughput on {device} (torch {torch.__version__}): {s} timed batches per training and evaluation "

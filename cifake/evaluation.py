@@ -15,9 +15,11 @@ from matplotlib.figure import Figure
 from cifake.audit import leaked_test_files
 from cifake.calibration import choose_threshold, choose_unsure_band, unsure_report
 from cifake.data.datamodule import CIFAKEDataModule
+from cifake.errors import ConfigError
 from cifake.explain import explained_sections, explanation_sets
 from cifake.report import Explained, Predictions, write_report, write_robustness_report
-from cifake.robustness import robustness_table, trained_with
+from cifake.robustness import condition_scores, robustness_table, trained_with
+from cifake.robustness import conditions as robustness_conditions
 from cifake.scoring import Scorer, check_threshold
 
 log = logging.getLogger(__name__)
@@ -50,16 +52,38 @@ def threshold_on_validation(scorer: Scorer, datamodule: CIFAKEDataModule, choice
     return float(threshold)
 
 
+UNSURE_CONDITIONS = ("clean", "trained")
+
+
 def unsure_band_on_validation(scorer: Scorer, datamodule: CIFAKEDataModule, threshold: float,
-                              target_precision: float) -> tuple[float, float]:
+                              target_precision: float, conditions: str = "clean",
+                              settings: dict[str, Any] | None = None) -> tuple[float, float]:
     """The narrowest band around ``threshold`` outside which both classes' validation answers reach
-    ``target_precision`` (:func:`cifake.calibration.choose_unsure_band`)."""
+    ``target_precision`` (:func:`cifake.calibration.choose_unsure_band`). ``conditions="trained"``:
+    on the clean validation images and under every condition of the robustness battery
+    (``settings["robustness"]``) the model trained on (``trained_with == "yes"``), the widest of
+    those bands, so the confident answers hold up on images degraded as in training; conditions
+    the model never trained on stay out of the choice, to be measured, not fitted."""
+    if conditions not in UNSURE_CONDITIONS:
+        raise ConfigError(f"unsure_conditions={conditions!r}; choose one of {list(UNSURE_CONDITIONS)}")
     val = score_split(scorer, datamodule, "validate")
-    band = choose_unsure_band(val.p_real, val.labels, threshold, target_precision, scorer.classes)
+    pairs: list[tuple[str, Any]] = [("none", None)]
+    cfg = (settings or {}).get("robustness") or {}
+    if conditions == "trained":
+        pairs += [(name, strength) for name, strength in robustness_conditions(cfg.get("perturbations") or {})
+                  if trained_with(name, strength, scorer.training) == "yes"]
+    bands = []
+    for name, strength in pairs:
+        p = val.p_real if name == "none" else condition_scores(
+            scorer.score, val.images, name, strength, (cfg.get("options") or {}).get(name),
+            datamodule.eval_batch, cfg.get("seed", 0))
+        bands.append(choose_unsure_band(p, val.labels, threshold, target_precision, scorer.classes))
+    band = (min(b[0] for b in bands), max(b[1] for b in bands))
     report = unsure_report(val.p_real, val.labels, band)
-    log.info("Unsure band chosen on the validation split (%d images, precision >= %g each side): (%.4f, %.4f]; "
-             "coverage %.4f, accuracy of the confident answers %s", len(val.labels), target_precision, *band,
-             report["coverage"], report["confident_accuracy"])
+    log.info("Unsure band chosen on the validation split (%d images, %d condition%s, precision >= %g each side): "
+             "(%.4f, %.4f]; clean coverage %.4f, accuracy of the confident answers %s", len(val.labels), len(pairs),
+             "" if len(pairs) == 1 else "s", target_precision, *band, report["coverage"],
+             report["confident_accuracy"])
     return band
 
 

@@ -62,22 +62,12 @@ def robustness_table(score: Callable[[np.ndarray], np.ndarray], images: np.ndarr
     for name, strength in pairs:
         perturb(name, probe, strength, torch.Generator().manual_seed(seed), options.get(name))
 
-    starts = range(0, len(images), batch_size)
     rows = []
-    with (tqdm(total=len(pairs) * len(images), desc=progress, unit="img", disable=progress is None,
-               mininterval=1) as bar, torch.inference_mode()):
+    with tqdm(total=len(pairs) * len(images), desc=progress, unit="img", disable=progress is None,
+              mininterval=1) as bar:
         for name, strength in pairs:
-            generator = torch.Generator().manual_seed(seed)
-            p_real = []
-            for start in starts:
-                batch = torch.tensor(images[start:start + batch_size])  # a copy: the array may be read-only
-                batch = perturb(name, batch, strength, generator, options.get(name))
-                p = torch.from_numpy(np.asarray(score(batch.cpu().numpy()), dtype=np.float32).reshape(-1))
-                if len(p) != len(batch):
-                    raise ValueError(f"score returned {len(p)} probabilities for {len(batch)} images")
-                p_real.append(p)
-                bar.update(len(batch))
-            scores = torch.cat(p_real)
+            scores = torch.from_numpy(condition_scores(score, images, name, strength, options.get(name), batch_size,
+                                                       seed, bar.update))
             report = binary_report(scores, torch.from_numpy(labels).long(), float(threshold))
             row = {"perturbation": name, "strength": strength, "accuracy": report["accuracy"],
                    "auroc": report["auroc"], "n": report["n"]}
@@ -86,6 +76,27 @@ def robustness_table(score: Callable[[np.ndarray], np.ndarray], images: np.ndarr
                 row.update(coverage=unsure["coverage"], confident_accuracy=unsure["confident_accuracy"])
             rows.append(row)
     return rows
+
+
+def condition_scores(score: Callable[[np.ndarray], np.ndarray], images: np.ndarray, name: str, strength: Strength,
+                     options: Mapping[str, Any] | None, batch_size: int, seed: int,
+                     done: Callable[[int], Any] | None = None) -> np.ndarray:
+    """p(REAL) of ``images`` after perturbation ``name`` at ``strength``, ``batch_size`` at a time;
+    the noise comes from a generator seeded with ``seed``, so a condition's scores do not depend
+    on what was scored before. ``done(n)`` is told after each batch (a progress bar)."""
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            batch = torch.tensor(images[start:start + batch_size])  # a copy: the array may be read-only
+            batch = perturb(name, batch, strength, generator, options)
+            p = np.asarray(score(batch.cpu().numpy()), dtype=np.float32).reshape(-1)
+            if len(p) != len(batch):
+                raise ValueError(f"score returned {len(p)} probabilities for {len(batch)} images")
+            out.append(p)
+            if done is not None:
+                done(len(batch))
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
 def _number(value: float | None, digits: int = 4) -> str:

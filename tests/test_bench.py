@@ -33,3 +33,15 @@ def test_bench_compares_precisions_and_layouts_for_both_networks(tmp_path: Path)
     assert [r[1] for r in rows[:4]] == list(bench.PRECISIONS)
     assert all(float(r[2].replace(",", "")) > 0 for r in rows)
     assert all(float(r[3]) == 1.00 for r in rows[::4])  # float32 NCHW is each group's reference
+
+
+def test_bench_times_training_with_and_without_degradations(tmp_path: Path) -> None:
+    out = tmp_path / "bench.md"
+    demo = [o for o in tiny_demo_overrides() if not o.startswith(("model.", "data.batch_size", "data.demo."))]
+    bench.main(["--steps", "2", "--warmup", "1", "--repeats", "1", "--sections", "degrade", "--out", str(out),
+                f"paths.cache_dir={tmp_path / 'cache'}", "data.demo.train_per_class=200",
+                "data.demo.test_per_class=80", *demo])
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in out.read_text().splitlines()
+            if line.startswith("| (e)")]
+    assert [r[1] for r in rows] == list(bench.DEGRADE_RECIPES)
+    assert float(rows[0][3]) == 1.00 and float(rows[1][2].replace(",", "")) > 0

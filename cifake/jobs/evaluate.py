@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from cifake import schemas  # noqa: F401  (registers the config schemas)
 from cifake.errors import require
-from cifake.evaluation import evaluate_model, leaking_test_files
+from cifake.evaluation import evaluate_model, leaking_test_files, unsure_band_on_validation
 from cifake.metrics import report_scalars
 from cifake.scoring import check_threshold, open_scorer, resolve_band
 from cifake.tracking import log_hparams, run_hparams
@@ -37,7 +37,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data, _convert_="all")
     exclude = leaking_test_files(datamodule, cfg.leak_near_distance) if cfg.exclude_leaks else None
     loggers = instantiate_all(cfg.get("logger"))
-    band = resolve_band(cfg.get("unsure_band", "auto"), scorer, cfg.threshold)
+    if cfg.get("unsure_precision"):  # chosen now on validation, as train.py would (not stored)
+        band = unsure_band_on_validation(scorer, datamodule, cfg.threshold, cfg.unsure_precision,
+                                         cfg.get("unsure_conditions", "clean"), cfg.report)
+    else:
+        band = resolve_band(cfg.get("unsure_band", "auto"), scorer, cfg.threshold)
     report = evaluate_model(scorer, datamodule, cfg.threshold, Path(cfg.paths.output_dir), cfg.report, loggers,
                             threshold_choice=cfg.threshold_choice, robustness=cfg.robustness, exclude=exclude,
                             band=band)

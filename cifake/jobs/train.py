@@ -56,7 +56,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             raise ConfigError("unsure_precision stores its band in a network's checkpoint; the forest has none: "
                               "leave unsure_precision=null for model=rf")
         if cfg.get("unsure_precision"):
-            band = unsure_band_on_validation(scorer, datamodule, cfg.threshold, cfg.unsure_precision)
+            band = unsure_band_on_validation(scorer, datamodule, cfg.threshold, cfg.unsure_precision,
+                                             cfg.get("unsure_conditions", "clean"), cfg.report)
             record_unsure_band(best, band)
         if cfg.get("evaluate"):
             exclude = leaking_test_files(datamodule, cfg.leak_near_distance) if cfg.get("exclude_leaks") else None
