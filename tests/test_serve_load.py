@@ -43,14 +43,14 @@ def test_a_real_server_under_mixed_load(lt, tmp_path) -> None:
                  "request_timeout=60"]
     with lt.running_server(ckpt, overrides) as server:
         lt.load(server.url, lt.schedule(items, 16), 4)  # warm-up
-        warm = server.rss_mb()
+        warm = server.memory_mb()
         assert warm > 0
         for concurrency in (1, 8, 32):
             level = lt.load(server.url, lt.schedule(items, REQUESTS, seed=concurrency), concurrency, timeout_s=120)
             assert level.wrong == [], level.wrong[:5]
             assert len(level.latencies_ms) == REQUESTS and level.bad >= REQUESTS // 6
             assert server.alive(), server.log.read_text()[-3000:]
-        assert server.rss_mb() < warm + GROWTH_MB, f"{warm:.0f} MB after warm-up, {server.rss_mb():.0f} MB now"
+        assert server.memory_mb() < warm + GROWTH_MB, f"{warm:.0f} MB after warm-up, {server.memory_mb():.0f} MB now"
     # SIGTERM stops it as Ctrl+C does: its HTTP and inference workers stop with it.
     assert server.process.returncode == 0, server.log.read_text()[-3000:]
     assert server.leftover == [], f"processes left running: {server.leftover}"
