@@ -427,6 +427,7 @@ def test_a_forest_is_served_with_predicts_numbers(files, tmp_path_factory) -> No
     (["unsure_band=[0.6,0.7]"], "unsure band [0.6, 0.7] must satisfy"),
     (["device=tpu"], "device='tpu'"),
     (["resample=cubic"], "resample='cubic'"),
+    (["gradcam_layer=net.nowhere"], "Grad-CAM layer 'net.nowhere' is not in this model"),
 ])
 def test_mistakes_are_refused_before_anything_starts(files, tmp_path, overrides, message) -> None:
     with pytest.raises(ConfigError) as raised:

@@ -130,6 +130,10 @@ def build(cfg: DictConfig) -> Any:
     if settings.gradcam and scorer.explainable and layer is None:
         raise ConfigError("gradcam=true, but the checkpoint names no model.gradcam_layer; set gradcam_layer=<a "
                           "layer>, e.g. net.features.1.3")
+    if scorer.explainable and layer is not None:  # a mistyped layer: one line now, not a 500 per request later
+        from cifake.explain import resolve_layer  # torch and Grad-CAM: a checkpoint has loaded torch already
+
+        resolve_layer(scorer.model, layer)
     if settings.gradcam and not scorer.explainable:
         log.warning("gradcam=true, but Grad-CAM needs a PyTorch checkpoint's gradients and %s is %s: responses "
                     "carry no overlay", settings.path, "a forest" if scorer.kind == "forest" else "an ONNX model")

@@ -137,7 +137,13 @@ class DetectorAPI(ls.LitAPI):
         elif job.options.gradcam and self.layer is None:
             notes.append("no Grad-CAM: the checkpoint names no model.gradcam_layer (set gradcam_layer=<a layer>)")
         elif job.options.gradcam:
-            overlays = self.overlays(np.stack([image.pixels for image in job.images]), predicted)
+            try:
+                overlays = self.overlays(np.stack([image.pixels for image in job.images]), predicted)
+            # An explanation that fails (out of memory, say) must not take the verdicts of this request, or of
+            # the others batched with it, down with it: they are answered, with a note, and the log has why.
+            except Exception as err:
+                log.exception("Grad-CAM failed")
+                notes.append(f"no Grad-CAM: it failed on the server ({type(err).__name__})")
         results = []
         for image, p, c, overlay in zip(job.images, p_real.tolist(), predicted, overlays, strict=True):
             label = self.scorer.classes[int(c)]
