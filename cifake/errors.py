@@ -73,7 +73,7 @@ _GPU_SCORING = ("this run asks for a GPU but PyTorch finds none ({message}): pas
                 "trainer.accelerator=cpu to evaluate.py or train.py, or run it on a machine with CUDA")
 
 # Matched in order against each exception of the chain (the raised one first, then its causes:
-# Hydra's instantiate wraps a constructor's error in its own).
+# Hydra's instantiate raises its own from a constructor's error).
 KNOWN_ERRORS: tuple[KnownError, ...] = (
     KnownError("MisconfigurationException", r"No supported gpu backend found|can not run on your system", _GPU),
     KnownError("RuntimeError", r"Found no NVIDIA driver|Torch not compiled with CUDA enabled|No CUDA GPUs are "
@@ -102,12 +102,13 @@ KNOWN_ERRORS: tuple[KnownError, ...] = (
 
 
 def _chain(err: BaseException | None) -> Iterator[BaseException]:
-    """``err``, then the exceptions it was raised from or while handling (each once)."""
+    """``err``, then the exceptions it was raised from (``raise ... from``), each once. Not those
+    it was raised while handling: a bug in an ``except`` block keeps its traceback."""
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         yield err
-        err = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+        err = err.__cause__
 
 
 def _one_line(text: str) -> str:
@@ -125,12 +126,18 @@ def known_error(err: BaseException) -> tuple[KnownError, BaseException] | None:
     return None
 
 
+def _cifake_cause(err: BaseException) -> CifakeError | None:
+    """The :class:`CifakeError` behind ``err``: itself, or one that Hydra's ``instantiate``
+    wrapped in an ``InstantiationException`` (raised from a constructor)."""
+    return next((link for link in _chain(err) if isinstance(link, CifakeError)), None)
+
+
 def user_message(err: BaseException) -> str | None:
-    """What to tell the user about ``err``: the message of a :class:`CifakeError` in its chain,
-    else the hint of its :func:`known_error`; ``None`` for a bug."""
-    for link in _chain(err):
-        if isinstance(link, CifakeError):
-            return str(link)
+    """What to tell the user about ``err``: the message of its :class:`CifakeError`, else the hint
+    of its :func:`known_error`; ``None`` for a bug."""
+    ours = _cifake_cause(err)
+    if ours is not None:
+        return str(ours)
     found = known_error(err)
     if found is None:
         return None

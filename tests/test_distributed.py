@@ -41,53 +41,57 @@ def step(model: nn.Module, x: torch.Tensor, target: torch.Tensor, autocast: bool
     return found
 
 
-def _rank(rank: int, port: int, autocast: bool, results: mp.Queue) -> None:
+def _rank(rank: int, port: int, results: mp.Queue) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=len(SIZES))
     try:
-        model = _swap(net(), to_global=True)
         x, target = batch()
-        start = sum(SIZES[:rank])
-        found = step(model, x[start:start + SIZES[rank]], target[start:start + SIZES[rank]], autocast)
-        for name, value in found.items():
-            if name.startswith("grad/"):  # each rank holds its part; DDP would add them up
-                dist.all_reduce(value)
-        results.put((rank, {k: v.numpy() for k, v in found.items()}))
+        start, stop = sum(SIZES[:rank]), sum(SIZES[:rank + 1])
+        found = {}
+        for autocast in (False, True):
+            for name, value in step(_swap(net(), to_global=True), x[start:stop], target[start:stop], autocast).items():
+                if name.startswith("grad/"):  # each rank holds its part; DDP would add them up
+                    dist.all_reduce(value)
+                found[(autocast, name)] = value.numpy()
+        results.put((rank, found))
     finally:
         dist.destroy_process_group()
 
 
-def two_ranks(autocast: bool) -> dict[str, torch.Tensor]:
-    """What two gloo processes computed, the per-rank parts put back together."""
+@pytest.fixture(scope="module")
+def two_ranks() -> dict[bool, dict[str, torch.Tensor]]:
+    """What two gloo processes computed, without and with bf16 autocast, their parts put together."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    procs = [ctx.Process(target=_rank, args=(rank, port, autocast, results)) for rank in range(len(SIZES))]
+    procs = [ctx.Process(target=_rank, args=(rank, port, results)) for rank in range(len(SIZES))]
     for p in procs:
         p.start()
     parts = dict(results.get(timeout=120) for _ in procs)
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
-    joined = {}
-    for name in parts[0]:
+    joined: dict[bool, dict[str, torch.Tensor]] = {False: {}, True: {}}
+    for autocast, name in parts[0]:
+        key = (autocast, name)
         if name in ("out", "input_grad"):
-            joined[name] = torch.cat([torch.from_numpy(parts[r][name]) for r in range(len(SIZES))])
+            value = torch.cat([torch.from_numpy(parts[r][key]) for r in range(len(SIZES))])
         else:
-            assert (parts[0][name] == parts[1][name]).all(), name  # every rank agrees
-            joined[name] = torch.from_numpy(parts[0][name])
+            assert (parts[0][key] == parts[1][key]).all(), name  # every rank agrees
+            value = torch.from_numpy(parts[0][key])
+        joined[autocast][name] = value
     return joined
 
 
 @pytest.mark.parametrize(("autocast", "rtol"), [(False, 1e-5), (True, 2e-2)])
-def test_two_processes_normalise_like_one_process_with_the_whole_batch(autocast: bool, rtol: float) -> None:
+def test_two_processes_normalise_like_one_process_with_the_whole_batch(two_ranks, autocast: bool, rtol: float) -> None:
     # Within rtol of each tensor's largest value (at least 1: the conv bias ahead of batch-norm has a
     # gradient of zero, up to rounding). float32: the same sums in another order; 1e-5 leaves room
     # for that, not for a wrong statistic (per-rank statistics move the outputs by about 1).
     # bf16 autocast: the convolutions round to 8 bits.
-    distributed = two_ranks(autocast)
+    distributed = two_ranks[autocast]
     x, target = batch()
     single = step(net(), x, target, autocast)  # plain batch-norm over all 8 images
     assert distributed.keys() == single.keys()

@@ -77,6 +77,17 @@ def test_a_bug_is_not_dressed_up(bug: BaseException) -> None:
         friendly_errors(job)({})
 
 
+def test_a_bug_while_handling_a_known_error_keeps_its_traceback() -> None:
+    def job(cfg):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "/x")
+        except OSError:
+            return {}["missing"]  # a bug in the handler, not a full disk
+
+    with pytest.raises(KeyError):
+        friendly_errors(job)({})
+
+
 def test_our_own_error_wins_over_the_library_error_behind_it(capsys) -> None:
     def job(cfg):
         try:
