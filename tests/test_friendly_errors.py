@@ -124,7 +124,7 @@ def one_error_line(proc: subprocess.CompletedProcess, *fragments: str) -> str:
 
 @pytest.mark.parametrize(("script", "fragment"), [
     ("train.py", "data.root"), ("evaluate.py", "ckpt_path is required"), ("predict.py", "ckpt_path is required"),
-    ("export.py", "ckpt_path is required"), ("audit.py", "data.root"),
+    ("export.py", "ckpt_path is required"), ("audit.py", "data.root"), ("serve.py", "ckpt_path is required"),
 ])
 def test_every_entry_script_without_its_mandatory_keys(tmp_path: Path, script: str, fragment: str) -> None:
     one_error_line(run(script, tmp_path), fragment)
