@@ -385,7 +385,9 @@ def test_onnx_behind_a_key_gives_predicts_numbers_and_unsure(onnx_client, files)
 # --- a forest, through the API's own methods (no worker process) ------------------------------------------------
 
 
-def test_a_forest_is_served_with_predicts_numbers(files, tmp_path_factory) -> None:
+def test_a_forest_is_served_with_predicts_numbers(files, tmp_path_factory, monkeypatch) -> None:
+    # setup() sets Pillow's process-wide bomb guard, as a worker should: undone after this test.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
     tmp = tmp_path_factory.mktemp("forest")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", [f"paths.output_dir={tmp / 'forest'}", f"paths.cache_dir={tmp / 'cache'}",
@@ -398,6 +400,7 @@ def test_a_forest_is_served_with_predicts_numbers(files, tmp_path_factory) -> No
     rows = predict_rows(tmp, "p_forest", forest, files["folder"])
     api = serve_job.build(serve_cfg(tmp / "s_forest", forest, *SMALL)).lit_api
     api.setup("cpu")
+    assert Image.MAX_IMAGE_PIXELS == 1000000  # max_image_pixels, set explicitly
     names = ["0.jpg", "photo.jpg", "grey.png"]
     form = FormData([("file", UploadFile(io.BytesIO(files["bytes"][n]), filename=n)) for n in names])
     job = api.decode_request(form)
