@@ -220,7 +220,7 @@ def test_a_users_config_folder_adds_to_the_shipped_groups(installed: Installed) 
         assert "task_name: mine" in cfg and "max_epochs: 3" in cfg and "ResNet" in cfg, where
         # The shipped configs come first: a file of the same name as a shipped one is not used.
         assert "task_name: demo" in job_config(*where, "experiment=demo"), where
-    assert "experiment: best, cpu_best, cpu_fast, demo, mine, reference" in ok(
+    assert "experiment: best, cpu_best, cpu_fast, cpu_robust, demo, mine, reference" in ok(
         installed.run("cifake-train", "--config-dir", str(mine), "--help")).stdout
     # A primary config of one's own: --config-dir only (hydra.searchpath is read after the primary config).
     assert "seed: 7" in job_config("--config-dir", str(mine), "--config-name", "my_train")
