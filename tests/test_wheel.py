@@ -161,7 +161,8 @@ def test_every_console_script_answers_help_and_cfg(installed: Installed) -> None
         hydra_cfg = ok(installed.run(f"cifake-{job}", "--cfg", "hydra")).stdout
         assert f"name: {job}\n" in hydra_cfg  # hydra.job.name: the run's <job>.log, as from python <job>.py
         assert f"path: {shipped}\n" in hydra_cfg
-    assert "experiment: best, cpu_best, cpu_fast, cpu_robust, demo, reference" in ok(installed.run("cifake-train", "--help")).stdout
+    train_help = ok(installed.run("cifake-train", "--help")).stdout
+    assert "experiment: best, cpu_best, cpu_fast, cpu_robust, demo, reference" in train_help
     overridden = ok(installed.run("cifake-train", "experiment=demo", "trainer.max_epochs=7", "--cfg", "job")).stdout
     assert "task_name: demo" in overridden and "max_epochs: 7" in overridden
 
