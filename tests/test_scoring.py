@@ -25,11 +25,9 @@ from tests.test_export import compose_job, export_tiny, generated_images
 DATA = [o for o in tiny_demo_overrides() if o.startswith(("data", "trainer.accelerator"))]
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, Path]:
-    """A tiny checkpoint, its ONNX export and a forest fitted on the demo data."""
-    tmp = tmp_path_factory.mktemp("scoring")
-    ckpt, onnx_path, _ = export_tiny(tmp)
+def fit_tiny_forest(tmp: Path) -> Path:
+    """A small forest fitted on the tiny demo data by train.py's job (cache under ``tmp/cache``);
+    returns its ``.skops``."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", [f"paths.output_dir={tmp / 'forest'}", f"paths.cache_dir={tmp / 'cache'}",
                                 *[o for o in tiny_demo_overrides() if not o.startswith("model.")],
@@ -37,7 +35,15 @@ def models(tmp_path_factory) -> dict[str, Path]:
     with open_dict(cfg):
         cfg.pop("hydra", None)
     train_job.run(cfg)
-    return {"ckpt": ckpt, "onnx": onnx_path, "forest": tmp / "forest" / "checkpoints" / "forest.skops",
+    return tmp / "forest" / "checkpoints" / "forest.skops"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """A tiny checkpoint, its ONNX export and a forest fitted on the demo data."""
+    tmp = tmp_path_factory.mktemp("scoring")
+    ckpt, onnx_path, _ = export_tiny(tmp)
+    return {"ckpt": ckpt, "onnx": onnx_path, "forest": fit_tiny_forest(tmp),
             "cache": tmp / "cache", "tmp": tmp}
 
 

@@ -8,12 +8,10 @@ from __future__ import annotations
 import base64
 import io
 import json
-import struct
 import subprocess
 import sys
 import time
 import warnings
-import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -22,9 +20,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from litserve.utils import wrap_litserve_start
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from PIL import Image
 from starlette.datastructures import FormData, UploadFile
 
@@ -36,27 +33,20 @@ from cifake.data.decode import decode_image
 from cifake.errors import ConfigError
 from cifake.jobs import predict as predict_job
 from cifake.jobs import serve as serve_job
-from cifake.jobs import train as train_job
 from cifake.serving.api import Job
 from cifake.serving.uploads import Limits, Rejected, Upload, WarnAt, decode
-from tests.conftest import CONF_DIR, tiny_demo_overrides, write_image
+from tests.conftest import write_image
 from tests.test_export import compose_job, export_tiny
+from tests.test_scoring import fit_tiny_forest
+from tests.test_serve_load import load_test_module
+
+bomb_png = load_test_module().bomb_png  # the same hostile PNG the load test sends
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY_ENV, KEY = "CIFAKE_TEST_API_KEY", "s3cret-key"
 # Small limits, so that the refusals are cheap to provoke; float32, as predict.py is run below.
 SMALL = ["max_upload_mb=1", "max_images=4", "max_image_pixels=1000000", "device=cpu", "precision=32-true",
          "gradcam_scale=8"]
-
-
-def bomb_png(width: int = 50_000, height: int = 50_000) -> bytes:
-    """A PNG whose header claims ``width`` x ``height`` pixels (7.5 GB of RGB) in a few bytes."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + \
-        chunk(b"IEND", b"")
 
 
 def make_images(folder: Path) -> list[str]:
@@ -389,14 +379,7 @@ def test_a_forest_is_served_with_predicts_numbers(files, tmp_path_factory, monke
     # setup() sets Pillow's process-wide bomb guard, as a worker should: undone after this test.
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
     tmp = tmp_path_factory.mktemp("forest")
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", [f"paths.output_dir={tmp / 'forest'}", f"paths.cache_dir={tmp / 'cache'}",
-                                *[o for o in tiny_demo_overrides() if not o.startswith("model.")],
-                                "model=rf", "model.n_estimators=20", "model.n_jobs=1"])
-    with open_dict(cfg):
-        cfg.pop("hydra", None)
-    train_job.run(cfg)
-    forest = tmp / "forest" / "checkpoints" / "forest.skops"
+    forest = fit_tiny_forest(tmp)
     rows = predict_rows(tmp, "p_forest", forest, files["folder"])
     api = serve_job.build(serve_cfg(tmp / "s_forest", forest, *SMALL)).lit_api
     api.setup("cpu")
