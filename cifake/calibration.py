@@ -20,6 +20,9 @@ from cifake.errors import ConfigError
 
 METHODS = ("f1", "precision")
 
+# A hair below a target precision still reaches it, so that e.g. 97/100 counts as 0.97 whatever the rounding.
+PRECISION_TOLERANCE = 1e-12
+
 
 def _check(p_real: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Float64 probabilities in [0, 1] and 0/1 labels of the same 1-D shape."""
@@ -157,8 +160,7 @@ def choose_threshold(p_real: ArrayLike, labels: ArrayLike, method: str = "f1", t
         return float(sweep.threshold[int(np.argmax(sweep.f1))])
     if target_precision is None or not 0 < target_precision <= 1:
         raise ConfigError(f"method 'precision' needs target_precision in (0, 1], got {target_precision}")
-    # A hair of tolerance so that e.g. 4/5 counts as reaching 0.8 whatever the rounding.
-    reached = np.flatnonzero(sweep.precision >= target_precision - 1e-12)
+    reached = np.flatnonzero(sweep.precision >= target_precision - PRECISION_TOLERANCE)
     if len(reached) == 0:
         best = int(np.argmax(sweep.precision))
         raise ConfigError(
@@ -186,11 +188,10 @@ def choose_unsure_band(p_real: ArrayLike, labels: ArrayLike, threshold: float, t
         raise ConfigError(f"unsure target_precision must lie in (0, 1], got {target_precision}")
     if not 0 <= threshold <= 1:
         raise ConfigError(f"threshold={threshold} must lie in [0, 1]")
-    tolerance = 1e-12  # so that e.g. 97/100 counts as reaching 0.97 whatever the rounding
     real = threshold_sweep(p_real, labels, classes[1], classes)
     fake = threshold_sweep(p_real, labels, classes[0], classes)
-    ok_high = (real.threshold >= threshold) & (real.precision >= target_precision - tolerance)
-    ok_low = (fake.threshold <= threshold) & (fake.precision >= target_precision - tolerance)
+    ok_high = (real.threshold >= threshold) & (real.precision >= target_precision - PRECISION_TOLERANCE)
+    ok_low = (fake.threshold <= threshold) & (fake.precision >= target_precision - PRECISION_TOLERANCE)
     high = float(real.threshold[ok_high].min()) if ok_high.any() else 1.0
     low = float(fake.threshold[ok_low].max()) if ok_low.any() else 0.0
     return min(low, threshold), max(high, threshold)
