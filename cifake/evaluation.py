@@ -32,19 +32,38 @@ def leaking_test_files(datamodule: CIFAKEDataModule, near_distance: int | None) 
     return {str(root / path) for path in leaked_test_files(datamodule, near_distance)}
 
 
-def score_split(scorer: Scorer, datamodule: CIFAKEDataModule, stage: str) -> Predictions:
-    """p(REAL) of every image of the ``stage`` set (``validate`` or ``test``), in row order."""
+Limit = int | float | None
+
+
+def limited(indices: np.ndarray, batch: int, limit: Limit) -> np.ndarray:
+    """The first batches of ``indices`` that ``limit`` keeps, read as Lightning reads
+    ``trainer.limit_predict_batches``: a float up to 1.0 is a fraction of the batches, an int a
+    number of them, ``None`` all."""
+    if limit is None:
+        return indices
+    if limit <= 0:
+        raise ConfigError(f"trainer.limit_predict_batches={limit}: evaluation needs at least one batch; "
+                          "leave it null to score every image")
+    n_batches = -(-len(indices) // batch)
+    keep = max(1, int(n_batches * limit)) if isinstance(limit, float) and limit <= 1.0 else min(int(limit), n_batches)
+    return indices[:keep * batch]
+
+
+def score_split(scorer: Scorer, datamodule: CIFAKEDataModule, stage: str, limit: Limit = None) -> Predictions:
+    """p(REAL) of the images of the ``stage`` set (``validate`` or ``test``), in row order: every
+    image, or the first ``limit`` batches of the set's fixed shuffled order (both classes)."""
     datamodule.setup("fit" if stage == "validate" else "test")
     images = datamodule.val_set if stage == "validate" else datamodule.test_set
-    rows = np.sort(images.indices)
+    rows = np.sort(limited(np.asarray(images.indices), datamodule.eval_batch, limit))
     p_real = scorer.p_real(images.split.images[rows], datamodule.eval_batch, progress=f"Scoring ({stage})")
     return Predictions.of_rows(images.split, rows, p_real)
 
 
-def threshold_on_validation(scorer: Scorer, datamodule: CIFAKEDataModule, choice: dict[str, Any]) -> float:
+def threshold_on_validation(scorer: Scorer, datamodule: CIFAKEDataModule, choice: dict[str, Any],
+                            limit: Limit = None) -> float:
     """The threshold ``choice["method"]`` picks on the validation split (see
     :func:`cifake.calibration.choose_threshold`), to be used on the test split."""
-    val = score_split(scorer, datamodule, "validate")
+    val = score_split(scorer, datamodule, "validate", limit)
     threshold = choose_threshold(val.p_real, val.labels, choice["method"], choice.get("target_precision"),
                                  choice.get("positive", scorer.classes[1]), scorer.classes)
     log.info("Threshold chosen on the validation split (%d images, %s): %.4f", len(val.labels), choice["method"],
@@ -57,7 +76,7 @@ UNSURE_CONDITIONS = ("clean", "trained")
 
 def unsure_band_on_validation(scorer: Scorer, datamodule: CIFAKEDataModule, threshold: float,
                               target_precision: float, conditions: str = "clean",
-                              settings: dict[str, Any] | None = None) -> tuple[float, float]:
+                              settings: dict[str, Any] | None = None, limit: Limit = None) -> tuple[float, float]:
     """The narrowest band around ``threshold`` outside which both classes' validation answers reach
     ``target_precision`` (:func:`cifake.calibration.choose_unsure_band`). ``conditions="trained"``:
     on the clean validation images and under every condition of the robustness battery
@@ -66,7 +85,7 @@ def unsure_band_on_validation(scorer: Scorer, datamodule: CIFAKEDataModule, thre
     the model never trained on stay out of the choice, to be measured, not fitted."""
     if conditions not in UNSURE_CONDITIONS:
         raise ConfigError(f"unsure_conditions={conditions!r}; choose one of {list(UNSURE_CONDITIONS)}")
-    val = score_split(scorer, datamodule, "validate")
+    val = score_split(scorer, datamodule, "validate", limit)
     pairs: list[tuple[str, Any]] = [("none", None)]
     cfg = (settings or {}).get("robustness") or {}
     if conditions == "trained":
@@ -120,18 +139,20 @@ def forest_figures(scorer: Scorer, datamodule: CIFAKEDataModule, pred: Predictio
 def evaluate_model(scorer: Scorer, datamodule: CIFAKEDataModule, threshold: float, out_dir: Path,
                    settings: dict[str, Any], loggers: list, step: int = 0,
                    threshold_choice: dict[str, Any] | None = None, robustness: bool = False,
-                   exclude: set[str] | None = None, band: tuple[float, float] | None = None) -> dict[str, Any]:
+                   exclude: set[str] | None = None, band: tuple[float, float] | None = None,
+                   limit: Limit = None) -> dict[str, Any]:
     """Score ``scorer`` on the test split and write the report (:func:`cifake.report.write_report`).
     With ``threshold_choice["method"]`` the threshold is chosen on the validation split first;
     with ``robustness`` the test split is scored again under perturbations; ``exclude``: files
     whose metrics also go in without them (``leak_free``); with an unsure ``band``, coverage and the
-    accuracy of the confident answers go in as ``unsure`` (and into the robustness rows). Returns
-    the metrics."""
+    accuracy of the confident answers go in as ``unsure`` (and into the robustness rows); ``limit``:
+    score only the first batches of each set (``trainer.limit_predict_batches``). Returns the
+    metrics."""
     check_threshold(threshold)
     scorer.check_image_size(datamodule.hparams.image_size)
     if threshold_choice and threshold_choice.get("method"):
-        threshold = threshold_on_validation(scorer, datamodule, threshold_choice)
-    pred = score_split(scorer, datamodule, "test")
+        threshold = threshold_on_validation(scorer, datamodule, threshold_choice, limit)
+    pred = score_split(scorer, datamodule, "test", limit)
     explained, extra = None, None
     if settings["figures"]:
         explained = explain(scorer, pred, threshold, settings)

@@ -256,5 +256,6 @@ def test_real_cifake_duplicates_and_leaks(compose_cfg, tmp_path: Path) -> None:
     # Near duplicates contain the exact ones.
     assert near["groups"] <= exact["distinct"] and near["test_leaks"]["exact"] == 378
     assert near["test_leaks"]["total"] >= 378
-    leaked = leaked_test_files(root, cache)
-    assert len(leaked) == 378 and leaked <= leaked_test_files(root, cache, near_distance=NEAR)
+    data = CIFAKEDataModule(root=str(root), cache_dir=cache)
+    leaked = leaked_test_files(data)
+    assert len(leaked) == 378 and leaked <= leaked_test_files(data, near_distance=NEAR)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cifake.errors import ConfigError
 from cifake.jobs import evaluate as evaluate_job
 from cifake.jobs import train as train_job
 from cifake.models.classifier import Classifier
@@ -78,6 +79,17 @@ def test_evaluate_job_writes_metrics_json(compose_cfg, tmp_path) -> None:
     ev = compose_cfg("evaluate", [*data, f"ckpt_path={ckpt}", f"paths.output_dir={tmp_path / 'ev'}"])
     report = evaluate_job.run(ev)
     assert report == check_metrics_file(tmp_path / "ev" / "metrics.json", n=48)
+
+    # trainer.limit_predict_batches caps what is scored, as Lightning reads it: 3 batches of 16 here.
+    for limit, n in (("2", 32), ("0.5", 16)):
+        out = tmp_path / f"limit-{limit}"
+        quick = compose_cfg("evaluate", [*data, f"ckpt_path={ckpt}", f"paths.output_dir={out}",
+                                         "data.eval_batch_size=16", f"trainer.limit_predict_batches={limit}"])
+        limited = evaluate_job.run(quick)
+        assert limited == check_metrics_file(out / "metrics.json", n=n)
+        assert min(map(sum, limited["confusion_matrix"])) > 0  # the shuffled order keeps both classes
+    with pytest.raises(ConfigError, match="limit_predict_batches"):
+        evaluate_job.run(compose_cfg("evaluate", [*data, f"ckpt_path={ckpt}", "trainer.limit_predict_batches=0"]))
 
 
 def test_same_seed_gives_the_same_run(compose_cfg, tmp_path) -> None:

@@ -37,14 +37,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data, _convert_="all")
     exclude = leaking_test_files(datamodule, cfg.leak_near_distance) if cfg.exclude_leaks else None
     loggers = instantiate_all(cfg.get("logger"))
+    limit = cfg.trainer.get("limit_predict_batches")
     if cfg.get("unsure_precision"):  # chosen now on validation, as train.py would (not stored)
         band = unsure_band_on_validation(scorer, datamodule, cfg.threshold, cfg.unsure_precision,
-                                         cfg.get("unsure_conditions", "clean"), cfg.report)
+                                         cfg.get("unsure_conditions", "clean"), cfg.report, limit)
     else:
         band = resolve_band(cfg.get("unsure_band", "auto"), scorer, cfg.threshold)
     report = evaluate_model(scorer, datamodule, cfg.threshold, Path(cfg.paths.output_dir), cfg.report, loggers,
                             threshold_choice=cfg.threshold_choice, robustness=cfg.robustness, exclude=exclude,
-                            band=band)
+                            band=band, limit=limit)
     params = {"ckpt_path": str(cfg.ckpt_path), "threshold": cfg.threshold, **run_hparams(cfg, keys=("data", "seed"))}
     log_hparams(loggers, params, report_scalars(report))
     for lg in loggers:

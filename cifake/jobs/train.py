@@ -51,18 +51,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if rank_zero and not fast_dev_run and best and (cfg.get("evaluate") or cfg.get("unsure_precision")):
         scorer = open_scorer(best, device=str(cfg.trainer.get("accelerator", "auto")),
                              precision=cfg.trainer.get("precision", "auto"), tta=cfg.get("tta"))
-        band = None
+        band, limit = None, cfg.trainer.get("limit_predict_batches")
         if cfg.get("unsure_precision") and scorer.kind != "checkpoint":
             raise ConfigError("unsure_precision stores its band in a network's checkpoint; the forest has none: "
                               "leave unsure_precision=null for model=rf")
         if cfg.get("unsure_precision"):
             band = unsure_band_on_validation(scorer, datamodule, cfg.threshold, cfg.unsure_precision,
-                                             cfg.get("unsure_conditions", "clean"), cfg.report)
+                                             cfg.get("unsure_conditions", "clean"), cfg.report, limit)
             record_unsure_band(best, band)
         if cfg.get("evaluate"):
             exclude = leaking_test_files(datamodule, cfg.leak_near_distance) if cfg.get("exclude_leaks") else None
             metrics["test"] = evaluate_model(scorer, datamodule, cfg.threshold, out, cfg.report, loggers, step,
-                                             robustness=bool(cfg.get("robustness")), exclude=exclude, band=band)
+                                             robustness=bool(cfg.get("robustness")), exclude=exclude, band=band,
+                                             limit=limit)
     elif cfg.get("evaluate") and not fast_dev_run and rank_zero:
         raise ConfigError("evaluate=true needs the model_checkpoint callback to know the best weights")
     if not fast_dev_run:
