@@ -13,6 +13,7 @@ runs, so ``--help`` and ``--cfg`` answer at once and ``cifake-predict`` loads on
 from __future__ import annotations
 
 import importlib
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from cifake import schemas  # noqa: F401  (registers the config schemas the YAML files name)
-from cifake.configs import config_dir
+from cifake.configs import config_dir, user_config_dirs, yaml_problem
 from cifake.errors import friendly_errors, report
 
 
@@ -38,6 +39,9 @@ def _launch(job: str, entry: str = "run") -> None:
     # if it lived in cifake.cli.<job>, it is `train` from cifake-train and python train.py alike, not `cli`.
     task.__module__ = f"{__name__}.{job}"
     task.__name__ = task.__qualname__ = job
+    problem = yaml_problem([config_dir(), *user_config_dirs(sys.argv[1:])])
+    if problem:
+        report(problem, to_log=False)  # before Hydra reads the file (no run, so no run log)
     hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=job)(task)()
 
 

@@ -162,3 +162,19 @@ def test_a_sweep_folder_that_cannot_be_written(tmp_path: Path) -> None:
                                f"hydra.sweep.dir={folder / 'sweep'}"], cwd=tmp_path, capture_output=True, text=True,
                               timeout=300)
         one_error_line(proc, "hydra.sweep.dir")
+
+
+@pytest.mark.parametrize(("content", "fragments"), [
+    (b"# @package _global_\ndata: {batch_size: [1,\n",
+     ("bad.yaml is not valid YAML, line 3, column 1", "fix or remove it")),
+    (b"data:\n  batch_size: 8\n\tseed: 1\n", ("bad.yaml is not valid YAML, line 3", "tab")),
+    (b"\xff\xfe: 1\n", ("bad.yaml is not UTF-8 text",)),
+])
+def test_a_malformed_config_file_is_named_not_traced(tmp_path: Path, content: bytes,
+                                                     fragments: tuple[str, ...]) -> None:
+    (tmp_path / "mine" / "experiment").mkdir(parents=True)
+    (tmp_path / "mine" / "experiment" / "bad.yaml").write_bytes(content)
+    for spelling in (["--config-dir", str(tmp_path / "mine")], [f"--config-dir={tmp_path / 'mine'}"]):
+        line = one_error_line(run("train.py", tmp_path, *spelling, "experiment=bad"), *fragments)
+        assert str(tmp_path / "mine" / "experiment" / "bad.yaml") in line
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()  # refused before anything ran
