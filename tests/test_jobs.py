@@ -149,3 +149,17 @@ def test_wrong_types_and_keys_are_refused_when_composing(compose_cfg, override, 
     with pytest.raises(ConfigCompositionException) as err:
         compose_cfg("train", ["data=demo", override])
     assert named in str(err.value) + str(err.value.__cause__)
+
+
+def test_a_time_budget_that_cuts_the_epochs_says_so(compose_cfg, caplog) -> None:
+    cfg = compose_cfg("train", [*tiny_demo_overrides(), "trainer.max_epochs=50", "+trainer.max_time='00:00:00:01'"])
+    with caplog.at_level("WARNING"):
+        train_job.run(cfg)
+    warned = [r.getMessage() for r in caplog.records if "trainer.max_time stopped training" in r.getMessage()]
+    assert len(warned) == 1 and "of 50 epochs" in warned[0] and "trainer.max_time=null" in warned[0]
+
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        train_job.run(compose_cfg("train", [*tiny_demo_overrides(), "trainer.max_epochs=1",
+                                            "+trainer.max_time='00:01:00:00'"]))
+    assert not [r for r in caplog.records if "trainer.max_time" in r.getMessage()]

@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Timer
 from omegaconf import DictConfig
 
 from cifake import schemas  # noqa: F401  (registers the config schemas)
@@ -86,6 +87,7 @@ def fit_network(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule, d
             "pass hydra.run.dir=<the run folder to resume> (with the run's other overrides)"
         )
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    warn_if_the_budget_cut_training(trainer)
     # Epoch-level values only: per-step and timing scalars describe the last batch, not the run.
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()
                                if not k.startswith(("train_step/", "perf/"))}
@@ -93,6 +95,20 @@ def fit_network(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule, d
     if checkpoint is not None and checkpoint.best_model_score is not None:
         metrics[f"best/{checkpoint.monitor}"] = float(checkpoint.best_model_score)
     return metrics, (checkpoint.best_model_path if checkpoint else "")
+
+
+def warn_if_the_budget_cut_training(trainer: L.Trainer) -> None:
+    """Say so when ``trainer.max_time`` ended the fit before ``trainer.max_epochs``: the recipes'
+    schedules (one-cycle, cosine) are set by the epoch count, so a cut run never anneals and its
+    weights are not the recipe's, on a machine slower than the one its budget was measured on."""
+    timer = next((cb for cb in trainer.callbacks if isinstance(cb, Timer)), None)
+    remaining = timer.time_remaining() if timer is not None else None
+    if remaining is None or remaining > 0 or trainer.current_epoch >= (trainer.max_epochs or 0):
+        return
+    log.warning("trainer.max_time stopped training after %d of %d epochs (precision %s): a learning-rate "
+                "schedule set by the epoch count did not finish, so these weights are not the recipe's. Pass "
+                "trainer.max_time=null to train every epoch, or fewer trainer.max_epochs to fit the budget.",
+                trainer.current_epoch, trainer.max_epochs, trainer.precision)
 
 
 def write_results(out: Path, metrics: dict[str, Any]) -> Path:
