@@ -151,7 +151,7 @@ def test_wrong_types_and_keys_are_refused_when_composing(compose_cfg, override, 
     assert named in str(err.value) + str(err.value.__cause__)
 
 
-def test_a_time_budget_that_cuts_the_epochs_says_so(compose_cfg, caplog) -> None:
+def test_a_time_budget_that_cuts_the_epochs_says_so(compose_cfg, caplog, tmp_path) -> None:
     cfg = compose_cfg("train", [*tiny_demo_overrides(), "trainer.max_epochs=50", "+trainer.max_time='00:00:00:01'"])
     with caplog.at_level("WARNING"):
         train_job.run(cfg)
@@ -161,5 +161,6 @@ def test_a_time_budget_that_cuts_the_epochs_says_so(compose_cfg, caplog) -> None
     caplog.clear()
     with caplog.at_level("WARNING"):
         train_job.run(compose_cfg("train", [*tiny_demo_overrides(), "trainer.max_epochs=1",
-                                            "+trainer.max_time='00:01:00:00'"]))
+                                            "+trainer.max_time='00:01:00:00'",
+                                            f"paths.output_dir={tmp_path / 'uncut'}"]))
     assert not [r for r in caplog.records if "trainer.max_time" in r.getMessage()]
