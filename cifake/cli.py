@@ -39,10 +39,11 @@ def _launch(job: str, entry: str = "run") -> None:
     # if it lived in cifake.cli.<job>, it is `train` from cifake-train and python train.py alike, not `cli`.
     task.__module__ = f"{__name__}.{job}"
     task.__name__ = task.__qualname__ = job
-    problem = yaml_problem([config_dir(), *user_config_dirs(sys.argv[1:])])
+    conf = config_dir()
+    problem = yaml_problem([conf, *user_config_dirs(sys.argv[1:])])
     if problem:
         report(problem, to_log=False)  # before Hydra reads the file (no run, so no run log)
-    hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=job)(task)()
+    hydra.main(version_base="1.3", config_path=str(conf), config_name=job)(task)()
 
 
 class OutputFolderCheck(Callback):
