@@ -164,3 +164,25 @@ def test_a_time_budget_that_cuts_the_epochs_says_so(compose_cfg, caplog, tmp_pat
                                             "+trainer.max_time='00:01:00:00'",
                                             f"paths.output_dir={tmp_path / 'uncut'}"]))
     assert not [r for r in caplog.records if "trainer.max_time" in r.getMessage()]
+
+
+def test_each_epoch_logs_one_line_with_its_time_and_metrics(tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    proc = _cli(str(ROOT / "train.py"), *tiny_demo_overrides(), "trainer.max_epochs=2", f"hydra.run.dir={run_dir}",
+                f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line for line in (run_dir / "train.log").read_text().splitlines() if "[cifake.callbacks.epoch_log]" in line]
+    assert [line.split(" - ", 1)[1].split(" in ", 1)[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert "to go" in lines[0] and "to go" not in lines[1]
+    results = json.loads((run_dir / "results.json").read_text())["metrics"]
+    for name in ("train/loss", "val/loss", "val/acc"):
+        assert f"{name} {results[name]:.4f}" in lines[1]
+
+
+def test_epoch_line_says_time_to_go_and_skips_what_was_not_logged() -> None:
+    from cifake.callbacks import EpochSummary
+
+    summary = EpochSummary(metrics=["train/loss", "val/acc", "val/auroc"])
+    line = summary.line(2, 10, 61.0, 120.0, 2, {"train/loss": torch.tensor(0.25), "val/acc": 0.9})
+    assert line == "epoch 2/10 in 1 min 01 s (2 min 00 s so far, ~8 min 00 s to go): train/loss 0.2500, val/acc 0.9000"
+    assert summary.line(3, -1, 5.0, 4000.0, 3, {}) == "epoch 3/? in 5 s (1 h 06 min so far)"
