@@ -210,3 +210,10 @@ def unsure_report(p_real: ArrayLike, labels: ArrayLike, band: Sequence[float]) -
     return {"band": [low, high], "coverage": float(confident.mean()) if len(p) else 0.0,
             "confident_accuracy": float(right.sum() / n) if n else None, "n_confident": n,
             "n_unsure": int(len(p) - n)}
+
+
+def confident_accuracy_text(report: dict[str, Any]) -> str:
+    """An :func:`unsure_report`'s confident accuracy for a log line: ``0.9937``, or what it means
+    when there is none."""
+    value = report["confident_accuracy"]
+    return "none (every answer UNSURE)" if value is None else f"{value:.4f}"

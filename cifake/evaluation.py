@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from cifake.audit import leaked_test_files
-from cifake.calibration import choose_threshold, choose_unsure_band, unsure_report
+from cifake.calibration import choose_threshold, choose_unsure_band, confident_accuracy_text, unsure_report
 from cifake.data.datamodule import CIFAKEDataModule
 from cifake.errors import ConfigError
 from cifake.explain import explained_sections, explanation_sets
@@ -102,7 +102,7 @@ def unsure_band_on_validation(scorer: Scorer, datamodule: CIFAKEDataModule, thre
     log.info("Unsure band chosen on the validation split (%d images, %d condition%s, precision >= %g each side): "
              "(%.4f, %.4f]; clean coverage %.4f, accuracy of the confident answers %s", len(val.labels), len(pairs),
              "" if len(pairs) == 1 else "s", target_precision, *band, report["coverage"],
-             report["confident_accuracy"])
+             confident_accuracy_text(report))
     return band
 
 

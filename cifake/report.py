@@ -16,7 +16,7 @@ import torch
 from matplotlib.figure import Figure
 from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc
 
-from cifake.calibration import expected_calibration_error, reliability_bins
+from cifake.calibration import confident_accuracy_text, expected_calibration_error, reliability_bins
 from cifake.callbacks.base import log_figure, tensorboard_writers
 from cifake.data.cache import DecodedSplit
 from cifake.explain import pick_per_class
@@ -144,7 +144,7 @@ e.g. a forest's feature figures); with ``exclude`` (file paths as
     if unsure is not None:  # cifake.calibration.unsure_report: coverage and confident accuracy
         report["unsure"] = dict(unsure)
         log.info("Unsure band (%.4f, %.4f]: coverage %.4f, accuracy of the confident answers %s",
-                 *unsure["band"], unsure["coverage"], unsure["confident_accuracy"])
+                 *unsure["band"], unsure["coverage"], confident_accuracy_text(unsure))
     bins = reliability_bins(pred.p_real, pred.labels, settings["calibration_bins"])
     report["ece"] = float(bins.ece)
     if exclude is not None:  # e.g. the test images that leak from train (cifake.audit)

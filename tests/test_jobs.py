@@ -171,7 +171,8 @@ def test_each_epoch_logs_one_line_with_its_time_and_metrics(tmp_path) -> None:
     proc = _cli(str(ROOT / "train.py"), *tiny_demo_overrides(), "trainer.max_epochs=2", f"hydra.run.dir={run_dir}",
                 f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = [line for line in (run_dir / "train.log").read_text().splitlines() if "[cifake.callbacks.epoch_log]" in line]
+    log_lines = (run_dir / "train.log").read_text().splitlines()
+    lines = [line for line in log_lines if "[cifake.callbacks.epoch_log]" in line]
     assert [line.split(" - ", 1)[1].split(" in ", 1)[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
     assert "to go" in lines[0] and "to go" not in lines[1]
     results = json.loads((run_dir / "results.json").read_text())["metrics"]

@@ -112,3 +112,11 @@ def test_train_stores_the_band_and_evaluate_and_export_use_it(compose_cfg, tmp_p
     assert "unsure" not in off
     terms = export_job.run(compose_job("export", tmp_path / "export", [f"ckpt_path={best}"]))
     assert terms["unsure_band"] == pytest.approx(band) and "UNSURE" in terms["decision"]
+
+
+def test_confident_accuracy_reads_as_four_digits_or_says_there_is_none() -> None:
+    from cifake.calibration import confident_accuracy_text
+
+    p, y = np.array([0.1, 0.2, 0.6, 0.9]), np.array([0, 1, 1, 0])
+    assert confident_accuracy_text(unsure_report(p, y, (0.15, 0.7))) == "0.5000"  # 0.1 right, 0.9 wrong
+    assert confident_accuracy_text(unsure_report(p, y, (0.0, 1.0))) == "none (every answer UNSURE)"
