@@ -118,6 +118,10 @@ def test_ddp_as_the_readme_types_it_runs_on_two_cpu_processes(tmp_path: Path) ->
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == ["ddp"]
     writers = {p.name.split(".")[-2] for p in (tmp_path / "ddp" / "tensorboard").glob("events.out.tfevents.*")}
     assert len(writers) == 1
+    # The epoch line reads metrics that synchronise the processes: rank zero alone logs it.
+    epoch_lines = [line for line in (tmp_path / "ddp" / "train.log").read_text().splitlines()
+                   if "[cifake.callbacks.epoch_log]" in line]
+    assert len(epoch_lines) == 1 and f"val/acc {results['val/acc']:.4f}" in epoch_lines[0]
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:

@@ -43,11 +43,14 @@ class EpochSummary(L.Callback):
         self._epoch_start = time.monotonic()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Every rank reads the metrics: computing them may synchronise the processes (DDP), so a
+        # read on rank zero alone would wait for the others forever.
+        values = trainer.callback_metrics
         if not trainer.is_global_zero or self._fit_start is None or self._epoch_start is None:
             return
         log.info(self.line(trainer.current_epoch + 1, trainer.max_epochs, time.monotonic() - self._epoch_start,
                            time.monotonic() - self._fit_start, trainer.current_epoch + 1 - self._first_epoch,
-                           trainer.callback_metrics))
+                           values))
 
     def line(self, epoch: int, max_epochs: int | None, epoch_seconds: float, total_seconds: float, done: int,
              values: dict[str, Any]) -> str:
