@@ -29,7 +29,7 @@ class EpochSummary(L.Callback):
     trainer has (missing ones are left out). The time to go assumes the remaining epochs take the
     mean time of those done in this process; a resumed run counts from where it restarted."""
 
-    def __init__(self, metrics: Sequence[str] = ("train/loss", "val/loss", "val/acc", "val/auroc")) -> None:
+    def __init__(self, metrics: Sequence[str]) -> None:  # conf/callbacks/default.yaml names them
         self.metrics = list(metrics)
         self._fit_start: float | None = None
         self._epoch_start: float | None = None
