@@ -69,7 +69,7 @@ def test_label_smoothing_moves_training_targets_only() -> None:
 
 def test_ema_checkpoint_holds_the_averaged_weights(compose_cfg) -> None:
     cfg = compose_cfg("train", [*resnet_overrides(), "trainer.max_epochs=2", "callbacks.gradcam=null",
-                                "+callbacks.ema={_target_:lightning.pytorch.callbacks.EMAWeightAveraging,decay:0.9}"])
+                                "+callbacks.ema={_target_:cifake.callbacks.EMA,decay:0.9}"])
     train_job.run(cfg)
     ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
     averaged, current = ckpt["state_dict"], ckpt["current_model_state"]

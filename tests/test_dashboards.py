@@ -57,7 +57,8 @@ def test_demo_run_logs_every_dashboard_to_tensorboard(demo_run: Path) -> None:
     for stage in ("train", "val"):
         expected = {f"{stage}/{m}" for m in ("loss", "acc", "auroc", *PER_CLASS)}
         assert expected <= events["scalars"], expected - events["scalars"]
-    assert {f"train_step/{m}" for m in ("loss", "acc", *PER_CLASS)} <= events["scalars"]
+    assert "train_step/loss" in events["scalars"]  # per-step metrics would read the GPU every step
+    assert not {t for t in events["scalars"] if t.startswith("train_step/") and t != "train_step/loss"}
     assert {"test/acc", "test/auroc", "test/precision_fake", "test/recall_real"} <= events["scalars"]
     for stage in ("val", "test"):
         assert {f"{stage}/{f}" for f in ("roc", "pr", "confusion_matrix", "predictions")} <= events["images"]

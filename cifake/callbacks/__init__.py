@@ -1,8 +1,9 @@
-"""Lightning callbacks: the dashboards (curves, prediction grids, Grad-CAM) and a log line per epoch."""
+"""Lightning callbacks: the dashboards (curves, prediction grids, Grad-CAM), a log line per epoch and EMA weights."""
 
 from cifake.callbacks.curves import CurvesCallback
+from cifake.callbacks.ema import EMA
 from cifake.callbacks.epoch_log import EpochSummary
 from cifake.callbacks.gradcam import GradCAMCallback
 from cifake.callbacks.predictions import PredictionGridCallback
 
-__all__ = ["CurvesCallback", "EpochSummary", "GradCAMCallback", "PredictionGridCallback"]
+__all__ = ["EMA", "CurvesCallback", "EpochSummary", "GradCAMCallback", "PredictionGridCallback"]

@@ -30,15 +30,16 @@ def log_figure(writers: list, tag: str, fig: Figure, step: int) -> None:
 
 def dataset_examples(dataset: Dataset, count: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """The first ``count`` items of a dataset that yields ``(uint8 images, labels, rows)``:
-    ``(images, labels, rows)``. The evaluation sets are in a fixed shuffled order, so the first
-    items cover both classes and are the same every epoch."""
+    ``(images, labels, rows)``, on the host (the dataset may keep them on the GPU). The evaluation
+    sets are in a fixed shuffled order, so the first items cover both classes and are the same
+    every epoch."""
     positions = list(range(min(count, len(dataset))))
     if hasattr(dataset, "__getitems__"):
         images, labels, rows = dataset.__getitems__(positions)
     else:
         items = [dataset[p] for p in positions]
         images, labels, rows = (torch.stack([torch.as_tensor(it[k]) for it in items]) for k in range(3))
-    return images, np.asarray(labels), np.asarray(rows)
+    return images.cpu(), labels.cpu().numpy(), rows.cpu().numpy()
 
 
 class FigureCallback(L.Callback):

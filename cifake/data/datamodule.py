@@ -44,7 +44,10 @@ class DecodedImages(Dataset):
         rows = self.indices[positions]
         if self.resident is not None:
             images, labels = self.resident
-            index = torch.from_numpy(rows).to(images.device)
+            index = torch.from_numpy(rows)
+            if images.device.type == "cuda":  # a blocking copy would wait for every queued kernel
+                index = index.pin_memory()
+            index = index.to(images.device, non_blocking=True)
             return images[index], labels[index], torch.from_numpy(rows)
         images = torch.from_numpy(np.ascontiguousarray(self.split.images[rows]))
         return images, torch.from_numpy(self.split.labels[rows]), torch.from_numpy(rows)
@@ -229,7 +232,7 @@ class CIFAKEDataModule(L.LightningDataModule):
             shuffle=train,
             num_workers=workers,
             collate_fn=_keep_batch,
-            pin_memory=torch.cuda.is_available() and not resident,
+            pin_memory=self.device().type == "cuda" and not resident,
             persistent_workers=workers > 0,
         )
 

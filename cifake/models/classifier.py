@@ -29,7 +29,7 @@ class Classifier(L.LightningModule):
     ``save_hyperparameters``, so a checkpoint rebuilds the model on its own and loads with
     ``torch.load(..., weights_only=True)``.
 
-    Logged: ``train_step/*`` every ``log_every_n_steps``; ``{train,val,test}/*`` once per epoch
+    Logged: ``train_step/loss`` every ``log_every_n_steps``; ``{train,val,test}/*`` once per epoch
     with the same names across stages (``loss``, ``acc``, ``auroc``, ``precision_fake``, ...).
 
     Args:
@@ -154,13 +154,13 @@ class Classifier(L.LightningModule):
         loss = self.loss(logits, targets)
         p_real = torch.sigmoid(logits.detach())
         n = len(labels)
+        # Updated per step, computed per epoch: computing torchmetrics' values (their input checks
+        # included) reads tensors on the host, which on a GPU waits for every queued kernel.
+        self._metrics(stage).update(two_class_probs(p_real), labels)
         if stage == "train":
-            step_values = self._metrics(stage)(two_class_probs(p_real), labels)  # this batch only
-            step_values = {k.replace("train/", "train_step/", 1): v for k, v in step_values.items()}
-            self.log_dict(step_values, on_step=True, on_epoch=False, batch_size=n)
-            self.log("train_step/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
-        else:
-            self._metrics(stage).update(two_class_probs(p_real), labels)
+            # Lightning reads a step value only when it writes logs (every log_every_n_steps); not on
+            # the progress bar, which would read it at every refresh.
+            self.log("train_step/loss", loss.detach(), on_step=True, on_epoch=False, batch_size=n)
         # sync_dist: under DDP the epoch mean covers every rank's images (synced once per epoch).
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=n,
                  sync_dist=True)

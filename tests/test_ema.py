@@ -1,0 +1,47 @@
+"""cifake.callbacks.ema: the same averages as torch's AveragedModel, with no host reads."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
+
+from cifake.callbacks.ema import SyncFreeEMAModel
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 1))
+
+
+def _train_a_little(net: nn.Module, step: int) -> None:
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.1 * (step + 1))
+    net(torch.rand(5, 3, 8, 8))  # moves the batch-norm statistics and its counter
+
+
+def test_the_average_equals_torchs_and_survives_a_reload() -> None:
+    net = _net().train()
+    ours = SyncFreeEMAModel(net, decay=0.9, device=None, use_buffers=True)
+    torchs = AveragedModel(net, avg_fn=get_ema_avg_fn(0.9), use_buffers=True)
+    for step in range(5):
+        _train_a_little(net, step)
+        ours.update_parameters(net)
+        torchs.update_parameters(net)
+    assert int(ours.n_averaged) == int(torchs.n_averaged) == 5
+    for (name, mine), theirs in zip(ours.module.state_dict().items(), torchs.module.state_dict().values(), strict=True):
+        if mine.is_floating_point():
+            torch.testing.assert_close(mine, theirs, msg=name)
+        else:
+            assert torch.equal(mine, net.state_dict()[name]), name  # counters are copied, not averaged
+
+    # A resumed run reads the count back once: the next update averages, it does not restart.
+    resumed = SyncFreeEMAModel(_net(), decay=0.9, device=None, use_buffers=True)
+    resumed.load_state_dict(ours.state_dict())
+    assert resumed._updates is None
+    _train_a_little(net, 5)
+    resumed.update_parameters(net)
+    torchs.update_parameters(net)
+    assert resumed._updates == 6
+    torch.testing.assert_close(resumed.module[0].weight, torchs.module[0].weight)
