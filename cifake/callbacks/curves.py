@@ -47,6 +47,7 @@ class CurvesCallback(FigureCallback):
         self.pr_curve = pr_curve
         self._metrics: MetricCollection | None = None
         self._pr_fake: BinaryPrecisionRecallCurve | None = None
+        self._outputs: list[tuple[torch.Tensor, torch.Tensor]] = []  # (p(REAL), labels) of the epoch
 
     def _reset(self, device: torch.device) -> None:
         self._metrics = MetricCollection({
@@ -58,14 +59,12 @@ class CurvesCallback(FigureCallback):
         self._pr_fake = BinaryPrecisionRecallCurve(thresholds=self.num_thresholds).to(device)
 
     def _update(self, outputs: Any) -> None:
-        if self._metrics is None or not isinstance(outputs, dict) or "p_real" not in outputs:
-            return
-        p_real, labels = outputs["p_real"].float(), outputs["label"].long()
-        self._metrics.update(p_real, labels)
-        self._pr_fake.update(1.0 - p_real, 1 - labels)
+        # Kept on the device until the epoch's end: torchmetrics' updates read values on the host.
+        if self._metrics is not None and isinstance(outputs, dict) and "p_real" in outputs:
+            self._outputs.append((outputs["p_real"].float(), outputs["label"].long()))
 
     def _start(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._metrics = None
+        self._metrics, self._outputs = None, []
         if self.due(trainer, stage):
             self._reset(pl_module.device)
 
@@ -91,6 +90,11 @@ class CurvesCallback(FigureCallback):
         if self._metrics is None:
             return
         with self.timed(trainer):
+            if self._outputs:
+                p_real, labels = (torch.cat(parts) for parts in zip(*self._outputs, strict=True))
+                self._metrics.update(p_real, labels)
+                self._pr_fake.update(1.0 - p_real, 1 - labels)
+            self._outputs = []
             # compute() synchronises across processes: every rank calls it, rank zero draws.
             values = self._metrics.compute()
             fake_precision, fake_recall, _ = self._pr_fake.compute()

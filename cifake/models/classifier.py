@@ -81,6 +81,8 @@ class Classifier(L.LightningModule):
         self._eager = False
         self._channels_last: bool | None = None  # decided in setup() or set_channels_last()
         self.tta: tuple[str, int, str] = ("none", 1, "reflect")  # mode, shift in pixels, padding
+        # Each stage's (p(REAL), labels) of the epoch so far, on the device (a few MB per epoch).
+        self._epoch_outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
@@ -154,9 +156,9 @@ class Classifier(L.LightningModule):
         loss = self.loss(logits, targets)
         p_real = torch.sigmoid(logits.detach())
         n = len(labels)
-        # Updated per step, computed per epoch: computing torchmetrics' values (their input checks
-        # included) reads tensors on the host, which on a GPU waits for every queued kernel.
-        self._metrics(stage).update(two_class_probs(p_real), labels)
+        # Kept on the device and handed to torchmetrics once per epoch: its updates read tensors on
+        # the host (input checks, bincount's output size), which on a GPU waits for every queued kernel.
+        self._epoch_outputs.setdefault(stage, []).append((p_real, labels))
         if stage == "train":
             # Lightning reads a step value only when it writes logs (every log_every_n_steps); not on
             # the progress bar, which would read it at every refresh.
@@ -168,6 +170,10 @@ class Classifier(L.LightningModule):
         return {"loss": loss, "p_real": p_real, "label": labels, "row": rows}
 
     def _log_epoch(self, stage: str) -> None:
+        outputs = self._epoch_outputs.pop(stage, [])
+        if outputs:
+            p_real, labels = (torch.cat(parts) for parts in zip(*outputs, strict=True))
+            self._metrics(stage).update(two_class_probs(p_real), labels)
         values = self._metrics(stage).compute()
         self.log(f"{stage}/acc", values.pop(f"{stage}/acc"), on_epoch=True, prog_bar=stage == "val")
         self.log_dict(values, on_step=False, on_epoch=True)
