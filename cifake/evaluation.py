@@ -159,8 +159,8 @@ def evaluate_model(scorer: Scorer, datamodule: CIFAKEDataModule, threshold: floa
         extra = forest_figures(scorer, datamodule, pred) if scorer.kind == "forest" else None
     unsure = unsure_report(pred.p_real, pred.labels, band) if band is not None else None
     report = write_report(pred, scorer.classes, threshold, out_dir, settings, loggers, step, source=scorer.source,
-                          explained=explained, exclude=exclude, tta=dict(scorer.tta), extra_figures=extra,
-                          unsure=unsure)
+                          computed=scorer.computed, explained=explained, exclude=exclude, tta=dict(scorer.tta),
+                          extra_figures=extra, unsure=unsure)
     if robustness:
         cfg = settings["robustness"]
         rows = robustness_table(scorer.score, pred.images, pred.labels, cfg["perturbations"], cfg["batch_size"],

@@ -129,7 +129,7 @@ def write_figures(figures: dict[str, Figure], out_dir: Path, writers: list, step
 
 
 def write_report(pred: Predictions, classes: Sequence[str], threshold: float, out_dir: Path,
-                 settings: dict[str, Any], loggers: list, step: int, source: str,
+                 settings: dict[str, Any], loggers: list, step: int, source: str, computed: dict[str, str],
                  explained: Explained | None = None, exclude: set[str] | None = None,
                  tta: dict[str, Any] | None = None, extra_figures: dict[str, Figure] | None = None,
                  extra_prefix: str = "eda", unsure: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -138,9 +138,12 @@ def write_report(pred: Predictions, classes: Sequence[str], threshold: float, ou
     too, with the Grad-CAM overlays of ``explained`` and ``extra_figures`` (under ``extra_prefix/``,
 e.g. a forest's feature figures); with ``exclude`` (file paths as
     in ``pred.files``) the metrics without those images go in as ``leak_free``; ``tta``, the
-    test-time augmentation ``pred`` was scored with, is recorded as given. Returns the metrics."""
+    test-time augmentation ``pred`` was scored with, is recorded as given, and so is ``computed``, the
+    precision and device that computed it (``scoring``: :attr:`cifake.scoring.Scorer.computed`).
+    Returns the metrics."""
     report = binary_report(torch.from_numpy(pred.p_real), torch.from_numpy(pred.labels), threshold, tuple(classes))
     report["tta"] = dict(tta) if tta else {"mode": "none"}
+    report["scoring"] = dict(computed)
     if unsure is not None:  # cifake.calibration.unsure_report: coverage and confident accuracy
         report["unsure"] = dict(unsure)
         log.info("Unsure band (%.4f, %.4f]: coverage %.4f, accuracy of the confident answers %s",
@@ -171,8 +174,8 @@ e.g. a forest's feature figures); with ``exclude`` (file paths as
         log_pr_curve(writers, "test/pr_curve", pred, step)
         if extra_figures:
             written += [p.name for p in write_figures(extra_figures, out_dir, writers, step, prefix=extra_prefix)]
-    log.info("Test split, %s:\n%s\nWritten to %s: %s", source, format_report(report, tuple(classes)), out_dir,
-             ", ".join(written))
+    log.info("Test split, %s (%s on %s):\n%s\nWritten to %s: %s", source, computed["precision"], computed["device"],
+             format_report(report, tuple(classes)), out_dir, ", ".join(written))
     return report
 
 

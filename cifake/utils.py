@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -88,20 +90,46 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def resolve_precision(precision: Any, accelerator: str) -> Any:
-    """``auto``: bf16 mixed precision where a CUDA device supports it, or where the CPU computes
-    bf16 natively (:func:`cpu_has_fast_bf16`); full float32 elsewhere. Batch-norm and the loss stay
-    in float32 under autocast. Other values pass through. The choice and its reason are logged."""
+    """Training's ``trainer.precision``. ``auto``: bf16 mixed precision where the CUDA device computes
+    bf16 natively (Ampere and newer; not a V100 or T4, which only emulate it), or where the CPU does
+    (:func:`cpu_has_fast_bf16`); full float32 elsewhere. Batch-norm and the loss stay in float32 under
+    autocast. Other values pass through. The choice and its reason are logged. (Scoring does not
+    follow it: ``scoring.precision``.)"""
     if precision != "auto":
         return precision
     if uses_cuda(accelerator):
-        chosen, why = ("bf16-mixed", "the CUDA device supports bf16") if torch.cuda.is_bf16_supported() \
-            else ("32-true", "the CUDA device has no bf16")
+        # Natively only: torch counts emulated bf16 too by default, and a V100 or T4 emulates it, slower than float32.
+        chosen, why = ("bf16-mixed", "the CUDA device computes bf16 natively") \
+            if torch.cuda.is_bf16_supported(including_emulation=False) \
+            else ("32-true", "the CUDA device has no native bf16 (it would only emulate it)")
     elif cpu_has_fast_bf16():
         chosen, why = "bf16-mixed", "the CPU has native bf16 (AVX512_BF16/AMX)"
     else:
         chosen, why = "32-true", "the CPU has no native bf16 (no AVX512_BF16/AMX)"
     log.info("trainer.precision=auto -> %s: %s (set trainer.precision=32-true to force float32)", chosen, why)
     return chosen
+
+
+FLOAT32_MATMUL_PRECISIONS = ("highest", "high")  # of torch.set_float32_matmul_precision's: true float32, TF32
+
+
+@contextmanager
+def float32_matmul(precision: str) -> Iterator[None]:
+    """Within the block, float32 matrix products at ``precision`` (``torch.set_float32_matmul_precision``)
+    and cuDNN's float32 convolutions alike: ``highest``, true float32; ``high``, TF32 on CUDA
+    (Ampere and newer GPUs). Both switches are process-wide: they are restored on the way out, so
+    what one block sets never reaches another (training's TF32 never reaches scoring)."""
+    if precision not in FLOAT32_MATMUL_PRECISIONS:
+        raise ConfigError(f"float32_matmul_precision={precision!r}; choose one of {list(FLOAT32_MATMUL_PRECISIONS)} "
+                          "(highest: true float32; high: TF32 matrix products and convolutions on CUDA)")
+    matmul, conv = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision(precision)
+    torch.backends.cudnn.allow_tf32 = precision != "highest"
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(matmul)
+        torch.backends.cudnn.allow_tf32 = conv
 
 
 def silence_known_warnings() -> None:

@@ -296,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows, problems = [], 0
     for batch in args.batch:
         overrides = [f"max_batch_size={batch}", f"batch_timeout={args.batch_timeout}", "device=cpu",
-                     f"precision={args.precision}", "log_level=warning", *args.overrides]
+                     f"scoring.precision={args.precision}", "log_level=warning", *args.overrides]
         with running_server(args.ckpt, overrides) as server:
             load(server.url, schedule(items, 20), 4, tolerance=args.tolerance)  # warm-up, not counted
             warm = server.memory_mb()

@@ -212,6 +212,11 @@ def test_reference_experiment_is_the_reports_recipe(compose_cfg) -> None:
     assert cfg.model.optimizer._target_ == "torch.optim.Adam" and cfg.model.optimizer.lr == 5e-4
     assert list(cfg.model.net.filters) == [64, 128, 256, 512] and list(cfg.model.net.convs) == [2, 2, 3, 3]
     assert list(cfg.model.net.dropouts) == [0.4, 0.4, 0.3, 0.2] and list(cfg.model.net.dense) == [4000, 1500]
+    # float32 with TF32 matrix products and convolutions on CUDA, as the report trained; not bf16.
+    assert cfg.trainer.precision == "32-true" and cfg.float32_matmul_precision == "high"
+    best = compose_cfg("train", ["experiment=best"])
+    assert best.trainer.precision == "auto" and best.float32_matmul_precision == "highest"  # bf16 where native
+    assert cfg.scoring.precision == best.scoring.precision == "32-true"  # scored alike
 
 
 def test_limit_debug_run_trains_end_to_end(compose_cfg) -> None:

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
 
 from cifake import utils
 from cifake.data.augment import random_hflip
+from cifake.errors import ConfigError
 from cifake.explain import gradcam
+from cifake.jobs import train as train_job
+from cifake.scoring.network import module_scorer
 from cifake.utils import build_trainer, resolve_precision
 from tests.conftest import tiny_demo_overrides
 
@@ -24,12 +31,58 @@ def test_precision_auto_means_bf16_where_the_hardware_computes_it(monkeypatch, c
         assert resolve_precision("auto", "auto") == cpu_choice
     assert f"-> {cpu_choice}" in caplog.text and "native bf16" in caplog.text  # the log says why
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # an A100, an H100
     assert resolve_precision("auto", "auto") == "bf16-mixed"
     assert resolve_precision("auto", "cpu") == cpu_choice
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
     assert resolve_precision("auto", "gpu") == "32-true"
     assert resolve_precision("16-mixed", "auto") == "16-mixed"
+
+
+def test_precision_auto_does_not_count_emulated_bf16_on_cuda(monkeypatch, caplog) -> None:
+    # A V100 or T4: torch.cuda.is_bf16_supported() says yes by default, counting emulation, slower than float32.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    with caplog.at_level("INFO", logger="cifake"):
+        assert resolve_precision("auto", "gpu") == "32-true"
+    assert "no native bf16" in caplog.text
+
+
+def test_tf32_is_set_for_the_block_only_and_scoring_is_true_float32() -> None:
+    seen = []
+
+    class Probe(torch.nn.Module):  # records the float32 arithmetic a scorer's forward pass runs under
+        def p_real(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append((torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32))
+            return torch.full((len(x),), 0.5)
+
+    before = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
+    scorer = module_scorer(Probe(), torch.device("cpu"))
+    with utils.float32_matmul("high"):  # as experiment=reference trains
+        assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32) == ("high", True)
+        scorer.p_real(np.zeros((2, 3, 32, 32), dtype=np.uint8))
+        assert torch.get_float32_matmul_precision() == "high"  # given back to the block after scoring
+    assert seen == [("highest", False)]  # no TF32 for scoring's matrix products, nor cuDNN's convolutions
+    assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32) == before
+    with pytest.raises(ConfigError, match="float32_matmul_precision='medium'; choose one of"), \
+            utils.float32_matmul("medium"):
+        pass
+
+
+def test_reference_arithmetic_trains_in_tf32_says_so_and_records_it(compose_cfg, caplog) -> None:
+    cfg = compose_cfg("train", [*tiny_demo_overrides(), "trainer.max_epochs=1", "trainer.precision=32-true",
+                                "float32_matmul_precision=high", "evaluate=true", "callbacks.gradcam=null",
+                                "report.figures=false"])
+    before = torch.get_float32_matmul_precision()
+    with caplog.at_level("INFO"):
+        train_job.run(cfg)
+    assert torch.get_float32_matmul_precision() == before  # the fit's setting ends with the fit
+    said = [r.getMessage() for r in caplog.records if "TF32" in r.getMessage()]
+    assert len(said) == 1 and "Training in 32-true on cpu" in said[0] and "float32_matmul_precision=high" in said[0]
+    computed = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())["computed"]
+    assert computed["training"] == {"precision": "32-true", "device": "cpu", "devices": 1,
+                                    "float32_matmul_precision": "high"}
+    assert computed["test"] == {"precision": "32-true", "device": "cpu"}
 
 
 def test_cpu_trainer_precision_follows_the_cpu(compose_cfg) -> None:

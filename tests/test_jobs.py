@@ -14,10 +14,12 @@ from cifake.errors import ConfigError
 from cifake.jobs import evaluate as evaluate_job
 from cifake.jobs import train as train_job
 from cifake.models.classifier import Classifier
+from cifake.utils import cpu_has_fast_bf16
 from tests.conftest import tiny_demo_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
-METRIC_KEYS = {"accuracy", "auroc", "precision", "recall", "f1", "confusion_matrix", "n", "threshold", "ece", "tta"}
+METRIC_KEYS = {"accuracy", "auroc", "precision", "recall", "f1", "confusion_matrix", "n", "threshold", "ece", "tta",
+               "scoring"}
 
 
 def check_metrics_file(path: Path, n: int) -> dict:
@@ -33,6 +35,7 @@ def check_metrics_file(path: Path, n: int) -> dict:
             assert report["precision"][name] == pytest.approx(cm[k][k] / predicted)
         assert report["recall"][name] == pytest.approx(cm[k][k] / sum(cm[k]))
     assert report["threshold"] == 0.5 and 0.0 <= report["auroc"] <= 1.0
+    assert report["scoring"] == {"precision": "32-true", "device": "cpu"}  # float32 by default, whatever the CPU
     return report
 
 
@@ -53,6 +56,11 @@ def test_fit_writes_checkpoints_logs_and_metrics_then_resumes(compose_cfg, tmp_p
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     check_metrics_file(out / "metrics.json", n=48)
     assert result["test"]["n"] == 48 and "val/acc" in result
+    results = json.loads((out / "results.json").read_text())
+    assert results["computed"]["test"] == {"precision": "32-true", "device": "cpu"}
+    trained_in = "bf16-mixed" if cpu_has_fast_bf16() else "32-true"  # trainer.precision=auto
+    assert results["computed"]["training"] == {"precision": trained_in, "device": "cpu", "devices": 1,
+                                               "float32_matmul_precision": "highest"}
 
     raw = torch.load(ckpts / "last.ckpt", weights_only=True)  # loads without running code
     assert type(raw["hyper_parameters"]["net"]) is dict and raw["epoch"] == 0

@@ -79,7 +79,8 @@ def test_every_file_gets_a_prediction_or_a_reason(setup, tmp_path) -> None:
     folder, expected = setup["folder"], setup["expected"]
     assert sorted(Path(r["path"]).relative_to(folder).as_posix() for r in table) == sorted(expected)
     assert [r["path"] for r in table] == [r["path"] for r in lines]
-    assert list(table[0]) == ["path", "predicted", "p_fake", "p_real", "threshold", "error", "gradcam"]
+    assert list(table[0]) == ["path", "predicted", "p_fake", "p_real", "threshold", "error", "gradcam", "precision",
+                              "device"]
     for row, line in zip(table, lines, strict=True):
         reason = expected[Path(row["path"]).relative_to(folder).as_posix()]
         if reason is None:
@@ -89,9 +90,12 @@ def test_every_file_gets_a_prediction_or_a_reason(setup, tmp_path) -> None:
             assert float(row["p_fake"]) + float(row["p_real"]) == pytest.approx(1.0, abs=2e-6)
             assert line["predicted"] == row["predicted"] == ("REAL" if line["p_real"] > 0.5 else "FAKE")
             assert line["threshold"] == 0.5 and row["threshold"] == "0.5"
+            # What computed it: float32 by default, whatever this CPU's bf16.
+            assert (line["precision"], line["device"]) == (row["precision"], row["device"]) == ("32-true", "cpu")
         else:
             assert reason in row["error"] and row["error"] == line["error"]
-            assert row["predicted"] == row["p_fake"] == row["p_real"] == "" and line["p_real"] is None
+            assert row["predicted"] == row["p_fake"] == row["p_real"] == row["precision"] == row["device"] == ""
+            assert line["p_real"] is None and line["precision"] is None
     readable = sum(v is None for v in expected.values())
     assert summary["files"] == len(expected) and summary["unreadable"] == len(expected) - readable
     assert sum(summary["predicted"].values()) == readable
@@ -99,9 +103,8 @@ def test_every_file_gets_a_prediction_or_a_reason(setup, tmp_path) -> None:
 
 
 def test_onnx_model_gives_the_checkpoints_predictions(setup, tmp_path, caplog) -> None:
-    # The export runs in float32, so the checkpoint does too here (auto may choose bf16 on this CPU).
-    _, by_ckpt = predict(tmp_path, "ckpt", setup["ckpt"], str(setup["folder"]), "batch_size=3",
-                         "precision=32-true")
+    # The export computes in float32, and so does the checkpoint by default, on any CPU.
+    _, by_ckpt = predict(tmp_path, "ckpt", setup["ckpt"], str(setup["folder"]), "batch_size=3")
     with caplog.at_level(logging.WARNING):
         _, by_onnx = predict(tmp_path, "onnx", setup["onnx"], str(setup["folder"]), "gradcam=true")
     assert "Grad-CAM skipped" in caplog.text and not (tmp_path / "onnx" / "gradcam").exists()
@@ -113,20 +116,23 @@ def test_onnx_model_gives_the_checkpoints_predictions(setup, tmp_path, caplog) -
 
 def test_tta_averages_the_same_views_for_checkpoints_and_onnx(setup, tmp_path) -> None:
     folder = str(setup["folder"])
-    _, plain = predict(tmp_path, "plain", setup["ckpt"], folder, "precision=32-true")
-    _, ckpt = predict(tmp_path, "ckpt_tta", setup["ckpt"], folder, "precision=32-true", "tta.mode=flip")
+    _, plain = predict(tmp_path, "plain", setup["ckpt"], folder)
+    _, ckpt = predict(tmp_path, "ckpt_tta", setup["ckpt"], folder, "tta.mode=flip")
     _, onnx = predict(tmp_path, "onnx_tta", setup["onnx"], folder, "tta.mode=flip")
     ok = [i for i, r in enumerate(plain) if not r["error"]]
     np.testing.assert_allclose([onnx[i]["p_real"] for i in ok], [ckpt[i]["p_real"] for i in ok], atol=1e-4)
     assert max(abs(ckpt[i]["p_real"] - plain[i]["p_real"]) for i in ok) > 1e-4  # the mirror was scored too
 
 
-def test_bf16_prediction_stays_close_to_float32(setup, tmp_path) -> None:
+def test_bf16_prediction_when_asked_stays_close_to_float32_and_says_so(setup, tmp_path) -> None:
     folder = str(setup["folder"])
-    _, full = predict(tmp_path, "fp32", setup["ckpt"], folder, "precision=32-true")
-    _, half = predict(tmp_path, "bf16", setup["ckpt"], folder, "precision=bf16-mixed")
+    _, full = predict(tmp_path, "fp32", setup["ckpt"], folder)
+    _, half = predict(tmp_path, "bf16", setup["ckpt"], folder, "scoring.precision=bf16-mixed")
     ok = [i for i, r in enumerate(full) if not r["error"]]
     np.testing.assert_allclose([half[i]["p_real"] for i in ok], [full[i]["p_real"] for i in ok], atol=0.05)
+    assert {half[i]["precision"] for i in ok} == {"bf16-mixed"} and {full[i]["precision"] for i in ok} == {"32-true"}
+    _, by_onnx = predict(tmp_path, "onnx", setup["onnx"], folder, "scoring.precision=bf16-mixed")
+    assert {by_onnx[i]["precision"] for i in ok} == {"32-true"}  # onnxruntime computes in float32 regardless
 
 
 def test_threshold_and_resample_settings_apply(setup, tmp_path) -> None:

@@ -19,10 +19,14 @@ from cifake.jobs import predict as predict_job
 from cifake.jobs import train as train_job
 from cifake.models.forest import ForestClassifier
 from cifake.scoring import open_scorer
+from cifake.utils import cpu_has_fast_bf16
 from tests.conftest import CONF_DIR, tiny_demo_overrides
+from tests.test_cpu_recipe import RESNET
 from tests.test_export import compose_job, export_tiny, generated_images
+from tests.test_jobs import ROOT, _cli
 
 DATA = [o for o in tiny_demo_overrides() if o.startswith(("data", "trainer.accelerator"))]
+FLOAT32_HERE = {"precision": "32-true", "device": "cpu"}  # what scoring computes in by default, on this CPU
 
 
 def fit_tiny_forest(tmp: Path) -> Path:
@@ -54,12 +58,12 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def evaluate(models: dict[str, Path], model: Path, out: Path) -> dict:
     cfg = compose_job("evaluate", out, [*DATA, f"ckpt_path={model}", f"paths.cache_dir={models['cache']}",
-                                        "trainer.precision=32-true", "report.figures=false"])
+                                        "report.figures=false"])
     return evaluate_job.run(cfg)
 
 
 def test_checkpoint_and_its_onnx_export_evaluate_alike(models, tmp_path: Path) -> None:
-    # float32 on both sides: onnxruntime computes in float32, and auto would pick bf16 for the checkpoint here.
+    # float32 on both sides by default (scoring.precision), as onnxruntime computes, whatever this CPU's bf16.
     by_ckpt = evaluate(models, models["ckpt"], tmp_path / "ckpt")
     by_onnx = evaluate(models, models["onnx"], tmp_path / "onnx")
     assert by_ckpt["n"] == by_onnx["n"] == 48
@@ -78,7 +82,7 @@ def test_checkpoint_and_its_onnx_export_evaluate_alike(models, tmp_path: Path) -
 
 
 def test_forest_scores_through_the_same_interface(models) -> None:
-    scorer = open_scorer(models["forest"])
+    scorer = open_scorer(models["forest"], precision="32-true")
     forest = ForestClassifier.load(models["forest"])
     assert scorer.kind == "forest" and not scorer.explainable and scorer.classes == ("FAKE", "REAL")
     assert scorer.image_size == 32 and scorer.resample == "bicubic"  # recorded with the forest
@@ -86,7 +90,7 @@ def test_forest_scores_through_the_same_interface(models) -> None:
     expected = forest.predict_proba_real(extract_features(images, forest.feature_set, **forest.feature_params))
     np.testing.assert_allclose(scorer.p_real(images, batch_size=3), expected, rtol=0, atol=1e-7)
     with pytest.raises(ConfigError, match="leave tta.mode=none"):
-        open_scorer(models["forest"], tta={"mode": "flip"})
+        open_scorer(models["forest"], precision="32-true", tta={"mode": "flip"})
 
 
 def test_predict_writes_the_same_columns_for_every_kind_of_model(models, tmp_path: Path) -> None:
@@ -99,8 +103,7 @@ def test_predict_writes_the_same_columns_for_every_kind_of_model(models, tmp_pat
     tables = {}
     for kind in ("ckpt", "onnx", "forest"):
         out = tmp_path / kind
-        cfg = compose_job("predict", out, [f"ckpt_path={models[kind]}", f"inputs={folder}", "progress_bar=false",
-                                           "precision=32-true"])
+        cfg = compose_job("predict", out, [f"ckpt_path={models[kind]}", f"inputs={folder}", "progress_bar=false"])
         summary = predict_job.run(cfg)
         assert summary["files"] == 4 and summary["unreadable"] == 0
         tables[kind] = read_csv(out / "predictions.csv")
@@ -109,3 +112,71 @@ def test_predict_writes_the_same_columns_for_every_kind_of_model(models, tmp_pat
     p = {kind: np.array([float(r["p_real"]) for r in rows]) for kind, rows in tables.items()}
     assert np.abs(p["ckpt"] - p["onnx"]).max() < 1e-4
     assert all(r["predicted"] in ("FAKE", "REAL") for r in tables["forest"])
+
+
+# --- as a user runs it: train.py, export.py, evaluate.py -----------------------------------------------------------
+
+# Demo data large enough for a tiny residual net to separate the classes in a few epochs (500 test images).
+DEMO = [*[o for o in DATA if not o.startswith("data.demo.")], "data.demo.train_per_class=150",
+        "data.demo.test_per_class=250"]
+
+
+def entry_point(script: str, run_dir: Path, *overrides: str) -> Path:
+    """``python <script>.py <overrides>`` into ``run_dir``, as the README runs it; ``run_dir``."""
+    proc = _cli(str(ROOT / f"{script}.py"), *overrides, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> dict[str, Path]:
+    """A tiny network trained on demo data by train.py (with evaluate=true), and its export by export.py."""
+    tmp = tmp_path_factory.mktemp("demo_run")
+    run = entry_point("train", tmp / "train", *DEMO, f"paths.cache_dir={tmp / 'cache'}", *RESNET,
+                      "trainer.max_epochs=4", "trainer.enable_progress_bar=false", "callbacks.gradcam=null",
+                      "evaluate=true")
+    ckpt = run / "checkpoints" / "best.ckpt"
+    export = entry_point("export", tmp / "export", f"ckpt_path={ckpt}")
+    return {"tmp": tmp, "cache": tmp / "cache", "run": run, "ckpt": ckpt, "onnx": export / "model.onnx"}
+
+
+def evaluate_py(demo_run: dict[str, Path], model: Path, name: str, *overrides: str) -> tuple[dict, np.ndarray]:
+    """``python evaluate.py ckpt_path=<model>`` on the demo's test split: metrics.json and p(REAL) per image."""
+    out = entry_point("evaluate", demo_run["tmp"] / name, f"ckpt_path={model}", *DEMO,
+                      f"paths.cache_dir={demo_run['cache']}", "report.figures=false", *overrides)
+    rows = read_csv(out / "predictions.csv")
+    return json.loads((out / "metrics.json").read_text()), np.array([float(r["p_real"]) for r in rows])
+
+
+@pytest.mark.slow
+def test_a_demo_checkpoint_and_its_onnx_export_give_the_same_confusion_matrix(demo_run) -> None:
+    # Training took bf16 where this CPU computes it natively; scoring is float32 whatever the CPU, so the
+    # checkpoint is scored as its ONNX export is, and every file says what computed it.
+    computed = json.loads((demo_run["run"] / "results.json").read_text())["computed"]
+    assert computed["training"]["precision"] == ("bf16-mixed" if cpu_has_fast_bf16() else "32-true")
+    assert computed["training"]["device"] == "cpu" and computed["test"] == FLOAT32_HERE
+    by_ckpt, p_ckpt = evaluate_py(demo_run, demo_run["ckpt"], "ev_ckpt")
+    by_onnx, p_onnx = evaluate_py(demo_run, demo_run["onnx"], "ev_onnx")
+    assert by_ckpt["n"] == by_onnx["n"] == 500
+    assert by_ckpt["confusion_matrix"] == by_onnx["confusion_matrix"]
+    assert by_ckpt["scoring"] == by_onnx["scoring"] == FLOAT32_HERE
+    assert np.abs(p_ckpt - p_onnx).max() < 1e-4
+    # A real comparison: the trained model tells the classes apart, with answers on both sides of the threshold.
+    (tn, fp), (fn, tp) = by_ckpt["confusion_matrix"]
+    assert tn + tp > 0.7 * by_ckpt["n"] and min(tn + fn, fp + tp) > 0
+    # train.py evaluate=true scored the best checkpoint the same way.
+    after_training = json.loads((demo_run["run"] / "metrics.json").read_text())
+    assert after_training["confusion_matrix"] == by_ckpt["confusion_matrix"]
+    assert after_training["scoring"] == FLOAT32_HERE
+
+
+@pytest.mark.slow
+def test_bf16_scoring_is_there_when_asked_and_recorded(demo_run) -> None:
+    full, p_full = evaluate_py(demo_run, demo_run["ckpt"], "ev_fp32")
+    half, p_half = evaluate_py(demo_run, demo_run["ckpt"], "ev_bf16", "scoring.precision=bf16-mixed")
+    assert half["scoring"] == {"precision": "bf16-mixed", "device": "cpu"} and full["scoring"] == FLOAT32_HERE
+    difference = np.abs(p_half - p_full)
+    assert 0 < difference.max() < 0.05  # bf16 keeps 8 bits of mantissa: close to float32, not equal to it
+    # The ONNX export computes in float32 whatever is asked, and says so.
+    by_onnx, _ = evaluate_py(demo_run, demo_run["onnx"], "ev_onnx_bf16", "scoring.precision=bf16-mixed")
+    assert by_onnx["scoring"] == FLOAT32_HERE

@@ -44,9 +44,8 @@ bomb_png = load_test_module().bomb_png  # the same hostile PNG the load test sen
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY_ENV, KEY = "CIFAKE_TEST_API_KEY", "s3cret-key"
-# Small limits, so that the refusals are cheap to provoke; float32, as predict.py is run below.
-SMALL = ["max_upload_mb=1", "max_images=4", "max_image_pixels=1000000", "device=cpu", "precision=32-true",
-         "gradcam_scale=8"]
+# Small limits, so that the refusals are cheap to provoke (scoring in float32, the default, as predict.py).
+SMALL = ["max_upload_mb=1", "max_images=4", "max_image_pixels=1000000", "device=cpu", "gradcam_scale=8"]
 
 
 def make_images(folder: Path) -> list[str]:
@@ -105,7 +104,7 @@ def files(tmp_path_factory) -> dict[str, Any]:
     return {"tmp": tmp, "ckpt": ckpt, "onnx": onnx_path, "folder": folder, "names": names, "band": band,
             "bytes": {n: (folder / n).read_bytes() for n in names},
             # batch_size=1: each image alone through the network, as a request of one image is scored
-            "ckpt_rows": predict_rows(tmp, "p_ckpt", ckpt, folder, "precision=32-true", "gradcam=true", "batch_size=1"),
+            "ckpt_rows": predict_rows(tmp, "p_ckpt", ckpt, folder, "gradcam=true", "batch_size=1"),
             "onnx_rows": predict_rows(tmp, "p_onnx", onnx_path, folder, f"unsure_band=[{band[0]},{band[1]}]")}
 
 
@@ -176,6 +175,8 @@ def test_the_page_health_and_info(client, files) -> None:
     assert info["model"]["file"] == "tiny.ckpt" and info["model"]["kind"] == "checkpoint"
     assert info["model"]["image_size"] == 32 and info["gradcam"] == {"available": True, "default": False}
     assert info["limits"]["max_images"] == 4 and info["api_key_header"] is None
+    # What computes the answers: float32 by default, on the device the workers run on.
+    assert info["model"]["precision"] == "32-true" and info["model"]["device"] == "cpu"
 
 
 # --- response shapes --------------------------------------------------------------------------------------------
@@ -186,6 +187,7 @@ def test_one_image_per_request_gives_predicts_numbers(client, files) -> None:
         answer = ok(client.post("/predict", **upload(files, name)))
         assert answer["model"]["file"] == "tiny.ckpt" and answer["model"]["kind"] == "checkpoint"
         assert len(answer["model"]["sha256"]) == 16 and answer["model"]["resample"] == "bicubic"
+        assert answer["model"]["precision"] == "32-true" and answer["model"]["device"] == "cpu"
         (result,) = answer["images"]
         same_as_predict(result, files["ckpt_rows"][name], exact=True)  # one request at a time: batches of one
         assert result["name"] == name and result["gradcam"] is None and result["unsure_band"] is None
@@ -370,6 +372,7 @@ def test_onnx_behind_a_key_gives_predicts_numbers_and_unsure(onnx_client, files)
     assert outside.status_code == 400 and "outside the model's unsure band" in outside.json()["error"]
     info = ok(onnx_client.get("/info"))["model"]
     assert info["api_key_header"] == "X-API-Key" and info["gradcam"]["available"] is False
+    assert (info["model"]["precision"], info["model"]["device"]) == ("32-true", "cpu")  # onnxruntime, float32
 
 
 # --- a forest, through the API's own methods (no worker process) ------------------------------------------------
@@ -390,12 +393,27 @@ def test_a_forest_is_served_with_predicts_numbers(files, tmp_path_factory, monke
     assert isinstance(job, Job)
     answer = api.encode_response(api.predict(job))
     assert answer["model"]["kind"] == "forest" and [r["name"] for r in answer["images"]] == names
+    assert (answer["model"]["precision"], answer["model"]["device"]) == ("32-true", "cpu")
     for result in answer["images"]:
         same_as_predict(result, rows[result["name"]])
     refused = api.encode_response(api.predict(api.decode_request(FormData([("file", UploadFile(
         io.BytesIO(b""), filename="e.png"))]))))
     assert refused.status_code == 422 and b"empty file" in refused.body
     assert isinstance(api.decode_request(FormData()), Rejected)
+
+
+def test_bf16_is_served_when_asked_and_every_answer_says_so(files, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # setup() sets it, as a worker should
+    server = serve_job.build(serve_cfg(tmp_path, files["ckpt"], *SMALL, "scoring.precision=bf16-mixed"))
+    assert server.model_metadata["model"]["precision"] == "bf16-mixed"  # /info
+    api = server.lit_api
+    api.setup("cpu")
+    names = ["0.jpg", "photo.jpg"]
+    form = FormData([("file", UploadFile(io.BytesIO(files["bytes"][n]), filename=n)) for n in names])
+    answer = api.encode_response(api.predict(api.decode_request(form)))
+    assert (answer["model"]["precision"], answer["model"]["device"]) == ("bf16-mixed", "cpu")
+    for result in answer["images"]:  # bf16 keeps 8 bits of mantissa: close to float32, not equal
+        assert result["p_real"] == pytest.approx(files["ckpt_rows"][result["name"]]["p_real"], abs=0.05)
 
 
 # --- mistakes at startup ----------------------------------------------------------------------------------------
@@ -412,6 +430,7 @@ def test_a_forest_is_served_with_predicts_numbers(files, tmp_path_factory, monke
     (["threshold=1.5"], "threshold=1.5 must lie in [0, 1]"),
     (["unsure_band=[0.6,0.7]"], "unsure band [0.6, 0.7] must satisfy"),
     (["device=tpu"], "device='tpu'"),
+    (["scoring.precision=auto"], "scoring.precision='auto'; choose 32-true (float32 on every device"),
     (["resample=cubic"], "resample='cubic'"),
     (["gradcam_layer=net.nowhere"], "Grad-CAM layer 'net.nowhere' is not in this model"),
 ])

@@ -58,7 +58,7 @@ def test_the_page_judges_two_images_in_headless_chromium(tmp_path) -> None:
     lt = load_test_module()
     ckpt = make_checkpoint(tmp_path / "tiny.ckpt")
     images = two_images(tmp_path / "images")
-    overrides = ["device=cpu", "precision=32-true", "max_batch_size=4", "log_level=warning"]
+    overrides = ["device=cpu", "max_batch_size=4", "log_level=warning"]
     with lt.running_server(ckpt, overrides) as server:
         expected = {}
         for path in images:

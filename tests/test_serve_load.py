@@ -39,7 +39,7 @@ def test_a_real_server_under_mixed_load(lt, tmp_path) -> None:
     ckpt = make_checkpoint(tmp_path / "tiny.ckpt")
     items = lt.payloads(ckpt, "32-true")
     assert {p.p_real is None for p in items} == {True, False}
-    overrides = ["max_batch_size=16", "batch_timeout=0.02", "device=cpu", "precision=32-true", "log_level=warning",
+    overrides = ["max_batch_size=16", "batch_timeout=0.02", "device=cpu", "log_level=warning",
                  "request_timeout=60"]
     with lt.running_server(ckpt, overrides) as server:
         lt.load(server.url, lt.schedule(items, 16), 4)  # warm-up

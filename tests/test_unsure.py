@@ -88,7 +88,7 @@ def test_train_stores_the_band_and_evaluate_and_export_use_it(compose_cfg, tmp_p
     best = Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt"
     band = torch.load(best, weights_only=True)["unsure_band"]
     # The stored band is the one the validation scores of the best weights give.
-    scorer = open_scorer(best, device="cpu", precision=cfg.trainer.precision)
+    scorer = open_scorer(best, device="cpu", precision=cfg.scoring.precision)
     val = score_split(scorer, instantiate(cfg.data, _convert_="all"), "validate")
     assert band == pytest.approx(choose_unsure_band(val.p_real, val.labels, 0.5, 0.75))
     assert 0.0 <= band[0] <= 0.5 <= band[1] <= 1.0

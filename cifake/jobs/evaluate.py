@@ -32,8 +32,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     silence_known_warnings()
     check_threshold(cfg.threshold)
     scorer = open_scorer(cfg.ckpt_path, device=str(cfg.trainer.get("accelerator", "auto")),
-                         precision=cfg.trainer.get("precision", "auto"), tta=cfg.get("tta"),
-                         contract=cfg.get("contract"))
+                         precision=cfg.scoring.precision, tta=cfg.get("tta"), contract=cfg.get("contract"))
     datamodule = instantiate(cfg.data, _convert_="all")
     exclude = leaking_test_files(datamodule, cfg.leak_near_distance) if cfg.exclude_leaks else None
     loggers = instantiate_all(cfg.get("logger"))

@@ -2,10 +2,11 @@
 from any trained model file: a checkpoint (``.ckpt``), a forest (``.skops``) or an exported model
 (``.onnx`` with its ``model.json``).
 
-Every file found is listed in ``predictions.csv`` and ``predictions.jsonl``: with p(FAKE), p(REAL)
-and the predicted class, or with the reason it could not be read (a broken image or a file that is
-no image never stops the run). Predicting from an ``.onnx`` file loads neither torch nor Lightning:
-this module imports them only through the scorer of a checkpoint, and Grad-CAM only when asked.
+Every file found is listed in ``predictions.csv`` and ``predictions.jsonl``: with p(FAKE), p(REAL),
+the predicted class and the precision and device that computed them, or with the reason it could
+not be read (a broken image or a file that is no image never stops the run). Predicting from an
+``.onnx`` file loads neither torch nor Lightning: this module imports them only through the scorer
+of a checkpoint, and Grad-CAM only when asked.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from cifake.errors import ConfigError, DataError, require
 from cifake.scoring import Scorer, check_threshold, choose_resample, open_scorer, resolve_band
 
 log = logging.getLogger(__name__)
-FIELDS = ("path", "predicted", "p_fake", "p_real", "threshold", "error", "gradcam")
+FIELDS = ("path", "predicted", "p_fake", "p_real", "threshold", "error", "gradcam", "precision", "device")
 UNSURE = "UNSURE"  # the answer inside the unsure band
 
 
@@ -101,8 +102,10 @@ def predict_files(files: Sequence[Path], scorer: Scorer, resample: str, threshol
                   band: tuple[float, float] | None = None) -> list[dict[str, Any]]:
     """Predict every file in batches, writing ``predictions.csv`` and ``predictions.jsonl`` in
     ``out_dir`` row by row as they come; with an unsure ``band`` (low, high), p(REAL) in
-    ``(low, high]`` is answered ``UNSURE``. Returns the rows."""
+    ``(low, high]`` is answered ``UNSURE``. Each scored row names the precision and device that
+    computed it (:attr:`Scorer.computed`). Returns the rows."""
     classes = scorer.classes
+    computed = scorer.computed
     rows: list[dict[str, Any]] = []
     with ((out_dir / "predictions.csv").open("w", newline="") as csv_file,
           (out_dir / "predictions.jsonl").open("w") as jsonl_file,
@@ -126,9 +129,9 @@ def predict_files(files: Sequence[Path], scorer: Scorer, resample: str, threshol
                 p_real, label, overlay_png = results.get(i, (None, "", ""))
                 row = {"path": str(path), "predicted": label, "p_fake": None if p_real is None else 1.0 - p_real,
                        "p_real": p_real, "threshold": float(threshold), "error": bad.get(i, ""),
-                       "gradcam": overlay_png}
+                       "gradcam": overlay_png, **{k: None if p_real is None else v for k, v in computed.items()}}
                 writer.writerow([row["path"], label, _number(row["p_fake"]), _number(p_real), f"{threshold:g}",
-                                 row["error"], overlay_png])
+                                 row["error"], overlay_png, row["precision"] or "", row["device"] or ""])
                 jsonl_file.write(json.dumps(row) + "\n")
                 rows.append(row)
             bar.update(len(chunk))
@@ -158,7 +161,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"batch_size must be at least 1, got {cfg.batch_size}")
     inputs = OmegaConf.to_container(inputs) if OmegaConf.is_config(inputs) else inputs
     files = find_files(inputs)  # before loading the model: a mistyped path fails at once
-    scorer = open_scorer(ckpt_path, device=cfg.device, precision=cfg.get("precision", "auto"), tta=cfg.get("tta"),
+    scorer = open_scorer(ckpt_path, device=cfg.device, precision=cfg.scoring.precision, tta=cfg.get("tta"),
                          contract=cfg.contract)
     if scorer.image_size is None:
         raise ConfigError(f"{ckpt_path} does not record the image size it was trained on; retrain it with this "

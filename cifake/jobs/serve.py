@@ -36,7 +36,7 @@ def model_settings(cfg: DictConfig) -> ModelSettings:
     ckpt_path = require(cfg, "ckpt_path", "pass the model to serve: ckpt_path=outputs/train/runs/<run>/checkpoints/"
                         "best.ckpt, a forest.skops or an export.py model.onnx")
     return ModelSettings(path=str(ckpt_path), contract=None if cfg.contract is None else str(cfg.contract),
-                         device=str(cfg.device), precision=str(cfg.precision), tta=_plain(cfg.tta),
+                         device=str(cfg.device), precision=str(cfg.scoring.precision), tta=_plain(cfg.tta),
                          resample=cfg.resample, threshold=float(cfg.threshold), unsure_band=_plain(cfg.unsure_band),
                          batch_size=int(cfg.batch_size), gradcam=bool(cfg.gradcam), gradcam_layer=cfg.gradcam_layer,
                          gradcam_scale=int(cfg.gradcam_scale), gradcam_alpha=float(cfg.gradcam_alpha))
@@ -149,9 +149,16 @@ def build(cfg: DictConfig) -> Any:
     del scorer
     gc.collect()
     api = DetectorAPI(settings, upload_limits, warn_at, int(cfg.max_batch_size), float(cfg.batch_timeout))
-    return build_server(api, accelerator=target, workers=int(cfg.workers), request_timeout=float(cfg.request_timeout),
-                        max_upload_bytes=int(float(cfg.max_upload_mb) * 2**20), api_key=key,
-                        api_key_header=str(cfg.api_key_header), metadata=metadata)
+    server = build_server(api, accelerator=target, workers=int(cfg.workers), request_timeout=float(cfg.request_timeout),
+                          max_upload_bytes=int(float(cfg.max_upload_mb) * 2**20), api_key=key,
+                          api_key_header=str(cfg.api_key_header), metadata=metadata)
+    # Opened on the CPU above; /info names the devices LitServe's workers score on (each answer names its worker's).
+    server.model_metadata["model"]["device"] = ", ".join(str(d) for d in _flat(server.devices))
+    return server
+
+
+def _flat(items: Any) -> list[Any]:
+    return [x for item in items for x in _flat(item)] if isinstance(items, (list, tuple)) else [items]
 
 
 def stop_on_sigterm() -> None:

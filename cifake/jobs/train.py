@@ -20,9 +20,10 @@ from cifake.metrics import flat_metrics
 from cifake.models.forest import ForestClassifier
 from cifake.scoring import open_scorer
 from cifake.scoring.network import record_unsure_band
+from cifake.scoring.scorer import device_name
 from cifake.sweep import RESULTS_FILE
 from cifake.tracking import log_hparams, run_hparams
-from cifake.utils import build_trainer, instantiate_all, silence_known_warnings
+from cifake.utils import build_trainer, float32_matmul, instantiate_all, silence_known_warnings
 
 log = logging.getLogger(__name__)
 
@@ -39,19 +40,23 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     model: L.LightningModule | ForestClassifier = instantiate(cfg.model, _convert_="all")
     if isinstance(model, ForestClassifier):
         from cifake.forest_training import fit_forest  # scikit-learn: only for the forest
+        from cifake.scoring.forest import FOREST_COMPUTED
 
         loggers = instantiate_all(cfg.get("logger"))
         metrics, best = fit_forest(cfg, datamodule, model, loggers)
         best, step, rank_zero, fast_dev_run = str(best), 0, True, False
+        computed = {"training": dict(FOREST_COMPUTED)}
     else:
         trainer = build_trainer(cfg)
-        metrics, best = fit_network(cfg, trainer, model, datamodule, out)
+        with float32_matmul(cfg.float32_matmul_precision):  # for the fit only: scoring sets its own
+            computed = {"training": training_arithmetic(trainer, cfg.float32_matmul_precision)}
+            metrics, best = fit_network(cfg, trainer, model, datamodule, out)
         loggers, step, rank_zero = trainer.loggers, trainer.global_step, trainer.is_global_zero
         fast_dev_run = bool(trainer.fast_dev_run)
     # Every rank has the same best weights; one scores what follows alone (no collective calls).
     if rank_zero and not fast_dev_run and best and (cfg.get("evaluate") or cfg.get("unsure_precision")):
         scorer = open_scorer(best, device=str(cfg.trainer.get("accelerator", "auto")),
-                             precision=cfg.trainer.get("precision", "auto"), tta=cfg.get("tta"))
+                             precision=cfg.scoring.precision, tta=cfg.get("tta"))
         band, limit = None, cfg.trainer.get("limit_predict_batches")
         if cfg.get("unsure_precision") and scorer.kind != "checkpoint":
             raise ConfigError("unsure_precision stores its band in a network's checkpoint; the forest has none: "
@@ -65,6 +70,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             metrics["test"] = evaluate_model(scorer, datamodule, cfg.threshold, out, cfg.report, loggers, step,
                                              robustness=bool(cfg.get("robustness")), exclude=exclude, band=band,
                                              limit=limit)
+            computed["test"] = scorer.computed
     elif cfg.get("evaluate") and not fast_dev_run and rank_zero:
         raise ConfigError("evaluate=true needs the model_checkpoint callback to know the best weights")
     if not fast_dev_run:
@@ -72,7 +78,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if rank_zero:
         for lg in loggers:
             lg.finalize("success")
-        write_results(out, metrics)
+        write_results(out, metrics, computed)
         _print_outputs(out, best, loggers, bool(metrics.get("test")))
     return metrics
 
@@ -111,12 +117,25 @@ def warn_if_the_budget_cut_training(trainer: L.Trainer) -> None:
                 trainer.current_epoch, trainer.max_epochs, trainer.precision)
 
 
-def write_results(out: Path, metrics: dict[str, Any]) -> Path:
+def training_arithmetic(trainer: L.Trainer, matmul: str) -> dict[str, Any]:
+    """What the fit computes in and on (results.json's ``computed.training``), said in the log when
+    float32 matrix products and convolutions may use TF32 (``float32_matmul_precision``)."""
+    record = {"precision": str(trainer.precision), "device": device_name(trainer.strategy.root_device),
+              "devices": int(trainer.num_devices), "float32_matmul_precision": matmul}
+    if matmul != "highest":
+        log.info("Training in %s on %s with TF32 float32 matrix products and convolutions where the GPU has them "
+                 "(Ampere and newer; float32_matmul_precision=%s); scoring stays true float32 (scoring.precision)",
+                 record["precision"], record["device"], matmul)
+    return record
+
+
+def write_results(out: Path, metrics: dict[str, Any], computed: dict[str, dict[str, Any]]) -> Path:
     """``results.json``: the run's final metrics as flat scalars (test ones as ``test/...``), for
-    sweep summaries and scripts."""
+    sweep summaries and scripts, and ``computed``: the precision and device of the fit (``training``:
+    the train and validation metrics) and of the test split's scoring (``test``, when evaluated)."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / RESULTS_FILE
-    path.write_text(json.dumps({"metrics": flat_metrics(metrics)}, indent=2) + "\n")
+    path.write_text(json.dumps({"metrics": flat_metrics(metrics), "computed": computed}, indent=2) + "\n")
     return path
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -15,8 +16,10 @@ from cifake.atomic import atomic_path
 from cifake.data.augment import to_unit_float
 from cifake.data.labels import CLASSES
 from cifake.errors import ConfigError, ModelFileError
-from cifake.scoring.scorer import NO_TTA, Scorer
-from cifake.utils import resolve_precision
+from cifake.scoring.scorer import NO_TTA, Scorer, check_precision
+from cifake.utils import cpu_has_fast_bf16, float32_matmul
+
+log = logging.getLogger(__name__)
 
 UNSURE_BAND_KEY = "unsure_band"  # the checkpoint entry holding (low, high)
 
@@ -79,17 +82,19 @@ def trained_resample(raw: Mapping[str, Any]) -> str | None:
 def network_score(module: nn.Module, device: torch.device, precision: str = "32-true") -> Callable[
         [np.ndarray], np.ndarray]:
     """uint8 batch -> p(REAL) through ``module.p_real`` (which applies its test-time augmentation),
-    scaled as training scales its inputs, on ``device``, under bf16 autocast for ``bf16-mixed``.
-    The module is put in eval mode for the call and given back in the mode it was in; it is moved
-    to ``device`` at each call, as a trainer's teardown may have moved it back."""
-    bf16 = str(precision).startswith("bf16")
+    scaled as training scales its inputs, on ``device``: under bf16 autocast for ``bf16-mixed``, in
+    true float32 for ``32-true`` (no TF32 on CUDA, whatever PyTorch's default or a training run set,
+    so the numbers are those of every other device and of an ONNX export). The module is put in eval
+    mode for the call and given back in the mode it was in; it is moved to ``device`` at each call,
+    as a trainer's teardown may have moved it back."""
+    bf16 = check_precision(str(precision)) == "bf16-mixed"
 
     @torch.no_grad()
     def score(images: np.ndarray) -> np.ndarray:
         was_training = module.training
         module.eval().to(device)
         try:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            with float32_matmul("highest"), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 p = module.p_real(to_unit_float(torch.from_numpy(np.asarray(images)).to(device)))
         finally:
             module.train(was_training)
@@ -110,24 +115,33 @@ def module_scorer(module: nn.Module, device: torch.device, precision: str = "32-
     return Scorer(kind="checkpoint", source=source, score=network_score(module, device, precision),
                   classes=tuple(hp.get("classes", CLASSES)), image_size=hp.get("image_size"), resample=resample,
                   tta={"mode": mode, "shift": shift, "padding": padding}, model=module,
-                  gradcam_layer=hp.get("gradcam_layer"), device=device,
+                  gradcam_layer=hp.get("gradcam_layer"), device=device, precision=precision,
                   unsure_band=None if band is None else (float(band[0]), float(band[1])),
                   training=raw.get("datamodule_hyper_parameters"))
 
 
-def checkpoint_scorer(path: Path, device: str = "auto", precision: str = "auto",
-                      tta: Mapping[str, Any] | None = None) -> Scorer:
-    """A train.py checkpoint on ``device``, in eval mode, at ``precision`` (``auto``: bf16 where the
-    device computes it natively, as training chooses; NHWC where that is faster)."""
+def checkpoint_scorer(path: Path, device: str, precision: str, tta: Mapping[str, Any] | None = None) -> Scorer:
+    """A train.py checkpoint on ``device`` (``auto``: CUDA where there is one), in eval mode, at
+    ``precision`` (``scoring.precision``: ``32-true`` or ``bf16-mixed``; NHWC where that is faster)."""
+    check_precision(precision)
     raw = read_checkpoint(path)
     model = rebuild_classifier(raw, path)
     tta = dict(tta or NO_TTA)
     model.set_tta(tta.get("mode", "none"), tta.get("shift", 1), tta.get("padding", "reflect"))
     target = pick_device(device)
-    resolved = str(resolve_precision(precision, target.type))
+    if precision == "bf16-mixed" and not native_bf16(target):
+        log.warning("scoring.precision=bf16-mixed on %s, which has no native bf16: it is emulated there, slower than "
+                    "float32 (scoring.precision=32-true)", target)
     model = model.to(target).eval()
     model.set_channels_last(model.uses_channels_last(target))
-    return module_scorer(model, target, resolved, str(path), trained_resample(raw), raw)
+    return module_scorer(model, target, precision, str(path), trained_resample(raw), raw)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively (a CUDA GPU from Ampere on; a CPU with AVX512_BF16 or AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return device.type == "cpu" and cpu_has_fast_bf16()
 
 
 def record_unsure_band(path: str | Path, band: tuple[float, float]) -> None:

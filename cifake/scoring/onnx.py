@@ -53,4 +53,5 @@ def onnx_scorer(onnx_path: Path, contract_path: Path, tta: Mapping[str, Any]) ->
     return Scorer(kind="onnx", source=str(onnx_path), score=score, classes=classes, image_size=size,
                   resample=inp.get("resample"), threshold=terms.get("threshold"),
                   unsure_band=tuple(terms["unsure_band"]) if terms.get("unsure_band") else None,
-                  tta={"mode": mode, "shift": shift, "padding": padding}, model=session)
+                  tta={"mode": mode, "shift": shift, "padding": padding}, model=session,
+                  device="cpu", precision="32-true")  # onnxruntime's CPU provider, in the graph's float32

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from cifake.errors import ConfigError, ModelFileError
-from cifake.scoring.scorer import NO_TTA, Scorer
+from cifake.scoring.scorer import NO_TTA, PRECISIONS, Scorer, check_precision
+
+log = logging.getLogger(__name__)
 
 # Suffix -> kind; what each kind is, for messages.
 MODEL_KINDS: dict[str, tuple[str, ...]] = {"checkpoint": (".ckpt",), "forest": (".skops",), "onnx": (".onnx",)}
@@ -49,27 +52,38 @@ def model_kind(path: str | Path, allowed: Sequence[str] = tuple(MODEL_KINDS), ke
     return kind
 
 
-def open_scorer(path: str | Path, *, allowed: Sequence[str] = tuple(MODEL_KINDS), device: str = "auto",
-                precision: str = "auto", tta: Mapping[str, Any] | None = None, contract: str | Path | None = None,
+def open_scorer(path: str | Path, *, precision: str, allowed: Sequence[str] = tuple(MODEL_KINDS),
+                device: str = "auto", tta: Mapping[str, Any] | None = None, contract: str | Path | None = None,
                 key: str = "ckpt_path") -> Scorer:
     """A :class:`Scorer` for the model file at ``path``. Checkpoints run on ``device`` (``auto``:
-    CUDA when present) at ``precision`` (``auto``: bf16 where the device computes it natively);
+    CUDA when present) at ``precision`` (``scoring.precision``: ``32-true`` or ``bf16-mixed``); a
+    forest or an ONNX export computes as it does (float32, on the CPU) whatever ``precision`` says;
     ``tta`` (``mode``, ``shift``, ``padding``) averages every score over test-time views;
-    ``contract``: an ONNX file's ``model.json`` (default: beside it)."""
+    ``contract``: an ONNX file's ``model.json`` (default: beside it). The precision and device
+    that will compute the scores are logged (and recorded by :attr:`Scorer.computed`)."""
+    check_precision(precision)
     kind = model_kind(path, allowed, key)
     path = Path(path).expanduser()
     tta = dict(tta or NO_TTA)
     if kind == "checkpoint":
         from cifake.scoring.network import checkpoint_scorer  # torch and lightning: only for checkpoints
 
-        return checkpoint_scorer(path, device, precision, tta)
-    if kind == "forest":
+        scorer = checkpoint_scorer(path, device, precision, tta)
+    elif kind == "forest":
         from cifake.scoring.forest import forest_scorer  # scikit-learn: only for forests
 
         if tta.get("mode", "none") != "none":
             raise ConfigError("tta averages a network's predictions over flipped and shifted views; a forest of "
                               "image statistics would score every view alike: leave tta.mode=none for .skops")
-        return forest_scorer(path)
-    from cifake.scoring.onnx import onnx_scorer
+        scorer = forest_scorer(path)
+    else:
+        from cifake.scoring.onnx import onnx_scorer
 
-    return onnx_scorer(path, Path(contract).expanduser() if contract else path.with_suffix(".json"), tta)
+        scorer = onnx_scorer(path, Path(contract).expanduser() if contract else path.with_suffix(".json"), tta)
+    if scorer.precision != precision:
+        log.warning("scoring.precision=%s applies to PyTorch checkpoints; %s is %s, which computes in %s", precision,
+                    path.name, "a forest" if kind == "forest" else "an ONNX export", PRECISIONS[scorer.precision])
+    computed = scorer.computed
+    log.info("Scoring %s in %s on %s (scoring.precision=%s)", path.name, PRECISIONS[computed["precision"]],
+             computed["device"], precision)
+    return scorer

@@ -16,6 +16,27 @@ from cifake.errors import ConfigError
 log = logging.getLogger(__name__)
 
 NO_TTA: Mapping[str, Any] = {"mode": "none"}
+# What scoring.precision may be (conf/scoring/default.yaml), in Lightning's names.
+PRECISIONS: Mapping[str, str] = {"32-true": "float32", "bf16-mixed": "bf16 autocast"}
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if ``scoring.precision`` may be it; a :class:`ConfigError` that says what it may be otherwise."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"scoring.precision={precision!r}; choose 32-true (float32 on every device: the same "
+                          "numbers on every machine and in an ONNX export) or bf16-mixed (bf16 autocast: faster "
+                          "where bf16 is native, p(REAL) within about 1e-2 of float32)")
+    return precision
+
+
+def device_name(device: Any) -> str:
+    """``device`` as the files and answers record it: ``cpu``, ``cuda:0``, ..."""
+    name = str(device)
+    if name == "cuda":  # torch.device("cuda") runs on the current device: name it
+        import torch  # only a checkpoint on CUDA gets here, and it has loaded torch already
+
+        name = f"cuda:{torch.cuda.current_device()}"
+    return name
 
 
 @dataclass(frozen=True)
@@ -24,8 +45,9 @@ class Scorer:
 
     ``score`` maps one uint8 batch ``(N, 3, S, S)`` to p(REAL) ``(N,)`` float32, with the
     test-time augmentation ``tta`` already applied; :meth:`p_real` feeds it any number of images
-    in batches. ``model`` is what was loaded; for a network (``explainable``) it is the PyTorch
-    module Grad-CAM explains, at ``gradcam_layer`` by default, on ``device``.
+    in batches, computed in ``precision`` on ``device`` (:attr:`computed`, which every file and
+    answer records). ``model`` is what was loaded; for a network (``explainable``) it is the PyTorch
+    module Grad-CAM explains, at ``gradcam_layer`` by default.
     """
 
     kind: str  # "checkpoint", "forest" or "onnx" (see cifake.scoring.open.MODEL_KINDS)
@@ -38,7 +60,8 @@ class Scorer:
     tta: Mapping[str, Any] = field(default_factory=lambda: dict(NO_TTA))
     model: Any = None  # what was loaded: a Classifier, a ForestClassifier or an onnxruntime session
     gradcam_layer: str | None = None
-    device: Any = None  # where a network runs (a torch.device)
+    device: Any = None  # where it runs: a torch.device for a network, "cpu" for a forest or an ONNX export
+    precision: str | None = None  # what its scores are computed in, as scoring.precision names it (see PRECISIONS)
     unsure_band: tuple[float, float] | None = None  # (low, high): UNSURE when low < p(REAL) <= high
     training: Mapping[str, Any] | None = None  # the data settings it was trained with (augmentation, degradations)
 
@@ -46,6 +69,12 @@ class Scorer:
     def explainable(self) -> bool:
         """Whether Grad-CAM can explain this model (a PyTorch network; not a forest or ONNX)."""
         return self.kind == "checkpoint" and self.model is not None
+
+    @property
+    def computed(self) -> dict[str, str]:
+        """The precision and device that compute its scores, as metrics.json, results.json, predictions
+        and the server's answers record them: ``{"precision": "32-true", "device": "cpu"}``."""
+        return {"precision": str(self.precision), "device": device_name(self.device)}
 
     def p_real(self, images: np.ndarray, batch_size: int = 512, progress: str | None = None) -> np.ndarray:
         """p(REAL) float32 for uint8 ``images`` ``(N, 3, S, S)``, ``batch_size`` at a time (a

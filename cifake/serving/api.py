@@ -61,11 +61,11 @@ def open_model(settings: ModelSettings, device: str) -> tuple[Scorer, str, tuple
 
 def identity(scorer: Scorer, settings: ModelSettings, resample: str) -> dict[str, Any]:
     """Which model answers: its file (name and the start of its sha256), kind, input size, classes,
-    resampling and test-time augmentation."""
+    resampling, test-time augmentation, and the precision and device that compute its answers."""
     digest = hashlib.sha256(Path(settings.path).read_bytes()).hexdigest()
     return {"file": Path(settings.path).name, "sha256": digest[:16], "kind": scorer.kind,
             "image_size": scorer.image_size, "classes": list(scorer.classes), "resample": resample,
-            "tta": scorer.tta.get("mode", "none"), "explainable": scorer.explainable}
+            "tta": scorer.tta.get("mode", "none"), "explainable": scorer.explainable, **scorer.computed}
 
 
 @dataclass
