@@ -1,6 +1,7 @@
 # make demo: set up .venv if needed, then train + evaluate on the built-in demo data.
 # make test: set up .venv if needed, then run the tests.
-# make gpu-check DATA=<cifake>: on a CUDA machine, the GPU check's table (scripts/gpu_check.py).
+# make device-bundle [DATA=<cifake .tar.xz>]: here, with the network, .device-bundle/ for an offline CUDA machine.
+# make gpu-check [DATA=<cifake>]: on a CUDA machine, offline, the GPU check's table (scripts/gpu_check.py).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +9,7 @@ PY := $(VENV)/bin/python
 # e.g. make TORCH="torch torchvision --index-url https://download.pytorch.org/whl/cu128"
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test lint clean gpu-check
+.PHONY: setup demo test lint clean gpu-check device-bundle
 
 setup: $(VENV)/.installed
 
@@ -24,8 +25,18 @@ demo: setup
 test: setup
 	$(PY) -m pytest
 
-gpu-check: setup
-	$(PY) scripts/gpu_check.py $(if $(DATA),data.root=$(DATA))
+# The GPU check runs on a machine with no network: what its CUDA image lacks (Hydra, Grad-CAM, skops, ...) travels
+# as wheels for CPython 3.12 in $(DEVICE_BUNDLE), with the CIFAKE archive. It installs them with pip --no-index
+# --no-deps into the python that runs it (PYTHON there: the image's python3 with its torch), never from the network.
+DEVICE_BUNDLE ?= .device-bundle
+CIFAKE_ARCHIVE ?= ../shared/data/cifake.tar.xz
+GPU_CHECK_OUT ?= outputs/gpu_check
+
+device-bundle:
+	$(PYTHON) scripts/gpu_check.py bundle $(DEVICE_BUNDLE) --data $(or $(DATA),$(CIFAKE_ARCHIVE))
+
+gpu-check:
+	$(PYTHON) scripts/gpu_check.py run --bundle $(DEVICE_BUNDLE) --out-dir $(GPU_CHECK_OUT) $(if $(DATA),--data $(DATA))
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -4,10 +4,13 @@
     DataModule's loader and its on-device shear) against torchvision ``ImageFolder`` + PIL +
     ``RandomAffine`` shear + ``DataLoader`` with one worker per core;
 (b) training: ``train.py``'s Lightning path (module, datamodule, default callbacks, logger)
-    against a bare PyTorch loop of the same network, batch size and optimizer;
+    against a bare PyTorch loop of the same network, batch size, optimizer and augmentations;
 (c) evaluation: ``trainer.predict`` against a bare ``no_grad`` loop;
 
-each at ``data.batch_size`` and at ``--large-batch``; and
+each at ``data.batch_size`` and at ``--large-batch``, both sides of a pair on the same device, in
+the same precision and memory layout (what train.py's path resolves ``trainer.precision`` and
+``model.channels_last`` to there; each row names them) and with the data where the DataModule keeps
+it (``data.on_device``); and
 
 (d) precision: training and ``trainer.predict`` through train.py's path in float32 and bf16
     mixed precision, each with NCHW and NHWC (channels_last) convolutions, for the report's VGG
@@ -16,6 +19,10 @@ each at ``data.batch_size`` and at ``--large-batch``; and
 
 (e) degradations: train.py's training throughput of ``experiment=cpu_fast`` against
     ``experiment=cpu_robust`` (the same network with ``data.degrade`` on), ``--sections degrade``.
+
+Every measurement runs where the command line's ``trainer.accelerator`` (default ``auto``: CUDA
+when present) puts it, also for the recipes that pin the CPU (``experiment=cpu_fast``,
+``cpu_robust``), so that on a CUDA machine every row is a GPU row.
 
     python -m cifake.bench [--steps 100] [--data-images 32000] [--warmup 10] [--repeats 3]
                            [--large-batch 256] [--sections data,train,eval,precision,degrade]
@@ -30,6 +37,7 @@ CUDA when present (synchronising before reading the clock), else on the CPU.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import tempfile
@@ -47,12 +55,18 @@ from torch.utils.data import DataLoader
 
 from cifake import schemas  # noqa: F401  (registers the config schemas)
 from cifake.configs import CONF_DIR
-from cifake.data.augment import random_shear, to_unit_float
-from cifake.utils import build_trainer
+from cifake.data.augment import random_hflip, random_shear, random_translate, to_unit_float
+from cifake.data.degrade import degrade, is_active
+from cifake.utils import build_trainer, float32_matmul, resolve_precision, uses_cuda
 
 
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def _accelerator(cfg: DictConfig) -> str:
+    return str(cfg.trainer.get("accelerator", "auto"))
+
+
+def _device(cfg: DictConfig) -> torch.device:
+    """Where train.py's path runs ``cfg``: the bare loops must run there too."""
+    return torch.device("cuda" if uses_cuda(_accelerator(cfg)) else "cpu")
 
 
 def _sync() -> None:
@@ -81,7 +95,7 @@ def cached_data_rate(cfg: DictConfig, steps: int, warmup: int) -> float:
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("fit")
-    device, shear = _device(), cfg.data.shear
+    device, shear = _device(cfg), cfg.data.shear
 
     def batches() -> Iterator[int]:
         while True:
@@ -102,7 +116,7 @@ def naive_data_rate(cfg: DictConfig, steps: int, warmup: int, workers: int) -> f
     loader = DataLoader(datasets.ImageFolder(str(root), transform=transform), batch_size=cfg.data.batch_size,
                         shuffle=True, num_workers=workers, persistent_workers=workers > 0,
                         pin_memory=torch.cuda.is_available())
-    device = _device()
+    device = _device(cfg)
 
     def batches() -> Iterator[int]:
         while True:
@@ -153,36 +167,122 @@ def lightning_train_rate(cfg: DictConfig, steps: int, warmup: int) -> float:
     L.seed_everything(0)
     timer = _StepTimer(warmup)
     trainer = build_trainer(cfg, [timer], max_epochs=1, limit_train_batches=warmup + steps, limit_val_batches=0)
-    trainer.fit(instantiate(cfg.model, _convert_="all"), datamodule=instantiate(cfg.data, _convert_="all"))
+    with _float32_arithmetic(cfg):
+        trainer.fit(instantiate(cfg.model, _convert_="all"), datamodule=instantiate(cfg.data, _convert_="all"))
     return timer.rate()
 
 
-def _bare_setup(cfg: DictConfig) -> tuple:
+# Lightning's spellings of the precisions the bare loops reproduce.
+_PRECISION_ALIASES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}
+
+
+def numerics(cfg: DictConfig) -> tuple[str, bool]:
+    """The precision and memory layout train.py's path runs ``cfg`` in on its device: what
+    ``trainer.precision`` and ``model.channels_last`` resolve to there (``auto`` included)."""
+    precision = str(resolve_precision(cfg.trainer.get("precision", "32-true"), _accelerator(cfg)))
+    choice = cfg.model.get("channels_last", "auto")  # as Classifier.uses_channels_last decides it
+    channels_last = _device(cfg).type in ("cuda", "cpu") if choice == "auto" else bool(choice)
+    return _PRECISION_ALIASES.get(precision, precision), channels_last
+
+
+def numerics_label(cfg: DictConfig) -> str:
+    """``bf16-mixed, NHWC`` (``32-true with TF32, NCHW``): how a row of ``cfg`` computed, for the table."""
+    precision, channels_last = numerics(cfg)
+    tf32 = " with TF32" if _device(cfg).type == "cuda" and _float32_matmul_precision(cfg) != "highest" else ""
+    return f"{precision}{tf32}, {'NHWC' if channels_last else 'NCHW'}"
+
+
+def _float32_matmul_precision(cfg: DictConfig) -> str:
+    return str(cfg.get("float32_matmul_precision", "highest"))
+
+
+def _float32_arithmetic(cfg: DictConfig) -> contextlib.AbstractContextManager:
+    """float32 products as train.py fits ``cfg`` (``float32_matmul_precision``: TF32 or not), for both paths."""
+    return float32_matmul(_float32_matmul_precision(cfg))
+
+
+def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast Lightning's mixed precision runs the forward pass (and loss) under."""
+    if precision == "32-true":
+        return contextlib.nullcontext()
+    if precision in ("bf16-mixed", "16-mixed"):
+        dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float16
+        return torch.autocast(device.type, dtype=dtype)
+    raise ValueError(f"the bare loops reproduce trainer.precision 32-true, bf16-mixed and 16-mixed, not {precision}: "
+                     "pass one of those")
+
+
+class _BareData:
+    """The decoded split as the DataModule serves it: on the device once (``data.on_device``) or
+    indexed from the memory-mapped cache and moved batch by batch."""
+
+    def __init__(self, cfg: DictConfig, split_name: str) -> None:
+        datamodule = instantiate(cfg.data, _convert_="all")
+        datamodule.prepare_data()
+        self.datamodule, self.device = datamodule, _device(cfg)
+        self.split = datamodule.decoded(split_name)
+        on_device = cfg.data.get("on_device", "auto")
+        resident = self.device.type == "cuda" if on_device == "auto" else bool(on_device)
+        self.images = torch.from_numpy(np.array(self.split.images)).to(self.device) if resident else None
+        self.labels = torch.from_numpy(self.split.labels).to(self.device)
+        # where batch indices are made: beside resident data no step waits for a host-to-device copy
+        self.index_device = self.device if resident else torch.device("cpu")
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images and labels of ``rows`` (indices on ``index_device``), on the device."""
+        if self.images is not None:
+            return self.images[rows], self.labels[rows]
+        images = torch.from_numpy(np.asarray(self.split.images[rows.numpy()]))
+        return images.to(self.device, non_blocking=True), self.labels[rows.to(self.device)]
+
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        """The DataModule's training transform on the device: degrade, scale, shear, shift, flip."""
+        hp = self.datamodule.hparams
+        if is_active(self.datamodule.degradations):
+            images = degrade(images, self.datamodule.degradations)
+        images = random_shear(to_unit_float(images), hp.shear)
+        return random_hflip(random_translate(images, hp.translate, hp.translate_padding), hp.hflip)
+
+
+def _bare_net(cfg: DictConfig) -> torch.nn.Module:
     L.seed_everything(0)
-    datamodule = instantiate(cfg.data, _convert_="all")
-    datamodule.prepare_data()
-    split = datamodule.decoded(cfg.data.train_split)
-    net = instantiate(cfg.model.net).to(_device())
-    return split, net, torch.from_numpy(split.labels), datamodule.eval_batch
+    net = instantiate(cfg.model.net).to(_device(cfg))
+    return net.to(memory_format=torch.channels_last) if numerics(cfg)[1] else net
+
+
+def _layout(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
 
 
 def bare_train_rate(cfg: DictConfig, steps: int, warmup: int) -> float:
-    """A plain loop: index the cache, scale, forward, BCE, backward, optimizer step."""
-    split, net, labels_all, _ = _bare_setup(cfg)
+    """A plain loop in train.py's precision and layout: index the data, augment as the DataModule
+    does, forward, BCE, backward, optimizer step."""
+    data, net = _BareData(cfg, cfg.data.train_split), _bare_net(cfg)
     net.train()
     optimizer = instantiate(cfg.model.optimizer)(params=net.parameters())
-    loss_fn, device, batch = torch.nn.BCEWithLogitsLoss(), _device(), cfg.data.batch_size
+    precision, channels_last = numerics(cfg)
+    device, batch = _device(cfg), cfg.data.batch_size
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    # float16 needs loss scaling, as Lightning's 16-mixed does; bf16 and float32 do not
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
 
     def batches() -> Iterator[int]:
         while True:
-            rows = torch.randint(len(split), (batch,)).numpy()
-            images = to_unit_float(torch.from_numpy(split.images[rows]).to(device))
+            images, labels = data.batch(torch.randint(len(data), (batch,), device=data.index_device))
+            images = _layout(data.augment(images), channels_last)
             optimizer.zero_grad(set_to_none=True)
-            loss_fn(net(images), labels_all[rows].to(device).float()).backward()
-            optimizer.step()
+            with _autocast(precision, device):
+                logits = net(images)
+            scaler.scale(loss_fn(logits.float(), labels.float())).backward()
+            scaler.step(optimizer)
+            scaler.update()
             yield batch
 
-    return _rate(batches(), steps, warmup)
+    with _float32_arithmetic(cfg):  # the generator runs inside: forward and backward alike
+        return _rate(batches(), steps, warmup)
 
 
 # -- (c) evaluation ----------------------------------------------------------------------------
@@ -191,25 +291,30 @@ def lightning_eval_rate(cfg: DictConfig, steps: int, warmup: int) -> float:
     L.seed_everything(0)
     timer = _StepTimer(warmup)
     trainer = build_trainer(cfg, [timer], limit_predict_batches=warmup + steps)
-    trainer.predict(instantiate(cfg.model, _convert_="all"), datamodule=instantiate(cfg.data, _convert_="all"))
+    with _float32_arithmetic(cfg):
+        trainer.predict(instantiate(cfg.model, _convert_="all"), datamodule=instantiate(cfg.data, _convert_="all"))
     return timer.rate()
 
 
 @torch.no_grad()
 def bare_eval_rate(cfg: DictConfig, steps: int, warmup: int) -> float:
-    """A plain ``no_grad`` loop over the cache at the evaluation batch size."""
-    split, net, _, eval_batch = _bare_setup(cfg)
+    """A plain ``no_grad`` loop over the test split at the evaluation batch size, in train.py's
+    precision and layout."""
+    data, net = _BareData(cfg, cfg.data.test_split), _bare_net(cfg)
     net.eval()
-    device, batch = _device(), min(eval_batch, len(split))
+    precision, channels_last = numerics(cfg)
+    device, batch = _device(cfg), min(data.datamodule.eval_batch, len(data))
 
     def batches() -> Iterator[int]:
         while True:
-            for start in range(0, len(split) - batch + 1, batch):
-                images = torch.from_numpy(np.array(split.images[start:start + batch]))  # a writable copy
-                torch.sigmoid(net(to_unit_float(images.to(device))))
+            for start in range(0, len(data) - batch + 1, batch):
+                images, _labels = data.batch(torch.arange(start, start + batch, device=data.index_device))
+                with _autocast(precision, device):
+                    torch.sigmoid(net(_layout(to_unit_float(images), channels_last)).float())
                 yield batch
 
-    return _rate(batches(), steps, warmup)
+    with _float32_arithmetic(cfg):
+        return _rate(batches(), steps, warmup)
 
 
 # -- (d) precision -----------------------------------------------------------------------------
@@ -223,14 +328,16 @@ PRECISIONS = {"float32 NCHW": ["trainer.precision=32-true", "model.channels_last
 
 
 def precision_rows(rows: list[str], runs_log: list[str], overrides: list[str], tmp: str, steps: int,
-                   warmup: int, repeats: int) -> None:
-    """Section (d): every network of ``PRECISION_NETS`` at every setting of ``PRECISIONS``."""
+                   warmup: int, repeats: int, flush: Callable[[], None] | None = None) -> None:
+    """Section (d): every network of ``PRECISION_NETS`` at every setting of ``PRECISIONS``, on the
+    command line's device (``overrides`` start with its ``trainer.accelerator``)."""
     for net, net_overrides in PRECISION_NETS.items():
         configs = {name: _compose([*net_overrides, *overrides, *extra], tmp) for name, extra in PRECISIONS.items()}
         reference = next(iter(PRECISIONS))
         for title, measure in (("training", lightning_train_rate), ("evaluation", lightning_eval_rate)):
             _compare(rows, f"(d) {net}, {title}", {name: lambda c=c, m=measure: m(c, steps, warmup)
-                                                   for name, c in configs.items()}, reference, repeats, runs_log)
+                                                   for name, c in configs.items()}, reference, repeats, runs_log,
+                     flush)
 
 
 # -- (e) training-time degradations ------------------------------------------------------------
@@ -239,18 +346,20 @@ DEGRADE_RECIPES = {"cpu_fast (clean)": ["experiment=cpu_fast"],
 
 
 def degrade_rows(rows: list[str], runs_log: list[str], overrides: list[str], tmp: str, steps: int, warmup: int,
-                 repeats: int) -> None:
+                 repeats: int, flush: Callable[[], None] | None = None) -> None:
     """Section (e): train.py's training throughput of the same network without and with the
     training-time degradations (``data.degrade``) of ``experiment=cpu_robust``."""
     configs = {name: _compose([*extra, *overrides], tmp) for name, extra in DEGRADE_RECIPES.items()}
     _compare(rows, "(e) training, degradations off vs on", {
         name: lambda c=c: lightning_train_rate(c, steps, warmup) for name, c in configs.items()
-    }, next(iter(DEGRADE_RECIPES)), repeats, runs_log)
+    }, next(iter(DEGRADE_RECIPES)), repeats, runs_log, flush)
 
 
 # -- the table ---------------------------------------------------------------------------------
 def _compare(rows: list[str], title: str, paths: dict[str, Callable[[], float]], reference: str,
-             repeats: int, runs_log: list[str]) -> None:
+             repeats: int, runs_log: list[str], flush: Callable[[], None] | None = None) -> None:
+    """Measure every path ``repeats`` times, alternating, and add their medians and ratios to
+    ``rows``; then ``flush`` (write the table so far: a run stopped later keeps these rows)."""
     runs: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(repeats):
         for name, measure in paths.items():
@@ -260,6 +369,8 @@ def _compare(rows: list[str], title: str, paths: dict[str, Callable[[], float]],
         mid = statistics.median(values)
         rows.append(f"| {title} | {name} | {mid:,.1f} | {mid / ref:.2f} |")
         runs_log.append(f"{title} / {name}: " + ", ".join(f"{v:.1f}" for v in values))
+    if flush is not None:
+        flush()
 
 
 def _compose(overrides: list[str], tmp: str) -> DictConfig:
@@ -289,8 +400,25 @@ def main(argv: list[str] | None = None) -> str:
     runs_log: list[str] = []
     s, w, r = args.steps, args.warmup, args.repeats
     naive = f"torchvision ImageFolder + PIL + RandomAffine, {args.workers} workers"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = _compose(overrides, tmp)
+        device = _device(cfg)
+        where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+            f"CPU, {torch.get_num_threads()} threads"
+
+        def table(partial: bool = False) -> str:
+            return "\n".join([
+                f"Throughput on {where} (torch {torch.__version__}): {s} timed batches per training and evaluation "
+                f"measurement and {args.data_images:,} timed images per data-path one, after {w} warm-up batches, "
+                f"{r} alternating runs per path; ratio against the first path of each measurement"
+                + (" (partial: the run is still going or was stopped)" if partial else ""),
+                "", *rows, "", "All runs (images/s):", *(f"- {line}" for line in runs_log),
+            ])
+
+        def flush() -> None:
+            args.out.write_text(table(partial=True) + "\n")
+
         # every measurement at the configured batch size and at the large one (evaluation too)
         configs = {batch: _compose([*overrides, f"data.batch_size={batch}", f"data.eval_batch_size={batch}"], tmp)
                    for batch in dict.fromkeys((cfg.data.batch_size, args.large_batch))}
@@ -300,36 +428,33 @@ def main(argv: list[str] | None = None) -> str:
                 _compare(rows, f"(a) data path, batch {batch}", {
                     naive: lambda c=c, d=d: naive_data_rate(c, d, w, args.workers),
                     "decode-once cache, shear on the device": lambda c=c, d=d: cached_data_rate(c, d, w),
-                }, naive, r, runs_log)
+                }, naive, r, runs_log, flush)
         if "train" in sections:
             for batch, c in configs.items():
+                bare, how = "bare PyTorch loop", numerics_label(c)
                 _compare(rows, f"(b) training, batch {batch}", {
-                    "bare PyTorch loop": lambda c=c: bare_train_rate(c, s, w),
-                    "Lightning (train.py's module, datamodule, callbacks, logger)":
+                    f"{bare} ({how})": lambda c=c: bare_train_rate(c, s, w),
+                    f"Lightning (train.py's module, datamodule, callbacks, logger; {how})":
                         lambda c=c: lightning_train_rate(c, s, w),
-                }, "bare PyTorch loop", r, runs_log)
+                }, f"{bare} ({how})", r, runs_log, flush)
         if "eval" in sections:
             for batch, c in configs.items():
+                bare, how = "bare no_grad loop", numerics_label(c)
                 _compare(rows, f"(c) evaluation, batch {batch}", {
-                    "bare no_grad loop": lambda c=c: bare_eval_rate(c, s, w),
-                    "Lightning trainer.predict": lambda c=c: lightning_eval_rate(c, s, w),
-                }, "bare no_grad loop", r, runs_log)
+                    f"{bare} ({how})": lambda c=c: bare_eval_rate(c, s, w),
+                    f"Lightning trainer.predict ({how})": lambda c=c: lightning_eval_rate(c, s, w),
+                }, f"{bare} ({how})", r, runs_log, flush)
+        # The recipes below pin trainer.accelerator=cpu (cpu_fast, cpu_robust): run them where the
+        # command line runs (its own trainer.accelerator, given later, still wins).
+        on_device = [f"trainer.accelerator={_accelerator(cfg)}", *overrides]
         if "precision" in sections:
-            precision_rows(rows, runs_log, overrides, tmp, s, w, r)
+            precision_rows(rows, runs_log, on_device, tmp, s, w, r, flush)
         if "degrade" in sections:
-            degrade_rows(rows, runs_log, overrides, tmp, s, w, r)
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
-    table = "\n".join([
-        f"Throughput on {device} (torch {torch.__version__}): {s} timed batches per training and evaluation "
-        f"measurement and {args.data_images:,} timed images per data-path one, after {w} warm-up batches, "
-        f"{r} alternating runs per path; ratio against the first path of each measurement",
-        "", *rows, "", "All runs (images/s):", *(f"- {line}" for line in runs_log),
-    ])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table + "\n")
-    print(table)
-    return table
-
+            degrade_rows(rows, runs_log, on_device, tmp, s, w, r, flush)
+    text = table()
+    args.out.write_text(text + "\n")
+    print(text)
+    return text
 
 if __name__ == "__main__":
     main()

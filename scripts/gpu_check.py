@@ -1,91 +1,824 @@
-"""The GPU check, for a session that is lent one CUDA GPU: one command, under 8 minutes on an
-H100/H200, one Markdown table.
+"""The GPU check: on an offline machine with one CUDA GPU (an H100/H200 image that has torch, Lightning and
+TensorBoard but not Hydra), one command of about 6 minutes measures the GPU path and writes one Markdown table.
 
-    python scripts/gpu_check.py data.root=<cifake> [--out outputs/gpu_check.md] [--best-epochs 12]
+Here, with the network (wheels of what such an image lacks, for CPython 3.12 on manylinux x86_64, and the
+CIFAKE archive; ``make device-bundle`` does this):
 
-It runs, through the project's own entry points:
-1. ``python -m cifake.bench --sections train,eval,precision`` (the benchmark's GPU rows);
-2. ``train.py experiment=reference`` for two epochs: the time of one epoch at batch 32 (the second
-   one, so start-up and cuDNN's autotuning are not counted);
-3. ``train.py experiment=best`` for ``--best-epochs`` epochs, validating on the test split after
-   every epoch with the final weights evaluated (no checkpoint chosen on test): its wall time,
-   its test accuracy, and the time at which the per-epoch test accuracy first reached 0.95.
+    python scripts/gpu_check.py bundle .device-bundle --data ../shared/data/cifake.tar.xz
+
+There, from the checkout's root, with ``.device-bundle`` beside it:
+
+    python3 scripts/gpu_check.py run --bundle .device-bundle --out-dir /tmp/gpu_check --report-to "$OUT"
+
+``run`` stops at once, in one line, where CUDA is not usable (before pip, before anything slow). Otherwise it
+installs the bundle offline into the running python (``pip --no-index --no-deps``: its torch is left alone;
+skipped for what is already importable, or with ``--no-install``), extracts the archive (into ``--scratch``,
+reused by a rerun) and runs, through the project's own entry points, each as a subprocess with a timeout and
+its log kept, going on to the next when one fails or times out:
+
+1. ``train.py model=vgg trainer.max_epochs=2 data.root=<cifake>``, the mission's command: did it exit 0 and
+   write every dashboard (the TensorBoard tags of conf/callbacks/default.yaml's callbacks)?
+2. ``train.py experiment=reference trainer.max_epochs=2 evaluate=false``: the second epoch's time,
+   validation included (TensorBoard wall times), and the GPU's busy share over it (NVML, sampled at 10 Hz
+   in a thread of this script);
+3. ``pytest tests/test_device_transfers.py -k cuda``: 20 training steps under
+   ``torch.cuda.set_sync_debug_mode("error")``, which raises at the first host sync;
+4. ``train.py experiment=reference debug=gpu_profile``: 20 steps under PyTorch's profiler (the wall time of
+   a step, the CPU and CUDA totals, the kernels that take the GPU's time);
+5. ``train.py experiment=best`` for ``--best-epochs`` epochs (``trainer.max_time`` keeps it inside its
+   share of the budget), validating on the test split after every epoch with the final weights evaluated
+   (no checkpoint chosen on test): its wall time, test accuracy and time to 0.95 test accuracy;
+6. ``python -m cifake.bench --sections train,eval,precision``, a few steps each.
+
+Everything goes into a fresh ``--out-dir`` (a non-empty one gets a timestamped sibling, so old TensorBoard
+events never mix into the curves); the table (``gpu_check.md``) is made from that folder alone by
+:func:`summarize`, so ``python scripts/gpu_check.py table <out-dir>`` redraws it from a recorded run.
+``--report-to DIR`` copies the table, the logs and a record of the run (``gpu_check_record.tar.gz``: the
+out folder without checkpoints) flat into DIR, seven files.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import logging
+import math
+import os
+import re
+import shutil
+import signal
+import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
+import threading
 import time
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGET = 0.95
+TARGET = 0.95  # the test accuracy whose time-to-reach the check reports
+ARCHIVE = "cifake.tar.xz"  # the archive's name inside the bundle
+DEFAULT_ARCHIVE = ROOT.parent / "shared" / "data" / ARCHIVE
+BUNDLE_LIMIT = 60 * 2**20  # what may travel beside the checkout to the device machine
+
+# What train.py's, bench's and Grad-CAM's import path needs beyond a CUDA image with torch, Lightning,
+# TensorBoard, scikit-learn, ONNX, OpenCV and Matplotlib: distribution -> (version, module to import).
+# Versions as pyproject.toml allows and the tests here run; serving (litserve, FastAPI, pydantic) is not on
+# train's path and stays out.
+BUNDLE: dict[str, tuple[str, str]] = {
+    "hydra-core": ("1.3.8", "hydra"),
+    "omegaconf": ("2.3.1", "omegaconf"),
+    "antlr4-python3-runtime": ("4.9.3", "antlr4"),  # hydra 1.3 and omegaconf 2.3 need 4.9.*; PyPI has an sdist
+    "grad-cam": ("1.5.7", "pytorch_grad_cam"),  # an sdist on PyPI too: built here into a pure-python wheel
+    "ttach": ("0.0.3", "ttach"),  # grad-cam imports it
+    "skops": ("0.16.0", "skops"),  # cifake.models.forest, imported by the train job
+    "prettytable": ("3.19.0", "prettytable"),  # skops requires it
+    "wcwidth": ("0.9.4", "wcwidth"),  # prettytable requires it
+}
+# pip download's target: the device's python3 (CPython 3.12, glibc manylinux, x86-64).
+WHEEL_TARGET = ["--python-version", "3.12", "--implementation", "cp", "--platform", "manylinux_2_28_x86_64",
+                "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64", "--platform", "any"]
+
+# The dashboards every validation epoch writes (cifake/callbacks/, conf/callbacks/default.yaml) and the
+# HPARAMS row the train job adds: TensorBoard kind -> tags.
+DASHBOARDS: dict[str, tuple[str, ...]] = {
+    "scalars": ("train/loss", "val/loss", "val/acc", "val/auroc", "hp/val/acc"),
+    "images": ("val/roc", "val/pr", "val/confusion_matrix", "val/predictions", "val/gradcam/fixed",
+               "val/gradcam/correct", "val/gradcam/wrong"),
+    "tensors": ("val/pr_curve",),
+}
+
+# The report's files, flat, for --report-to (the device tool brings back at most 8 files).
+STEP_LOGS = ("headline", "reference", "best", "bench")  # syncs and profile: in the record and the table
+PROFILE = "fit-profile.txt"  # Lightning's PyTorchProfiler report (conf/debug/gpu_profile.yaml)
+RECORD = "gpu_check_record.tar.gz"
+LEFT_OUT = (".ckpt", ".onnx", "predictions.csv")  # large, and the table needs none of them
+
+log = logging.getLogger("gpu_check")
 
 
-def run(args: list[str], log: Path) -> float:
-    """Run ``python <args>`` from the checkout; its output goes to ``log``; returns the wall seconds."""
-    start = time.perf_counter()
-    with log.open("w") as fh:
-        done = subprocess.run([sys.executable, *args], cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
-    if done.returncode:
-        sys.exit(f"{' '.join(args[:3])} failed (exit {done.returncode}); see {log}")
-    return time.perf_counter() - start
+# -- the bundle (built here, with the network) ----------------------------------------------------
+def _wheel_prefix(name: str, version: str) -> str:
+    return f"{re.sub(r'[-_.]+', '_', name).lower()}-{version}-"
 
 
-def epoch_scalars(run_dir: Path, tag: str) -> list[tuple[float, float]]:
-    """``(wall time, value)`` of every epoch-level ``tag`` in the run's TensorBoard events."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+def build_bundle(dest: Path, archive: Path | None, python: str = sys.executable) -> list[Path]:
+    """Fill ``dest/wheels`` with a wheel of each of :data:`BUNDLE` for the device's python (pure-python
+    ones built here where PyPI has only an sdist) and copy ``archive`` to ``dest/cifake.tar.xz``; returns
+    the files. Wheels already there are kept; other versions of the same packages are removed."""
+    wheels = dest / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    for name, (version, _module) in BUNDLE.items():
+        prefix = _wheel_prefix(name, version)
+        for stale in wheels.glob(f"{prefix.split('-')[0]}-*.whl"):
+            if not stale.name.startswith(prefix):  # one version of each: two stop the install there
+                stale.unlink()
+        if any(wheels.glob(f"{prefix}*.whl")):
+            continue
+        spec = f"{name}=={version}"
+        download = [python, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", *WHEEL_TARGET,
+                    "--disable-pip-version-check", "-q", "-d", str(wheels), spec]
+        if subprocess.run(download, capture_output=True, text=True).returncode:
+            # No wheel on the index: build one here. It must be pure python to run on the device's 3.12.
+            subprocess.run([python, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "-q",
+                            "-w", str(wheels), spec], check=True)
+            built = next(wheels.glob(f"{prefix}*.whl"), None)
+            if built is None or not built.name.endswith("-none-any.whl"):
+                raise SystemExit(f"bundle: {spec} has no wheel for CPython 3.12 and builds no pure-python one "
+                                 f"here ({built.name if built else 'nothing built'})")
+    if archive is not None:
+        if not archive.is_file():
+            raise SystemExit(f"bundle: no CIFAKE archive at {archive}; pass DATA=<cifake .tar.xz> (make) or "
+                             "--data <archive>")
+        copy = dest / ARCHIVE
+        if not (copy.is_file() and copy.stat().st_size == archive.stat().st_size):
+            shutil.copyfile(archive, copy)
+    files = sorted(p for p in dest.rglob("*") if p.is_file())
+    size = sum(p.stat().st_size for p in files)
+    if size > BUNDLE_LIMIT:
+        raise SystemExit(f"bundle: {dest} holds {size / 2**20:.1f} MiB, over the {BUNDLE_LIMIT / 2**20:.0f} MiB "
+                         "that may travel with the checkout")
+    return files
 
-    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
-    events.Reload()
-    return [(e.wall_time, e.value) for e in events.Scalars(tag)]
+
+# -- on the device: CUDA first, then the offline install ------------------------------------------
+def _nvidia_smi(query: str) -> tuple[list[str], str | None]:
+    """nvidia-smi's CSV rows for ``--query-gpu=query``, or why there are none."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return [], "no driver found"
+    try:
+        done = subprocess.run([smi, f"--query-gpu={query}", "--format=csv,noheader"], capture_output=True,
+                              text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return [], f"nvidia-smi failed: {err}"
+    rows = [line.strip() for line in done.stdout.splitlines() if line.strip()]
+    if done.returncode or not rows:
+        first = (done.stdout + done.stderr).strip().splitlines()
+        return [], f"nvidia-smi failed: {first[0] if first else f'exit {done.returncode}'}"
+    return rows, None
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "gpu_check.md")
-    parser.add_argument("--best-epochs", type=int, default=12, help="epochs of experiment=best (budget: ~4 min)")
-    args, overrides = parser.parse_known_args()
-    work = args.out.parent / "gpu_check"
-    work.mkdir(parents=True, exist_ok=True)
-    common = ["trainer.enable_progress_bar=false", *overrides]
+def driver_version() -> str:
+    """The NVIDIA driver's version as nvidia-smi reports it, or why it cannot."""
+    rows, problem = _nvidia_smi("driver_version")
+    return rows[0] if rows else str(problem)
 
-    bench_md = work / "bench.md"
-    run(["-m", "cifake.bench", "--sections", "train,eval,precision", "--steps", "50", "--warmup", "10",
-         "--repeats", "1", "--out", str(bench_md), *overrides], work / "bench.log")
 
-    ref = work / "reference"
-    run(["train.py", "experiment=reference", "trainer.max_epochs=2", "evaluate=false", f"hydra.run.dir={ref}",
-         *common], work / "reference.log")
-    (t0, _), (t1, _) = epoch_scalars(ref, "train/loss")[:2]
+def cuda_problem() -> str | None:
+    """``None`` when a CUDA kernel runs; else one line naming torch, its CUDA and the driver, and why."""
+    with warnings.catch_warnings(record=True) as caught:  # torch warns (on stderr) where the driver is wrong
+        warnings.simplefilter("always")
+        try:
+            import torch
+        except ImportError as err:
+            return f"gpu_check: torch is not importable by {sys.executable} ({err}); driver {driver_version()}"
+        try:
+            usable = torch.cuda.is_available()
+            if usable:  # is_available() can say yes where no kernel runs (a driver too old for this build)
+                torch.ones(1, device="cuda").add_(1).item()
+            reason = None if usable else "torch.cuda.is_available() is False"
+        except Exception as err:  # any failure of the first kernel means the same: no usable CUDA
+            reason = f"{type(err).__name__}: {err}"
+    if reason is None:
+        return None
+    said = [str(w.message) for w in caught if "cuda" in str(w.message).lower()]
+    if said:
+        reason += f" ({said[0]})"
+    line = (f"gpu_check: CUDA is not usable here (torch {torch.__version__}, CUDA {torch.version.cuda}, "
+            f"driver {driver_version()}): {reason}; nothing was run")
+    return " ".join(line.split())  # one line, whatever the messages held
 
-    best = work / "best"
-    wall = run(["train.py", "experiment=best", f"trainer.max_epochs={args.best_epochs}", "data.validate_on=test",
-                "callbacks.model_checkpoint.monitor=null", f"hydra.run.dir={best}", *common], work / "best.log")
-    curve = epoch_scalars(best, "val/acc")  # validated on test after every epoch
-    start = epoch_scalars(best, "train_step/loss")[0][0]
-    reached = next(((w - start, i + 1) for i, (w, acc) in enumerate(curve) if acc >= TARGET), None)
-    test = json.loads((best / "metrics.json").read_text())
-    leak_free = test.get("leak_free", {}).get("accuracy", float("nan"))
 
+def missing_modules(modules: list[str]) -> list[str]:
+    """Those of ``modules`` that the entry points (run from the checkout's root) cannot import."""
+    code = "import importlib.util, sys; print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))"
+    done = subprocess.run([sys.executable, "-c", code, *modules], cwd=ROOT, capture_output=True, text=True,
+                          check=True)
+    return done.stdout.split()
+
+
+def install_bundle(bundle: Path) -> dict[str, Any]:
+    """Install the bundle's wheels that the running python lacks, offline and without dependencies (its
+    torch stays as it is), and the project where it is not importable from the checkout; returns what was
+    done, for the table."""
+    missing = missing_modules([module for _version, module in BUNDLE.values()] + ["cifake"])
+    wanted = [name for name, (_v, module) in BUNDLE.items() if module in missing]
+    wheels = [w for name in wanted for w in (bundle / "wheels").glob(f"{_wheel_prefix(name, BUNDLE[name][0])}*.whl")]
+    done: dict[str, Any] = {"installed": [], "already_there": sorted(set(BUNDLE) - set(wanted)), "error": None}
+    pip = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--disable-pip-version-check",
+           "--no-cache-dir", "-q"]
+    if len(wheels) < len(wanted):
+        done["error"] = f"the bundle {bundle} lacks wheels for some of {', '.join(wanted)}: run make device-bundle"
+    elif wheels:
+        proc = subprocess.run([*pip, *map(str, wheels)], capture_output=True, text=True)
+        if proc.returncode:
+            done["error"] = f"pip install failed: {(proc.stderr or proc.stdout).strip()[-500:]}"
+        else:
+            done["installed"] = [f"{name} {BUNDLE[name][0]}" for name in wanted]
+    if "cifake" in missing:  # the entry points run from the checkout's root, which puts it on their path
+        # No build isolation: that would fetch setuptools from an index; the image has one.
+        proc = subprocess.run([*pip, "--no-build-isolation", "-e", str(ROOT)], capture_output=True, text=True)
+        if proc.returncode:
+            done["error"] = f"installing the project failed: {(proc.stderr or proc.stdout).strip()[-500:]}"
+        else:
+            done["installed"].append("cifake (editable)")
+    return done
+
+
+# -- the run folder, the data, the steps ---------------------------------------------------------
+def fresh_folder(path: Path) -> Path:
+    """``path`` when it is missing or empty, else a timestamped sibling: a rerun never mixes old
+    TensorBoard events into new curves."""
+    if path.exists() and any(path.iterdir()):
+        return path.with_name(f"{path.name}-{datetime.now():%Y%m%d-%H%M%S}")
+    return path
+
+
+def prepare_data(data: Path, scratch: Path) -> tuple[Path, dict[str, Any]]:
+    """The CIFAKE folder (``train/``, ``test/``) for ``data.root``: ``data`` itself when it is a folder,
+    else the archive extracted into ``scratch`` (once: a rerun reuses it)."""
+    if data.is_dir():
+        return data, {"name": "extract", "note": f"the folder {data}", "seconds": 0.0}
+    if not data.is_file():
+        raise FileNotFoundError(f"no CIFAKE archive or folder at {data}: pass --data or build the bundle with it")
+    target, stamp = scratch / "cifake", f"{data.name} {data.stat().st_size}"
+    marker = target / ".extracted"
+    if marker.is_file() and marker.read_text() == stamp:
+        return _data_root(target), {"name": "extract", "note": "reused from a previous run", "seconds": 0.0}
+    start, partial = time.time(), scratch / "cifake.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.mkdir(parents=True)
+    if shutil.which("tar"):  # GNU tar unpacks the 120,000 files 2-4x faster than tarfile (12 s vs 28-57 s here)
+        subprocess.run(["tar", "-xf", str(data), "-C", str(partial)], check=True)
+    else:
+        with tarfile.open(data) as tar:
+            tar.extractall(partial, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    files = sum(len(names) for _, _, names in os.walk(partial))
+    partial.rename(target)
+    marker.write_text(stamp)
+    return _data_root(target), {"name": "extract", "files": files, "start": start, "end": time.time(),
+                                "seconds": time.time() - start}
+
+
+def _data_root(folder: Path) -> Path:
+    """The folder holding ``train/`` and ``test/``: the archive's top or its one top-level folder."""
+    if (folder / "train").is_dir():
+        return folder
+    inner = [p for p in folder.iterdir() if p.is_dir() and (p / "train").is_dir()]
+    return inner[0] if len(inner) == 1 else folder
+
+
+@dataclass
+class Step:
+    """One entry-point run: its name (log, run folder), its arguments to python, its share of the budget."""
+
+    name: str
+    args: list[str]
+    share: float
+    extra: dict[str, Any]
+
+
+def plan(out: Path, data_root: Path, best_epochs: int, bench_steps: int) -> list[Step]:
+    """The runs, in the order they go: the mission's command first, the benchmark last."""
+    quiet = ["trainer.enable_progress_bar=false"]
+
+    def run_dir(name: str) -> str:
+        return f"hydra.run.dir={out / 'runs' / name}"
+
+    root = f"data.root={data_root}"
+    return [
+        Step("headline", ["train.py", "model=vgg", "trainer.max_epochs=2", root, *quiet, run_dir("headline")],
+             0.28, {"command": "python train.py model=vgg trainer.max_epochs=2 data.root=<cifake>"}),
+        Step("reference", ["train.py", "experiment=reference", "trainer.max_epochs=2", "evaluate=false", root,
+                           *quiet, run_dir("reference")], 0.22, {}),
+        # PyTorch's sync detector over 20 training steps (the CPU tests count host reads; this sees them all).
+        Step("syncs", ["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_device_transfers.py", "-k",
+                       "cuda"], 0.05, {}),
+        # Where a step's time goes: 20 steps of the reference recipe under PyTorch's profiler.
+        Step("profile", ["train.py", "experiment=reference", "debug=gpu_profile", root, *quiet, run_dir("profile")],
+             0.07, {}),
+        Step("best", ["train.py", "experiment=best", f"trainer.max_epochs={best_epochs}", "data.validate_on=test",
+                      "callbacks.model_checkpoint.monitor=null", root, *quiet, run_dir("best")], 0.33,
+             {"epochs": best_epochs}),
+        Step("bench", ["-m", "cifake.bench", "--sections", "train,eval,precision", "--steps", str(bench_steps),
+                       "--warmup", "5", "--repeats", "1", "--out", str(out / "bench" / "bench.md"), root], 0.17, {}),
+    ]
+
+
+# Seconds experiment=best keeps for starting up and evaluating after trainer.max_time stops its training.
+BEST_RESERVE = 50.0
+
+
+def run_step(name: str, args: list[str], out: Path, timeout: float, env: dict[str, str] | None = None,
+             **extra: Any) -> dict[str, Any]:
+    """Run ``python <args>`` from the checkout's root with its output in ``out/logs/<name>.log``; past
+    ``timeout`` seconds it is interrupted (Lightning then stops and flushes its logs), then killed. Returns
+    its record for ``steps.json``."""
+    logfile = out / "logs" / f"{name}.log"
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    start, timed_out = time.time(), False
+    with logfile.open("w") as fh:
+        fh.write(f"$ python {' '.join(args)}\n")
+        fh.flush()
+        # Its own process group: the interrupt and the kill reach the decode workers too, and nothing else.
+        proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+        try:
+            proc.wait(timeout=max(timeout, 1.0))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    end = time.time()
+    return {"name": name, "args": args, "start": start, "end": end, "seconds": end - start, "timeout": timeout,
+            "returncode": proc.returncode, "timed_out": timed_out, "log": str(logfile.relative_to(out)), **extra}
+
+
+class GpuSampler(threading.Thread):
+    """Samples the GPU's utilisation into a CSV file (``source,time,gpu_percent,memory_percent``): NVML's
+    ``utilization.gpu`` every ``1/hz`` s (``rates``: the share of the driver's last sample period in which a
+    kernel ran) and, where the driver gives them, its own timestamped samples (``driver``)."""
+
+    def __init__(self, path: Path, hz: float = 10.0, index: int = 0) -> None:
+        super().__init__(daemon=True)
+        self.path, self.period, self.index = path, 1.0 / hz, index
+        self.halt = threading.Event()
+        self.problem: str | None = None
+
+    def run(self) -> None:
+        try:
+            import pynvml  # nvidia-ml-py
+
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(self.index)
+        except Exception as err:  # no NVML: the table says the busy share was not measured, and why
+            self.problem = f"NVML unavailable: {err}"
+            return
+        last, raw = 0, True
+        with self.path.open("w", newline="") as fh:
+            out = csv.writer(fh)
+            out.writerow(["source", "time", "gpu_percent", "memory_percent"])
+            next_drain = 0.0
+            while not self.halt.wait(self.period):
+                now = time.time()
+                rates = pynvml.nvmlDeviceGetUtilizationRates(handle)
+                out.writerow(["rates", f"{now:.3f}", rates.gpu, rates.memory])
+                if raw and now >= next_drain:  # the driver's buffer holds its recent samples: drain it each second
+                    next_drain = now + 1.0
+                    try:
+                        _kind, samples = pynvml.nvmlDeviceGetSamples(handle, pynvml.NVML_GPU_UTILIZATION_SAMPLES, last)
+                    except pynvml.NVMLError as err:
+                        # NOT_FOUND: no sample since the last one; anything else: not here (a VM, an old driver)
+                        raw = err.value == pynvml.NVML_ERROR_NOT_FOUND
+                        continue
+                    for s in samples:
+                        if s.timeStamp > last:
+                            out.writerow(["driver", f"{s.timeStamp / 1e6:.6f}", s.sampleValue.uiVal, ""])
+                            last = s.timeStamp
+            fh.flush()
+        pynvml.nvmlShutdown()
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(timeout=5)
+
+
+def environment(bundle: Path) -> dict[str, Any]:
+    """What ran the check: nvidia-smi's GPU and driver, torch and its CUDA and cuDNN, python."""
     import torch
 
-    lines = [f"# GPU check on {torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}", "",
-             "| measurement | value |", "|---|---|",
-             f"| experiment=reference, one epoch at batch 32 (second epoch, with validation) | {t1 - t0:.1f} s |",
-             f"| experiment=best, {args.best_epochs} epochs, wall time of train.py (with evaluation) | {wall:.0f} s |",
-             f"| experiment=best, test accuracy (final weights, TTA {test['tta']['mode']}) | {test['accuracy']:.4f} |",
-             f"| experiment=best, leak-free test accuracy | {leak_free:.4f} |",
-             f"| time to {TARGET} test accuracy (per-epoch test curve, no TTA) | "
-             + (f"{reached[0]:.0f} s (epoch {reached[1]}) |" if reached else "not reached |"),
-             "", "Per-epoch test accuracy of experiment=best: " + ", ".join(f"{acc:.4f}" for _, acc in curve),
-             "", "## Benchmark", "", bench_md.read_text()]
-    args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    gpus, problem = _nvidia_smi("name,driver_version,memory.total")
+    return {
+        "nvidia_smi": gpus or [problem], "torch": torch.__version__, "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(), "torch_device": torch.cuda.get_device_name(),
+        "capability": ".".join(map(str, torch.cuda.get_device_capability())), "python": sys.version.split()[0],
+        "executable": sys.executable, "bundle": str(bundle), "cpus": os.cpu_count(),
+    }
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n")
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """The ``run`` subcommand: everything in the module docstring, in that order."""
+    began = time.time()  # the budget counts from here: torch's first import and CUDA's start are part of it
+    problem = cuda_problem()
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    out = fresh_folder(args.out_dir.resolve())
+    out.mkdir(parents=True)
+    # Our own lines only, on stdout and in check.log (TensorBoard's reader logs through the root logger).
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(out / "check.log")):
+        handler.setFormatter(logging.Formatter("[gpu_check %(asctime)s] %(message)s", datefmt="%H:%M:%S"))
+        log.addHandler(handler)
+    log.info("writing into %s", out)
+    env_record = {**environment(args.bundle), "sample_hz": args.sample_hz}
+    sampler = GpuSampler(out / "gpu_samples.csv", hz=args.sample_hz)
+    sampler.start()
+    steps: list[dict[str, Any]] = []
+    try:
+        env_record["install"] = {"skipped": "--no-install"} if args.no_install else install_bundle(args.bundle)
+        log.info("bundle: %s", env_record["install"])
+        _write_json(out / "environment.json", env_record)
+        run_steps(args, out, steps, began)
+    finally:  # whatever stopped the check, the table and the report say what was done
+        sampler.stop()
+        env_record.update(sampler_problem=sampler.problem, check_seconds=time.time() - began)
+        _write_json(out / "environment.json", env_record)
+        _write_json(out / "steps.json", steps)
+        table = markdown(summarize(out))
+        (out / "gpu_check.md").write_text(table)
+        print(table)
+        if args.report_to:
+            for path in report(out, args.report_to):
+                log.info("copied %s", path)
+    return 0
+
+
+def run_steps(args: argparse.Namespace, out: Path, steps: list[dict[str, Any]], began: float) -> None:
+    """Extract the data, then run :func:`plan`'s steps, each in its share of what is left of the budget;
+    their records go into ``steps`` (and ``steps.json`` after each)."""
+    data = args.data or args.bundle / ARCHIVE
+    try:
+        data_root, extracted = prepare_data(data, args.scratch)
+    except (OSError, tarfile.TarError) as err:
+        steps.append({"name": "extract", "error": str(err)})
+        log.error("no data: %s", err)
+        return
+    steps.append(extracted)
+    log.info("CIFAKE at %s (%s)", data_root, extracted.get("note") or f"extracted in {extracted['seconds']:.1f} s")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CIFAKE_CACHE_DIR": str(args.scratch / "cache")}
+    todo = plan(out, data_root, args.best_epochs, args.bench_steps)
+    for i, step in enumerate(todo):
+        left = args.budget - (time.time() - began)
+        # Each run gets its share of what is left: time one did not use goes to those after it.
+        timeout = left * step.share / sum(s.share for s in todo[i:])
+        if timeout < 20:
+            steps.append({"name": step.name, "skipped": f"no time left in the {args.budget:.0f} s budget"})
+            continue
+        step_args = list(step.args)
+        if step.name == "best":  # stop training in time to evaluate: a cut run still gives its accuracy
+            step_args.append(f"++trainer.max_time='00:00:00:{max(30, int(timeout - BEST_RESERVE))}'")
+        log.info("%s: python %s (timeout %.0f s)", step.name, " ".join(step_args), timeout)
+        record = run_step(step.name, step_args, out, timeout, env, **step.extra)
+        steps.append(record)
+        log.info("%s: %s", step.name, _status(record, out))
+        _write_json(out / "steps.json", steps)  # after each run: a crash of the check keeps what was done
+
+
+def report(out: Path, dest: Path) -> list[Path]:
+    """Copy the table, the check's and each run's log and a record of the run (``out`` without
+    checkpoints and predictions: what :func:`summarize` reads, and more) flat into ``dest``: seven files."""
+    dest.mkdir(parents=True, exist_ok=True)
+    copies = [(out / "gpu_check.md", "gpu_check.md"), (out / "check.log", "gpu_check.log")]
+    copies += [(out / "logs" / f"{name}.log", f"{name}.log") for name in STEP_LOGS]
+    written = []
+    for src, name in copies:
+        if src.is_file():
+            shutil.copyfile(src, dest / name)
+            written.append(dest / name)
+    with tarfile.open(dest / RECORD, "w:gz") as tar:
+        tar.add(out, arcname=out.name, filter=lambda info: None if info.name.endswith(LEFT_OUT) else info)
+    return [*written, dest / RECORD]
+
+
+# -- the table, from a recorded run folder ----------------------------------------------------------
+def _read_json(path: Path, default: Any) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return default
+
+
+def tensorboard(run_dir: Path) -> Any | None:
+    """The run's TensorBoard events, every sample kept (None without any)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    folder = run_dir / "tensorboard"
+    if not any(folder.glob("events.out.tfevents.*")):
+        return None
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    events.Reload()
+    return events
+
+
+def scalars(events: Any, tag: str) -> list[tuple[float, int, float]]:
+    """``(wall time, step, value)`` of each ``tag`` event, by step (none when it was not logged)."""
+    if events is None or tag not in events.Tags()["scalars"]:
+        return []
+    return sorted(((e.wall_time, e.step, e.value) for e in events.Scalars(tag)), key=lambda e: (e[1], e[0]))
+
+
+def _figure_epochs(run_dir: Path, epochs: int) -> int:
+    """How many of the first ``epochs`` epochs drew figures: every ``figures_every_n_epochs``-th and the
+    last (``FigureCallback.due``), as the run's own ``.hydra/config.yaml`` set it."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        cfg = {}
+    every = int(cfg.get("figures_every_n_epochs") or 1)
+    last = int((cfg.get("trainer") or {}).get("max_epochs") or epochs)
+    return sum(1 for epoch in range(1, epochs + 1) if epoch % every == 0 or epoch >= last)
+
+
+def dashboards(events: Any, run_dir: Path) -> str:
+    """Which of :data:`DASHBOARDS` the run wrote, and whether each came as often as it should: the
+    epoch scalars every epoch, the figures every epoch that draws them, the HPARAMS row once."""
+    if events is None:
+        return "no TensorBoard events"
+    tags = events.Tags()
+    expected = [(kind, tag) for kind, names in DASHBOARDS.items() for tag in names]
+    missing = [tag for kind, tag in expected if tag not in tags[kind]]
+    epochs = len(scalars(events, "train/loss"))
+    figures = _figure_epochs(run_dir, epochs)
+    short = []
+    for kind, tag in expected:
+        want = 1 if tag.startswith("hp/") else epochs if kind == "scalars" else figures
+        got = 0 if tag in missing else len(getattr(events, kind.capitalize())(tag))
+        if tag not in missing and got < want:
+            short.append(f"{tag} ({got} of {want})")
+    if missing or short:
+        return "; ".join(filter(None, [f"missing: {', '.join(missing)}" if missing else "",
+                                       f"too few: {', '.join(short)}" if short else ""]))
+    return (f"all {len(expected)} written ({', '.join(t for _, t in expected)}): the scalars at each of {epochs} "
+            f"epochs, the figures at {figures}")
+
+
+def samples(path: Path) -> dict[str, list[tuple[float, float]]]:
+    """The GPU samples of :class:`GpuSampler`, by source: ``(time, gpu_percent)``."""
+    found: dict[str, list[tuple[float, float]]] = {}
+    try:
+        with path.open(newline="") as fh:
+            for row in csv.DictReader(fh):
+                found.setdefault(row["source"], []).append((float(row["time"]), float(row["gpu_percent"])))
+    except (OSError, ValueError, KeyError):
+        pass
+    return found
+
+
+def busy_share(gpu: dict[str, list[tuple[float, float]]], start: float, end: float, why_not: str | None,
+               hz: float = 10) -> str:
+    """The GPU's mean utilisation between ``start`` and ``end`` (wall times), from each sample source."""
+    parts = []
+    for source, what in (("rates", f"NVML utilization.gpu sampled at {hz:g} Hz"),
+                         ("driver", "the driver's own samples")):
+        inside = [value for t, value in gpu.get(source, []) if start <= t <= end]
+        if inside:
+            parts.append(f"{statistics.fmean(inside):.0f}% ({what}, {len(inside)} in {end - start:.1f} s)")
+    return "; ".join(parts) or f"not measured{f': {why_not}' if why_not else ''}"
+
+
+def _last_error(log_file: Path) -> str:
+    """The last ``error:`` line (our friendly errors) or exception line of a run's log, if any."""
+    try:
+        lines = log_file.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    found = [line for line in lines if re.match(r"(error: |\w+(Error|Exception)\b)", line)]
+    return f": {found[-1][:300]}" if found else ""
+
+
+def _status(step: dict[str, Any] | None, out: Path | None = None) -> str:
+    """How a step ended, in words (with its error line when it failed and ``out`` holds its log)."""
+    if step is None:
+        return "not run"
+    if "skipped" in step:
+        return f"skipped: {step['skipped']}"
+    if step.get("timed_out"):
+        return f"timed out after {step['timeout']:.0f} s (interrupted; what it logged is used below)"
+    if step.get("returncode"):
+        why = _last_error(out / step["log"]) if out is not None else ""
+        return f"failed (exit {step['returncode']}) after {step['seconds']:.0f} s, log {step['log']}{why}"
+    return f"exit 0 in {step['seconds']:.0f} s"
+
+
+def _epoch_rows(label: str, events: Any, gpu: dict, why_not: str | None, hz: float) -> list[tuple[str, str]]:
+    """The second epoch's time (from the end of the first to the end of the second, validation and
+    dashboards included) and the GPU's busy share over it."""
+    ends = [wall for wall, _step, _value in scalars(events, "train/loss")]  # logged as each epoch ends
+    if len(ends) < 2:
+        return [(f"{label}: second epoch, validation included", "not reached")]
+    return [(f"{label}: second epoch, validation included", f"{ends[1] - ends[0]:.1f} s"),
+            (f"{label}: GPU busy during the second epoch", busy_share(gpu, ends[0], ends[1], why_not, hz))]
+
+
+def summarize(out: Path) -> list[tuple[str, str]]:
+    """The check's measurements as ``(measurement, value)`` rows, read from a run folder written by
+    ``run``: ``environment.json``, ``steps.json``, ``gpu_samples.csv``, each run's TensorBoard events and
+    ``metrics.json``, and ``bench/bench.md``."""
+    env = _read_json(out / "environment.json", {})
+    steps = {s["name"]: s for s in _read_json(out / "steps.json", [])}
+    gpu, why_not = samples(out / "gpu_samples.csv"), env.get("sampler_problem")
+    hz = env.get("sample_hz", 10)
+    rows: list[tuple[str, str]] = [
+        ("GPU (nvidia-smi: name, driver, memory)", "; ".join(env.get("nvidia_smi", [])) or "?"),
+        ("torch / CUDA / cuDNN", f"{env.get('torch', '?')} / {env.get('cuda', '?')} / {env.get('cudnn', '?')}"),
+        ("device as torch sees it", f"{env.get('torch_device', '?')}, compute capability {env.get('capability', '?')}"),
+        ("python", f"{env.get('python', '?')} ({env.get('executable', '?')}), {env.get('cpus', '?')} CPUs"),
+    ]
+    install = env.get("install", {})
+    rows.append(("bundle installed offline (pip --no-index --no-deps)", install.get("error") or install.get("skipped")
+                 or (", ".join(install.get("installed", [])) or "nothing: all importable already")))
+    extract = steps.get("extract", {})
+    rows.append(("CIFAKE archive", extract.get("error") or extract.get("note")
+                 or f"{extract.get('files', 0):,} files extracted in {extract.get('seconds', math.nan):.1f} s"))
+
+    head = steps.get("headline")
+    label = "`train.py model=vgg trainer.max_epochs=2` (the mission's command)"
+    rows.append((label, _status(head, out)))
+    events = tensorboard(out / "runs" / "headline")
+    acc = scalars(events, "val/acc")
+    rows.append(("headline: dashboards in TensorBoard", dashboards(events, out / "runs" / "headline")
+                 if head else "not run"))
+    rows += _epoch_rows("headline", events, gpu, why_not, hz) if head else []
+    if acc:
+        rows.append(("headline: val/acc (held-out 10% of train) after each epoch",
+                     ", ".join(f"{v:.4f}" for *_, v in acc)))
+
+    ref = steps.get("reference")
+    rows.append(("`experiment=reference`, 2 epochs at batch 32 (validating on test)", _status(ref, out)))
+    if ref:
+        rows += _epoch_rows("reference", tensorboard(out / "runs" / "reference"), gpu, why_not, hz)
+
+    syncs = steps.get("syncs")
+    rows.append(("host syncs in 20 training steps (`torch.cuda.set_sync_debug_mode('error')`, "
+                 "tests/test_device_transfers.py)", _status(syncs, out)))
+    if syncs and "log" in syncs:
+        rows.append(("syncs: pytest says", _pytest_summary(out / syncs["log"])))
+    profile = steps.get("profile")
+    rows.append(("`experiment=reference debug=gpu_profile` (20 steps under PyTorch's profiler)",
+                 _status(profile, out)))
+    rows += _profile_rows(out / "runs" / "profile" / PROFILE) if profile else []
+
+    best = steps.get("best")
+    rows.append((f"`experiment=best`, {best.get('epochs', '?') if best else '?'} epoch(s), validating on test, "
+                 "wall time of train.py (evaluation included)", _status(best, out)))
+    if best and "start" in best:
+        rows += _best_rows(out / "runs" / "best", best, gpu, why_not, hz)
+
+    bench = steps.get("bench")
+    rows.append(("`python -m cifake.bench --sections train,eval,precision`", _status(bench, out)))
+    rows += _bench_rows(out / "bench" / "bench.md")
+    if "check_seconds" in env:
+        rows.append(("the whole check", f"{env['check_seconds']:.0f} s"))
+    return rows
+
+
+def _best_rows(run_dir: Path, step: dict[str, Any], gpu: dict, why_not: str | None,
+               hz: float) -> list[tuple[str, str]]:
+    events = tensorboard(run_dir)
+    curve = scalars(events, "val/acc")  # the test split, after every epoch (data.validate_on=test)
+    ends = [wall for wall, *_ in scalars(events, "train/loss")]
+    by_max_time = not (step.get("timed_out") or step.get("returncode")) and len(ends) < step.get("epochs", 0)
+    rows = [("best: epochs trained", f"{len(ends)} of {step.get('epochs', '?')}"
+             + (" (trainer.max_time stopped it: the one-cycle schedule did not finish)" if by_max_time else ""))]
+    if len(ends) >= 2:
+        durations = [b - a for a, b in zip(ends, ends[1:], strict=False)]
+        rows.append(("best: epoch time, median of epochs 2 on (validation on test included)",
+                     f"{statistics.median(durations):.1f} s"))
+        rows.append(("best: GPU busy from the end of epoch 1 to the last",
+                     busy_share(gpu, ends[0], ends[-1], why_not, hz)))
+    metrics = _read_json(run_dir / "metrics.json", None)
+    if metrics:
+        tta = metrics.get("tta", {}).get("mode", "none")
+        rows.append((f"best: test accuracy (final weights, TTA {tta})", f"{metrics['accuracy']:.4f}"))
+        if "leak_free" in metrics:
+            rows.append(("best: leak-free test accuracy", f"{metrics['leak_free']['accuracy']:.4f}"))
+    else:
+        rows.append(("best: test accuracy", "no metrics.json (the run did not reach its evaluation)"))
+    reached = next(((wall, i + 1) for i, (wall, _s, acc) in enumerate(curve) if acc >= TARGET), None)
+    rows.append((f"best: time to {TARGET} test accuracy (per-epoch test curve, no TTA; from the launch of train.py)",
+                 f"{reached[0] - step['start']:.0f} s (epoch {reached[1]})" if reached else "not reached"))
+    if curve:
+        rows.append(("best: test accuracy after each epoch", ", ".join(f"{v:.4f}" for *_, v in curve)))
+    return rows
+
+
+def _pytest_summary(log_file: Path) -> str:
+    """pytest's last line (``1 passed in 12.3s``), or the first failure's error line."""
+    try:
+        lines = [line.strip() for line in log_file.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    errors = [line for line in lines if line.startswith("E ")]
+    return "; ".join(filter(None, [lines[-1] if lines else "", errors[0][:300] if errors else ""]))
+
+
+def _profile_rows(path: Path, top: int = 8) -> list[tuple[str, str]]:
+    """From Lightning's PyTorchProfiler report: the time of a profiled step, the CPU and CUDA totals
+    over the profiled steps (CUDA/step time is the GPU's busy share) and the kernels that took most."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return [("profile", f"no {path.name}")]
+    rows, kernels = [], []
+    header = next((line for line in lines if "Self CUDA" in line and "Name" in line), None)
+    for line in lines:
+        if line.startswith(("Self CPU time total", "Self CUDA time total")):
+            rows.append((f"profile: {line.split(':')[0].lower()} (20 steps)", line.split(":", 1)[1].strip()))
+        cells = re.split(r"\s{2,}", line.strip())
+        if cells and cells[0] == "ProfilerStep*" and header is not None:
+            names = re.split(r"\s{2,}", header.strip())
+            if "CPU time avg" in names and len(cells) == len(names):
+                rows.append(("profile: wall time of one step (ProfilerStep avg)", cells[names.index("CPU time avg")]))
+        elif header is not None and len(kernels) < top and cells and not cells[0].startswith(("aten::", "[pl]", "-",
+                                                                                           "Name", "Profiler")):
+            names = re.split(r"\s{2,}", header.strip())
+            if len(cells) == len(names) and "Self CUDA" in names:
+                kernels.append(f"{cells[0][:60]} {cells[names.index('Self CUDA')]}")
+    if kernels:
+        rows.append((f"profile: top {len(kernels)} kernels by CUDA time (self)", "; ".join(kernels)))
+    return rows or [("profile", f"nothing read from {path.name}")]
+
+
+def _bench_rows(path: Path) -> list[tuple[str, str]]:
+    """The benchmark's rows: ``bench (b) training, batch 32: <path>`` -> ``images/s (ratio)``."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    rows = [("bench: where and how", lines[0])] if lines else []
+    for line in lines:
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        if len(cells) == 4 and cells[0].startswith("("):
+            rows.append((f"bench {cells[0]}: {cells[1]}", f"{cells[2]} images/s (x{cells[3]} the first path)"))
+    return rows
+
+
+def markdown(rows: list[tuple[str, str]]) -> str:
+    """One Markdown table, ``measurement | value``."""
+    def cell(text: str) -> str:
+        return " ".join(str(text).split()).replace("|", "\\|")
+
+    return "\n".join(["| measurement | value |", "|---|---|", *(f"| {cell(m)} | {cell(v)} |" for m, v in rows)]) + "\n"
+
+
+# -- the command line -------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    bundle = sub.add_parser("bundle", help="here, with the network: the wheels and the archive for the device")
+    bundle.add_argument("dest", type=Path, help="the bundle folder, e.g. .device-bundle")
+    bundle.add_argument("--data", type=Path, default=DEFAULT_ARCHIVE, help="the CIFAKE archive to carry")
+    bundle.add_argument("--no-data", action="store_true", help="wheels only")
+
+    install = sub.add_parser("install", help="install the bundle's wheels offline into this python")
+    install.add_argument("--bundle", type=Path, default=ROOT / ".device-bundle", help="what make device-bundle wrote")
+
+    run = sub.add_parser("run", help="on the CUDA machine: the check")
+    run.add_argument("--bundle", type=Path, default=ROOT / ".device-bundle", help="what make device-bundle wrote")
+    run.add_argument("--out-dir", type=Path, required=True, help="a fresh folder for the runs, logs and table")
+    run.add_argument("--report-to", type=Path, help="also copy the table, the logs and a record here, flat")
+    run.add_argument("--data", type=Path, help="CIFAKE: a folder or an archive (default: the bundle's archive)")
+    run.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "cifake-gpu-check",
+                     help="where the archive is extracted and decoded (reused by a rerun)")
+    run.add_argument("--no-install", action="store_true", help="do not install the bundle")
+    run.add_argument("--budget", type=float, default=360.0, help="seconds for the whole check")
+    run.add_argument("--best-epochs", type=int, default=12,
+                     help="epochs of experiment=best (estimated ~2 min on an H200; trainer.max_time keeps the run "
+                          "inside its share of the budget)")
+    run.add_argument("--bench-steps", type=int, default=20, help="timed batches per benchmark measurement")
+    run.add_argument("--sample-hz", type=float, default=10.0, help="GPU utilisation samples per second")
+
+    table = sub.add_parser("table", help="the table again, from a recorded run folder")
+    table.add_argument("out_dir", type=Path)
+
+    args = parser.parse_args(argv)
+    if args.command == "bundle":
+        files = build_bundle(args.dest, None if args.no_data else args.data)
+        for path in files:
+            print(f"{path.stat().st_size / 2**20:8.2f} MiB  {path}")
+        print(f"{sum(p.stat().st_size for p in files) / 2**20:8.2f} MiB  in all")
+        return 0
+    if args.command == "install":
+        done = install_bundle(args.bundle)
+        print(json.dumps(done))
+        return 1 if done["error"] else 0
+    if args.command == "table":
+        print(markdown(summarize(args.out_dir)), end="")
+        return 0
+    args.scratch = args.scratch.resolve()
+    return run_check(args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 from cifake import bench
@@ -18,6 +19,10 @@ def test_bench_writes_one_table_with_every_measurement(tmp_path: Path) -> None:
         assert float(rows[k][3]) == 1.00  # each measurement's first path is its reference
         assert float(rows[k][2].replace(",", "")) > 0 and float(rows[k + 1][2].replace(",", "")) > 0
     assert "ImageFolder" in rows[0][1] and "decode-once" in rows[1][1] and "Lightning" in rows[5][1]
+    for k in range(4, len(rows), 2):  # (b), (c): both paths of a pair compute alike, and each row says how
+        how = [re.search(r"(32-true|bf16-mixed)( with TF32)?, (NCHW|NHWC)\)$", rows[k + i][1].strip())
+               for i in (0, 1)]
+        assert how[0] and how[1] and how[0].group(0) == how[1].group(0), rows[k:k + 2]
 
 
 def test_bench_compares_precisions_and_layouts_for_both_networks(tmp_path: Path) -> None:
