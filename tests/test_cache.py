@@ -116,7 +116,8 @@ def test_jobs_started_together_build_each_cache_once(tmp_path) -> None:
     import sys
 
     script = (
-        "import sys; from pathlib import Path; from cifake.data.demo import generate_demo; "
+        "import logging, sys; from pathlib import Path; from cifake.data.demo import generate_demo; "
+        "logging.basicConfig(level=logging.INFO); "
         "from cifake.data.scan import scan_split; from cifake.data.cache import load_or_decode; "
         "root = generate_demo(Path(sys.argv[1]), 40, 10, 0, 32, 2, 0.06, 90); "
         "s = load_or_decode(scan_split(root, 'train', ('FAKE', 'REAL')), Path(sys.argv[2]), 32); "
@@ -128,6 +129,11 @@ def test_jobs_started_together_build_each_cache_once(tmp_path) -> None:
     assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
     assert len({out for out, _ in outs}) == 1 and outs[0][0].split()[0] == "80"
     assert len([p for p in (tmp_path / "cache" / "decoded").iterdir() if p.is_dir()]) == 1
+    # Built by one process, reused by the other two (whether they waited for it or came after).
+    for built, reused in (("Generating the demo dataset", "Reusing the demo dataset"),
+                          ("Decoding 80 train images", "Reusing the decoded train cache")):
+        assert sorted((err.count(built), err.count(reused)) for _, err in outs) == [(0, 1), (0, 1), (1, 0)], \
+            [err[-2000:] for _, err in outs]
 
 
 # -- damaged caches ------------------------------------------------------------------------------

@@ -75,6 +75,13 @@ def _extract_tar(archive: Path, dest: Path) -> None:
                 tf.extract(m, dest, **_TAR_FILTER)
 
 
+def extraction_folder(archive: Path, cache_dir: Path) -> Path:
+    """Where :func:`extract_archive` puts ``archive``: keyed by its path, size and mtime."""
+    st = archive.stat()
+    key = hashlib.sha256(f"{archive.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()
+    return cache_dir / "extracted" / f"{archive.name.split('.')[0]}-{key[:12]}"
+
+
 def extract_archive(archive: Path, cache_dir: Path) -> Path:
     """Extract ``archive`` under ``cache_dir/extracted/`` and return that folder.
 
@@ -83,15 +90,14 @@ def extract_archive(archive: Path, cache_dir: Path) -> Path:
     entry that is a link or would land outside the folder refuses the whole archive, and so does
     a disk without room for the sizes the archive lists.
     """
-    st = archive.stat()
-    key = hashlib.sha256(f"{archive.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()
-    stem = archive.name.split(".")[0]
-    dest = cache_dir / "extracted" / f"{stem}-{key[:12]}"
+    dest = extraction_folder(archive, cache_dir)
     if (dest / _DONE).exists():
         log.info("Reusing the extraction of %s in %s", archive, dest)
         return dest
-    with build_lock(dest):
-        if not (dest / _DONE).exists():  # another process may have extracted it while we waited
+    with build_lock(dest, f"extracting {archive} into {dest}"):
+        if (dest / _DONE).exists():
+            log.info("Reusing the extraction of %s in %s (another process extracted it meanwhile)", archive, dest)
+        else:
             _extract(archive, dest)
     return dest
 

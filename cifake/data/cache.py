@@ -5,6 +5,8 @@ A cache folder holds ``images.npy``, ``labels.npy`` and ``meta.json``, the recor
 hold (fingerprint, files, shapes and dtypes). Before a cache is mapped, its files' headers and
 sizes are checked against that record: a damaged or incomplete cache is reported in one warning
 and decoded again, never mapped. Space for a new one is checked, and reserved, before decoding.
+Runs started together decode a split once: one holds its build lock (:mod:`cifake.data.locking`)
+while the others wait, saying so, then reuse what it renamed into place.
 """
 
 from __future__ import annotations
@@ -107,9 +109,12 @@ def load_or_decode(
     if cache_problem(folder, fingerprint, image_size) is None:
         log.info("Reusing the decoded %s cache %s (the files have not changed)", listing.split, folder)
     else:
-        with build_lock(folder):
-            problem = cache_problem(folder, fingerprint, image_size)  # another process may have built it meanwhile
-            if problem is not None:
+        with build_lock(folder, f"decoding the {listing.split} cache {folder}"):
+            problem = cache_problem(folder, fingerprint, image_size)
+            if problem is None:
+                log.info("Reusing the decoded %s cache %s (another process decoded it meanwhile)", listing.split,
+                         folder)
+            else:
                 if folder.exists():
                     log.warning("The decoded %s cache %s is damaged (%s): decoding it again", listing.split, folder,
                                 problem)

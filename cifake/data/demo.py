@@ -78,12 +78,18 @@ def generate_demo(
     parameters is already there (other parameters regenerate it)."""
     params = json.dumps({k: v for k, v in locals().items() if k != "root"}, sort_keys=True)
     def done() -> bool:
-        return (root / _DONE).exists() and (root / _DONE).read_text() == params
+        try:
+            return (root / _DONE).read_text() == params
+        except OSError:  # not generated yet (or being replaced)
+            return False
 
     if done():
+        log.info("Reusing the demo dataset in %s (generated with the same parameters)", root)
         return root
-    with build_lock(root):
-        if not done():
+    with build_lock(root, f"generating the demo dataset in {root}"):
+        if done():
+            log.info("Reusing the demo dataset in %s (another process generated it meanwhile)", root)
+        else:
             _write_demo(root, params, train_per_class, test_per_class, seed, image_size, upsample_factor, noise,
                         jpeg_quality)
     return root

@@ -1,0 +1,156 @@
+"""Runs started together on one cache folder: each shared cache (demo data, an archive's
+extraction, a split's decoded arrays) is built by one of them while the others wait, saying so,
+and then reuse it. Asserted from what the runs log, as users start them: real ``train.py``
+processes, nothing mocked."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+from filelock import FileLock
+
+from cifake.data.archive import extraction_folder
+from tests.conftest import make_cifake_tree, tiny_demo_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+WAITING = "Waiting for another process that is"
+
+
+def _output(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def wait_for(text: str, log: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until ``proc`` has printed ``text`` into ``log``; fails if it exits first or takes too long."""
+    deadline = time.monotonic() + timeout
+    while text not in _output(log):
+        assert proc.poll() is None and time.monotonic() < deadline, (text, _output(log)[-3000:])
+        time.sleep(0.02)
+
+
+def train_together(tmp_path: Path, overrides: list[str], hold: Path | None = None) -> list[str]:
+    """Start two ``train.py`` runs at once (their own ``hydra.run.dir``, the same cache folder
+    through ``CIFAKE_CACHE_DIR``) and return what each printed, once both exited 0.
+
+    With ``hold``, this process holds that lock until both runs say they wait for it, so that they
+    reach it together however their start-up times differ, then lets go: the two race for it."""
+    env = {**os.environ, "CIFAKE_CACHE_DIR": str(tmp_path / "cache")}
+    logs = [tmp_path / f"run{i}.txt" for i in (1, 2)]
+    procs: list[subprocess.Popen] = []
+    lock = FileLock(str(hold)) if hold is not None else None
+    try:
+        if lock is not None:
+            hold.parent.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        for i, log in enumerate(logs, 1):
+            with log.open("w") as out:
+                procs.append(subprocess.Popen(
+                    [sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={tmp_path / f'run{i}'}"],
+                    cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT))
+        if lock is not None:
+            deadline = time.monotonic() + 300
+            while not all(WAITING in _output(log) for log in logs):
+                exited = [p.returncode for p in procs if p.poll() is not None]
+                assert not exited and time.monotonic() < deadline, [_output(log)[-3000:] for log in logs]
+                time.sleep(0.2)
+            lock.release()
+        for proc in procs:
+            proc.wait(timeout=400)
+    finally:
+        if lock is not None and lock.is_locked:
+            lock.release()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    outputs = [_output(log) for log in logs]
+    assert [p.returncode for p in procs] == [0, 0], [out[-3000:] for out in outputs]
+    return outputs
+
+
+def built_once(outputs: list[str], built: str, reused: str) -> None:
+    """One run logged ``built`` once, the other ``reused`` once (after waiting or not)."""
+    counts = sorted((out.count(built), out.count(reused)) for out in outputs)
+    assert counts == [(0, 1), (1, 0)], (built, reused, counts, [out[-3000:] for out in outputs])
+
+
+def same_results(tmp_path: Path) -> None:
+    """Both runs trained on the same arrays: same seed, same data, same numbers."""
+    first, second = (json.loads((tmp_path / run / "results.json").read_text())["metrics"] for run in ("run1", "run2"))
+    assert first == second
+
+
+def one_folder_per_split(cache: Path) -> None:
+    """Exactly one decoded folder per split, and no half-built folder left anywhere."""
+    assert sorted(p.name.split("-")[1] for p in (cache / "decoded").iterdir() if p.is_dir()) == ["test", "train"]
+    assert not list(cache.rglob("*.partial")), list(cache.rglob("*.partial"))
+
+
+@pytest.mark.slow
+def test_two_demo_runs_started_together_on_an_empty_cache_generate_and_decode_once(tmp_path: Path) -> None:
+    # experiment=demo writes its generated data into the cache folder too (data.root's default).
+    outputs = train_together(tmp_path, ["experiment=demo", *tiny_demo_overrides(), "trainer.max_epochs=1"])
+    built_once(outputs, "Generating the demo dataset (144 images)", "Reusing the demo dataset")
+    built_once(outputs, "Decoding 96 train images", "Reusing the decoded train cache")
+    built_once(outputs, "Decoding 48 test images", "Reusing the decoded test cache")  # evaluate=true reads test
+    one_folder_per_split(tmp_path / "cache")
+    same_results(tmp_path)
+
+
+@pytest.mark.slow
+def test_two_runs_reaching_an_archive_together_extract_and_decode_it_once(tmp_path: Path) -> None:
+    src = make_cifake_tree(tmp_path / "src", n_per_class=12)
+    archive = tmp_path / "cifake.tar.xz"
+    with tarfile.open(archive, "w:xz") as tf:
+        tf.add(src, arcname="cifake")
+    settings = [o for o in tiny_demo_overrides() if not o.startswith(("data=", "data.demo."))]
+    dest = extraction_folder(archive, tmp_path / "cache")
+    outputs = train_together(tmp_path, [f"data.root={archive}", *settings, "trainer.max_epochs=1", "evaluate=true"],
+                             hold=Path(f"{dest}.lock"))
+    assert all(out.count(WAITING) >= 1 and f"extracting {archive}" in out for out in outputs)
+    built_once(outputs, f"Extracting {archive} into {dest}", "Reusing the extraction of")
+    built_once(outputs, "Decoding 24 train images", "Reusing the decoded train cache")
+    built_once(outputs, "Decoding 24 test images", "Reusing the decoded test cache")
+    one_folder_per_split(tmp_path / "cache")
+    assert sorted(p.name for p in dest.rglob("*.jpg")) == sorted(p.name for p in src.rglob("*.jpg"))
+    same_results(tmp_path)
+
+
+DEMO = ("import logging, sys; from pathlib import Path; from cifake.data.demo import generate_demo; "
+        "logging.basicConfig(level=logging.INFO); generate_demo(Path(sys.argv[1]), 1000, 1, 0, 32, 2, 0.06, 90)")
+
+
+def test_a_builder_killed_midway_leaves_the_waiting_run_to_build_it_whole(tmp_path: Path) -> None:
+    """Its half-written folder is never taken for a finished one: the waiting run builds it all."""
+    root, logs = tmp_path / "demo", [tmp_path / "first.txt", tmp_path / "second.txt"]
+    procs: list[subprocess.Popen] = []
+    try:
+        for log in logs:
+            with log.open("w") as out:
+                procs.append(subprocess.Popen([sys.executable, "-c", DEMO, str(root)], cwd=ROOT, stdout=out,
+                                              stderr=subprocess.STDOUT))
+            if len(procs) == 1:  # the first one: frozen once it has written some images, holding the lock
+                wait_for("Generating the demo dataset", log, procs[0])
+                while not list((tmp_path / "demo.partial").rglob("*.jpg")):
+                    assert procs[0].poll() is None, _output(log)[-3000:]
+                    time.sleep(0.005)
+                procs[0].send_signal(signal.SIGSTOP)
+        wait_for(WAITING, logs[1], procs[1])
+        assert not root.exists()  # the first one was stopped midway
+        procs[0].kill()  # as a killed run: the operating system lets go of its lock
+        assert procs[1].wait(timeout=120) == 0, _output(logs[1])[-3000:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert "Generating the demo dataset (2002 images)" in _output(logs[1]) and "Reusing" not in _output(logs[1])
+    assert len(list(root.rglob("*.jpg"))) == 2002 and not (tmp_path / "demo.partial").exists()
