@@ -21,11 +21,12 @@ CACHE_SETTING = "paths.cache_dir (or the CIFAKE_CACHE_DIR environment variable)"
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, prefix: str | None = None) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; renamed over ``path`` when the block ends
-    without an error, deleted when it raises (a full disk, a kill signal's KeyboardInterrupt)."""
+    without an error, deleted when it raises (a full disk, a kill signal's KeyboardInterrupt).
+    Its name starts with ``prefix`` (default: ``path``'s name) and ends in ``.partial``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".partial", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=path.name if prefix is None else prefix, suffix=".partial", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)

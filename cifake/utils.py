@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig
 
+from cifake.checkpoints import WholeFileCheckpointIO
 from cifake.errors import ConfigError
 
 log = logging.getLogger("cifake")
@@ -33,14 +34,17 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[Any] | None = None, **o
     ``extra_callbacks``) and the loggers of ``cfg.logger``; ``overrides`` replace trainer keys.
 
     ``trainer.sync_batchnorm`` works off CUDA too (see :mod:`cifake.distributed`), and a device
-    count that the CPU cannot give is refused before Lightning starts a process for each."""
+    count that the CPU cannot give is refused before Lightning starts a process for each.
+    Checkpoints are written whole or not at all (:class:`cifake.checkpoints.WholeFileCheckpointIO`)."""
     accelerator = str(overrides.get("accelerator", cfg.trainer.get("accelerator", "auto")))
     check_devices(overrides.get("devices", cfg.trainer.get("devices", 1)), accelerator)
+    plugins = [*overrides.get("plugins", []), WholeFileCheckpointIO()]
     if overrides.get("sync_batchnorm", cfg.trainer.get("sync_batchnorm")) and not uses_cuda(accelerator):
         from cifake.distributed import GlobalBatchNormSync  # torch's SyncBatchNorm runs on GPUs only
 
-        overrides["plugins"] = [*overrides.get("plugins", []), GlobalBatchNormSync()]
+        plugins.append(GlobalBatchNormSync())
     callbacks = instantiate_all(cfg.get("callbacks")) + list(extra_callbacks or [])
+    overrides["plugins"] = plugins
     if not overrides.get("enable_progress_bar", cfg.trainer.get("enable_progress_bar", True)):
         # Lightning refuses a progress-bar callback when the bar is off; the override should win.
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]

@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Timer
-from omegaconf import DictConfig
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.callbacks import ModelCheckpoint, Timer
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf
 
 from cifake import schemas  # noqa: F401  (registers the config schemas)
+from cifake.callbacks.preemption import Preemption, Stop
+from cifake.checkpoints import check_resumable
 from cifake.errors import ConfigError, friendly_errors
 from cifake.evaluation import evaluate_model, leaking_test_files, unsure_band_on_validation
 from cifake.metrics import flat_metrics
@@ -26,6 +33,9 @@ from cifake.tracking import log_hparams, run_hparams
 from cifake.utils import build_trainer, float32_matmul, instantiate_all, silence_known_warnings
 
 log = logging.getLogger(__name__)
+LAST = f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"  # what ckpt_path=last resumes
+ENTRY_SCRIPT = "train.py"  # the checkout's entry point; installed, it is the console script below
+CONSOLE_SCRIPT = "cifake-train"
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -47,10 +57,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         best, step, rank_zero, fast_dev_run = str(best), 0, True, False
         computed = {"training": dict(FOREST_COMPUTED)}
     else:
-        trainer = build_trainer(cfg)
+        resume = resume_checkpoint(cfg, out)  # refused before any data is generated or decoded
+        trainer = build_trainer(cfg, plugins=cluster_plugins(cfg))
         with float32_matmul(cfg.float32_matmul_precision):  # for the fit only: scoring sets its own
             computed = {"training": training_arithmetic(trainer, cfg.float32_matmul_precision)}
-            metrics, best = fit_network(cfg, trainer, model, datamodule, out)
+            metrics, best = fit_network(cfg, trainer, model, datamodule, out, resume)
         loggers, step, rank_zero = trainer.loggers, trainer.global_step, trainer.is_global_zero
         fast_dev_run = bool(trainer.fast_dev_run)
     # Every rank has the same best weights; one scores what follows alone (no collective calls).
@@ -83,16 +94,52 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def fit_network(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule, datamodule: L.LightningDataModule,
-                out: Path) -> tuple[dict[str, Any], str]:
-    """``trainer.fit``; the epoch-level metrics it ends with and the best checkpoint's path."""
+def cluster_plugins(cfg: DictConfig) -> list[Any]:
+    """With ``callbacks.preemption`` on a SLURM cluster, Lightning's own requeueing off
+    (``SLURMEnvironment(auto_requeue=False)``), so that one handler owns the stop signals: Lightning's
+    would save ``hpc_ckpt_<n>.ckpt`` from inside the USR1 handler, wherever training stood (an
+    optimizer step half done), and requeue the job while training went on."""
+    if (cfg.get("callbacks") or {}).get("preemption") is not None and SLURMEnvironment.detect():
+        return [SLURMEnvironment(auto_requeue=False)]
+    return []
+
+
+def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
+    """The checkpoint ``cfg.ckpt_path`` names (``last``: the run folder's ``last.ckpt``), checked
+    whole (see :func:`cifake.checkpoints.check_resumable`); ``None`` for a fresh start."""
     ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path == "last" and not (out / "checkpoints" / "last.ckpt").is_file():
-        raise ConfigError(
-            f"ckpt_path=last resumes the run in hydra.run.dir, but {out / 'checkpoints'} holds no last.ckpt; "
-            "pass hydra.run.dir=<the run folder to resume> (with the run's other overrides)"
-        )
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        path, setting = out / "checkpoints" / LAST, "ckpt_path=last"
+        if not path.is_file():
+            raise ConfigError(
+                f"ckpt_path=last resumes the run in hydra.run.dir, but {path.parent} holds no {LAST}; "
+                "pass hydra.run.dir=<the run folder to resume> (with the run's other overrides)"
+            )
+    else:
+        path, setting = Path(str(ckpt_path)).expanduser(), "ckpt_path"
+    keeper = (cfg.get("callbacks") or {}).get("model_checkpoint")
+    best = f"{keeper.filename}{ModelCheckpoint.FILE_EXTENSION}" if keeper and "{" not in keeper.filename else None
+    check_resumable(path, setting, best)
+    return str(path)
+
+
+def fit_network(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule, datamodule: L.LightningDataModule,
+                out: Path, resume: str | None = None) -> tuple[dict[str, Any], str]:
+    """``trainer.fit`` (from the checkpoint ``resume``, if given); the epoch-level metrics it ends
+    with and the best checkpoint's path. Stopped by a signal (``callbacks.preemption``), it logs
+    where it stopped and how to resume, and exits with 128 + the signal's number."""
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+    except SIGTERMException:
+        stop = next((cb.stop for cb in trainer.callbacks if isinstance(cb, Preemption)), None)
+        if stop is None:
+            raise  # callbacks.preemption=null: Lightning's own ending
+        if trainer.is_global_zero:
+            log.warning("%s", stopped_line(stop, out))
+        # 128 + N: how a shell reports a process that signal N ended, which schedulers and scripts know.
+        raise SystemExit(128 + stop.signal) from None
     warn_if_the_budget_cut_training(trainer)
     # Epoch-level values only: per-step and timing scalars describe the last batch, not the run.
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()
@@ -101,6 +148,45 @@ def fit_network(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule, d
     if checkpoint is not None and checkpoint.best_model_score is not None:
         metrics[f"best/{checkpoint.monitor}"] = float(checkpoint.best_model_score)
     return metrics, (checkpoint.best_model_path if checkpoint else "")
+
+
+def stopped_line(stop: Stop, out: Path) -> str:
+    """One line: which signal stopped the run in ``out``, where, what holds that point, and the
+    command that resumes it."""
+    last = out / "checkpoints" / LAST
+    if stop.saved is not None:
+        held = f"saved {stop.saved}"
+    elif last.is_file():
+        held = f"no step since it started, so {last} still holds it"
+    else:
+        return (f"Stopped by {stop.signal.name} before the first training step of run {out}; nothing to resume, "
+                f"start it again with: {shlex.join([*entry_command(), *run_overrides(out)])}")
+    command = shlex.join([*entry_command(), *run_overrides(out), f"hydra.run.dir={out}", "ckpt_path=last"])
+    return (f"Stopped by {stop.signal.name} at {stop.where()} (global step {stop.step}); {held}. "
+            f"Resume run {out} with: {command}")
+
+
+def entry_command() -> list[str]:
+    """How this job was started: ``python train.py`` (as typed) or the console script, with the
+    ``--config-dir`` folders it was given."""
+    script = sys.argv[0] if Path(sys.argv[0]).name == ENTRY_SCRIPT else None
+    command = ["python", script] if script else [CONSOLE_SCRIPT]
+    if HydraConfig.initialized():
+        command += [f"--config-dir={source.path}"
+                    for source in HydraConfig.get().runtime.config_sources if source.provider == "command-line"]
+    return command
+
+
+def run_overrides(out: Path) -> list[str]:
+    """The overrides the run in ``out`` was started with (Hydra's, else its ``.hydra/overrides.yaml``),
+    less ``ckpt_path`` and ``hydra.run.dir``."""
+    if HydraConfig.initialized():
+        overrides = list(HydraConfig.get().overrides.task)
+    elif (out / ".hydra" / "overrides.yaml").is_file():
+        overrides = list(OmegaConf.load(out / ".hydra" / "overrides.yaml"))
+    else:
+        overrides = []
+    return [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("ckpt_path", "hydra.run.dir")]
 
 
 def warn_if_the_budget_cut_training(trainer: L.Trainer) -> None:
