@@ -166,9 +166,12 @@ class Server:
 
 
 @contextmanager
-def running_server(ckpt: Path, overrides: Sequence[str] = (), startup_s: float = 240) -> Iterator[Server]:
+def running_server(ckpt: Path, overrides: Sequence[str] = (), startup_s: float = 240,
+                   stop_signal: int = signal.SIGTERM, whole_group: bool = False) -> Iterator[Server]:
     """``serve.py`` for ``ckpt`` on a free port of 127.0.0.1, until the block ends; then stopped with
-    SIGTERM (serve.py shuts down as on Ctrl+C), and its process group killed if anything lingers."""
+    ``stop_signal`` (SIGTERM: serve.py shuts down as on Ctrl+C), sent to the main process (as ``docker
+    stop`` or ``kill`` send it) or, ``whole_group``, to every process of the server (as Ctrl+C in a
+    terminal, or systemd, send it), and its process group killed if anything lingers."""
     port = free_port()
     work = Path(tempfile.mkdtemp(prefix="cifake-serve-"))
     log = work / "server.log"
@@ -187,7 +190,10 @@ def running_server(ckpt: Path, overrides: Sequence[str] = (), startup_s: float =
         yield server
     finally:
         if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+            if whole_group:
+                os.killpg(process.pid, stop_signal)
+            else:
+                process.send_signal(stop_signal)
             try:
                 process.wait(timeout=60)
             except subprocess.TimeoutExpired:

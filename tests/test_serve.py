@@ -327,6 +327,15 @@ BAD_UPLOADS = {
                                             for _ in range(1001)) + b"--x--\r\n",
                         "headers": {"Content-Type": "multipart/form-data; boundary=x"}}, 400,
                        "the multipart body cannot be parsed: Too many fields"),
+    # Each of the next three was a 500 with a traceback in the log (tests/test_serve_fuzz.py fuzzes for more).
+    "json nested deep": ({"content": b'{"image": "AAAA", "name": ' + b"[" * 900 + b"]" * 900 + b"}",
+                          "headers": {"Content-Type": "application/json"}}, 400,
+                         "the JSON body nests more than 8 levels deep (max_json_depth)"),
+    "threshold past a float": ({"json": {"image": "AAAA", "threshold": 10**400}}, 400,
+                               "threshold=1" + "0" * 59 + "... must lie in [0, 1]"),
+    "a name that is not unicode": ({"content": b'{"image": "AAAA", "name": "\\ud800"}',
+                                    "headers": {"Content-Type": "application/json"}}, 422,
+                                   "\\ud800: not an image in an accepted format"),
 }
 
 
@@ -338,6 +347,17 @@ def test_every_bad_upload_is_a_4xx_that_names_the_problem(client, files, case: s
     assert reason in response.json()["error"]
     # ... and the server goes on answering.
     same_as_predict(ok(client.post("/predict", **upload(files, "0.jpg")))["images"][0], files["ckpt_rows"]["0.jpg"])
+
+
+def test_media_types_are_read_in_any_case(client, files) -> None:
+    # Media types are case-insensitive; LitServe read a form whose type was not in lower case as JSON (a 500).
+    form = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"0.jpg\"\r\n\r\n" + \
+        files["bytes"]["0.jpg"] + b"\r\n--b--\r\n"
+    answer = ok(client.post("/predict", content=form, headers={"Content-Type": "Multipart/Form-Data; boundary=b"}))
+    same_as_predict(answer["images"][0], files["ckpt_rows"]["0.jpg"])
+    body = json.dumps({"image": base64.b64encode(files["bytes"]["0.jpg"]).decode()}).encode()
+    answer = ok(client.post("/predict", content=body, headers={"Content-Type": "APPLICATION/JSON; charset=utf-8"}))
+    same_as_predict(answer["images"][0], files["ckpt_rows"]["0.jpg"])
 
 
 def test_a_chunked_upload_past_the_cap_is_cut_off(client) -> None:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import gc
 import logging
+import multiprocessing
 import os
 import signal
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -50,7 +52,7 @@ def limits(cfg: DictConfig) -> Limits:
     if not formats or unknown:
         raise ConfigError(f"formats={list(cfg.formats)}: {unknown or 'empty'}; choose among Pillow's "
                           f"{sorted(Image.OPEN)}")
-    for key in ("max_images", "max_image_pixels", "max_upload_mb"):
+    for key in ("max_images", "max_image_pixels", "max_upload_mb", "max_json_depth"):
         if not cfg[key] > 0:
             raise ConfigError(f"{key}={cfg[key]} must be positive")
     return Limits(max_images=int(cfg.max_images), max_image_pixels=int(cfg.max_image_pixels), formats=formats)
@@ -140,7 +142,8 @@ def build(cfg: DictConfig) -> Any:
     metadata = {"model": identity(scorer, settings, resample), "threshold": settings.threshold,
                 "unsure_band": None if band is None else list(band),
                 "gradcam": {"available": scorer.explainable and layer is not None, "default": settings.gradcam},
-                "limits": {"max_upload_mb": float(cfg.max_upload_mb), "max_images": upload_limits.max_images,
+                "limits": {"max_upload_mb": float(cfg.max_upload_mb), "max_json_depth": int(cfg.max_json_depth),
+                           "max_images": upload_limits.max_images,
                            "max_image_pixels": upload_limits.max_image_pixels,
                            "formats": list(upload_limits.formats)},
                 "batching": {"max_batch_size": int(cfg.max_batch_size), "batch_timeout": float(cfg.batch_timeout)},
@@ -150,7 +153,8 @@ def build(cfg: DictConfig) -> Any:
     gc.collect()
     api = DetectorAPI(settings, upload_limits, warn_at, int(cfg.max_batch_size), float(cfg.batch_timeout))
     server = build_server(api, accelerator=target, workers=int(cfg.workers), request_timeout=float(cfg.request_timeout),
-                          max_upload_bytes=int(float(cfg.max_upload_mb) * 2**20), api_key=key,
+                          max_upload_bytes=int(float(cfg.max_upload_mb) * 2**20),
+                          max_json_depth=int(cfg.max_json_depth), api_key=key,
                           api_key_header=str(cfg.api_key_header), metadata=metadata)
     # Opened on the CPU above; /info names the devices LitServe's workers score on (each answer names its worker's).
     server.model_metadata["model"]["device"] = ", ".join(str(d) for d in _flat(server.devices))
@@ -161,25 +165,80 @@ def _flat(items: Any) -> list[Any]:
     return [x for item in items for x in _flat(item)] if isinstance(items, (list, tuple)) else [items]
 
 
-def stop_on_sigterm() -> None:
-    """Make SIGTERM (``docker stop``, systemd, ``kill``) shut the server down as Ctrl+C does: LitServe
-    then stops its HTTP and inference workers and returns, instead of this process dying alone."""
+def stop_on_signals() -> None:
+    """Make SIGTERM (``docker stop``, systemd, ``kill``) shut the server down as Ctrl+C (SIGINT) does:
+    in this process, a KeyboardInterrupt, on which LitServe stops its HTTP and inference workers and
+    returns, instead of this process dying alone.
+
+    LitServe forks its HTTP servers (and multiprocessing its manager) from this process, and they
+    inherit the handler: uvicorn, having shut down on the signal, raises it again through the handler it
+    found, and a KeyboardInterrupt there ends that process with a traceback. In a forked process the
+    handler ends it as the signal's default action would, quietly. (The inference workers are spawned,
+    not forked: :func:`workers_ignore_sigint` and :meth:`cifake.serving.DetectorAPI.setup` set theirs.)"""
+    main = os.getpid()
 
     def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+        if os.getpid() == main:
+            raise KeyboardInterrupt
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
 
-    signal.signal(signal.SIGTERM, interrupt)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, interrupt)
+
+
+def workers_ignore_sigint(server: Any) -> None:
+    """Start LitServe's inference workers (``server``'s) with SIGINT ignored. Ctrl+C sends SIGINT to
+    every process of the terminal: in a worker it would raise a KeyboardInterrupt, and print its
+    traceback, wherever the worker happens to be (importing torch, waiting for requests). The main
+    process stops the workers itself (SIGTERM) once the HTTP servers are down. A spawned process
+    inherits an ignored signal, and Python leaves it ignored, so the workers ignore it from their
+    first instruction on; this process ignores it only while it starts them (milliseconds)."""
+
+    def ignoring_sigint(launch: Callable[..., Any]) -> Callable[..., Any]:
+        def launch_ignoring_sigint(*args: Any, **kwargs: Any) -> Any:
+            handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                return launch(*args, **kwargs)
+            finally:
+                signal.signal(signal.SIGINT, handler)
+
+        return launch_ignoring_sigint
+
+    # LitServe starts the workers in the first (at startup) and restarts one in the second (when one dies).
+    for method in ("launch_inference_worker", "launch_single_inference_worker"):
+        setattr(server, method, ignoring_sigint(getattr(server, method)))
+
+
+def stop_children(server: Any) -> None:
+    """Stop the processes ``server`` (a LitServer) started before it served (stopped while starting, it
+    returns without stopping them): its inference workers first, then the rest (the multiprocessing
+    manager whose queues the workers read, which would fail them if it went first)."""
+    workers = list(getattr(server, "inference_workers", []))  # set by LitServer.run, as it starts them
+    for group in (workers, [child for child in multiprocessing.active_children() if child not in workers]):
+        for child in group:
+            child.terminate()
+        for child in group:
+            child.join(timeout=10)
 
 
 def run(cfg: DictConfig) -> None:
     """Serve ``cfg.ckpt_path`` on ``cfg.host``:``cfg.port`` until stopped (Ctrl+C or SIGTERM)."""
-    server = build(cfg)
-    check_port_free(cfg.host, cfg.port)
-    stop_on_sigterm()
-    shown = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
-    model = server.model_metadata["model"]
-    log.info("Serving %s (%s, %dx%d input) on http://%s:%d/ : the page at /, POST /predict, GET /health, GET /info%s",
-             model["file"], model["kind"], model["image_size"], model["image_size"], shown, cfg.port,
-             f"; POST /predict needs the {cfg.api_key_header} header" if cfg.api_key_env else "")
-    server.run(host=cfg.host, port=cfg.port, num_api_servers=cfg.api_servers, log_level=cfg.log_level,
-               generate_client_file=False)
+    stop_on_signals()
+    server = None
+    try:
+        server = build(cfg)
+        check_port_free(cfg.host, cfg.port)
+        workers_ignore_sigint(server)
+        shown = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
+        model = server.model_metadata["model"]
+        log.info("Serving %s (%s, %dx%d input) on http://%s:%d/ : the page at /, POST /predict, GET /health, GET "
+                 "/info%s", model["file"], model["kind"], model["image_size"], model["image_size"], shown, cfg.port,
+                 f"; POST /predict needs the {cfg.api_key_header} header" if cfg.api_key_env else "")
+        server.run(host=cfg.host, port=cfg.port, num_api_servers=cfg.api_servers, log_level=cfg.log_level,
+                   generate_client_file=False)
+    # Stopped before it served (LitServe handles a stop once it serves, and stops its workers itself then),
+    # or stopped again while it shut down: a stop asked for, not an error.
+    except KeyboardInterrupt:
+        log.info("Stopped")
+        stop_children(server)

@@ -10,10 +10,15 @@ would take its neighbours down with it.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import hashlib
 import io
 import logging
+import multiprocessing
+import os
+import signal
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +73,29 @@ def identity(scorer: Scorer, settings: ModelSettings, resample: str) -> dict[str
             "tta": scorer.tta.get("mode", "none"), "explainable": scorer.explainable, **scorer.computed}
 
 
+def quiet_shutdown() -> None:
+    """Let SIGTERM, with which the server's main process stops this inference worker, end it as a
+    finished process ends, running multiprocessing's finalizers: killed by the signal, it would leave
+    the semaphore it made (tqdm's lock) for the resource tracker to warn about. (SIGINT, which Ctrl+C
+    sends to every process of the terminal, the worker ignores from its start: the serving job,
+    :mod:`cifake.jobs.serve`, starts it so.)"""
+
+    def leave(signum: int, frame: Any) -> None:
+        atexit.register(_exit_now)  # the last registered runs first: after multiprocessing's clean-up
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, leave)
+
+
+def _exit_now() -> None:
+    # The interpreter's own teardown of torch and the rest takes seconds, longer than LitServe waits for a
+    # worker on a busy machine (5 s, then SIGKILL): nothing in it matters once the logs are flushed.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 @dataclass
 class Job:
     """One request's decoded images and options, between ``decode_request`` and ``encode_response``."""
@@ -87,6 +115,8 @@ class DetectorAPI(ls.LitAPI):
 
     def setup(self, device: str) -> None:
         """Open the model on ``device`` (LitServe's: ``cpu`` or ``cuda:<n>``) in this worker."""
+        if multiprocessing.parent_process() is not None:  # a worker LitServe started, not a test calling setup
+            quiet_shutdown()
         # Pillow's own decompression-bomb guard, set explicitly (it warns past this and refuses past
         # twice this; uploads.decode refuses anything past it before decoding).
         Image.MAX_IMAGE_PIXELS = self.limits.max_image_pixels
@@ -109,6 +139,12 @@ class DetectorAPI(ls.LitAPI):
                                     "send a threshold inside it")
         except Rejected as refusal:
             return refusal
+        # A request no rule above foresaw is a bug, and keeps its traceback in the log; but raised, it would fail
+        # every request LitServe batched with it. Answered alone, as a 500, its neighbours are scored.
+        except Exception:
+            log.exception("Reading a request failed")
+            return Rejected(500, "internal server error while reading the request (the server's log has the "
+                                 "details); the server is still running")
         return Job(images, options)
 
     def predict(self, x: Any, **kwargs: Any) -> Any:

@@ -10,6 +10,7 @@ from typing import Any
 import litserve as ls
 from fastapi import Request
 from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartParser
 from starlette.responses import HTMLResponse, JSONResponse
 
 from cifake.serving.api import DetectorAPI
@@ -34,9 +35,16 @@ async def as_error(request: Request, exc: HTTPException) -> JSONResponse:
 
 
 def build_server(api: DetectorAPI, *, accelerator: str, workers: int, request_timeout: float, max_upload_bytes: int,
-                 api_key: str | None, api_key_header: str, metadata: dict[str, Any]) -> ls.LitServer:
+                 max_json_depth: int, api_key: str | None, api_key_header: str,
+                 metadata: dict[str, Any]) -> ls.LitServer:
     """A LitServer for ``api`` (not started: ``server.run(...)``, or LitServe's test utilities)."""
-    guard = {"path": api.api_path, "max_bytes": max_upload_bytes, "api_key": api_key, "api_key_header": api_key_header}
+    guard = {"path": api.api_path, "max_bytes": max_upload_bytes, "max_json_depth": max_json_depth,
+             "api_key": api_key, "api_key_header": api_key_header}
+    # LitServe pickles the parsed form to hand it to the inference worker, and Starlette spools a file part
+    # past 1 MB to a temporary file, which cannot be pickled (a 500 for any photo over 1 MB). The guard has
+    # held the whole body in memory already, up to the cap: parts that fit under it stay in memory too.
+    # Class-wide, as Request.form() offers no setting for it; the HTTP servers parse no other forms.
+    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, max_upload_bytes)
     server = ls.LitServer(api, accelerator=accelerator, devices="auto", workers_per_device=workers,
                           timeout=request_timeout, model_metadata=metadata, middlewares=[(RequestGuard, guard)])
     html = page()

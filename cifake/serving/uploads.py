@@ -25,10 +25,12 @@ FILE_FIELD = "file"
 OPTIONS = ("gradcam", "threshold")
 JSON_KEYS = ("image", "images", "name", *OPTIONS)
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+SHOWN = 60  # characters of a rejected value quoted back in the reason
 
 
 class Rejected(Exception):
-    """A request the client must fix: the HTTP status to answer and why, in one line."""
+    """A request answered with an error instead of scores: the HTTP status and why, in one line (a
+    4xx: the client must fix it)."""
 
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
@@ -91,13 +93,25 @@ class Decoded:
                 "frames": self.frames, "bytes": self.size_bytes}
 
 
+def _shown(value: Any) -> str:
+    """``value`` as a reason quotes it: its repr (which escapes what is not printable), cut short."""
+    text = repr(value)
+    return text if len(text) <= SHOWN else text[:SHOWN] + "..."
+
+
+def _name(value: Any) -> str:
+    """An image's name as the client gave it, made fit to be sent back: JSON may carry a lone
+    surrogate (``"\\ud800"``), which no UTF-8 response can hold; it is written as its escape."""
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _flag(value: Any, key: str) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
     if text in TRUE or text in FALSE:
         return text in TRUE
-    raise Rejected(400, f"{key}={value!r} is not a yes/no value; send {key}=true or {key}=false")
+    raise Rejected(400, f"{key}={_shown(value)} is not a yes/no value; send {key}=true or {key}=false")
 
 
 def _threshold(value: Any) -> float | None:
@@ -106,9 +120,11 @@ def _threshold(value: Any) -> float | None:
     try:
         threshold = float(value)
     except (TypeError, ValueError):
-        raise Rejected(400, f"threshold={value!r} is not a number; send a probability in [0, 1]") from None
+        raise Rejected(400, f"threshold={_shown(value)} is not a number; send a probability in [0, 1]") from None
+    except OverflowError:  # an integer too large for a float (JSON's have no bound): outside [0, 1] either way
+        threshold = float("inf")
     if not 0.0 <= threshold <= 1.0:
-        raise Rejected(400, f"threshold={value!r} must lie in [0, 1] (it applies to p_real)")
+        raise Rejected(400, f"threshold={_shown(value)} must lie in [0, 1] (it applies to p_real)")
     return threshold
 
 
@@ -161,7 +177,7 @@ def from_json(body: Any, limits: Limits, gradcam_default: bool) -> tuple[list[Up
             data, name = item["data"], item.get("name")
         else:
             data, name = item, None
-        uploads.append(Upload(str(name) if name else f"image-{i}", _base64(data, where)))
+        uploads.append(Upload(_name(name) if name else f"image-{i}", _base64(data, where)))
     options = Options(_flag(body.get("gradcam", gradcam_default), "gradcam"), _threshold(body.get("threshold")))
     return uploads, options
 
@@ -181,7 +197,7 @@ def from_form(form: Any, limits: Limits, gradcam_default: bool) -> tuple[list[Up
         if isinstance(part, str):  # e.g. curl -F file=photo.jpg, without the @ that sends the file
             raise Rejected(400, f"field {FILE_FIELD!r} #{i + 1} is text, not a file (with curl: -F file=@photo.jpg)")
         part.file.seek(0)
-        uploads.append(Upload(part.filename or f"image-{i}", part.file.read()))
+        uploads.append(Upload(_name(part.filename) if part.filename else f"image-{i}", part.file.read()))
 
     def last(key: str) -> Any:
         values = form.getlist(key)
