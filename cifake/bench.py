@@ -61,7 +61,7 @@ from cifake.utils import build_trainer, float32_matmul, resolve_precision, uses_
 
 
 def _accelerator(cfg: DictConfig) -> str:
-    return str(cfg.trainer.get("accelerator", "auto"))
+    return str(cfg.trainer.accelerator)
 
 
 def _device(cfg: DictConfig) -> torch.device:
@@ -179,8 +179,8 @@ _PRECISION_ALIASES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}
 def numerics(cfg: DictConfig) -> tuple[str, bool]:
     """The precision and memory layout train.py's path runs ``cfg`` in on its device: what
     ``trainer.precision`` and ``model.channels_last`` resolve to there (``auto`` included)."""
-    precision = str(resolve_precision(cfg.trainer.get("precision", "32-true"), _accelerator(cfg)))
-    choice = cfg.model.get("channels_last", "auto")  # as Classifier.uses_channels_last decides it
+    precision = str(resolve_precision(cfg.trainer.precision, _accelerator(cfg)))
+    choice = cfg.model.channels_last  # as Classifier.uses_channels_last decides it
     channels_last = _device(cfg).type in ("cuda", "cpu") if choice == "auto" else bool(choice)
     return _PRECISION_ALIASES.get(precision, precision), channels_last
 
@@ -193,7 +193,7 @@ def numerics_label(cfg: DictConfig) -> str:
 
 
 def _float32_matmul_precision(cfg: DictConfig) -> str:
-    return str(cfg.get("float32_matmul_precision", "highest"))
+    return str(cfg.float32_matmul_precision)
 
 
 def _float32_arithmetic(cfg: DictConfig) -> contextlib.AbstractContextManager:
@@ -221,7 +221,7 @@ class _BareData:
         datamodule.prepare_data()
         self.datamodule, self.device = datamodule, _device(cfg)
         self.split = datamodule.decoded(split_name)
-        on_device = cfg.data.get("on_device", "auto")
+        on_device = cfg.data.on_device
         resident = self.device.type == "cuda" if on_device == "auto" else bool(on_device)
         self.images = torch.from_numpy(np.array(self.split.images)).to(self.device) if resident else None
         self.labels = torch.from_numpy(self.split.labels).to(self.device)

@@ -75,8 +75,8 @@ UNSURE_CONDITIONS = ("clean", "trained")
 
 
 def unsure_band_on_validation(scorer: Scorer, datamodule: CIFAKEDataModule, threshold: float,
-                              target_precision: float, conditions: str = "clean",
-                              settings: dict[str, Any] | None = None, limit: Limit = None) -> tuple[float, float]:
+                              target_precision: float, conditions: str,
+                              settings: dict[str, Any], limit: Limit = None) -> tuple[float, float]:
     """The narrowest band around ``threshold`` outside which both classes' validation answers reach
     ``target_precision`` (:func:`cifake.calibration.choose_unsure_band`). ``conditions="trained"``:
     on the clean validation images and under every condition of the robustness battery
@@ -87,15 +87,15 @@ def unsure_band_on_validation(scorer: Scorer, datamodule: CIFAKEDataModule, thre
         raise ConfigError(f"unsure_conditions={conditions!r}; choose one of {list(UNSURE_CONDITIONS)}")
     val = score_split(scorer, datamodule, "validate", limit)
     pairs: list[tuple[str, Any]] = [("none", None)]
-    cfg = (settings or {}).get("robustness") or {}
+    cfg = settings["robustness"]
     if conditions == "trained":
-        pairs += [(name, strength) for name, strength in robustness_conditions(cfg.get("perturbations") or {})
+        pairs += [(name, strength) for name, strength in robustness_conditions(cfg["perturbations"])
                   if trained_with(name, strength, scorer.training) == "yes"]
     bands = []
     for name, strength in pairs:
         p = val.p_real if name == "none" else condition_scores(
-            scorer.score, val.images, name, strength, (cfg.get("options") or {}).get(name),
-            datamodule.eval_batch, cfg.get("seed", 0))
+            scorer.score, val.images, name, strength, (cfg["options"] or {}).get(name),
+            datamodule.eval_batch, cfg["seed"])
         bands.append(choose_unsure_band(p, val.labels, threshold, target_precision, scorer.classes))
     band = (min(b[0] for b in bands), max(b[1] for b in bands))
     report = unsure_report(val.p_real, val.labels, band)
@@ -109,7 +109,7 @@ def unsure_band_on_validation(scorer: Scorer, datamodule: CIFAKEDataModule, thre
 def explain(scorer: Scorer, pred: Predictions, threshold: float, settings: dict[str, Any]) -> Explained | None:
     """Grad-CAM overlays of correctly and wrongly classified test images of each class, for the
     report; ``None`` (with the reason logged) where the model has no layer to explain."""
-    layer = settings.get("gradcam_layer") or scorer.gradcam_layer
+    layer = settings["gradcam_layer"] or scorer.gradcam_layer
     if not scorer.explainable:
         log.info("Grad-CAM skipped: %s is a%s, which has no layer to explain", scorer.source,
                  " random forest on image statistics" if scorer.kind == "forest" else "n ONNX export")
@@ -164,7 +164,7 @@ def evaluate_model(scorer: Scorer, datamodule: CIFAKEDataModule, threshold: floa
     if robustness:
         cfg = settings["robustness"]
         rows = robustness_table(scorer.score, pred.images, pred.labels, cfg["perturbations"], cfg["batch_size"],
-                                threshold, cfg["seed"], cfg.get("options"), band=band)
+                                threshold, cfg["seed"], cfg["options"], band=band)
         for row in rows:
             row["trained"] = trained_with(row["perturbation"], row["strength"], scorer.training)
         write_robustness_report(rows, out_dir, loggers, step)

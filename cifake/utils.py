@@ -36,8 +36,8 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[Any] | None = None, **o
     ``trainer.sync_batchnorm`` works off CUDA too (see :mod:`cifake.distributed`), and a device
     count that the CPU cannot give is refused before Lightning starts a process for each.
     Checkpoints are written whole or not at all (:class:`cifake.checkpoints.WholeFileCheckpointIO`)."""
-    accelerator = str(overrides.get("accelerator", cfg.trainer.get("accelerator", "auto")))
-    check_devices(overrides.get("devices", cfg.trainer.get("devices", 1)), accelerator)
+    accelerator = str(overrides.get("accelerator", cfg.trainer.accelerator))
+    check_devices(overrides.get("devices", cfg.trainer.devices), accelerator)
     plugins = [*overrides.get("plugins", []), WholeFileCheckpointIO()]
     if overrides.get("sync_batchnorm", cfg.trainer.get("sync_batchnorm")) and not uses_cuda(accelerator):
         from cifake.distributed import GlobalBatchNormSync  # torch's SyncBatchNorm runs on GPUs only
@@ -45,12 +45,12 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[Any] | None = None, **o
         plugins.append(GlobalBatchNormSync())
     callbacks = instantiate_all(cfg.get("callbacks")) + list(extra_callbacks or [])
     overrides["plugins"] = plugins
-    if not overrides.get("enable_progress_bar", cfg.trainer.get("enable_progress_bar", True)):
+    if not overrides.get("enable_progress_bar", cfg.trainer.enable_progress_bar):
         # Lightning refuses a progress-bar callback when the bar is off; the override should win.
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = instantiate_all(cfg.get("logger"))
     if "precision" not in overrides:
-        overrides["precision"] = resolve_precision(cfg.trainer.get("precision", "32-true"), accelerator)
+        overrides["precision"] = resolve_precision(cfg.trainer.precision, accelerator)
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
 
 

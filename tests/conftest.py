@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
 
 import cifake.schemas  # noqa: F401  (registers the config schemas before composing)
@@ -20,6 +21,32 @@ TINY_NET = [
     "model.net.filters=[8,16,16,16]",
     "model.net.dense=[32]",
 ]
+
+
+@functools.cache
+def _composed_train(overrides: tuple[str, ...]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def conf_node(node: str, overrides: Iterable[str] = (), **values: object) -> dict:
+    """The settings conf/ gives the Hydra-built thing at ``node`` of the composed train config
+    (``data``, ``model``, ``model.net``, ``callbacks.curves``), resolved, ``_target_`` included,
+    with ``values`` replacing some: tests that build a class in Python take every other setting
+    from conf/, where each lives once (constructors have no defaults)."""
+    args = OmegaConf.to_container(OmegaConf.select(_composed_train(tuple(overrides)), node), resolve=True)
+    assert isinstance(args, dict), f"{node} is not a mapping in the composed config"
+    unknown = set(values) - set(args)
+    assert not unknown, f"{node} has no {sorted(unknown)} in conf/"
+    return {**args, **values}
+
+
+def conf_args(node: str, overrides: Iterable[str] = (), **values: object) -> dict:
+    """:func:`conf_node` less Hydra's keys: the keyword arguments of the class itself."""
+    args = conf_node(node, overrides, **values)
+    for key in ("_target_", "_partial_", "_convert_", "_recursive_"):
+        args.pop(key, None)
+    return args
 
 
 def write_image(path: Path, rng: np.random.Generator, size: int = 32, mode: str = "RGB",

@@ -8,7 +8,7 @@ import pytest
 from cifake.data.archive import extract_archive
 from cifake.data.datamodule import CIFAKEDataModule
 from cifake.errors import DataError
-from tests.conftest import make_cifake_tree
+from tests.conftest import conf_args, make_cifake_tree
 
 
 def _tar(path: Path, src: Path, mode: str) -> Path:
@@ -33,7 +33,8 @@ def test_archives_are_extracted_once_and_used_as_root(tmp_path: Path, kind: str)
     else:
         _tar(path, src, {"tar": "w", "tar.gz": "w:gz", "tar.xz": "w:xz"}[kind])
     cache = tmp_path / "cache"
-    dm = CIFAKEDataModule(root=str(path), cache_dir=str(cache), val_fraction=0.5, decode_workers=1)
+    dm = CIFAKEDataModule(**conf_args("data", root=str(path), cache_dir=str(cache), val_fraction=0.5,
+                                        decode_workers=1))
     dm.prepare_data()
     dm.setup("fit")
     assert len(dm.train_set) + len(dm.val_set) == 6

@@ -16,6 +16,7 @@ from cifake.data.augment import (
     to_unit_float,
 )
 from cifake.data.datamodule import CIFAKEDataModule
+from tests.conftest import conf_args
 
 
 def test_angles_are_per_sample_and_within_plus_minus_shear_degrees() -> None:
@@ -69,7 +70,7 @@ def test_rescale_to_unit_interval() -> None:
 
 
 def test_datamodule_shears_only_while_training(tmp_path) -> None:
-    dm = CIFAKEDataModule(root=str(tmp_path), cache_dir=str(tmp_path), shear=45.0)
+    dm = CIFAKEDataModule(**conf_args("data", root=str(tmp_path), cache_dir=str(tmp_path), shear=45.0))
     images = torch.full((4, 3, 32, 32), 0, dtype=torch.uint8)
     images[..., 16] = 255
     batch = (images, torch.zeros(4, dtype=torch.long), torch.arange(4))

@@ -16,7 +16,7 @@ from cifake.callbacks import CurvesCallback, GradCAMCallback
 from cifake.callbacks.curves import log_pr_curve_counts
 from cifake.errors import ConfigError
 from cifake.utils import build_trainer
-from tests.conftest import tiny_demo_overrides
+from tests.conftest import conf_args, tiny_demo_overrides
 from tests.test_dashboards import read_events
 
 
@@ -45,7 +45,7 @@ def test_binned_pr_counts_give_torchmetrics_own_curve() -> None:
 
 @pytest.mark.parametrize("every, epochs", [(1, [1, 2, 3, 4]), (2, [2, 4]), (3, [3, 4])])
 def test_figures_follow_every_n_epochs_and_always_the_last(every: int, epochs: list[int]) -> None:
-    cb = CurvesCallback(every_n_epochs=every)
+    cb = CurvesCallback(**conf_args("callbacks.curves", every_n_epochs=every))
     trainer = SimpleNamespace(sanity_checking=False, max_epochs=4, current_epoch=0)
     due = []
     for epoch in range(4):
@@ -56,7 +56,7 @@ def test_figures_follow_every_n_epochs_and_always_the_last(every: int, epochs: l
     trainer.sanity_checking = True
     assert not cb.due(trainer, "val") and cb.due(trainer, "test")
     with pytest.raises(ConfigError, match="every_n_epochs"):
-        GradCAMCallback(every_n_epochs=0)
+        GradCAMCallback(**conf_args("callbacks.gradcam", every_n_epochs=0))
 
 
 def test_callbacks_run_in_trainer_test_and_leave_the_model_as_found(compose_cfg, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from cifake.jobs import evaluate as evaluate_job
 from cifake.jobs import train as train_job
 from cifake.models.classifier import Classifier
 from cifake.sweep import write_summary
-from tests.conftest import tiny_demo_overrides
+from tests.conftest import conf_args, conf_node, tiny_demo_overrides
 
 RESNET = ["model=resnet", "model.net.stem=[8,8]", "model.net.widths=[16,16]", "model.net.blocks=[1,1]"]
 
@@ -53,9 +53,9 @@ def test_bf16_outputs_are_within_tolerance_of_float32(compose_cfg) -> None:
 
 
 def test_label_smoothing_moves_training_targets_only() -> None:
-    net = {"_target_": "cifake.models.resnet.ResNet", "stem": [4, 4], "widths": [8], "blocks": [1]}
+    net = conf_node("model.net", ["model=resnet"], stem=[4, 4], widths=[8], blocks=[1], dropout=0.0)
     opt = {"_target_": "torch.optim.Adam", "_partial_": True}
-    model = Classifier(net=net, optimizer=opt, label_smoothing=0.2)
+    model = Classifier(**conf_args("model", net=net, optimizer=opt, gradcam_layer=None, label_smoothing=0.2))
     model.log = model.log_dict = lambda *a, **k: None  # no trainer to log to
     batch = (torch.rand(8, 3, 32, 32), torch.tensor([0, 1] * 4), torch.arange(8))
     logits = model(batch[0]).float()
@@ -64,7 +64,7 @@ def test_label_smoothing_moves_training_targets_only() -> None:
     assert torch.allclose(model._step(batch, "train")["loss"], smoothed, atol=1e-6)
     assert torch.allclose(model._step(batch, "val")["loss"], plain, atol=1e-6)
     with pytest.raises(Exception, match="label_smoothing"):
-        Classifier(net=net, optimizer=opt, label_smoothing=1.0)
+        Classifier(**conf_args("model", net=net, optimizer=opt, gradcam_layer=None, label_smoothing=1.0))
 
 
 def test_ema_checkpoint_holds_the_averaged_weights(compose_cfg) -> None:

@@ -10,6 +10,7 @@ from cifake.data.datamodule import CIFAKEDataModule
 from cifake.data.degrade import check_degradations, degrade, is_active
 from cifake.data.perturb import gaussian_blur, jpeg, pil_rescale, rescale
 from cifake.errors import ConfigError
+from tests.conftest import conf_args
 
 OFF = {"scale": {"p": 0.0, "range": [0.5, 0.95]}, "blur": {"p": 0.0, "range": [0.2, 1.2]},
        "noise": {"p": 0.0, "range": [1.0, 10.0]}, "jpeg": {"p": 0.0, "range": [40, 95]}}
@@ -40,7 +41,7 @@ def test_degradations_are_off_unless_configured() -> None:
     images = batch()
     assert not is_active(check_degradations(OFF)) and not is_active(check_degradations(None))
     assert torch.equal(degrade(images, check_degradations(OFF)), images)
-    data = CIFAKEDataModule(root="unused", cache_dir="unused")
+    data = CIFAKEDataModule(**conf_args("data", root="unused", cache_dir="unused"))
     assert not is_active(data.degradations)
 
 

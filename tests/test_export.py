@@ -23,11 +23,10 @@ from cifake.errors import ConfigError
 from cifake.jobs import export as export_job
 from cifake.scoring import choose_resample
 from cifake.scoring.network import load_classifier
-from tests.conftest import CONF_DIR, write_image
+from tests.conftest import CONF_DIR, conf_args, conf_node, write_image
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_NET = {"_target_": "cifake.models.vgg.VGG", "filters": [8, 16, 16, 16], "convs": [2, 2, 3, 3],
-            "dropouts": 0.0, "dense": [32]}
+TINY_NET = conf_node("model.net", filters=[8, 16, 16, 16], convs=[2, 2, 3, 3], dropouts=0.0, dense=[32])
 ADAM = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
 
 
@@ -37,7 +36,7 @@ def make_checkpoint(path: Path, resample: str | None = "bicubic", seed: int = 0)
     from cifake.models.classifier import Classifier
 
     torch.manual_seed(seed)
-    model = Classifier(net=TINY_NET, optimizer=ADAM, gradcam_layer="net.features.1.3")
+    model = Classifier(**conf_args("model", net=TINY_NET, optimizer=ADAM, gradcam_layer="net.features.1.3"))
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):

@@ -8,8 +8,16 @@ import skops.io as sio
 
 from cifake.errors import ConfigError, DataError
 from cifake.models.forest import FORMAT_VERSION, META_MEMBER, ForestClassifier
+from tests.conftest import conf_args
 
 PARAMS = {"n_estimators": 15, "random_state": 0, "n_jobs": 1}
+
+
+def forest(features: object, **kw: object) -> ForestClassifier:
+    """A forest with conf/model/rf.yaml's settings but for ``kw`` (no image size or resampling
+    recorded, as for a forest fitted outside a run)."""
+    args = {**conf_args("model", ["model=rf"]), "image_size": None, "resample": None}
+    return ForestClassifier(**{**args, "features": features, **kw})
 
 
 def separable(n: int = 120, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -30,7 +38,7 @@ class NotSklearn:
 
 def test_fits_separable_data_and_reports_p_real() -> None:
     X, y = separable()
-    model = ForestClassifier("report", **PARAMS).fit(X, y)
+    model = forest("report", **PARAMS).fit(X, y)
     X_test, y_test = separable(seed=1)
     p = model.predict_proba_real(X_test)
     assert p.shape == (len(y_test),) and ((p >= 0) & (p <= 1)).all()
@@ -41,7 +49,7 @@ def test_fits_separable_data_and_reports_p_real() -> None:
 
 def test_save_load_round_trip(tmp_path: Path) -> None:
     X, y = separable()
-    model = ForestClassifier({"name": "rich", "bands": 2}, **PARAMS, image_size=32)
+    model = forest({"name": "rich", "bands": 2}, **PARAMS, image_size=32)
     X = np.concatenate([X, np.zeros((len(X), len(model.feature_names) - 8), np.float32)], axis=1)
     model.fit(X, y)
     path = model.save(tmp_path / "sub" / "forest.skops")
@@ -65,22 +73,22 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
 ])
 def test_bad_parameters_are_refused_at_construction(params: dict, grid: dict | None, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
-        ForestClassifier("report", grid=grid, **params)
+        forest("report", grid=grid, **params)
 
 
 def test_bad_feature_set_scoring_and_labels() -> None:
     with pytest.raises(ConfigError, match="report"):
-        ForestClassifier("nope")
+        forest("nope")
     with pytest.raises(ConfigError, match="scoring"):
-        ForestClassifier("report", grid={"max_depth": [1]}, scoring="acuracy")
+        forest("report", grid={"max_depth": [1]}, scoring="acuracy")
     X, _ = separable(20)
     with pytest.raises(DataError, match="both"):
-        ForestClassifier("report", **PARAMS).fit(X, np.ones(20, dtype=int))
+        forest("report", **PARAMS).fit(X, np.ones(20, dtype=int))
 
 
 def test_grid_search_picks_from_the_grid() -> None:
     X, y = separable()
-    model = ForestClassifier("report", **PARAMS, grid={"max_depth": [1, 3], "n_estimators": [5, 10]}, cv=2).fit(X, y)
+    model = forest("report", **PARAMS, grid={"max_depth": [1, 3], "n_estimators": [5, 10]}, cv=2).fit(X, y)
     assert model.best_params["max_depth"] in (1, 3) and model.best_params["n_estimators"] in (5, 10)
     assert model.forest.max_depth == model.best_params["max_depth"]
     assert ((model.predict_proba_real(X) > 0.5) == y).all()
@@ -99,7 +107,7 @@ def test_load_refuses_missing_garbage_and_untrusted_files(tmp_path: Path) -> Non
         ForestClassifier.load(bare)
 
     X, y = separable()
-    meta = ForestClassifier("report", **PARAMS).fit(X, y).metadata()
+    meta = forest("report", **PARAMS).fit(X, y).metadata()
     hostile = tmp_path / "hostile.skops"
     sio.dump(NotSklearn(), hostile)
     with zipfile.ZipFile(hostile, "a") as archive:

@@ -17,7 +17,7 @@ from cifake.explain import gradcam
 from cifake.jobs import train as train_job
 from cifake.scoring.network import module_scorer
 from cifake.utils import build_trainer, resolve_precision
-from tests.conftest import tiny_demo_overrides
+from tests.conftest import conf_args, conf_node, tiny_demo_overrides
 
 
 @pytest.mark.parametrize("native_bf16", [False, True])
@@ -96,10 +96,9 @@ def _classifier(**kw):
     from cifake.models.classifier import Classifier
 
     torch.manual_seed(0)
-    net = {"_target_": "cifake.models.vgg.VGG", "filters": [8, 16, 16, 16], "convs": [2, 2, 3, 3],
-           "dropouts": 0.0, "dense": [32]}
+    net = conf_node("model.net", filters=[8, 16, 16, 16], convs=[2, 2, 3, 3], dropouts=0.0, dense=[32])
     optimizer = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
-    return Classifier(net=net, optimizer=optimizer, gradcam_layer="net.features.1.3", **kw).eval()
+    return Classifier(**conf_args("model", net=net, optimizer=optimizer, gradcam_layer="net.features.1.3", **kw)).eval()
 
 
 def test_channels_last_gives_the_same_outputs() -> None:

@@ -5,6 +5,7 @@ from omegaconf import OmegaConf
 
 from cifake.errors import ConfigError
 from cifake.models.vgg import VGG
+from tests.conftest import conf_args
 
 # 3x3 convs 64x2, 128x2, 256x3, 512x3 with biases, 4 batch-norms (weight+bias),
 # dense 2048 -> 4000 -> 1500 -> 1 with biases.
@@ -36,8 +37,13 @@ def test_default_config_builds_the_report_net(compose_cfg) -> None:
     assert out.shape == (5,) and out.dtype == torch.float32
 
 
+def vgg(**kw) -> VGG:
+    """conf/model/vgg.yaml's network with ``kw`` replacing some of its settings."""
+    return VGG(**conf_args("model.net", **kw))
+
+
 def test_every_size_is_configurable() -> None:
-    net = VGG(filters=[4, 8], convs=[1, 3], dropouts=[0.1, 0.5], dense=[16, 8], image_size=16)
+    net = vgg(filters=[4, 8], convs=[1, 3], dropouts=[0.1, 0.5], dense=[16, 8], image_size=16)
     assert net(torch.rand(2, 3, 16, 16)).shape == (2,)
     assert len([m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]) == 4
     assert [m.out_features for m in net.head if isinstance(m, torch.nn.Linear)] == [16, 8, 1]
@@ -45,9 +51,9 @@ def test_every_size_is_configurable() -> None:
 
 def test_inconsistent_sizes_are_clear_errors() -> None:
     with pytest.raises(ValueError, match="one entry per block"):
-        VGG(filters=[4, 8], convs=[1], dropouts=[0.1, 0.1], dense=[8])
+        vgg(filters=[4, 8], convs=[1], dropouts=[0.1, 0.1], dense=[8])
     with pytest.raises(ValueError, match="not divisible"):
-        VGG(filters=[4, 8, 8, 8, 8, 8], convs=[1] * 6, dropouts=[0.0] * 6, dense=[8], image_size=32)
+        vgg(filters=[4, 8, 8, 8, 8, 8], convs=[1] * 6, dropouts=[0.0] * 6, dense=[8], image_size=32)
 
 
 def test_hparams_are_plain_containers(compose_cfg) -> None:
@@ -62,15 +68,15 @@ def test_one_dropout_rate_for_every_block_or_one_per_block() -> None:
     def rates(net: VGG) -> list[float]:
         return [m.p for m in net.features.modules() if isinstance(m, torch.nn.Dropout)]
 
-    assert rates(VGG(filters=[4, 8], convs=[1, 1], dropouts=0.3, dense=[8])) == [0.3, 0.3]
-    assert rates(VGG(filters=[4, 8], convs=[1, 1], dropouts=[0.1, 0.2], dense=[8])) == [0.1, 0.2]
+    assert rates(vgg(filters=[4, 8], convs=[1, 1], dropouts=0.3, dense=[8])) == [0.3, 0.3]
+    assert rates(vgg(filters=[4, 8], convs=[1, 1], dropouts=[0.1, 0.2], dense=[8])) == [0.1, 0.2]
     with pytest.raises(ConfigError, match=r"\[0, 1\)"):
-        VGG(filters=[4, 8], convs=[1, 1], dropouts=1.5, dense=[8])
+        vgg(filters=[4, 8], convs=[1, 1], dropouts=1.5, dense=[8])
 
 
 def test_batch_norm_can_be_left_out_without_renaming_layers() -> None:
-    with_bn = VGG(filters=[4, 8], convs=[1, 1], dropouts=0.0, dense=[8])
-    without = VGG(filters=[4, 8], convs=[1, 1], dropouts=0.0, dense=[8], batch_norm=False)
+    with_bn = vgg(filters=[4, 8], convs=[1, 1], dropouts=0.0, dense=[8])
+    without = vgg(filters=[4, 8], convs=[1, 1], dropouts=0.0, dense=[8], batch_norm=False)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in without.modules())
     assert [n for n, _ in with_bn.named_modules()] == [n for n, _ in without.named_modules()]
 

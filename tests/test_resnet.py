@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from cifake.errors import ConfigError
 from cifake.models.resnet import ResNet
-from tests.conftest import CONF_DIR
+from tests.conftest import CONF_DIR, conf_args
 
 SHIPPED = OmegaConf.load(CONF_DIR / "model" / "resnet.yaml").net
 
@@ -56,13 +56,15 @@ def test_stem_runs_at_full_resolution_before_any_pooling() -> None:
 
 
 def test_every_size_is_an_argument() -> None:
-    net = ResNet(stem=[4, 4, 4], widths=[8, 8], blocks=[2, 1], dropout=0.0, image_size=16)
+    net = ResNet(**conf_args("model.net", ["model=resnet"], stem=[4, 4, 4], widths=[8, 8], blocks=[2, 1], dropout=0.0,
+                           image_size=16))
     assert net(torch.rand(3, 3, 16, 16)).shape == (3,)
     assert sum(p.numel() for p in net.parameters()) == expected_parameters([4, 4, 4], [8, 8], [2, 1])
 
 
 def test_high_pass_input_adds_the_residual_after_a_fixed_blur() -> None:
-    net = ResNet(stem=[4, 4], widths=[8], blocks=[1], high_pass=True)
+    net = ResNet(**conf_args("model.net", ["model=resnet"], stem=[4, 4], widths=[8], blocks=[1], dropout=0.0,
+                             high_pass=True))
     flat = torch.full((1, 3, 32, 32), 0.5)
     extra = net.input(flat)
     assert extra.shape == (1, 6, 32, 32)
@@ -81,6 +83,7 @@ def test_high_pass_input_adds_the_residual_after_a_fixed_blur() -> None:
     ({"widths": [8] * 6, "blocks": [1] * 6}, "divisible"),
 ])
 def test_bad_sizes_are_refused_by_name(kwargs: dict, message: str) -> None:
-    args = {"stem": [4, 4], "widths": [8], "blocks": [1], **kwargs}
+    args = conf_args("model.net", ["model=resnet"],
+                     **{"stem": [4, 4], "widths": [8], "blocks": [1], "dropout": 0.0, **kwargs})
     with pytest.raises(ConfigError, match=message):
         ResNet(**args)

@@ -11,6 +11,7 @@ from cifake.data.augment import random_translate, shift
 from cifake.errors import ConfigError
 from cifake.models.classifier import Classifier
 from cifake.tta import mean_over_views, tta_views, uint8_mean_over_views
+from tests.conftest import conf_args, conf_node
 
 
 def test_translation_moves_content_by_the_drawn_offset() -> None:
@@ -49,8 +50,9 @@ def test_translation_keeps_shape_and_refuses_bad_arguments() -> None:
 
 def tiny_classifier() -> Classifier:
     torch.manual_seed(0)
-    net = {"_target_": "cifake.models.resnet.ResNet", "stem": [4, 4], "widths": [8, 8], "blocks": [1, 1]}
-    return Classifier(net=net, optimizer={"_target_": "torch.optim.Adam", "_partial_": True}).eval()
+    net = conf_node("model.net", ["model=resnet"], stem=[4, 4], widths=[8, 8], blocks=[1, 1], dropout=0.0)
+    optimizer = {"_target_": "torch.optim.Adam", "_partial_": True}
+    return Classifier(**conf_args("model", net=net, optimizer=optimizer, gradcam_layer=None)).eval()
 
 
 @torch.no_grad()
@@ -97,7 +99,7 @@ def test_datamodule_translates_only_while_training(tmp_path) -> None:
 
     from cifake.data.datamodule import CIFAKEDataModule
 
-    dm = CIFAKEDataModule(root=str(tmp_path), cache_dir=str(tmp_path), shear=0.0, translate=3)
+    dm = CIFAKEDataModule(**conf_args("data", root=str(tmp_path), cache_dir=str(tmp_path), shear=0.0, translate=3))
     images = torch.zeros(32, 3, 32, 32, dtype=torch.uint8)
     images[:, :, 16, 16] = 255
     batch = (images, torch.zeros(32, dtype=torch.long), torch.arange(32))
@@ -115,4 +117,4 @@ def test_datamodule_refuses_bad_translation(tmp_path, kwargs: dict, message: str
     from cifake.data.datamodule import CIFAKEDataModule
 
     with pytest.raises(ConfigError, match=message):
-        CIFAKEDataModule(root=str(tmp_path), cache_dir=str(tmp_path), **kwargs)
+        CIFAKEDataModule(**conf_args("data", root=str(tmp_path), cache_dir=str(tmp_path), **kwargs))

@@ -52,7 +52,7 @@ class FigureCallback(L.Callback):
 
     name = "figures"
 
-    def __init__(self, every_n_epochs: int = 1, on_test: bool = True) -> None:
+    def __init__(self, every_n_epochs: int, on_test: bool) -> None:
         if every_n_epochs < 1:
             raise ConfigError(f"callbacks.{self.name}.every_n_epochs must be >= 1, got {every_n_epochs}")
         self.every_n_epochs = every_n_epochs

@@ -39,8 +39,8 @@ class CurvesCallback(FigureCallback):
 
     name = "curves"
 
-    def __init__(self, every_n_epochs: int = 1, on_test: bool = True, num_thresholds: int = 200,
-                 threshold: float = 0.5, pr_curve: bool = True) -> None:
+    def __init__(self, every_n_epochs: int, on_test: bool, num_thresholds: int,
+                 threshold: float, pr_curve: bool) -> None:
         super().__init__(every_n_epochs, on_test)
         self.num_thresholds = num_thresholds
         self.threshold = threshold

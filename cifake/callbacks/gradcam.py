@@ -25,8 +25,8 @@ class GradCAMCallback(FigureCallback):
 
     name = "gradcam"
 
-    def __init__(self, every_n_epochs: int = 1, on_test: bool = True, target_layer: str | None = None,
-                 per_class: int = 4, pool: int = 256, pairs_per_row: int = 4, threshold: float = 0.5) -> None:
+    def __init__(self, every_n_epochs: int, on_test: bool, target_layer: str | None,
+                 per_class: int, pool: int, pairs_per_row: int, threshold: float) -> None:
         super().__init__(every_n_epochs, on_test)
         self.target_layer, self.per_class, self.pool = target_layer, per_class, pool
         self.pairs_per_row, self.threshold = pairs_per_row, threshold

@@ -21,8 +21,8 @@ class PredictionGridCallback(FigureCallback):
 
     name = "prediction_grid"
 
-    def __init__(self, every_n_epochs: int = 1, on_test: bool = True, per_class: int = 8, ncols: int = 8,
-                 threshold: float = 0.5, search: int = 512) -> None:
+    def __init__(self, every_n_epochs: int, on_test: bool, per_class: int, ncols: int,
+                 threshold: float, search: int) -> None:
         super().__init__(every_n_epochs, on_test)
         self.per_class, self.ncols, self.threshold, self.search = per_class, ncols, threshold, search
         self._examples: dict[str, tuple[torch.Tensor, np.ndarray]] = {}

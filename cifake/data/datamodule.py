@@ -16,7 +16,6 @@ from cifake.data.augment import TRANSLATE_PADDING, random_hflip, random_shear, r
 from cifake.data.cache import DecodedSplit, load_or_decode
 from cifake.data.degrade import check_degradations, degrade, is_active
 from cifake.data.demo import generate_demo
-from cifake.data.labels import CLASSES
 from cifake.data.scan import KAGGLE_HINT, resolve_layout_root, scan_split
 from cifake.data.split import stratified_split
 from cifake.errors import ConfigError, DataError
@@ -79,26 +78,26 @@ class CIFAKEDataModule(L.LightningDataModule):
         self,
         root: str,
         cache_dir: str,
-        classes: tuple[str, ...] = CLASSES,
-        train_split: str = "train",
-        test_split: str = "test",
-        image_size: int = 32,
-        resample: str = "bicubic",
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        val_fraction: float = 0.1,
-        validate_on: str = "holdout",
-        split_seed: int = 0,
-        shear: float = 0.2,
-        hflip: float = 0.0,
-        translate: int = 0,
-        translate_padding: str = "reflect",
-        skip_bad_files: bool = False,
-        decode_workers: int | None = None,
-        num_workers: int = 0,
-        on_device: bool | str = "auto",
-        demo: dict[str, Any] | None = None,
-        degrade: dict[str, Any] | None = None,
+        classes: tuple[str, ...],
+        train_split: str,
+        test_split: str,
+        image_size: int,
+        resample: str,
+        batch_size: int,
+        eval_batch_size: int | None,
+        val_fraction: float,
+        validate_on: str,
+        split_seed: int,
+        shear: float,
+        hflip: float,
+        translate: int,
+        translate_padding: str,
+        skip_bad_files: bool,
+        decode_workers: int | None,
+        num_workers: int,
+        on_device: bool | str,
+        demo: dict[str, Any] | None,
+        degrade: dict[str, Any] | None,
     ) -> None:
         super().__init__()
         if validate_on not in VALIDATE_ON:

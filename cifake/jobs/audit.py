@@ -41,7 +41,7 @@ HASH_NOTES = {
 
 def check_settings(settings: DictConfig | dict[str, Any]) -> dict[str, Any]:
     """The ``audit`` config group, checked: distances in 0..63, positive sizes."""
-    also = settings.get("also_distances") or []
+    also = settings["also_distances"]
     resolved = {
         "near_distance": check_distance(settings["near_distance"]),
         "also_distances": sorted({check_distance(d, "audit.also_distances") for d in also}),

@@ -31,17 +31,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True)
     silence_known_warnings()
     check_threshold(cfg.threshold)
-    scorer = open_scorer(cfg.ckpt_path, device=str(cfg.trainer.get("accelerator", "auto")),
-                         precision=cfg.scoring.precision, tta=cfg.get("tta"), contract=cfg.get("contract"))
+    scorer = open_scorer(cfg.ckpt_path, device=str(cfg.trainer.accelerator),
+                         precision=cfg.scoring.precision, tta=cfg.tta, contract=cfg.contract)
     datamodule = instantiate(cfg.data, _convert_="all")
     exclude = leaking_test_files(datamodule, cfg.leak_near_distance) if cfg.exclude_leaks else None
     loggers = instantiate_all(cfg.get("logger"))
-    limit = cfg.trainer.get("limit_predict_batches")
-    if cfg.get("unsure_precision"):  # chosen now on validation, as train.py would (not stored)
+    limit = cfg.trainer.limit_predict_batches
+    if cfg.unsure_precision:  # chosen now on validation, as train.py would (not stored)
         band = unsure_band_on_validation(scorer, datamodule, cfg.threshold, cfg.unsure_precision,
-                                         cfg.get("unsure_conditions", "clean"), cfg.report, limit)
+                                         cfg.unsure_conditions, cfg.report, limit)
     else:
-        band = resolve_band(cfg.get("unsure_band", "auto"), scorer, cfg.threshold)
+        band = resolve_band(cfg.unsure_band, scorer, cfg.threshold)
     report = evaluate_model(scorer, datamodule, cfg.threshold, Path(cfg.paths.output_dir), cfg.report, loggers,
                             threshold_choice=cfg.threshold_choice, robustness=cfg.robustness, exclude=exclude,
                             band=band, limit=limit)

@@ -161,13 +161,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"batch_size must be at least 1, got {cfg.batch_size}")
     inputs = OmegaConf.to_container(inputs) if OmegaConf.is_config(inputs) else inputs
     files = find_files(inputs)  # before loading the model: a mistyped path fails at once
-    scorer = open_scorer(ckpt_path, device=cfg.device, precision=cfg.scoring.precision, tta=cfg.get("tta"),
+    scorer = open_scorer(ckpt_path, device=cfg.device, precision=cfg.scoring.precision, tta=cfg.tta,
                          contract=cfg.contract)
     if scorer.image_size is None:
         raise ConfigError(f"{ckpt_path} does not record the image size it was trained on; retrain it with this "
                           "version (model.image_size is recorded in every model file it writes)")
     resample = choose_resample(cfg.resample, scorer.resample, str(ckpt_path))
-    band = resolve_band(cfg.get("unsure_band", "auto"), scorer, cfg.threshold)
+    band = resolve_band(cfg.unsure_band, scorer, cfg.threshold)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     explainer = None

@@ -65,24 +65,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         loggers, step, rank_zero = trainer.loggers, trainer.global_step, trainer.is_global_zero
         fast_dev_run = bool(trainer.fast_dev_run)
     # Every rank has the same best weights; one scores what follows alone (no collective calls).
-    if rank_zero and not fast_dev_run and best and (cfg.get("evaluate") or cfg.get("unsure_precision")):
-        scorer = open_scorer(best, device=str(cfg.trainer.get("accelerator", "auto")),
-                             precision=cfg.scoring.precision, tta=cfg.get("tta"))
-        band, limit = None, cfg.trainer.get("limit_predict_batches")
-        if cfg.get("unsure_precision") and scorer.kind != "checkpoint":
+    if rank_zero and not fast_dev_run and best and (cfg.evaluate or cfg.unsure_precision):
+        scorer = open_scorer(best, device=str(cfg.trainer.accelerator),
+                             precision=cfg.scoring.precision, tta=cfg.tta)
+        band, limit = None, cfg.trainer.limit_predict_batches
+        if cfg.unsure_precision and scorer.kind != "checkpoint":
             raise ConfigError("unsure_precision stores its band in a network's checkpoint; the forest has none: "
                               "leave unsure_precision=null for model=rf")
-        if cfg.get("unsure_precision"):
+        if cfg.unsure_precision:
             band = unsure_band_on_validation(scorer, datamodule, cfg.threshold, cfg.unsure_precision,
-                                             cfg.get("unsure_conditions", "clean"), cfg.report, limit)
+                                             cfg.unsure_conditions, cfg.report, limit)
             record_unsure_band(best, band)
-        if cfg.get("evaluate"):
-            exclude = leaking_test_files(datamodule, cfg.leak_near_distance) if cfg.get("exclude_leaks") else None
+        if cfg.evaluate:
+            exclude = leaking_test_files(datamodule, cfg.leak_near_distance) if cfg.exclude_leaks else None
             metrics["test"] = evaluate_model(scorer, datamodule, cfg.threshold, out, cfg.report, loggers, step,
-                                             robustness=bool(cfg.get("robustness")), exclude=exclude, band=band,
+                                             robustness=bool(cfg.robustness), exclude=exclude, band=band,
                                              limit=limit)
             computed["test"] = scorer.computed
-    elif cfg.get("evaluate") and not fast_dev_run and rank_zero:
+    elif cfg.evaluate and not fast_dev_run and rank_zero:
         raise ConfigError("evaluate=true needs the model_checkpoint callback to know the best weights")
     if not fast_dev_run:
         log_hparams(loggers, run_hparams(cfg), flat_metrics(metrics))
@@ -107,7 +107,7 @@ def cluster_plugins(cfg: DictConfig) -> list[Any]:
 def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
     """The checkpoint ``cfg.ckpt_path`` names (``last``: the run folder's ``last.ckpt``), checked
     whole (see :func:`cifake.checkpoints.check_resumable`); ``None`` for a fresh start."""
-    ckpt_path = cfg.get("ckpt_path")
+    ckpt_path = cfg.ckpt_path
     if ckpt_path is None:
         return None
     if ckpt_path == "last":
@@ -229,7 +229,7 @@ def objective(cfg: DictConfig) -> float | None:
     """Run the job (errors reported plainly) and return ``cfg.optimized_metric`` when one is
     named, for hyper-parameter sweepers (``hparams_search=...``)."""
     metrics = friendly_errors(run)(cfg)
-    name = cfg.get("optimized_metric")
+    name = cfg.optimized_metric
     if name is None:
         return None
     flat = flat_metrics(metrics)

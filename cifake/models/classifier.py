@@ -14,7 +14,6 @@ from hydra.utils import instantiate
 from torch import nn
 from torchmetrics import MetricCollection
 
-from cifake.data.labels import CLASSES
 from cifake.errors import ConfigError
 from cifake.metrics import classification_metrics, two_class_probs
 from cifake.tta import check_tta, mean_over_views
@@ -56,15 +55,15 @@ class Classifier(L.LightningModule):
         self,
         net: dict[str, Any],
         optimizer: dict[str, Any],
-        scheduler: dict[str, Any] | None = None,
-        scheduler_interval: str = "epoch",
-        classes: tuple[str, ...] = CLASSES,
-        image_size: int = 32,
-        num_thresholds: int = 200,
-        gradcam_layer: str | None = None,
-        channels_last: bool | str = "auto",
-        compile: bool = False,
-        label_smoothing: float = 0.0,
+        scheduler: dict[str, Any] | None,
+        scheduler_interval: str,
+        classes: tuple[str, ...],
+        image_size: int,
+        num_thresholds: int,
+        gradcam_layer: str | None,
+        channels_last: bool | str,
+        compile: bool,
+        label_smoothing: float,
     ) -> None:
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:

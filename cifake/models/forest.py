@@ -18,7 +18,6 @@ from sklearn.model_selection import GridSearchCV
 
 from cifake.atomic import atomic_path
 from cifake.data.features import feature_names, feature_params
-from cifake.data.labels import CLASSES
 from cifake.errors import ConfigError, DataError
 
 FORMAT_VERSION = 1  # of the saved file; bump when its layout or metadata change
@@ -82,13 +81,13 @@ class ForestClassifier:
 
     def __init__(
         self,
-        features: str | Mapping[str, Any] = "report",
-        grid: Mapping[str, Sequence[Any]] | None = None,
-        cv: int = 3,
-        scoring: str = "accuracy",
-        classes: Sequence[str] = CLASSES,
-        image_size: int | None = None,
-        resample: str | None = None,
+        features: str | Mapping[str, Any],
+        grid: Mapping[str, Sequence[Any]] | None,
+        cv: int | None,
+        scoring: str | None,
+        classes: Sequence[str],
+        image_size: int | None,
+        resample: str | None,
         **params: Any,
     ) -> None:
         spec = {"name": features} if isinstance(features, str) else dict(features)
@@ -210,9 +209,9 @@ class ForestClassifier:
         forest = sio.load(path, trusted=untrusted)
         if not isinstance(forest, RandomForestClassifier):
             raise ConfigError(f"{str(path)!r} holds a {type(forest).__name__}, not a random forest; {hint}")
-        model = cls(features=meta["features"], classes=meta["classes"], image_size=meta["image_size"],
-                    resample=meta.get("resample"),
-                    **meta["params"])
+        # Already fitted: no grid search, so no grid, folds or ranking to set.
+        model = cls(features=meta["features"], grid=None, cv=None, scoring=None, classes=meta["classes"],
+                    image_size=meta["image_size"], resample=meta.get("resample"), **meta["params"])
         if model.feature_names != meta["feature_names"]:
             raise ConfigError(f"{str(path)!r} was trained on features {meta['feature_names']}, which this version "
                               f"computes differently; retrain the forest")

@@ -74,10 +74,10 @@ class ResNet(nn.Module):
         stem: Sequence[int],
         widths: Sequence[int],
         blocks: Sequence[int],
-        dropout: float = 0.0,
-        high_pass: bool = False,
-        in_channels: int = 3,
-        image_size: int = 32,
+        dropout: float,
+        high_pass: bool,
+        in_channels: int,
+        image_size: int,
     ) -> None:
         super().__init__()
         if not stem:

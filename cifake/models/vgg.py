@@ -34,11 +34,11 @@ class VGG(nn.Module):
         convs: Sequence[int],
         dropouts: Sequence[float] | float,
         dense: Sequence[int],
-        kernel_size: int = 3,
-        dense_dropout: float = 0.0,
-        in_channels: int = 3,
-        image_size: int = 32,
-        batch_norm: bool = True,
+        kernel_size: int,
+        dense_dropout: float,
+        in_channels: int,
+        image_size: int,
+        batch_norm: bool,
     ) -> None:
         super().__init__()
         if isinstance(dropouts, (int, float)):  # one rate for every block
