@@ -57,6 +57,7 @@ from cifake import schemas  # noqa: F401  (registers the config schemas)
 from cifake.configs import CONF_DIR
 from cifake.data.augment import random_hflip, random_shear, random_translate, to_unit_float
 from cifake.data.degrade import degrade, is_active
+from cifake.models.classifier import channels_last_on
 from cifake.utils import build_trainer, float32_matmul, resolve_precision, uses_cuda
 
 
@@ -180,8 +181,7 @@ def numerics(cfg: DictConfig) -> tuple[str, bool]:
     """The precision and memory layout train.py's path runs ``cfg`` in on its device: what
     ``trainer.precision`` and ``model.channels_last`` resolve to there (``auto`` included)."""
     precision = str(resolve_precision(cfg.trainer.precision, _accelerator(cfg)))
-    choice = cfg.model.channels_last  # as Classifier.uses_channels_last decides it
-    channels_last = _device(cfg).type in ("cuda", "cpu") if choice == "auto" else bool(choice)
+    channels_last = channels_last_on(cfg.model.channels_last, _device(cfg))
     return _PRECISION_ALIASES.get(precision, precision), channels_last
 
 

@@ -93,6 +93,15 @@ def cpu_has_fast_bf16() -> bool:
     return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively: a CUDA GPU from Ampere on (torch counts emulated
+    bf16 too by default, and a V100 or T4 emulates it, slower than float32), or a CPU with
+    AVX512_BF16 or AMX (:func:`cpu_has_fast_bf16`)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return device.type == "cpu" and cpu_has_fast_bf16()
+
+
 def resolve_precision(precision: Any, accelerator: str) -> Any:
     """Training's ``trainer.precision``. ``auto``: bf16 mixed precision where the CUDA device computes
     bf16 natively (Ampere and newer; not a V100 or T4, which only emulate it), or where the CPU does
@@ -102,11 +111,9 @@ def resolve_precision(precision: Any, accelerator: str) -> Any:
     if precision != "auto":
         return precision
     if uses_cuda(accelerator):
-        # Natively only: torch counts emulated bf16 too by default, and a V100 or T4 emulates it, slower than float32.
-        chosen, why = ("bf16-mixed", "the CUDA device computes bf16 natively") \
-            if torch.cuda.is_bf16_supported(including_emulation=False) \
+        chosen, why = ("bf16-mixed", "the CUDA device computes bf16 natively") if native_bf16(torch.device("cuda")) \
             else ("32-true", "the CUDA device has no native bf16 (it would only emulate it)")
-    elif cpu_has_fast_bf16():
+    elif native_bf16(torch.device("cpu")):
         chosen, why = "bf16-mixed", "the CPU has native bf16 (AVX512_BF16/AMX)"
     else:
         chosen, why = "32-true", "the CPU has no native bf16 (no AVX512_BF16/AMX)"

@@ -21,6 +21,12 @@ from cifake.tta import check_tta, mean_over_views
 log = logging.getLogger(__name__)
 
 
+def channels_last_on(choice: bool | str, device: torch.device) -> bool:
+    """``model.channels_last`` on ``device``: ``auto`` is NHWC on CUDA (tensor cores want it) and on
+    a CPU, where oneDNN's kernels measured faster in NHWC in both float32 and bf16."""
+    return device.type in ("cuda", "cpu") if choice == "auto" else bool(choice)
+
+
 class Classifier(L.LightningModule):
     """Real-vs-fake classifier; the logit is positive for the class with label 1 (REAL).
 
@@ -90,10 +96,7 @@ class Classifier(L.LightningModule):
         """Whether the convolutions run in NHWC layout on ``device`` (default: the module's).
         ``auto``: on CUDA (tensor cores want it) and on a CPU, where oneDNN's kernels measured
         faster in NHWC in both float32 and bf16 (``python -m cifake.bench --sections precision``)."""
-        choice = self.hparams.get("channels_last", "auto")
-        if choice != "auto":
-            return bool(choice)
-        return (device or self.device).type in ("cuda", "cpu")
+        return channels_last_on(self.hparams.get("channels_last", "auto"), device or self.device)
 
     def setup(self, stage: str) -> None:
         device = self.trainer.strategy.root_device if self._trainer is not None else self.device

@@ -17,7 +17,7 @@ from cifake.data.augment import to_unit_float
 from cifake.data.labels import CLASSES
 from cifake.errors import ConfigError, ModelFileError
 from cifake.scoring.scorer import NO_TTA, Scorer, check_precision
-from cifake.utils import cpu_has_fast_bf16, float32_matmul
+from cifake.utils import float32_matmul, native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -135,13 +135,6 @@ def checkpoint_scorer(path: Path, device: str, precision: str, tta: Mapping[str,
     model = model.to(target).eval()
     model.set_channels_last(model.uses_channels_last(target))
     return module_scorer(model, target, precision, str(path), trained_resample(raw), raw)
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bf16 natively (a CUDA GPU from Ampere on; a CPU with AVX512_BF16 or AMX)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    return device.type == "cpu" and cpu_has_fast_bf16()
 
 
 def record_unsure_band(path: str | Path, band: tuple[float, float]) -> None:
