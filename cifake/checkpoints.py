@@ -13,9 +13,6 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from cifake.atomic import atomic_path
 from cifake.errors import ModelFileError
 
-# Lightning's ModelCheckpoint name for the checkpoint of where training stands (save_last=true),
-# which ckpt_path=last resumes from.
-LAST = "last.ckpt"
 # The temporary file's name must not start with "last": Lightning's ckpt_path="last" takes the newest
 # file of the checkpoint folder that does, and a write cut short leaves its temporary file behind.
 PARTIAL_PREFIX = ".writing-"
