@@ -6,6 +6,7 @@ predictions to :mod:`cifake.report` for the files and figures."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,14 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from cifake.audit import leaked_test_files
-from cifake.calibration import choose_threshold, choose_unsure_band, confident_accuracy_text, unsure_report
+from cifake.calibration import (
+    choose_threshold,
+    choose_unsure_band,
+    confident_accuracy_text,
+    expected_calibration_error,
+    fit_temperature,
+    unsure_report,
+)
 from cifake.data.datamodule import CIFAKEDataModule
 from cifake.errors import ConfigError
 from cifake.explain import explained_sections, explanation_sets
@@ -21,6 +29,7 @@ from cifake.report import Explained, Predictions, write_report, write_robustness
 from cifake.robustness import condition_scores, robustness_table, trained_with
 from cifake.robustness import conditions as robustness_conditions
 from cifake.scoring import Scorer, check_threshold
+from cifake.scoring.scorer import apply_temperature, with_temperature
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +115,52 @@ def unsure_band_on_validation(scorer: Scorer, datamodule: CIFAKEDataModule, thre
     return band
 
 
+def temperature_on_validation(scorer: Scorer, datamodule: CIFAKEDataModule, limit: Limit = None) -> float:
+    """The temperature that calibrates ``scorer``'s p(REAL) on the validation split
+    (:func:`cifake.calibration.fit_temperature`), with the validation ECE before and after it logged."""
+    val = score_split(scorer, datamodule, "validate", limit)
+    temperature = fit_temperature(val.p_real, val.labels)
+    log.info("Temperature fitted on the validation split (%d images): %.4f; validation ECE %.4f before, %.4f after",
+             len(val.labels), temperature, expected_calibration_error(val.p_real, val.labels),
+             expected_calibration_error(apply_temperature(val.p_real, temperature), val.labels))
+    return temperature
+
+
+def choose_on_validation(scorer: Scorer, datamodule: CIFAKEDataModule, cfg: Mapping[str, Any],
+                         limit: Limit = None) -> tuple[Scorer, float | None, tuple[float, float] | None]:
+    """What ``train.py`` and ``evaluate.py`` choose on the validation split before the test split is
+    scored, in this order (conf/evaluation/default.yaml): the temperature (``calibration.temperature``:
+    ``auto`` fits one, a number is taken as it is, ``null`` keeps the model's own), then the unsure
+    band on the calibrated scores (``unsure_precision``, ``unsure_conditions``). Returns the calibrated
+    scorer, the temperature chosen now (``None`` if none) and the band (``None`` if not asked for)."""
+    setting, temperature, band = cfg["calibration"]["temperature"], None, None
+    if setting == "auto":
+        temperature = temperature_on_validation(scorer, datamodule, limit)
+    elif setting is not None:
+        try:
+            temperature = float(setting)
+        except (TypeError, ValueError):
+            raise ConfigError(f"calibration.temperature={setting!r}; use null, auto or a number > 0") from None
+    scorer = with_temperature(scorer, temperature)
+    if cfg["unsure_precision"]:
+        band = unsure_band_on_validation(scorer, datamodule, cfg["threshold"], cfg["unsure_precision"],
+                                         cfg["unsure_conditions"], cfg["report"], limit)
+    return scorer, temperature, band
+
+
+def evaluate_run(scorer: Scorer, datamodule: CIFAKEDataModule, cfg: Mapping[str, Any], out_dir: Path, loggers: list,
+                 step: int = 0, band: tuple[float, float] | None = None,
+                 threshold_choice: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The test-split evaluation of ``train.py evaluate=true`` and ``evaluate.py``, as their shared
+    settings say (conf/scoring/default.yaml and conf/evaluation/default.yaml: ``threshold``,
+    ``exclude_leaks``, ``leak_near_distance``, ``robustness``, ``report``; ``trainer.limit_predict_batches``):
+    :func:`evaluate_model` with the leaking test files left out of ``leak_free``. Returns the metrics."""
+    exclude = leaking_test_files(datamodule, cfg["leak_near_distance"]) if cfg["exclude_leaks"] else None
+    return evaluate_model(scorer, datamodule, cfg["threshold"], out_dir, cfg["report"], loggers, step,
+                          threshold_choice=threshold_choice, robustness=bool(cfg["robustness"]), exclude=exclude,
+                          band=band, limit=cfg["trainer"]["limit_predict_batches"])
+
+
 def explain(scorer: Scorer, pred: Predictions, threshold: float, settings: dict[str, Any]) -> Explained | None:
     """Grad-CAM overlays of correctly and wrongly classified test images of each class, for the
     report; ``None`` (with the reason logged) where the model has no layer to explain."""
@@ -160,7 +215,7 @@ def evaluate_model(scorer: Scorer, datamodule: CIFAKEDataModule, threshold: floa
     unsure = unsure_report(pred.p_real, pred.labels, band) if band is not None else None
     report = write_report(pred, scorer.classes, threshold, out_dir, settings, loggers, step, source=scorer.source,
                           computed=scorer.computed, explained=explained, exclude=exclude, tta=dict(scorer.tta),
-                          extra_figures=extra, unsure=unsure)
+                          extra_figures=extra, unsure=unsure, temperature=scorer.temperature)
     if robustness:
         cfg = settings["robustness"]
         rows = robustness_table(scorer.score, pred.images, pred.labels, cfg["perturbations"], cfg["batch_size"],

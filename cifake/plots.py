@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
@@ -262,11 +263,13 @@ def robustness_figure(rows: Sequence[dict], metrics: Sequence[str] = ("accuracy"
 
 def reliability_figure(edges: np.ndarray, count: np.ndarray, confidence: np.ndarray, accuracy: np.ndarray,
                        ece: float | None = None, log_counts: bool = True,
-                       title: str = "Reliability of the predicted class") -> Figure:
+                       title: str = "Reliability of the predicted class", before: Any = None) -> Figure:
     """Reliability diagram of per-bin mean ``confidence`` and ``accuracy`` (NaN for empty bins)
     over confidence bins ``edges``, as :func:`cifake.calibration.reliability_bins` gives them:
     the accuracy of each bin as a bar, the gap to its mean confidence shaded, the diagonal of a
-    calibrated model, and the number of predictions per bin under it."""
+    calibrated model, and the number of predictions per bin under it. ``before``: the bins of the
+    same predictions before a temperature was applied (anything with ``confidence``, ``accuracy``,
+    ``count`` and ``ece``), drawn as a line with its ECE."""
     edges, count = np.asarray(edges, dtype=np.float64), np.asarray(count)
     confidence, accuracy = np.asarray(confidence, dtype=np.float64), np.asarray(accuracy, dtype=np.float64)
     widths = np.diff(edges)
@@ -280,6 +283,10 @@ def reliability_figure(edges: np.ndarray, count: np.ndarray, confidence: np.ndar
             align="edge", color=WRONG_COLOUR, alpha=0.3, hatch="//", label="gap to mean confidence")
     top.plot(edges[[0, -1]], edges[[0, -1]], ls="--", c="grey", lw=1, label="calibrated")
     top.plot(confidence[filled], accuracy[filled], "k.", ms=4)
+    if before is not None:
+        kept = np.asarray(before.count) > 0
+        top.plot(np.asarray(before.confidence)[kept], np.asarray(before.accuracy)[kept], "o-", c="tab:orange",
+                 ms=3, lw=1, label=f"before the temperature (ECE {before.ece:.4f})")
     top.set(xlim=(edges[0], edges[-1]), ylim=(0, 1.01), ylabel="accuracy of the predicted class",
             title=title if ece is None else f"{title}\nECE = {ece:.4f} (n={int(count.sum()):,})")
     top.legend(loc="upper left", fontsize=8)

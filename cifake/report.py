@@ -31,6 +31,7 @@ from cifake.plots import (
     roc_figure,
 )
 from cifake.robustness import robustness_markdown, write_robustness
+from cifake.scoring.scorer import apply_temperature
 
 log = logging.getLogger(__name__)
 
@@ -132,15 +133,17 @@ def write_report(pred: Predictions, classes: Sequence[str], threshold: float, ou
                  settings: dict[str, Any], loggers: list, step: int, source: str, computed: dict[str, str],
                  explained: Explained | None = None, exclude: set[str] | None = None,
                  tta: dict[str, Any] | None = None, extra_figures: dict[str, Figure] | None = None,
-                 extra_prefix: str = "eda", unsure: dict[str, Any] | None = None) -> dict[str, Any]:
+                 extra_prefix: str = "eda", unsure: dict[str, Any] | None = None,
+                 temperature: float | None = None) -> dict[str, Any]:
     """Everything an evaluation leaves, from ``pred`` alone: ``metrics.json``, ``predictions.csv``
     and (with ``settings["figures"]``) the figures as PNGs, logged to ``loggers`` under ``test/``
     too, with the Grad-CAM overlays of ``explained`` and ``extra_figures`` (under ``extra_prefix/``,
 e.g. a forest's feature figures); with ``exclude`` (file paths as
     in ``pred.files``) the metrics without those images go in as ``leak_free``; ``tta``, the
     test-time augmentation ``pred`` was scored with, is recorded as given, and so is ``computed``, the
-    precision and device that computed it (``scoring``: :attr:`cifake.scoring.Scorer.computed`).
-    Returns the metrics."""
+    precision and device that computed it (``scoring``: :attr:`cifake.scoring.Scorer.computed`); with
+    the ``temperature`` ``pred`` was calibrated with, the ECE before it goes in beside the ECE after
+    (``temperature``) and into the reliability figure. Returns the metrics."""
     report = binary_report(torch.from_numpy(pred.p_real), torch.from_numpy(pred.labels), threshold, tuple(classes))
     report["tta"] = dict(tta) if tta else {"mode": "none"}
     report["scoring"] = dict(computed)
@@ -150,6 +153,14 @@ e.g. a forest's feature figures); with ``exclude`` (file paths as
                  *unsure["band"], unsure["coverage"], confident_accuracy_text(unsure))
     bins = reliability_bins(pred.p_real, pred.labels, settings["calibration_bins"])
     report["ece"] = float(bins.ece)
+    before = None
+    if temperature is not None:  # the scores as the network gave them: the temperature inverted
+        before = reliability_bins(apply_temperature(pred.p_real, 1.0 / temperature), pred.labels,
+                                  settings["calibration_bins"])
+        report["temperature"] = {"value": float(temperature), "ece_before": float(before.ece),
+                                 "ece_after": float(bins.ece), "fitted_on": "validation"}
+        log.info("Temperature %.4f (fitted on validation): test ECE %.4f before, %.4f after", temperature,
+                 before.ece, bins.ece)
     if exclude is not None:  # e.g. the test images that leak from train (cifake.audit)
         keep = np.array([f not in exclude for f in pred.files], dtype=bool)
         subset = binary_report(torch.from_numpy(pred.p_real[keep]), torch.from_numpy(pred.labels[keep]), threshold,
@@ -166,7 +177,8 @@ e.g. a forest's feature figures); with ``exclude`` (file paths as
     if settings["figures"]:
         writers = tensorboard_writers(loggers)
         figures = curve_figures(pred, report["confusion_matrix"], classes, "test")
-        figures["reliability"] = reliability_figure(bins.edges, bins.count, bins.confidence, bins.accuracy, bins.ece)
+        figures["reliability"] = reliability_figure(bins.edges, bins.count, bins.confidence, bins.accuracy, bins.ece,
+                                                    before=before)
         figures.update(example_figures(pred, classes, threshold, settings, "test", explained))
         # The counts travel inside the PNG too, so a figure can be checked against metrics.json.
         counts = {"confusion_matrix": {"confusion_matrix": json.dumps(report["confusion_matrix"])}}

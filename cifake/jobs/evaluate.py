@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from cifake import schemas  # noqa: F401  (registers the config schemas)
 from cifake.errors import require
-from cifake.evaluation import evaluate_model, leaking_test_files, unsure_band_on_validation
+from cifake.evaluation import choose_on_validation, evaluate_run
 from cifake.metrics import report_scalars
 from cifake.scoring import check_threshold, open_scorer, resolve_band
 from cifake.tracking import log_hparams, run_hparams
@@ -34,17 +34,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     scorer = open_scorer(cfg.ckpt_path, device=str(cfg.trainer.accelerator),
                          precision=cfg.scoring.precision, tta=cfg.tta, contract=cfg.contract)
     datamodule = instantiate(cfg.data, _convert_="all")
-    exclude = leaking_test_files(datamodule, cfg.leak_near_distance) if cfg.exclude_leaks else None
     loggers = instantiate_all(cfg.get("logger"))
-    limit = cfg.trainer.limit_predict_batches
-    if cfg.unsure_precision:  # chosen now on validation, as train.py would (not stored)
-        band = unsure_band_on_validation(scorer, datamodule, cfg.threshold, cfg.unsure_precision,
-                                         cfg.unsure_conditions, cfg.report, limit)
-    else:
+    # A temperature and a band chosen now on validation, as train.py would choose them (not stored).
+    scorer, _, band = choose_on_validation(scorer, datamodule, cfg, cfg.trainer.limit_predict_batches)
+    if band is None:
         band = resolve_band(cfg.unsure_band, scorer, cfg.threshold)
-    report = evaluate_model(scorer, datamodule, cfg.threshold, Path(cfg.paths.output_dir), cfg.report, loggers,
-                            threshold_choice=cfg.threshold_choice, robustness=cfg.robustness, exclude=exclude,
-                            band=band, limit=limit)
+    report = evaluate_run(scorer, datamodule, cfg, Path(cfg.paths.output_dir), loggers,
+                          threshold_choice=cfg.threshold_choice, band=band)
     params = {"ckpt_path": str(cfg.ckpt_path), "threshold": cfg.threshold, **run_hparams(cfg, keys=("data", "seed"))}
     log_hparams(loggers, params, report_scalars(report))
     for lg in loggers:

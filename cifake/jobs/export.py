@@ -25,7 +25,13 @@ from cifake.errors import require
 from cifake.models.classifier import Classifier
 from cifake.scoring import check_threshold, choose_resample, model_kind
 from cifake.scoring.contract import CONTRACT_FORMAT, INPUT_NAME, OUTPUT_NAME, PIXEL_DIVISOR
-from cifake.scoring.network import UNSURE_BAND_KEY, read_checkpoint, rebuild_classifier, trained_resample
+from cifake.scoring.network import (
+    TEMPERATURE_KEY,
+    UNSURE_BAND_KEY,
+    read_checkpoint,
+    rebuild_classifier,
+    trained_resample,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +73,7 @@ def export_onnx(model: Classifier, path: Path, opset: int, dynamo: bool) -> None
 
 
 def contract(model: Classifier, onnx_file: str, source: str, resample: str, threshold: float, opset: int,
-             dynamo: bool, unsure_band: list[float] | None = None) -> dict[str, Any]:
+             dynamo: bool, unsure_band: list[float] | None = None, temperature: float | None = None) -> dict[str, Any]:
     """``model.json``: everything a consumer needs to feed an image file to ``onnx_file`` and
     read its output, without this package."""
     size = int(model.hparams.image_size)
@@ -97,8 +103,12 @@ def contract(model: Classifier, onnx_file: str, source: str, resample: str, thre
             "name": OUTPUT_NAME,
             "dtype": "float32",
             "shape": ["batch"],
-            "meaning": f"probability that the image is {classes[1]} (label 1); p({classes[0]}) = 1 - {OUTPUT_NAME}",
+            "meaning": f"probability that the image is {classes[1]} (label 1); p({classes[0]}) = 1 - {OUTPUT_NAME}"
+                       + ("" if temperature is None else
+                          f"; calibrated: sigmoid(logit({OUTPUT_NAME}) / temperature), after averaging any "
+                          "test-time views, before the threshold and the unsure band"),
         },
+        "temperature": None if temperature is None else float(temperature),
         "classes": classes,
         "labels": {name: i for i, name in enumerate(classes)},
         "threshold": float(threshold),
@@ -145,7 +155,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     onnx_path = out / "model.onnx"
     export_onnx(model, onnx_path, cfg.opset, cfg.dynamo)
     terms = contract(model, onnx_path.name, str(ckpt_path), resample, cfg.threshold, cfg.opset, cfg.dynamo,
-                     raw.get(UNSURE_BAND_KEY))
+                     raw.get(UNSURE_BAND_KEY), raw.get(TEMPERATURE_KEY))
     (out / "model.json").write_text(json.dumps(terms, indent=2) + "\n")
     if cfg.check.enabled:
         gap = check_parity(model, onnx_path, cfg.check.batch_size, cfg.check.atol, cfg.check.seed)

@@ -22,11 +22,11 @@ from cifake import schemas  # noqa: F401  (registers the config schemas)
 from cifake.callbacks.preemption import Preemption, Stop
 from cifake.checkpoints import check_resumable
 from cifake.errors import ConfigError, friendly_errors
-from cifake.evaluation import evaluate_model, leaking_test_files, unsure_band_on_validation
+from cifake.evaluation import choose_on_validation, evaluate_run
 from cifake.metrics import flat_metrics
 from cifake.models.forest import ForestClassifier
 from cifake.scoring import open_scorer
-from cifake.scoring.network import record_unsure_band
+from cifake.scoring.network import record_in_checkpoint
 from cifake.scoring.scorer import device_name
 from cifake.sweep import RESULTS_FILE
 from cifake.tracking import log_hparams, run_hparams
@@ -65,22 +65,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         loggers, step, rank_zero = trainer.loggers, trainer.global_step, trainer.is_global_zero
         fast_dev_run = bool(trainer.fast_dev_run)
     # Every rank has the same best weights; one scores what follows alone (no collective calls).
-    if rank_zero and not fast_dev_run and best and (cfg.evaluate or cfg.unsure_precision):
+    chooses = cfg.unsure_precision or cfg.calibration.temperature is not None
+    if rank_zero and not fast_dev_run and best and (cfg.evaluate or chooses):
         scorer = open_scorer(best, device=str(cfg.trainer.accelerator),
                              precision=cfg.scoring.precision, tta=cfg.tta)
-        band, limit = None, cfg.trainer.limit_predict_batches
-        if cfg.unsure_precision and scorer.kind != "checkpoint":
-            raise ConfigError("unsure_precision stores its band in a network's checkpoint; the forest has none: "
-                              "leave unsure_precision=null for model=rf")
-        if cfg.unsure_precision:
-            band = unsure_band_on_validation(scorer, datamodule, cfg.threshold, cfg.unsure_precision,
-                                             cfg.unsure_conditions, cfg.report, limit)
-            record_unsure_band(best, band)
+        if chooses and scorer.kind != "checkpoint":
+            raise ConfigError("unsure_precision and calibration.temperature are stored in a network's checkpoint; "
+                              "the forest has none: leave both null for model=rf")
+        scorer, temperature, band = choose_on_validation(scorer, datamodule, cfg, cfg.trainer.limit_predict_batches)
+        if chooses:
+            record_in_checkpoint(best, band, temperature)
+        if temperature is not None:
+            metrics["temperature"] = temperature
         if cfg.evaluate:
-            exclude = leaking_test_files(datamodule, cfg.leak_near_distance) if cfg.exclude_leaks else None
-            metrics["test"] = evaluate_model(scorer, datamodule, cfg.threshold, out, cfg.report, loggers, step,
-                                             robustness=bool(cfg.robustness), exclude=exclude, band=band,
-                                             limit=limit)
+            metrics["test"] = evaluate_run(scorer, datamodule, cfg, out, loggers, step, band)
             computed["test"] = scorer.computed
     elif cfg.evaluate and not fast_dev_run and rank_zero:
         raise ConfigError("evaluate=true needs the model_checkpoint callback to know the best weights")

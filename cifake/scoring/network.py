@@ -16,12 +16,13 @@ from cifake.atomic import atomic_path
 from cifake.data.augment import to_unit_float
 from cifake.data.labels import CLASSES
 from cifake.errors import ConfigError, ModelFileError
-from cifake.scoring.scorer import NO_TTA, Scorer, check_precision
+from cifake.scoring.scorer import NO_TTA, Scorer, check_precision, with_temperature
 from cifake.utils import float32_matmul, native_bf16
 
 log = logging.getLogger(__name__)
 
 UNSURE_BAND_KEY = "unsure_band"  # the checkpoint entry holding (low, high)
+TEMPERATURE_KEY = "temperature"  # the checkpoint entry holding the temperature fitted on validation
 
 
 def pick_device(device: str) -> torch.device:
@@ -107,17 +108,18 @@ def module_scorer(module: nn.Module, device: torch.device, precision: str = "32-
                   resample: str | None = None, raw: Mapping[str, Any] | None = None) -> Scorer:
     """A :class:`Scorer` for a Classifier in memory (a checkpoint just loaded, or the module a
     trainer is fitting, as the dashboards' callbacks score it); ``raw``: the checkpoint's contents,
-    for what it records beside the weights (data settings, the unsure band)."""
+    for what it records beside the weights (data settings, the unsure band, the temperature)."""
     hp = getattr(module, "hparams", {})
     raw = raw or {}
     band = raw.get(UNSURE_BAND_KEY)
     mode, shift, padding = getattr(module, "tta", ("none", 1, "reflect"))
-    return Scorer(kind="checkpoint", source=source, score=network_score(module, device, precision),
-                  classes=tuple(hp.get("classes", CLASSES)), image_size=hp.get("image_size"), resample=resample,
-                  tta={"mode": mode, "shift": shift, "padding": padding}, model=module,
-                  gradcam_layer=hp.get("gradcam_layer"), device=device, precision=precision,
-                  unsure_band=None if band is None else (float(band[0]), float(band[1])),
-                  training=raw.get("datamodule_hyper_parameters"))
+    scorer = Scorer(kind="checkpoint", source=source, score=network_score(module, device, precision),
+                    classes=tuple(hp.get("classes", CLASSES)), image_size=hp.get("image_size"), resample=resample,
+                    tta={"mode": mode, "shift": shift, "padding": padding}, model=module,
+                    gradcam_layer=hp.get("gradcam_layer"), device=device, precision=precision,
+                    unsure_band=None if band is None else (float(band[0]), float(band[1])),
+                    training=raw.get("datamodule_hyper_parameters"))
+    return with_temperature(scorer, raw.get(TEMPERATURE_KEY))
 
 
 def checkpoint_scorer(path: Path, device: str, precision: str, tta: Mapping[str, Any] | None = None) -> Scorer:
@@ -137,11 +139,16 @@ def checkpoint_scorer(path: Path, device: str, precision: str, tta: Mapping[str,
     return module_scorer(model, target, precision, str(path), trained_resample(raw), raw)
 
 
-def record_unsure_band(path: str | Path, band: tuple[float, float]) -> None:
-    """Store the unsure band chosen on validation in the checkpoint itself (Lightning ignores keys
-    it does not know), so evaluation, prediction and export find it with the weights."""
+def record_in_checkpoint(path: str | Path, band: tuple[float, float] | None = None,
+                         temperature: float | None = None) -> None:
+    """Store what was chosen on validation after training (the unsure band, the temperature) in the
+    checkpoint itself (Lightning ignores keys it does not know), so evaluation, prediction and export
+    find it with the weights; ``None`` leaves an entry as it is."""
     path = Path(path)
     raw = torch.load(path, map_location="cpu", weights_only=True)
-    raw[UNSURE_BAND_KEY] = [float(band[0]), float(band[1])]
+    if band is not None:
+        raw[UNSURE_BAND_KEY] = [float(band[0]), float(band[1])]
+    if temperature is not None:
+        raw[TEMPERATURE_KEY] = float(temperature)
     with atomic_path(path) as tmp:
         torch.save(raw, tmp)

@@ -11,7 +11,7 @@ import numpy as np
 
 from cifake.errors import ModelFileError
 from cifake.scoring.contract import read_contract
-from cifake.scoring.scorer import Scorer
+from cifake.scoring.scorer import Scorer, with_temperature
 
 
 def onnx_scorer(onnx_path: Path, contract_path: Path, tta: Mapping[str, Any]) -> Scorer:
@@ -50,8 +50,9 @@ def onnx_scorer(onnx_path: Path, contract_path: Path, tta: Mapping[str, Any]) ->
             as_tensor = lambda x: torch.from_numpy(run(x.numpy()))  # noqa: E731
             return uint8_mean_over_views(as_tensor, torch.from_numpy(images), mode, shift, padding).numpy()
 
-    return Scorer(kind="onnx", source=str(onnx_path), score=score, classes=classes, image_size=size,
-                  resample=inp.get("resample"), threshold=terms.get("threshold"),
-                  unsure_band=tuple(terms["unsure_band"]) if terms.get("unsure_band") else None,
-                  tta={"mode": mode, "shift": shift, "padding": padding}, model=session,
-                  device="cpu", precision="32-true")  # onnxruntime's CPU provider, in the graph's float32
+    scorer = Scorer(kind="onnx", source=str(onnx_path), score=score, classes=classes, image_size=size,
+                    resample=inp.get("resample"), threshold=terms.get("threshold"),
+                    unsure_band=tuple(terms["unsure_band"]) if terms.get("unsure_band") else None,
+                    tta={"mode": mode, "shift": shift, "padding": padding}, model=session,
+                    device="cpu", precision="32-true")  # onnxruntime's CPU provider, in the graph's float32
+    return with_temperature(scorer, terms.get("temperature"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -64,6 +65,7 @@ class Scorer:
     precision: str | None = None  # what its scores are computed in, as scoring.precision names it (see PRECISIONS)
     unsure_band: tuple[float, float] | None = None  # (low, high): UNSURE when low < p(REAL) <= high
     training: Mapping[str, Any] | None = None  # the data settings it was trained with (augmentation, degradations)
+    temperature: float | None = None  # the temperature applied to its p(REAL) (see with_temperature), if any
 
     @property
     def explainable(self) -> bool:
@@ -95,6 +97,33 @@ class Scorer:
         if self.image_size is not None and self.image_size != image_size:
             raise ConfigError(f"{self.source} was trained on {self.image_size}px images but {key}={image_size}; "
                               f"set {key}={self.image_size}")
+
+
+def apply_temperature(p_real: np.ndarray, temperature: float) -> np.ndarray:
+    """``sigmoid(logit(p) / temperature)`` in float32: p(REAL) made less (``temperature > 1``) or more
+    (``< 1``) confident. It keeps the order of the scores and maps 0.5 to 0.5, so accuracy at 0.5,
+    AUROC and any ranking are unchanged; scores of exactly 0 or 1 stay there."""
+    if not np.isfinite(temperature) or temperature <= 0:
+        raise ConfigError(f"temperature={temperature} must be a finite number > 0 (1: no change)")
+    p = np.asarray(p_real, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        logit = np.log(p) - np.log1p(-p)
+    return (1.0 / (1.0 + np.exp(-logit / temperature))).astype(np.float32)
+
+
+def with_temperature(scorer: Scorer, temperature: float | None) -> Scorer:
+    """``scorer`` whose every p(REAL) (TTA views averaged first) goes through :func:`apply_temperature`;
+    on a scorer that already has one the two combine (``T1 * T2``). ``None`` or 1: ``scorer`` itself."""
+    if temperature is None or float(temperature) == 1.0:
+        return scorer
+    temperature = float(temperature)
+    apply_temperature(np.zeros(0), temperature)  # checked now, not at the first batch
+    raw = scorer.score
+
+    def score(images: np.ndarray) -> np.ndarray:
+        return apply_temperature(raw(images), temperature)
+
+    return dataclasses.replace(scorer, score=score, temperature=(scorer.temperature or 1.0) * temperature)
 
 
 def resolve_band(setting: Any, scorer: Scorer, threshold: float) -> tuple[float, float] | None:
