@@ -1,4 +1,4 @@
-"""Predict REAL or FAKE for image files: python predict.py ckpt_path=<.ckpt or .onnx> inputs=[<files or folders>]."""
+"""Predict REAL or FAKE for image files: python predict.py photo.png [folder/ ...] [ckpt_path=<model file>]."""
 # The same app as the console script cifake-predict: cifake/cli.py.
 
 from cifake.cli import predict

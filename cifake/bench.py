@@ -57,7 +57,7 @@ from cifake import schemas  # noqa: F401  (registers the config schemas)
 from cifake.configs import CONF_DIR
 from cifake.data.augment import random_hflip, random_shear, random_translate, to_unit_float
 from cifake.data.degrade import degrade, is_active
-from cifake.models.classifier import channels_last_on
+from cifake.models.detector import channels_last_on
 from cifake.utils import build_trainer, float32_matmul, resolve_precision, uses_cuda
 
 

@@ -40,10 +40,20 @@ def _launch(job: str, entry: str = "run") -> None:
     task.__module__ = f"{__name__}.{job}"
     task.__name__ = task.__qualname__ = job
     conf = config_dir()
-    problem = yaml_problem([conf, *user_config_dirs(sys.argv[1:])])
+    problem = yaml_problem([conf, *user_config_dirs(sys.argv[1:])]) or null_group(conf, sys.argv[1:])
     if problem:
         report(problem, to_log=False)  # before Hydra reads the file (no run, so no run log)
     hydra.main(version_base="1.3", config_path=str(conf), config_name=job)(task)()
+
+
+def null_group(conf: Path, argv: list[str]) -> str | None:
+    """What is wrong with ``<group>=null`` on the command line (Hydra would end in a traceback through
+    its own code): a config group is left out with ``~<group>``."""
+    for word in argv:
+        key, _, value = word.partition("=")
+        if value == "null" and not key.startswith(("~", "-")) and (conf / key.lstrip("+")).is_dir():
+            return f"{word}: a config group is left out with ~{key.lstrip('+')} (e.g. ~logger: no TensorBoard)"
+    return None
 
 
 class OutputFolderCheck(Callback):
@@ -81,9 +91,44 @@ def evaluate() -> None:
     _launch("evaluate")
 
 
+# Hydra's options that take the next word as their value (``--info`` takes one of its topics, if given).
+VALUE_OPTIONS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun",
+                 "--cfg", "-c", "--package", "-p")
+INFO_TOPICS = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+
+
+def hydra_quoted(text: str) -> str:
+    """``text`` as a quoted string in Hydra's override grammar (any path, spaces, commas and quotes included)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def positional_inputs(argv: list[str]) -> list[str]:
+    """``argv`` with the words that are neither options nor overrides (``photo.png``, ``photos/``) gathered
+    into one ``inputs=[...]`` override, so that ``cifake-predict photo.png`` works as ``inputs=photo.png``."""
+    kept, files, skip = [], [], False
+    for i, word in enumerate(argv):
+        if skip:
+            skip = False
+            kept.append(word)
+        elif word.startswith("-"):
+            kept.append(word)
+            skip = word in VALUE_OPTIONS or (word == "--info" and i + 1 < len(argv) and argv[i + 1] in INFO_TOPICS)
+        elif "=" in word:
+            kept.append(word)
+        else:
+            files.append(word)
+    if not files:
+        return argv
+    if any(word.split("=", 1)[0].lstrip("+~") == "inputs" for word in kept if "=" in word):
+        report(f"images given twice: as arguments ({' '.join(files)}) and as inputs=...; give them one way",
+               to_log=False)
+    return [*kept, "inputs=[" + ",".join(hydra_quoted(f) for f in files) + "]"]
+
+
 def predict() -> None:
-    """``cifake-predict`` (``python predict.py``): REAL or FAKE for image files, from a ``.ckpt`` or
-    an exported ``.onnx``."""
+    """``cifake-predict`` (``python predict.py``): REAL or FAKE for image files (``cifake-predict photo.png``
+    or ``inputs=...``), from the bundled model or any model file (``ckpt_path=...``)."""
+    sys.argv[1:] = positional_inputs(sys.argv[1:])
     _launch("predict")
 
 

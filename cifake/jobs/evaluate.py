@@ -12,10 +12,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from cifake import schemas  # noqa: F401  (registers the config schemas)
-from cifake.errors import require
 from cifake.evaluation import choose_on_validation, evaluate_run
 from cifake.metrics import report_scalars
-from cifake.scoring import check_threshold, open_scorer, resolve_band
+from cifake.scoring import check_threshold, model_or_bundled, open_scorer, resolve_band
 from cifake.tracking import log_hparams, run_hparams
 from cifake.utils import instantiate_all, silence_known_warnings
 
@@ -24,14 +23,12 @@ log = logging.getLogger(__name__)
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` on ``cfg.data``'s test split; write the report files and log them."""
-    require(cfg, "ckpt_path", "pass a checkpoint written by train.py, e.g. "
-            "ckpt_path=outputs/train/runs/<run>/checkpoints/best.ckpt, a forest.skops (model=rf) or an export.py "
-            "model.onnx")
+    ckpt_path = model_or_bundled(cfg.ckpt_path)
     if cfg.seed is not None:
         L.seed_everything(cfg.seed, workers=True)
     silence_known_warnings()
     check_threshold(cfg.threshold)
-    scorer = open_scorer(cfg.ckpt_path, device=str(cfg.trainer.accelerator),
+    scorer = open_scorer(ckpt_path, device=str(cfg.trainer.accelerator),
                          precision=cfg.scoring.precision, tta=cfg.tta, contract=cfg.contract)
     datamodule = instantiate(cfg.data, _convert_="all")
     loggers = instantiate_all(cfg.get("logger"))
@@ -41,7 +38,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         band = resolve_band(cfg.unsure_band, scorer, cfg.threshold)
     report = evaluate_run(scorer, datamodule, cfg, Path(cfg.paths.output_dir), loggers,
                           threshold_choice=cfg.threshold_choice, band=band)
-    params = {"ckpt_path": str(cfg.ckpt_path), "threshold": cfg.threshold, **run_hparams(cfg, keys=("data", "seed"))}
+    params = {"ckpt_path": ckpt_path, "threshold": cfg.threshold, **run_hparams(cfg, keys=("data", "seed"))}
     log_hparams(loggers, params, report_scalars(report))
     for lg in loggers:
         lg.finalize("success")

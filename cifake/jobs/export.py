@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from cifake.data.labels import CLASSES
-from cifake.errors import require
+from cifake.errors import ConfigError, require
 from cifake.models.classifier import Classifier
 from cifake.scoring import check_threshold, choose_resample, model_kind
 from cifake.scoring.contract import CONTRACT_FORMAT, INPUT_NAME, OUTPUT_NAME, PIXEL_DIVISOR
@@ -32,6 +33,8 @@ from cifake.scoring.network import (
     rebuild_classifier,
     trained_resample,
 )
+from cifake.scoring.scorer import apply_temperature
+from cifake.scoring.weights import BUNDLED_DIR, CARD_FILE
 
 log = logging.getLogger(__name__)
 
@@ -139,11 +142,86 @@ def check_parity(model: Classifier, onnx_path: Path, batch_size: int, atol: floa
     return gap
 
 
+FORMATS = ("onnx", "safetensors", "bundled")
+
+
+def run_record(run: Path) -> dict[str, Any]:
+    """What a training run folder says about itself: its ``metrics.json`` (the test evaluation),
+    ``results.json`` (``run``: commit, machine, wall time, when recorded), ``robustness.md``, the
+    experiment and the overrides it was started with."""
+    def read(name: str) -> Any:
+        path = run / name
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    config = run / ".hydra" / "config.yaml"
+    overrides = run / ".hydra" / "overrides.yaml"
+    robustness = run / "robustness.md"
+    return {"metrics": read("metrics.json"), "results": read("results.json") or {},
+            "robustness": robustness.read_text() if robustness.is_file() else None,
+            "config": OmegaConf.load(config) if config.is_file() else None,
+            "overrides": [str(o) for o in OmegaConf.load(overrides)] if overrides.is_file() else None}
+
+
+def export_safetensors(cfg: DictConfig, model: Classifier, raw: dict[str, Any], path: Path, resample: str,
+                       folder: Path, card: Path) -> dict[str, Any]:
+    """``model.safetensors`` and ``config.json`` in ``folder`` and the model card at ``card``, with the
+    figures and the recipe of the run folder the checkpoint lies in; the export scored against the
+    checkpoint on random images (``cfg.check``). Returns the config."""
+    from cifake.scoring.publish import card_text, network_spec, write_config, write_weights
+    from cifake.scoring.weights import weights_scorer
+
+    run = path.resolve().parent.parent if path.resolve().parent.name == "checkpoints" else path.resolve().parent
+    record = run_record(run)
+    made = record["results"].get("run") or {}
+    overrides = record["overrides"]
+    command = None if overrides is None else " ".join(["python train.py", *overrides])
+    recipe = {"experiment": None if record["config"] is None else record["config"].get("task_name"),
+              "command": command, "seed": None if record["config"] is None else record["config"].get("seed"),
+              "commit": cfg.card.commit or made.get("commit"), "machine": cfg.card.machine or made.get("machine"),
+              "train_time": cfg.card.train_time or made.get("train_time"), "source_checkpoint": str(path),
+              "export_command": " ".join(["python export.py", *(HydraConfig.get().overrides.task
+                                                                 if HydraConfig.initialized() else [])])}
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = write_weights(model.net, folder)
+    metrics = record["metrics"]
+    tta = metrics["tta"] if metrics else {"mode": "none", "shift": 1, "padding": "reflect"}
+    config = write_config(folder, weights, network_spec(model.hparams), model.hparams, resample, cfg.threshold,
+                          raw.get(UNSURE_BAND_KEY), raw.get(TEMPERATURE_KEY), tta,
+                          raw.get("datamodule_hyper_parameters"), recipe)
+    parameters = sum(p.numel() for p in model.net.parameters())
+    card.parent.mkdir(parents=True, exist_ok=True)
+    card.write_text(card_text(config, metrics, record["robustness"], parameters))
+    if metrics is None:
+        log.warning("%s holds no metrics.json (train.py evaluate=true writes it): the model card has no figures", run)
+    if cfg.check.enabled:  # the export, opened as every job opens it, against the checkpoint's own network
+        import torch
+
+        size = int(model.hparams.image_size)
+        images = torch.randint(0, 256, (cfg.check.batch_size, 3, size, size), dtype=torch.uint8,
+                               generator=torch.Generator().manual_seed(cfg.check.seed)).numpy()
+        exported = weights_scorer(weights, "cpu", "32-true").score(images)
+        with torch.no_grad():
+            expected = torch.sigmoid(model.net(torch.from_numpy(images).float() / 255.0)).numpy()
+        gap = float(abs(apply_temperature(expected, raw.get(TEMPERATURE_KEY) or 1.0) - exported).max())
+        if not gap <= cfg.check.atol:
+            raise RuntimeError(f"{weights}: the export and the checkpoint differ by {gap:.2e} (> {cfg.check.atol:g}) "
+                               "on random images; please report this as a bug")
+        log.info("The safetensors export matches the checkpoint on %d random images (largest difference %.1e)",
+                 cfg.check.batch_size, gap)
+    log.info("Exported %s -> %s (%.2f MB, sha256 %s), %s and the model card %s", path, weights,
+             weights.stat().st_size / 1e6, config["weights"]["sha256"][:16], folder / "config.json", card)
+    return config
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Export ``cfg.ckpt_path`` to ``<run>/model.onnx`` and write ``<run>/model.json``; returns
-    the contract."""
+    """Export ``cfg.ckpt_path`` as ``cfg.format`` says: ``onnx``, ``<run>/model.onnx`` and its
+    ``model.json``; ``safetensors``, ``model.safetensors``, ``config.json`` and the model card
+    ``README.md`` in the run folder; ``bundled``, the same weights and config as the package's bundled
+    model (``cifake/bundled/``) with the card at ``card.path``. Returns the contract or the config."""
     ckpt_path = require(cfg, "ckpt_path", "pass the checkpoint to export, e.g. "
                         "ckpt_path=outputs/train/runs/<run>/checkpoints/best.ckpt")
+    if cfg.format not in FORMATS:
+        raise ConfigError(f"format={cfg.format!r}; choose one of {list(FORMATS)}")
     check_threshold(cfg.threshold)
     model_kind(ckpt_path, allowed=("checkpoint",))  # a forest or an .onnx has no network to export
     path = Path(ckpt_path).expanduser()
@@ -151,6 +229,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     model = rebuild_classifier(raw, path).eval()
     resample = choose_resample(cfg.resample, trained_resample(raw), str(ckpt_path))
     out = Path(cfg.paths.output_dir)
+    if cfg.format == "safetensors":
+        return export_safetensors(cfg, model, raw, path, resample, out, out / CARD_FILE)
+    if cfg.format == "bundled":
+        return export_safetensors(cfg, model, raw, path, resample, BUNDLED_DIR, Path(cfg.card.path))
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / "model.onnx"
     export_onnx(model, onnx_path, cfg.opset, cfg.dynamo)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from cifake.data.decode import decode_image
 from cifake.data.scan import is_hidden
 from cifake.errors import ConfigError, DataError, require
-from cifake.scoring import Scorer, check_threshold, choose_resample, open_scorer, resolve_band
+from cifake.scoring import Scorer, check_threshold, choose_resample, model_or_bundled, open_scorer, resolve_band
 
 log = logging.getLogger(__name__)
 FIELDS = ("path", "predicted", "p_fake", "p_real", "threshold", "error", "gradcam", "precision", "device")
@@ -152,9 +152,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Predict every file under ``cfg.inputs`` with ``cfg.ckpt_path``; write ``predictions.csv``,
     ``predictions.jsonl`` (and Grad-CAM overlays with ``cfg.gradcam``) to the run folder. Returns
     the summary."""
-    ckpt_path = require(cfg, "ckpt_path", "pass a checkpoint written by train.py, e.g. "
-                        "ckpt_path=outputs/train/runs/<run>/checkpoints/best.ckpt, a forest.skops or an export.py "
-                        "model.onnx")
+    ckpt_path = model_or_bundled(cfg.ckpt_path)
     inputs = require(cfg, "inputs", "pass the images to classify: inputs=<file or folder> or inputs=[a.jpg,photos/]")
     check_threshold(cfg.threshold)
     if cfg.batch_size < 1:
@@ -187,6 +185,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     summary = summarize(rows, scorer.classes, cfg.show_unreadable)
     lines = [f"{summary['files']} files: " + ", ".join(f"{n} {c}" for c, n in summary["predicted"].items())
              + f", {summary['unreadable']} unreadable"]
+    read = [r for r in rows if not r["error"]]
+    lines += [f"  {r['path']}: {r['predicted']} (p_real {r['p_real']:.4f})" for r in read[:cfg.show_verdicts]]
+    if len(read) > cfg.show_verdicts:
+        lines.append(f"  ... and {len(read) - cfg.show_verdicts} more in predictions.csv")
     lines += [f"  unreadable: {path}: {why}" for path, why in summary["unreadable_examples"]]
     if summary["unreadable"] > len(summary["unreadable_examples"]):
         lines.append(f"  ... and {summary['unreadable'] - len(summary['unreadable_examples'])} more")

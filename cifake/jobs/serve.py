@@ -20,8 +20,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from cifake.errors import ConfigError, require
-from cifake.scoring import check_threshold
+from cifake.errors import ConfigError
+from cifake.scoring import check_threshold, model_or_bundled
 from cifake.serving import DetectorAPI, Limits, ModelSettings, WarnAt, build_server, identity, open_model
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,7 @@ def _plain(value: Any) -> Any:
 
 def model_settings(cfg: DictConfig) -> ModelSettings:
     """The model's part of ``serve.yaml``, as plain values for the workers."""
-    ckpt_path = require(cfg, "ckpt_path", "pass the model to serve: ckpt_path=outputs/train/runs/<run>/checkpoints/"
-                        "best.ckpt, a forest.skops or an export.py model.onnx")
+    ckpt_path = model_or_bundled(cfg.ckpt_path)
     return ModelSettings(path=str(ckpt_path), contract=None if cfg.contract is None else str(cfg.contract),
                          device=str(cfg.device), precision=str(cfg.scoring.precision), tta=_plain(cfg.tta),
                          resample=cfg.resample, threshold=float(cfg.threshold), unsure_band=_plain(cfg.unsure_band),
@@ -93,8 +92,9 @@ def api_key(cfg: DictConfig) -> str | None:
 
 
 def accelerator(kind: str, device: str) -> str:
-    """LitServe's accelerator for the model: checkpoints where ``device`` says, the rest on the CPU."""
-    if kind != "checkpoint" or device == "cpu":
+    """LitServe's accelerator for the model: networks (checkpoints, safetensors exports) where ``device``
+    says, the rest on the CPU."""
+    if kind not in ("checkpoint", "safetensors") or device == "cpu":
         return "cpu"
     if device == "auto":
         return "auto"

@@ -3,14 +3,20 @@ optionally evaluate it on the test split."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
+import os
+import platform
 import shlex
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.fabric.plugins.environments import SLURMEnvironment
@@ -30,7 +36,7 @@ from cifake.scoring.network import record_in_checkpoint
 from cifake.scoring.scorer import device_name
 from cifake.sweep import RESULTS_FILE
 from cifake.tracking import log_hparams, run_hparams
-from cifake.utils import build_trainer, float32_matmul, instantiate_all, silence_known_warnings
+from cifake.utils import build_trainer, float32_matmul, instantiate_all, native_bf16, silence_known_warnings
 
 log = logging.getLogger(__name__)
 LAST = f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"  # what ckpt_path=last resumes
@@ -59,9 +65,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     else:
         resume = resume_checkpoint(cfg, out)  # refused before any data is generated or decoded
         trainer = build_trainer(cfg, plugins=cluster_plugins(cfg))
+        started = time.monotonic()
         with float32_matmul(cfg.float32_matmul_precision):  # for the fit only: scoring sets its own
             computed = {"training": training_arithmetic(trainer, cfg.float32_matmul_precision)}
             metrics, best = fit_network(cfg, trainer, model, datamodule, out, resume)
+        computed["training"]["seconds"] = round(time.monotonic() - started, 1)
         loggers, step, rank_zero = trainer.loggers, trainer.global_step, trainer.is_global_zero
         fast_dev_run = bool(trainer.fast_dev_run)
     # Every rank has the same best weights; one scores what follows alone (no collective calls).
@@ -87,7 +95,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if rank_zero:
         for lg in loggers:
             lg.finalize("success")
-        write_results(out, metrics, computed)
+        write_results(out, metrics, computed, made_by(computed["training"]))
         _print_outputs(out, best, loggers, bool(metrics.get("test")))
     return metrics
 
@@ -213,14 +221,56 @@ def training_arithmetic(trainer: L.Trainer, matmul: str) -> dict[str, Any]:
     return record
 
 
-def write_results(out: Path, metrics: dict[str, Any], computed: dict[str, dict[str, Any]]) -> Path:
+def write_results(out: Path, metrics: dict[str, Any], computed: dict[str, dict[str, Any]],
+                  run: dict[str, Any]) -> Path:
     """``results.json``: the run's final metrics as flat scalars (test ones as ``test/...``), for
-    sweep summaries and scripts, and ``computed``: the precision and device of the fit (``training``:
-    the train and validation metrics) and of the test split's scoring (``test``, when evaluated)."""
+    sweep summaries and scripts; ``computed``: the precision and device of the fit (``training``:
+    the train and validation metrics, and its wall time) and of the test split's scoring (``test``,
+    when evaluated); ``run``: the commit and the machine that made it (:func:`made_by`)."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / RESULTS_FILE
-    path.write_text(json.dumps({"metrics": flat_metrics(metrics), "computed": computed}, indent=2) + "\n")
+    path.write_text(json.dumps({"metrics": flat_metrics(metrics), "computed": computed, "run": run}, indent=2) + "\n")
     return path
+
+
+def made_by(training: dict[str, Any]) -> dict[str, Any]:
+    """The commit (``git rev-parse HEAD`` of the checkout an editable install runs from, ``+ changes``
+    when it has uncommitted ones; the package version when it is not a checkout), the machine (CPU model, cores,
+    whether it computes bf16 natively, the GPU if training used one) and the training's wall time."""
+    here = Path(__file__).resolve().parents[2]  # the checkout, when the package runs from one
+    try:
+        if not (here / ".git").exists():
+            raise OSError("not a checkout")
+        head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+        commit = head.stdout.strip() + (" + changes" if dirty.stdout.strip() else "") if head.returncode == 0 \
+            else None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    if commit is None:
+        commit = f"cifake {importlib.metadata.version('cifake')} (not a git checkout)"
+    bf16 = "yes" if native_bf16(torch.device("cpu")) else "no"
+    machine = f"{machine_cpu()}, {os.cpu_count()} cores, native bf16: {bf16}"
+    if str(training.get("device", "")).startswith("cuda"):
+        machine += f"; {torch.cuda.get_device_name()}"
+    seconds = training.get("seconds")
+    return {"commit": commit, "machine": machine,
+            "train_time": None if seconds is None else f"{seconds / 60:.1f} min of training"}
+
+
+def machine_cpu() -> str:
+    """The CPU's model name with its family and model numbers (``/proc/cpuinfo``: a virtual machine's
+    name may not say more than "AMD EPYC"; family 25 is Zen 3 and 4, 26 is Zen 5), the platform's
+    processor string elsewhere."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
+                      if ":" in line)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        return f"{fields['model name']} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
+    except (OSError, KeyError):
+        return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def objective(cfg: DictConfig) -> float | None:

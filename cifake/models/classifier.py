@@ -16,15 +16,10 @@ from torchmetrics import MetricCollection
 
 from cifake.errors import ConfigError
 from cifake.metrics import classification_metrics, two_class_probs
+from cifake.models.detector import channels_last_on
 from cifake.tta import check_tta, mean_over_views
 
 log = logging.getLogger(__name__)
-
-
-def channels_last_on(choice: bool | str, device: torch.device) -> bool:
-    """``model.channels_last`` on ``device``: ``auto`` is NHWC on CUDA (tensor cores want it) and on
-    a CPU, where oneDNN's kernels measured faster in NHWC in both float32 and bf16."""
-    return device.type in ("cuda", "cpu") if choice == "auto" else bool(choice)
 
 
 class Classifier(L.LightningModule):

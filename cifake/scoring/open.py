@@ -10,16 +10,53 @@ from typing import Any
 
 from cifake.errors import ConfigError, ModelFileError
 from cifake.scoring.scorer import NO_TTA, PRECISIONS, Scorer, check_precision
+from cifake.scoring.weights import WEIGHTS_FILE, bundled_weights
 
 log = logging.getLogger(__name__)
 
 # Suffix -> kind; what each kind is, for messages.
-MODEL_KINDS: dict[str, tuple[str, ...]] = {"checkpoint": (".ckpt",), "forest": (".skops",), "onnx": (".onnx",)}
+MODEL_KINDS: dict[str, tuple[str, ...]] = {"checkpoint": (".ckpt",), "forest": (".skops",), "onnx": (".onnx",),
+                                           "safetensors": (".safetensors",)}
 DESCRIPTIONS = {
     "checkpoint": "a .ckpt checkpoint written by train.py (e.g. outputs/train/runs/<run>/checkpoints/best.ckpt)",
     "forest": "a .skops forest written by train.py model=rf (<run>/checkpoints/forest.skops)",
     "onnx": "a model.onnx written by export.py (with its model.json beside it)",
+    "safetensors": "a folder written by export.py format=safetensors (model.safetensors and config.json)",
 }
+
+
+def model_file(path: str | Path) -> Path:
+    """``path``, or for a folder holding a safetensors export, its weights file."""
+    path = Path(path).expanduser()
+    return path / WEIGHTS_FILE if path.is_dir() and (path / WEIGHTS_FILE).is_file() else path
+
+
+def model_or_bundled(ckpt_path: str | Path | None) -> str:
+    """``ckpt_path``, or without one the model that ships with the package (``cifake/bundled/``: its
+    folder), said in one log line; a :class:`ConfigError` when this copy has no bundled model."""
+    if ckpt_path is not None and str(ckpt_path) != "":
+        return str(ckpt_path)
+    weights = bundled_weights()
+    if weights is None:
+        raise ConfigError("no ckpt_path given and this copy of cifake has no bundled model (cifake/bundled/); pass "
+                          "ckpt_path=<a train.py checkpoint, a forest.skops, an export.py model.onnx or safetensors "
+                          "folder>")
+    log.info("No ckpt_path: using the bundled model %s (%s; its model card: docs/model_card.md)", weights.parent,
+             bundled_name())
+    return str(weights.parent)
+
+
+def bundled_name() -> str:
+    """The bundled model in a few words: ``the bundled model (experiment=cpu_robust)``."""
+    import json
+
+    from cifake.scoring.weights import BUNDLED_DIR, CONFIG_FILE
+
+    try:
+        recipe = json.loads((BUNDLED_DIR / CONFIG_FILE).read_text()).get("recipe") or {}
+    except (OSError, ValueError, AttributeError):
+        recipe = {}
+    return f"the bundled model (experiment={recipe.get('experiment') or 'unknown'})"
 
 
 def expected(kinds: Sequence[str]) -> str:
@@ -30,8 +67,9 @@ def expected(kinds: Sequence[str]) -> str:
 def model_kind(path: str | Path, allowed: Sequence[str] = tuple(MODEL_KINDS), key: str = "ckpt_path") -> str:
     """The kind of model file at ``path`` (``checkpoint``, ``forest`` or ``onnx``), from its suffix,
     checked against ``allowed`` and against its first bytes; raises :class:`ModelFileError` with what
-    was expected when it is missing, empty, truncated or not what its name says. Nothing is loaded."""
-    path = Path(path).expanduser()
+    was expected when it is missing, empty, truncated or not what its name says. Nothing is loaded.
+    A folder holding a safetensors export stands for its ``model.safetensors``."""
+    path = model_file(path)
     want = expected(allowed)
     if not path.is_file():
         raise ModelFileError(f"{key}={str(path)!r} is not a file; pass {want}")
@@ -59,16 +97,21 @@ def open_scorer(path: str | Path, *, precision: str, allowed: Sequence[str] = tu
     CUDA when present) at ``precision`` (``scoring.precision``: ``32-true`` or ``bf16-mixed``); a
     forest or an ONNX export computes as it does (float32, on the CPU) whatever ``precision`` says;
     ``tta`` (``mode``, ``shift``, ``padding``) averages every score over test-time views;
-    ``contract``: an ONNX file's ``model.json`` (default: beside it). The precision and device
-    that will compute the scores are logged (and recorded by :attr:`Scorer.computed`)."""
+    ``contract``: an ONNX file's ``model.json`` (default: beside it). A safetensors export (its
+    folder or its ``model.safetensors``) runs like a checkpoint, without Lightning. The precision and
+    device that will compute the scores are logged (and recorded by :attr:`Scorer.computed`)."""
     check_precision(precision)
     kind = model_kind(path, allowed, key)
-    path = Path(path).expanduser()
+    path = model_file(path)
     tta = dict(tta or NO_TTA)
     if kind == "checkpoint":
         from cifake.scoring.network import checkpoint_scorer  # torch and lightning: only for checkpoints
 
         scorer = checkpoint_scorer(path, device, precision, tta)
+    elif kind == "safetensors":
+        from cifake.scoring.weights import weights_scorer  # torch and safetensors, no Lightning
+
+        scorer = weights_scorer(path, device, precision, tta)
     elif kind == "forest":
         from cifake.scoring.forest import forest_scorer  # scikit-learn: only for forests
 
@@ -81,7 +124,7 @@ def open_scorer(path: str | Path, *, precision: str, allowed: Sequence[str] = tu
 
         scorer = onnx_scorer(path, Path(contract).expanduser() if contract else path.with_suffix(".json"), tta)
     if scorer.precision != precision:
-        log.warning("scoring.precision=%s applies to PyTorch checkpoints; %s is %s, which computes in %s", precision,
+        log.warning("scoring.precision=%s applies to PyTorch networks; %s is %s, which computes in %s", precision,
                     path.name, "a forest" if kind == "forest" else "an ONNX export", PRECISIONS[scorer.precision])
     computed = scorer.computed
     log.info("Scoring %s in %s on %s (scoring.precision=%s)", path.name, PRECISIONS[computed["precision"]],

@@ -51,7 +51,7 @@ class Scorer:
     module Grad-CAM explains, at ``gradcam_layer`` by default.
     """
 
-    kind: str  # "checkpoint", "forest" or "onnx" (see cifake.scoring.open.MODEL_KINDS)
+    kind: str  # "checkpoint", "safetensors", "forest" or "onnx" (see cifake.scoring.open.MODEL_KINDS)
     source: str  # the file it was opened from
     score: Callable[[np.ndarray], np.ndarray]
     classes: tuple[str, ...]
@@ -70,7 +70,7 @@ class Scorer:
     @property
     def explainable(self) -> bool:
         """Whether Grad-CAM can explain this model (a PyTorch network; not a forest or ONNX)."""
-        return self.kind == "checkpoint" and self.model is not None
+        return self.kind in ("checkpoint", "safetensors") and self.model is not None
 
     @property
     def computed(self) -> dict[str, str]:
@@ -101,8 +101,9 @@ class Scorer:
 
 def apply_temperature(p_real: np.ndarray, temperature: float) -> np.ndarray:
     """``sigmoid(logit(p) / temperature)`` in float32: p(REAL) made less (``temperature > 1``) or more
-    (``< 1``) confident. It keeps the order of the scores and maps 0.5 to 0.5, so accuracy at 0.5,
-    AUROC and any ranking are unchanged; scores of exactly 0 or 1 stay there."""
+    (``< 1``) confident. It never reverses two scores and maps 0.5 to 0.5, so accuracy at 0.5 is
+    unchanged and AUROC too (but for ties float32 may form right next to 0 and 1); scores of exactly
+    0 or 1 stay there."""
     if not np.isfinite(temperature) or temperature <= 0:
         raise ConfigError(f"temperature={temperature} must be a finite number > 0 (1: no change)")
     p = np.asarray(p_real, dtype=np.float64)

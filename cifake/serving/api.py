@@ -21,7 +21,6 @@ import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import litserve as ls
@@ -30,6 +29,8 @@ from PIL import Image
 from starlette.responses import JSONResponse
 
 from cifake.scoring import Scorer, choose_resample, open_scorer, resolve_band
+from cifake.scoring.open import bundled_name, model_file
+from cifake.scoring.weights import bundled_weights
 from cifake.serving.uploads import Decoded, Limits, Options, Rejected, WarnAt, decode, parse
 
 log = logging.getLogger(__name__)
@@ -65,10 +66,15 @@ def open_model(settings: ModelSettings, device: str) -> tuple[Scorer, str, tuple
 
 
 def identity(scorer: Scorer, settings: ModelSettings, resample: str) -> dict[str, Any]:
-    """Which model answers: its file (name and the start of its sha256), kind, input size, classes,
-    resampling, test-time augmentation, and the precision and device that compute its answers."""
-    digest = hashlib.sha256(Path(settings.path).read_bytes()).hexdigest()
-    return {"file": Path(settings.path).name, "sha256": digest[:16], "kind": scorer.kind,
+    """Which model answers: its name (the file's, or the bundled model's), its file (name and the
+    start of its sha256), kind, input size, classes, resampling, test-time augmentation, the
+    temperature, and the precision and device that compute its answers."""
+    path = model_file(settings.path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    bundled = bundled_weights()
+    is_bundled = bundled is not None and path.resolve() == bundled.resolve()
+    return {"name": bundled_name() if is_bundled else path.name, "bundled": is_bundled,
+            "file": path.name, "sha256": digest[:16], "kind": scorer.kind, "temperature": scorer.temperature,
             "image_size": scorer.image_size, "classes": list(scorer.classes), "resample": resample,
             "tta": scorer.tta.get("mode", "none"), "explainable": scorer.explainable, **scorer.computed}
 

@@ -1,0 +1,141 @@
+"""Safetensors exports (cifake/scoring/weights.py, publish.py, export.py format=safetensors): they score
+as the checkpoint does, and anything that is not plain tensors matching their config is refused."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from cifake.errors import ModelFileError
+from cifake.jobs import export as export_job
+from cifake.scoring import open_scorer
+from cifake.scoring.publish import read_card_metrics
+from cifake.scoring.weights import CONFIG_FILE, WEIGHTS_FILE, sha256
+from tests.test_export import compose_job, make_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def exported(tmp_path: Path) -> tuple[Path, Path]:
+    """A tiny checkpoint and its safetensors export folder."""
+    ckpt = make_checkpoint(tmp_path / "tiny.ckpt")
+    export_job.run(compose_job("export", tmp_path / "st", [f"ckpt_path={ckpt}", "format=safetensors"]))
+    return ckpt, tmp_path / "st"
+
+
+def test_the_export_scores_as_the_checkpoint_and_says_what_it_is(tmp_path: Path) -> None:
+    ckpt, folder = exported(tmp_path)
+    assert {p.name for p in folder.iterdir()} >= {WEIGHTS_FILE, CONFIG_FILE, "README.md"}
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    assert config["weights"]["sha256"] == sha256(folder / WEIGHTS_FILE)
+    assert config["network"]["_target_"] == "cifake.models.vgg.VGG" and config["classes"] == ["FAKE", "REAL"]
+    assert config["image_size"] == 32 and config["resample"] == "bicubic"
+    images = np.random.default_rng(0).integers(0, 256, (20, 3, 32, 32), dtype=np.uint8)
+    want = open_scorer(ckpt, device="cpu", precision="32-true", tta={"mode": "flip"})
+    for path in (folder, folder / WEIGHTS_FILE):  # the folder or its weights file
+        got = open_scorer(path, device="cpu", precision="32-true", tta={"mode": "flip"})
+        assert got.kind == "safetensors" and got.explainable and got.tta["mode"] == "flip"
+        np.testing.assert_allclose(got.p_real(images), want.p_real(images), atol=1e-6)
+    card = (folder / "README.md").read_text()
+    assert config["weights"]["sha256"] in card and read_card_metrics(card) == {}  # no run metrics beside it
+
+
+def test_grad_cam_explains_an_export_at_the_checkpoints_layer(tmp_path: Path) -> None:
+    from cifake.explain import gradcam
+
+    _, folder = exported(tmp_path)
+    scorer = open_scorer(folder, device="cpu", precision="32-true")
+    maps = gradcam(scorer.model, torch.rand(2, 3, 32, 32), [0, 1], scorer.gradcam_layer)
+    assert maps.shape == (2, 32, 32) and np.isfinite(maps).all()
+
+
+def rewrite_metadata(path: Path, metadata: dict) -> None:
+    """Save the file's tensors again with ``metadata`` in the header."""
+    from safetensors.torch import load_file
+
+    save_file(load_file(path), str(path), metadata=metadata)
+
+
+def test_metadata_beyond_the_format_is_refused(tmp_path: Path) -> None:
+    _, folder = exported(tmp_path)
+    weights = folder / WEIGHTS_FILE
+    rewrite_metadata(weights, {"format": "pt", "note": "__import__('os').system('id')"})
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    config["weights"]["sha256"] = sha256(weights)  # a consistent file, only its content is wrong
+    (folder / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(ModelFileError, match="metadata beside its tensors"):
+        open_scorer(folder, device="cpu", precision="32-true")
+
+
+def test_a_damaged_or_replaced_weights_file_is_refused(tmp_path: Path) -> None:
+    _, folder = exported(tmp_path)
+    weights = folder / WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="SHA-256 differs"):
+        open_scorer(folder, device="cpu", precision="32-true")
+    # Without a recorded digest the header checks still hold: trailing bytes are refused.
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    config["weights"].pop("sha256")
+    (folder / CONFIG_FILE).write_text(json.dumps(config))
+    weights.write_bytes(bytes(data) + b"trailing")
+    with pytest.raises(ModelFileError, match="not a readable safetensors"):
+        open_scorer(folder, device="cpu", precision="32-true")
+    weights.write_bytes(struct.pack("<Q", 10**9) + b"{}")
+    with pytest.raises(ModelFileError, match="not a readable safetensors"):
+        open_scorer(folder, device="cpu", precision="32-true")
+
+
+def test_a_config_that_does_not_match_the_weights_is_refused(tmp_path: Path) -> None:
+    _, folder = exported(tmp_path)
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    config["network"]["filters"] = [8, 16, 16, 32]
+    (folder / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(ModelFileError, match="does not match the network"):
+        open_scorer(folder, device="cpu", precision="32-true")
+
+
+@pytest.mark.parametrize("target", ["os.system", "builtins.eval", "cifake.models.classifier.Classifier"])
+def test_a_config_may_only_name_the_packages_networks(tmp_path: Path, target: str) -> None:
+    _, folder = exported(tmp_path)
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    config["network"]["_target_"] = target
+    (folder / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(ModelFileError, match="may only name one of"):
+        open_scorer(folder, device="cpu", precision="32-true")
+
+
+def test_a_missing_config_or_another_format_is_refused(tmp_path: Path) -> None:
+    _, folder = exported(tmp_path)
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    (folder / CONFIG_FILE).write_text(json.dumps({**config, "format": "something/2"}))
+    with pytest.raises(ModelFileError, match="not a config written by this version"):
+        open_scorer(folder, device="cpu", precision="32-true")
+    (folder / CONFIG_FILE).unlink()
+    with pytest.raises(ModelFileError, match="config.json that export.py"):
+        open_scorer(folder / WEIGHTS_FILE, device="cpu", precision="32-true")
+
+
+def test_predicting_from_an_export_loads_neither_lightning_nor_scikit_learn(tmp_path: Path) -> None:
+    _, folder = exported(tmp_path)
+    image = tmp_path / "a.png"
+    from PIL import Image
+
+    Image.fromarray(np.full((40, 40, 3), 90, dtype=np.uint8)).save(image)
+    code = ("import sys\nfrom cifake.jobs import predict\n"
+            "from tests.test_export import compose_job\n"
+            f"predict.run(compose_job('predict', __import__('pathlib').Path({str(tmp_path / 'out')!r}), "
+            f"['ckpt_path={folder}', 'inputs={image}', 'progress_bar=false']))\n"
+            "print(sorted(m for m in ('lightning', 'sklearn', 'pytorch_lightning') if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
