@@ -100,7 +100,8 @@ def test_train_fits_stores_and_every_scorer_applies_the_temperature(compose_cfg,
 
     # evaluate.py finds the temperature with the weights and reports the same figures.
     data = [o for o in tiny_demo_overrides() if o.startswith(("data", "trainer.accelerator"))]
-    again = evaluate_job.run(compose_cfg("evaluate", [*data, f"ckpt_path={best}", f"paths.output_dir={tmp_path / 'ev'}"]))
+    again = evaluate_job.run(compose_cfg("evaluate", [*data, f"ckpt_path={best}",
+                                                      f"paths.output_dir={tmp_path / 'ev'}"]))
     assert again["temperature"]["value"] == pytest.approx(temperature)
     assert again["accuracy"] == report["accuracy"] and again["ece"] == pytest.approx(report["ece"], abs=1e-6)
 

@@ -83,8 +83,8 @@ def card_text(config: Mapping[str, Any], metrics: Mapping[str, Any] | None, robu
                             "tags": ["ai-generated-image-detection", "cifake", "safetensors"],
                             "datasets": ["cifake"]}
     if metrics:
-        results = [{"type": name, "value": round(float(metrics[name]), 6), "name": f"test {name} ({metrics['n']:,} images)"}
-                   for name in CARD_METRICS]
+        results = [{"type": name, "value": round(float(metrics[name]), 6),
+                    "name": f"test {name} ({metrics['n']:,} images)"} for name in CARD_METRICS]
         meta["model-index"] = [{"name": f"cifake-{recipe.get('experiment') or 'model'}", "results": [{
             "task": {"type": "image-classification", "name": "real vs AI-generated"},
             "dataset": {"type": "cifake", "name": "CIFAKE", "split": "test"},
