@@ -191,6 +191,20 @@ def forest_figures(scorer: Scorer, datamodule: CIFAKEDataModule, pred: Predictio
     return {f"test_{name}": fig for name, fig in eda.items()}
 
 
+TTA_VIEWS = {"none": 1, "flip": 2, "flip_shift": 10}  # forward passes per image (cifake.tta.tta_views)
+
+
+def compute_record(scorer: Scorer, n_scored: int) -> dict[str, Any] | None:
+    """metrics.json's ``compute``: the model's training compute where recorded (``train_pflop``: 3 x
+    forward FLOPs x training images seen) and, apart from it, this evaluation's (``evaluation_pflop``:
+    forward FLOPs x images scored x test-time views); ``None`` for a model that records neither."""
+    if not scorer.compute:
+        return None
+    views = TTA_VIEWS.get(scorer.tta.get("mode", "none"), 1)
+    evaluation = scorer.compute["forward_flops"] * n_scored * views / 1e15
+    return {**scorer.compute, "evaluation_pflop": evaluation, "evaluation_views": views}
+
+
 def evaluate_model(scorer: Scorer, datamodule: CIFAKEDataModule, threshold: float, out_dir: Path,
                    settings: dict[str, Any], loggers: list, step: int = 0,
                    threshold_choice: dict[str, Any] | None = None, robustness: bool = False,
@@ -215,7 +229,8 @@ def evaluate_model(scorer: Scorer, datamodule: CIFAKEDataModule, threshold: floa
     unsure = unsure_report(pred.p_real, pred.labels, band) if band is not None else None
     report = write_report(pred, scorer.classes, threshold, out_dir, settings, loggers, step, source=scorer.source,
                           computed=scorer.computed, explained=explained, exclude=exclude, tta=dict(scorer.tta),
-                          extra_figures=extra, unsure=unsure, temperature=scorer.temperature)
+                          extra_figures=extra, unsure=unsure, temperature=scorer.temperature,
+                          compute=compute_record(scorer, len(pred.labels)))
     if robustness:
         cfg = settings["robustness"]
         rows = robustness_table(scorer.score, pred.images, pred.labels, cfg["perturbations"], cfg["batch_size"],

@@ -134,7 +134,7 @@ def write_report(pred: Predictions, classes: Sequence[str], threshold: float, ou
                  explained: Explained | None = None, exclude: set[str] | None = None,
                  tta: dict[str, Any] | None = None, extra_figures: dict[str, Figure] | None = None,
                  extra_prefix: str = "eda", unsure: dict[str, Any] | None = None,
-                 temperature: float | None = None) -> dict[str, Any]:
+                 temperature: float | None = None, compute: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything an evaluation leaves, from ``pred`` alone: ``metrics.json``, ``predictions.csv``
     and (with ``settings["figures"]``) the figures as PNGs, logged to ``loggers`` under ``test/``
     too, with the Grad-CAM overlays of ``explained`` and ``extra_figures`` (under ``extra_prefix/``,
@@ -143,10 +143,13 @@ e.g. a forest's feature figures); with ``exclude`` (file paths as
     test-time augmentation ``pred`` was scored with, is recorded as given, and so is ``computed``, the
     precision and device that computed it (``scoring``: :attr:`cifake.scoring.Scorer.computed`); with
     the ``temperature`` ``pred`` was calibrated with, the ECE before it goes in beside the ECE after
-    (``temperature``) and into the reliability figure. Returns the metrics."""
+    (``temperature``) and into the reliability figure; ``compute``, the model's training compute and
+    this evaluation's, goes in as it is. Returns the metrics."""
     report = binary_report(torch.from_numpy(pred.p_real), torch.from_numpy(pred.labels), threshold, tuple(classes))
     report["tta"] = dict(tta) if tta else {"mode": "none"}
     report["scoring"] = dict(computed)
+    if compute is not None:
+        report["compute"] = dict(compute)
     if unsure is not None:  # cifake.calibration.unsure_report: coverage and confident accuracy
         report["unsure"] = dict(unsure)
         log.info("Unsure band (%.4f, %.4f]: coverage %.4f, accuracy of the confident answers %s",

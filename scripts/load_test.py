@@ -166,17 +166,18 @@ class Server:
 
 
 @contextmanager
-def running_server(ckpt: Path, overrides: Sequence[str] = (), startup_s: float = 240,
+def running_server(ckpt: Path | None, overrides: Sequence[str] = (), startup_s: float = 240,
                    stop_signal: int = signal.SIGTERM, whole_group: bool = False) -> Iterator[Server]:
-    """``serve.py`` for ``ckpt`` on a free port of 127.0.0.1, until the block ends; then stopped with
-    ``stop_signal`` (SIGTERM: serve.py shuts down as on Ctrl+C), sent to the main process (as ``docker
-    stop`` or ``kill`` send it) or, ``whole_group``, to every process of the server (as Ctrl+C in a
-    terminal, or systemd, send it), and its process group killed if anything lingers."""
+    """``serve.py`` for ``ckpt`` (``None``: the bundled model) on a free port of 127.0.0.1, until the
+    block ends; then stopped with ``stop_signal`` (SIGTERM: serve.py shuts down as on Ctrl+C), sent to
+    the main process (as ``docker stop`` or ``kill`` send it) or, ``whole_group``, to every process of
+    the server (as Ctrl+C in a terminal, or systemd, send it), and its process group killed if anything
+    lingers."""
     port = free_port()
     work = Path(tempfile.mkdtemp(prefix="cifake-serve-"))
     log = work / "server.log"
-    command = [sys.executable, str(ROOT / "serve.py"), f"ckpt_path={ckpt}", "host=127.0.0.1", f"port={port}",
-               f"hydra.run.dir={work / 'run'}", *overrides]
+    command = [sys.executable, str(ROOT / "serve.py"), *([] if ckpt is None else [f"ckpt_path={ckpt}"]),
+               "host=127.0.0.1", f"port={port}", f"hydra.run.dir={work / 'run'}", *overrides]
     with log.open("w") as out:
         process = subprocess.Popen(command, cwd=work, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(process, f"http://127.0.0.1:{port}", log)

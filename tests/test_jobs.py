@@ -127,10 +127,11 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path) -> None:
     assert proc.returncode == 2 and "is not a file" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_evaluate_without_a_checkpoint_says_what_to_pass(tmp_path) -> None:
+def test_evaluate_without_a_checkpoint_takes_the_bundled_model_and_says_so(tmp_path) -> None:
     proc = _cli(str(ROOT / "evaluate.py"), f"paths.log_dir={tmp_path}", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "error: ckpt_path is required: pass a checkpoint written by train.py" in proc.stderr
+    assert "No ckpt_path: using the bundled model" in proc.stdout + proc.stderr
+    assert "error: data.root is required" in proc.stderr  # the model is there; the test split is not
 
 
 def test_errors_raised_while_building_from_config_are_reported_plainly(tmp_path) -> None:

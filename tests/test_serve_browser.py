@@ -96,3 +96,36 @@ def test_the_page_judges_two_images_in_headless_chromium(tmp_path) -> None:
             chrome.quit()
     with Image.open(shot) as im:
         assert im.format == "PNG" and im.size[0] >= 1000
+
+
+def test_serve_without_arguments_pages_the_bundled_model(tmp_path) -> None:
+    """``serve.py`` with no ckpt_path: the bundled model answers, the page's header names it, and an
+    upload on the page gets the API's verdict."""
+    binary, driver_path = browser()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    lt = load_test_module()
+    photo = two_images(tmp_path / "images")[0]
+    with lt.running_server(None, ["device=cpu", "log_level=warning"]) as server:
+        info = httpx.get(f"{server.url}/info", timeout=30).json()["model"]["model"]
+        assert info["bundled"] is True and info["kind"] == "safetensors"
+        answer = httpx.post(f"{server.url}/predict", files={"file": (photo.name, photo.read_bytes())}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        options = webdriver.ChromeOptions()
+        options.binary_location = binary
+        for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+            options.add_argument(flag)
+        chrome = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
+        try:
+            chrome.get(f"{server.url}/")
+            wait = WebDriverWait(chrome, 90)
+            wait.until(lambda d: "The bundled model" in d.find_element(By.ID, "model").text)
+            chrome.find_element(By.ID, "files").send_keys(str(photo))
+            wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".card[data-state=done]")) == 1)
+            verdict = chrome.find_element(By.CSS_SELECTOR, ".card .verdict").text
+            assert verdict == answer.json()["images"][0]["label"]
+        finally:
+            chrome.quit()

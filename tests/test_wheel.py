@@ -227,3 +227,18 @@ def test_a_users_config_folder_adds_to_the_shipped_groups(installed: Installed) 
     assert "seed: 7" in job_config("--config-dir", str(mine), "--config-name", "my_train")
     assert "Cannot find primary config" in installed.run(
         "cifake-train", f"hydra.searchpath=[file://{mine}]", "--config-name", "my_train", "--cfg", "job").stderr
+
+
+@pytest.mark.slow
+def test_the_wheel_answers_out_of_the_box_with_the_bundled_model(installed: Installed) -> None:
+    assert installed.wheel.stat().st_size < 10 * 2**20  # the bundled weights included
+    names = set(zipfile.ZipFile(installed.wheel).namelist())
+    assert {"cifake/bundled/model.safetensors", "cifake/bundled/config.json"} <= names
+    empty = installed.work / "empty"
+    empty.mkdir()
+    write_image(empty / "some.png", np.random.default_rng(3), size=64, fmt="PNG")
+    proc = ok(subprocess.run([str(installed.venv / "bin" / "cifake-predict"), "some.png", "progress_bar=false"],
+                             cwd=empty, env=installed.env, capture_output=True, text=True, timeout=300))
+    output = proc.stdout + proc.stderr
+    assert "No ckpt_path: using the bundled model" in output and str(installed.site_packages) in output
+    assert any(line.strip().startswith("some.png: ") for line in output.splitlines()), output[-2000:]

@@ -48,18 +48,21 @@ class EpochSummary(L.Callback):
         values = trainer.callback_metrics
         if not trainer.is_global_zero or self._fit_start is None or self._epoch_start is None:
             return
+        compute = getattr(pl_module, "compute", None)  # the module's own count: logged after this hook
         log.info(self.line(trainer.current_epoch + 1, trainer.max_epochs, time.monotonic() - self._epoch_start,
                            time.monotonic() - self._fit_start, trainer.current_epoch + 1 - self._first_epoch,
-                           values))
+                           values, None if compute is None else compute["train_pflop"]))
 
     def line(self, epoch: int, max_epochs: int | None, epoch_seconds: float, total_seconds: float, done: int,
-             values: dict[str, Any]) -> str:
+             values: dict[str, Any], pflop: float | None = None) -> str:
         """The summary of epoch ``epoch`` (1-based) of ``max_epochs`` (``None`` or -1: unbounded),
-        ``done`` epochs having taken ``total_seconds`` in this process."""
+        ``done`` epochs having taken ``total_seconds`` in this process, ``pflop`` of training so far."""
         bounded = max_epochs is not None and max_epochs > 0
         timing = f"{duration(total_seconds)} so far"
         if bounded and done > 0 and epoch < max_epochs:
             timing += f", ~{duration(total_seconds / done * (max_epochs - epoch))} to go"
         shown = [f"{name} {float(values[name]):.4f}" for name in self.metrics if name in values]
+        if pflop is not None:
+            timing += f", {pflop:.3f} PFLOP of training"
         head = f"epoch {epoch}/{max_epochs if bounded else '?'} in {duration(epoch_seconds)} ({timing})"
         return head + (": " + ", ".join(shown) if shown else "")

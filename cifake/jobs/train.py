@@ -74,6 +74,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         fast_dev_run = bool(trainer.fast_dev_run)
     # Every rank has the same best weights; one scores what follows alone (no collective calls).
     chooses = cfg.unsure_precision or cfg.calibration.temperature is not None
+    compute = getattr(model, "compute", None)  # a network's training compute (cifake.models.flops)
+    if compute is not None:
+        computed["training"].update(compute)
+    if rank_zero and not fast_dev_run and best and compute is not None:
+        record_in_checkpoint(best, run_compute=compute)  # the whole run's, beside the best weights
     if rank_zero and not fast_dev_run and best and (cfg.evaluate or chooses):
         scorer = open_scorer(best, device=str(cfg.trainer.accelerator),
                              precision=cfg.scoring.precision, tta=cfg.tta)

@@ -17,9 +17,13 @@ from torchmetrics import MetricCollection
 from cifake.errors import ConfigError
 from cifake.metrics import classification_metrics, two_class_probs
 from cifake.models.detector import channels_last_on
+from cifake.models.flops import forward_flops, train_pflop
 from cifake.tta import check_tta, mean_over_views
 
 log = logging.getLogger(__name__)
+
+
+COMPUTE_KEY = "compute"  # the checkpoint entry holding Classifier.compute (as cifake.scoring.network reads it)
 
 
 class Classifier(L.LightningModule):
@@ -83,6 +87,11 @@ class Classifier(L.LightningModule):
         self.tta: tuple[str, int, str] = ("none", 1, "reflect")  # mode, shift in pixels, padding
         # Each stage's (p(REAL), labels) of the epoch so far, on the device (a few MB per epoch).
         self._epoch_outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        # The cost of one image, counted once (a budget any machine can check: cifake.models.flops), and the
+        # training images this process has stepped through (a host count: nothing is read from the device).
+        self.forward_flops = forward_flops(self.net, image_size)
+        self.images_seen = 0
+        self.example_input_array = torch.zeros(1, 3, image_size, image_size)  # Lightning's summary shows FLOPs
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
@@ -177,7 +186,24 @@ class Classifier(L.LightningModule):
         self._metrics(stage).reset()
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> dict[str, torch.Tensor]:
+        self.images_seen += len(batch[1])  # the batch's size is known on the host
         return self._step(batch, "train")
+
+    @property
+    def compute(self) -> dict[str, Any]:
+        """Training compute so far, over every process: ``forward_flops`` of one image, ``images_seen``
+        and ``train_pflop`` (3 x forward FLOPs x images seen)."""
+        world = self.trainer.world_size if self._trainer is not None else 1
+        seen = self.images_seen * world
+        return {"forward_flops": self.forward_flops, "images_seen": seen,
+                "train_pflop": train_pflop(self.forward_flops, seen)}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[COMPUTE_KEY] = self.compute  # resumed runs go on counting; evaluate.py reports it
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        world = self.trainer.world_size if self._trainer is not None else 1
+        self.images_seen = int((checkpoint.get(COMPUTE_KEY) or {}).get("images_seen", 0)) // world
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> dict[str, torch.Tensor]:
         return self._step(batch, "val")
@@ -187,6 +213,7 @@ class Classifier(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
+        self.log("compute/train_pflop", self.compute["train_pflop"], on_epoch=True, rank_zero_only=True)
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")

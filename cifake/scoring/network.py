@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 UNSURE_BAND_KEY = "unsure_band"  # the checkpoint entry holding (low, high)
 TEMPERATURE_KEY = "temperature"  # the checkpoint entry holding the temperature fitted on validation
+RUN_COMPUTE_KEY = "run_compute"  # best.ckpt's record of the whole run's training compute (train.py)
+COMPUTE_KEY = "compute"  # every checkpoint's record of the compute spent up to it (Classifier.on_save_checkpoint)
 
 
 def pick_device(device: str) -> torch.device:
@@ -118,7 +120,8 @@ def module_scorer(module: nn.Module, device: torch.device, precision: str = "32-
                     tta={"mode": mode, "shift": shift, "padding": padding}, model=module,
                     gradcam_layer=hp.get("gradcam_layer"), device=device, precision=precision,
                     unsure_band=None if band is None else (float(band[0]), float(band[1])),
-                    training=raw.get("datamodule_hyper_parameters"))
+                    training=raw.get("datamodule_hyper_parameters"),
+                    compute=raw.get(RUN_COMPUTE_KEY) or raw.get(COMPUTE_KEY))
     return with_temperature(scorer, raw.get(TEMPERATURE_KEY))
 
 
@@ -140,15 +143,17 @@ def checkpoint_scorer(path: Path, device: str, precision: str, tta: Mapping[str,
 
 
 def record_in_checkpoint(path: str | Path, band: tuple[float, float] | None = None,
-                         temperature: float | None = None) -> None:
-    """Store what was chosen on validation after training (the unsure band, the temperature) in the
-    checkpoint itself (Lightning ignores keys it does not know), so evaluation, prediction and export
-    find it with the weights; ``None`` leaves an entry as it is."""
+                         temperature: float | None = None, run_compute: Mapping[str, Any] | None = None) -> None:
+    """Store what was chosen on validation after training (the unsure band, the temperature) and the
+    whole run's training compute in the checkpoint itself (Lightning ignores keys it does not know),
+    so evaluation, prediction and export find them with the weights; ``None`` leaves an entry as it is."""
     path = Path(path)
     raw = torch.load(path, map_location="cpu", weights_only=True)
     if band is not None:
         raw[UNSURE_BAND_KEY] = [float(band[0]), float(band[1])]
     if temperature is not None:
         raw[TEMPERATURE_KEY] = float(temperature)
+    if run_compute is not None:
+        raw[RUN_COMPUTE_KEY] = dict(run_compute)
     with atomic_path(path) as tmp:
         torch.save(raw, tmp)

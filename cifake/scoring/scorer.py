@@ -66,6 +66,7 @@ class Scorer:
     unsure_band: tuple[float, float] | None = None  # (low, high): UNSURE when low < p(REAL) <= high
     training: Mapping[str, Any] | None = None  # the data settings it was trained with (augmentation, degradations)
     temperature: float | None = None  # the temperature applied to its p(REAL) (see with_temperature), if any
+    compute: Mapping[str, Any] | None = None  # its training compute, where recorded (cifake.models.flops)
 
     @property
     def explainable(self) -> bool:

@@ -1,0 +1,79 @@
+"""The model that ships with the package (cifake/bundled/): the files are the ones its card describes,
+every job takes it when no ckpt_path is given and says so, and on real CIFAKE it reproduces its card."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cifake.jobs import evaluate as evaluate_job
+from cifake.scoring import open_scorer
+from cifake.scoring.publish import read_card_metrics
+from cifake.scoring.weights import BUNDLED_DIR, CONFIG_FILE, WEIGHTS_FILE, bundled_weights, sha256
+from tests.conftest import real_cifake_root, write_image
+from tests.test_export import compose_job
+
+ROOT = Path(__file__).resolve().parents[1]
+CARD = ROOT / "docs" / "model_card.md"
+LIMIT_BYTES = 6_000_000  # weights and config together
+
+
+def config() -> dict:
+    return json.loads((BUNDLED_DIR / CONFIG_FILE).read_text())
+
+
+def test_the_bundled_files_are_the_ones_the_card_describes() -> None:
+    weights = bundled_weights()
+    assert weights is not None, "cifake/bundled/ lacks its model: regenerate it (docs/model_card.md)"
+    terms = config()
+    digest = sha256(weights)
+    assert terms["weights"]["sha256"] == digest and terms["weights"]["bytes"] == weights.stat().st_size
+    assert weights.stat().st_size + (BUNDLED_DIR / CONFIG_FILE).stat().st_size <= LIMIT_BYTES
+    card = CARD.read_text()
+    assert f"sha256 `{digest}`" in card
+    recipe = terms["recipe"]
+    for key in ("experiment", "command", "seed", "commit", "machine"):
+        assert recipe[key] not in (None, ""), key
+        assert str(recipe[key]) in card, key
+    assert set(read_card_metrics(card)) == {"accuracy", "auroc"}
+    # The only files there: nothing else ships by accident.
+    assert sorted(p.name for p in BUNDLED_DIR.iterdir() if p.name != "__pycache__") == [CONFIG_FILE, WEIGHTS_FILE]
+
+
+def test_the_bundled_model_is_calibrated_and_carries_its_band() -> None:
+    terms = config()
+    assert terms["temperature"] is not None and 0.05 < terms["temperature"] < 20
+    low, high = terms["unsure_band"]
+    assert 0.0 <= low <= terms["threshold"] <= high <= 1.0
+    scorer = open_scorer(BUNDLED_DIR, device="cpu", precision="32-true")
+    assert scorer.temperature == pytest.approx(terms["temperature"]) and scorer.unsure_band == (low, high)
+
+
+def test_predict_without_ckpt_path_answers_with_the_bundled_model(tmp_path: Path) -> None:
+    image = tmp_path / "some.png"
+    write_image(image, np.random.default_rng(0), size=48)
+    proc = subprocess.run([sys.executable, str(ROOT / "predict.py"), image.name, "progress_bar=false"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert "No ckpt_path: using the bundled model" in output and "experiment=cpu_robust" in output
+    verdicts = [line for line in output.splitlines() if line.strip().startswith(f"{image.name}:")]
+    assert len(verdicts) == 1 and any(v in verdicts[0] for v in ("REAL", "FAKE", "UNSURE")), output[-2000:]
+
+
+def test_the_bundled_model_reproduces_its_card_on_real_cifake(tmp_path: Path) -> None:
+    root = real_cifake_root()
+    card = read_card_metrics(CARD.read_text())
+    tta = config()["tta"]
+    report = evaluate_job.run(compose_job("evaluate", tmp_path / "ev", [
+        f"data.root={root}", f"tta.mode={tta['mode']}", f"tta.shift={tta['shift']}", f"tta.padding={tta['padding']}",
+        "report.figures=false", "scoring.precision=32-true"]))
+    assert report["n"] == 20_000
+    # float32 kernels differ a little between CPUs: a few images near the threshold may move.
+    assert report["accuracy"] == pytest.approx(card["accuracy"], abs=0.0005)
+    assert report["auroc"] == pytest.approx(card["auroc"], abs=0.0002)
