@@ -131,7 +131,7 @@ def test_evaluate_without_a_checkpoint_takes_the_bundled_model_and_says_so(tmp_p
     proc = _cli(str(ROOT / "evaluate.py"), f"paths.log_dir={tmp_path}", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "No ckpt_path: using the bundled model" in proc.stdout + proc.stderr
-    assert "error: data.root is required" in proc.stderr  # the model is there; the test split is not
+    assert "error: data.root 'data/cifake' does not exist" in proc.stderr  # the model is there; the data is not
 
 
 def test_errors_raised_while_building_from_config_are_reported_plainly(tmp_path) -> None:

@@ -27,6 +27,8 @@ from cifake.models.classifier import Classifier
 from cifake.scoring import check_threshold, choose_resample, model_kind
 from cifake.scoring.contract import CONTRACT_FORMAT, INPUT_NAME, OUTPUT_NAME, PIXEL_DIVISOR
 from cifake.scoring.network import (
+    COMPUTE_KEY,
+    RUN_COMPUTE_KEY,
     TEMPERATURE_KEY,
     UNSURE_BAND_KEY,
     read_checkpoint,
@@ -187,7 +189,8 @@ def export_safetensors(cfg: DictConfig, model: Classifier, raw: dict[str, Any], 
     tta = metrics["tta"] if metrics else {"mode": "none", "shift": 1, "padding": "reflect"}
     config = write_config(folder, weights, network_spec(model.hparams), model.hparams, resample, cfg.threshold,
                           raw.get(UNSURE_BAND_KEY), raw.get(TEMPERATURE_KEY), tta,
-                          raw.get("datamodule_hyper_parameters"), recipe)
+                          raw.get("datamodule_hyper_parameters"), recipe,
+                          raw.get(RUN_COMPUTE_KEY) or raw.get(COMPUTE_KEY))
     parameters = sum(p.numel() for p in model.net.parameters())
     card.parent.mkdir(parents=True, exist_ok=True)
     card.write_text(card_text(config, metrics, record["robustness"], parameters))

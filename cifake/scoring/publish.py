@@ -40,10 +40,11 @@ def network_spec(hparams: Mapping[str, Any]) -> dict[str, Any]:
 
 def write_config(folder: Path, weights: Path, spec: Mapping[str, Any], hparams: Mapping[str, Any], resample: str,
                  threshold: float, band: list[float] | None, temperature: float | None, tta: Mapping[str, Any],
-                 training: Mapping[str, Any] | None, recipe: Mapping[str, Any]) -> dict[str, Any]:
+                 training: Mapping[str, Any] | None, recipe: Mapping[str, Any],
+                 compute: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``folder/config.json``: the network, the input (size, resampling, scaling), the answer
     (classes, threshold, unsure band, temperature), the test-time augmentation its figures were
-    measured with, the data settings it trained on and the recipe that made it."""
+    measured with, the data settings it trained on, its training compute and the recipe that made it."""
     config = {
         "format": CONFIG_FORMAT,
         "weights": {"file": weights.name, "sha256": sha256(weights), "bytes": weights.stat().st_size},
@@ -56,10 +57,14 @@ def write_config(folder: Path, weights: Path, spec: Mapping[str, Any], hparams: 
         "threshold": float(threshold),
         "unsure_band": None if band is None else [float(v) for v in band],
         "temperature": None if temperature is None else float(temperature),
-        "output": "p(REAL) = sigmoid(logit / temperature), averaged over the test-time views when tta says so; "
-                  "REAL when above threshold, UNSURE inside unsure_band",
+        "output": "p(REAL): the network's sigmoid, averaged over the test-time views when tta says so, then "
+                  "calibrated as sigmoid(logit(p) / temperature); REAL when above threshold, UNSURE inside "
+                  "unsure_band",
         "tta": dict(tta),
-        "training": None if training is None else dict(training),
+        # What it trained on (augmentation, degradations: the robustness table's "trained on"), not where.
+        "training": None if training is None else {k: v for k, v in training.items()
+                                                    if k not in ("root", "cache_dir", "decode_workers")},
+        "compute": None if compute is None else dict(compute),
         "recipe": dict(recipe),
     }
     path = folder / CONFIG_FILE
@@ -153,8 +158,10 @@ def card_text(config: Mapping[str, Any], metrics: Mapping[str, Any] | None, robu
                   f"{metrics['threshold']}, test-time augmentation `{metrics['tta']['mode']}`.", ""]
     if robustness_md:
         lines += ["## Robustness", "",
-                  "Test accuracy after each perturbation (`trained`: whether training saw that condition; `no` rows "
-                  "are held out: conditions, strengths or implementations training never used).", "",
+                  "The test split again after each perturbation (`python evaluate.py robustness=true`). `trained on`: "
+                  "`yes`, training saw that condition; `family only`, that kind of degradation but not that "
+                  "strength; `no`, held out (another implementation or filter). Coverage and confident accuracy "
+                  "are those of the unsure band.", "",
                   robustness_md.strip(), ""]
     lines += ["## Limitations", "",
               "- 32x32 inputs only: whatever the size of the image given, it is resized to 32x32 first.",

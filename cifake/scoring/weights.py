@@ -148,7 +148,7 @@ def weights_scorer(weights: Path, device: str, precision: str, tta: Mapping[str,
                     tta={"mode": detector.tta[0], "shift": detector.tta[1], "padding": detector.tta[2]},
                     model=detector, gradcam_layer=config.get("gradcam_layer"), device=target, precision=precision,
                     unsure_band=None if band is None else (float(band[0]), float(band[1])),
-                    training=config.get("training"))
+                    training=config.get("training"), compute=config.get("compute"))
     return with_temperature(scorer, config.get("temperature"))
 
 
