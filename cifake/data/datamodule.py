@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from cifake.core.errors import ConfigError, DataError
 from cifake.data.archive import extract_archive, is_archive
 from cifake.data.augment import TRANSLATE_PADDING, random_hflip, random_shear, random_translate, to_unit_float
 from cifake.data.cache import DecodedSplit, load_or_decode
@@ -18,7 +19,6 @@ from cifake.data.degrade import check_degradations, degrade, is_active
 from cifake.data.demo import generate_demo
 from cifake.data.scan import KAGGLE_HINT, resolve_layout_root, scan_split
 from cifake.data.split import stratified_split
-from cifake.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

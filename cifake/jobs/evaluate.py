@@ -11,13 +11,13 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from cifake import schemas  # noqa: F401  (registers the config schemas)
-from cifake.errors import require
-from cifake.evaluation import evaluate_model, leaking_test_files, unsure_band_on_validation
-from cifake.metrics import report_scalars
+from cifake.analysis.metrics import report_scalars
+from cifake.core import schemas  # noqa: F401  (registers the config schemas)
+from cifake.core.errors import require
+from cifake.evaluation.workflow import evaluate_model, leaking_test_files, unsure_band_on_validation
 from cifake.scoring import check_threshold, open_scorer, resolve_band
-from cifake.tracking import log_hparams, run_hparams
-from cifake.utils import instantiate_all, silence_known_warnings
+from cifake.training.tracking import log_hparams, run_hparams
+from cifake.training.trainer import instantiate_all, silence_known_warnings
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from cifake.core.errors import require
 from cifake.data.labels import CLASSES
-from cifake.errors import require
 from cifake.models.classifier import Classifier
 from cifake.scoring import check_threshold, choose_resample, model_kind
 from cifake.scoring.contract import CONTRACT_FORMAT, INPUT_NAME, OUTPUT_NAME, PIXEL_DIVISOR

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from cifake.core.errors import ConfigError
 from cifake.data.decode import RESAMPLING
-from cifake.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""Small helpers shared by the jobs."""
+"""The Lightning Trainer built from the config (callbacks, loggers, whole-file checkpoints), and the device and
+precision rules training uses and scoring shares (native bf16, TF32 for a block, the CPU core count)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig
 
-from cifake.checkpoints import WholeFileCheckpointIO
-from cifake.errors import ConfigError
+from cifake.core.checkpoints import WholeFileCheckpointIO
+from cifake.core.errors import ConfigError
 
 log = logging.getLogger("cifake")
 
@@ -33,14 +34,14 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[Any] | None = None, **o
     """The Trainer of ``cfg.trainer`` with the callbacks of ``cfg.callbacks`` (plus
     ``extra_callbacks``) and the loggers of ``cfg.logger``; ``overrides`` replace trainer keys.
 
-    ``trainer.sync_batchnorm`` works off CUDA too (see :mod:`cifake.distributed`), and a device
+    ``trainer.sync_batchnorm`` works off CUDA too (see :mod:`cifake.training.distributed`), and a device
     count that the CPU cannot give is refused before Lightning starts a process for each.
-    Checkpoints are written whole or not at all (:class:`cifake.checkpoints.WholeFileCheckpointIO`)."""
+    Checkpoints are written whole or not at all (:class:`cifake.core.checkpoints.WholeFileCheckpointIO`)."""
     accelerator = str(overrides.get("accelerator", cfg.trainer.accelerator))
     check_devices(overrides.get("devices", cfg.trainer.devices), accelerator)
     plugins = [*overrides.get("plugins", []), WholeFileCheckpointIO()]
     if overrides.get("sync_batchnorm", cfg.trainer.get("sync_batchnorm")) and not uses_cuda(accelerator):
-        from cifake.distributed import GlobalBatchNormSync  # torch's SyncBatchNorm runs on GPUs only
+        from cifake.training.distributed import GlobalBatchNormSync  # torch's SyncBatchNorm runs on GPUs only
 
         plugins.append(GlobalBatchNormSync())
     callbacks = instantiate_all(cfg.get("callbacks")) + list(extra_callbacks or [])
@@ -67,7 +68,7 @@ def cpu_cores() -> int:
 def check_devices(devices: Any, accelerator: str) -> None:
     """Refuse ``trainer.devices`` above the core count when training runs on the CPU, where
     Lightning would start that many processes and wait for all of them (GPU counts Lightning checks
-    itself; :data:`cifake.errors.KNOWN_ERRORS` words its refusal)."""
+    itself; :data:`cifake.core.errors.KNOWN_ERRORS` words its refusal)."""
     if accelerator not in ("auto", "cpu") or uses_cuda(accelerator):
         return
     try:

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from cifake.core.errors import ConfigError
 from cifake.data.labels import CLASSES
-from cifake.errors import ConfigError
 
 METHODS = ("f1", "precision")
 
