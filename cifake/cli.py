@@ -1,7 +1,7 @@
 """The command-line entry points, one Hydra app per job: the console scripts ``cifake-train``,
 ``cifake-evaluate``, ``cifake-predict``, ``cifake-export``, ``cifake-audit`` and ``cifake-serve`` are these functions,
 and so are the checkout's ``python train.py``, ``python evaluate.py``, ... Each composes ``<job>.yaml``
-from :func:`cifake.configs.config_dir` (the checkout's top-level ``conf/``, else the copy shipped in
+from :func:`cifake.core.configs.config_dir` (the checkout's top-level ``conf/``, else the copy shipped in
 the package), so both spellings take the same config, overrides, ``--help``, ``--cfg``, ``-m`` and
 ``--config-dir``, and write the same run folders.
 
@@ -22,14 +22,14 @@ import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from cifake import schemas  # noqa: F401  (registers the config schemas the YAML files name)
-from cifake.configs import config_dir, user_config_dirs, yaml_problem
-from cifake.errors import friendly_errors, report
+from cifake.core import schemas  # noqa: F401  (registers the config schemas the YAML files name)
+from cifake.core.configs import config_dir, user_config_dirs, yaml_problem
+from cifake.core.errors import friendly_errors, report
 
 
 def _launch(job: str, entry: str = "run") -> None:
     """Run ``cifake.jobs.<job>.<entry>(cfg)`` as a Hydra app on ``<job>.yaml``, a
-    :class:`~cifake.errors.CifakeError` reported as one line (exit status 2)."""
+    :class:`~cifake.core.errors.CifakeError` reported as one line (exit status 2)."""
 
     def task(cfg: DictConfig) -> Any:
         return friendly_errors(getattr(importlib.import_module(f"cifake.jobs.{job}"), entry))(cfg)

@@ -28,7 +28,7 @@ its log kept, going on to the next when one fails or times out:
 5. ``train.py experiment=best`` for ``--best-epochs`` epochs (``trainer.max_time`` keeps it inside its
    share of the budget), validating on the test split after every epoch with the final weights evaluated
    (no checkpoint chosen on test): its wall time, test accuracy and time to 0.95 test accuracy;
-6. ``python -m cifake.bench --sections train,eval,precision``, a few steps each.
+6. ``python -m cifake.tools.bench --sections train,eval,precision``, a few steps each.
 
 Everything goes into a fresh ``--out-dir`` (a non-empty one gets a timestamped sibling, so old TensorBoard
 events never mix into the curves); the table (``gpu_check.md``) is made from that folder alone by
@@ -308,7 +308,7 @@ def plan(out: Path, data_root: Path, best_epochs: int, bench_steps: int) -> list
         Step("best", ["train.py", "experiment=best", f"trainer.max_epochs={best_epochs}", "data.validate_on=test",
                       "callbacks.model_checkpoint.monitor=null", root, *quiet, run_dir("best")], 0.33,
              {"epochs": best_epochs}),
-        Step("bench", ["-m", "cifake.bench", "--sections", "train,eval,precision", "--steps", str(bench_steps),
+        Step("bench", ["-m", "cifake.tools.bench", "--sections", "train,eval,precision", "--steps", str(bench_steps),
                        "--warmup", "5", "--repeats", "1", "--out", str(out / "bench" / "bench.md"), root], 0.17, {}),
     ]
 
@@ -675,7 +675,7 @@ def summarize(out: Path) -> list[tuple[str, str]]:
         rows += _best_rows(out / "runs" / "best", best, gpu, why_not, hz)
 
     bench = steps.get("bench")
-    rows.append(("`python -m cifake.bench --sections train,eval,precision`", _status(bench, out)))
+    rows.append(("`python -m cifake.tools.bench --sections train,eval,precision`", _status(bench, out)))
     rows += _bench_rows(out / "bench" / "bench.md")
     if "check_seconds" in env:
         rows.append(("the whole check", f"{env['check_seconds']:.0f} s"))

@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from cifake.core.errors import DataError
 from cifake.data.archive import extract_archive
 from cifake.data.datamodule import CIFAKEDataModule
-from cifake.errors import DataError
-from tests.conftest import conf_args, make_cifake_tree
+from tests.helpers.config import conf_args
+from tests.helpers.images import make_cifake_tree
 
 
 def _tar(path: Path, src: Path, mode: str) -> Path:

@@ -3,7 +3,6 @@ tree with planted duplicates, the CLI, and real CIFAKE (skipped without ``CIFAKE
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -19,13 +18,15 @@ from cifake.audit import hashes as hashes_module
 from cifake.audit import leaked_test_files
 from cifake.audit.hashes import perceptual_hashes
 from cifake.audit.near import chunk_spans, components, near_pairs
+from cifake.core.errors import ConfigError
 from cifake.data.datamodule import CIFAKEDataModule
 from cifake.data.features import grayscale
-from cifake.errors import ConfigError
 from cifake.jobs.audit import check_settings, run
-from tests.conftest import conf_args, make_cifake_tree, real_cifake_root
+from tests.helpers import ROOT
+from tests.helpers.config import conf_args, real_cifake_root
+from tests.helpers.images import make_cifake_tree
+from tests.helpers.outputs import read_csv
 
-ROOT = Path(__file__).resolve().parents[1]
 NEAR = 4  # conf/audit.yaml's audit.near_distance
 
 
@@ -143,11 +144,6 @@ def planted_tree(root: Path) -> Path:
 @pytest.fixture
 def planted(tmp_path: Path) -> Path:
     return planted_tree(tmp_path / "planted")
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def test_audit_counts_planted_duplicates_exactly(planted: Path, compose_cfg) -> None:

@@ -16,7 +16,7 @@ from cifake.data.augment import (
     to_unit_float,
 )
 from cifake.data.datamodule import CIFAKEDataModule
-from tests.conftest import conf_args
+from tests.helpers.config import conf_args
 
 
 def test_angles_are_per_sample_and_within_plus_minus_shear_degrees() -> None:

@@ -1,8 +1,8 @@
 import re
 from pathlib import Path
 
-from cifake import bench
-from tests.conftest import tiny_demo_overrides
+from cifake.tools import bench
+from tests.helpers.config import tiny_demo_overrides
 
 
 def test_bench_writes_one_table_with_every_measurement(tmp_path: Path) -> None:

@@ -15,10 +15,10 @@ from cifake.jobs import evaluate as evaluate_job
 from cifake.scoring import open_scorer
 from cifake.scoring.publish import read_card_metrics
 from cifake.scoring.weights import BUNDLED_DIR, CONFIG_FILE, WEIGHTS_FILE, bundled_weights, sha256
-from tests.conftest import real_cifake_root, write_image
-from tests.test_export import compose_job
+from tests.helpers import ROOT
+from tests.helpers.config import compose_job, real_cifake_root
+from tests.helpers.images import write_image
 
-ROOT = Path(__file__).resolve().parents[1]
 CARD = ROOT / "docs" / "model_card.md"
 LIMIT_BYTES = 6_000_000  # weights and config together
 

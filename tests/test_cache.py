@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cifake.core.errors import DataError
 from cifake.data import cache as cache_mod
 from cifake.data.cache import load_or_decode
 from cifake.data.scan import scan_split
-from cifake.errors import DataError
-from tests.conftest import write_image
+from tests.helpers import ROOT
+from tests.helpers.config import tiny_demo_overrides
+from tests.helpers.images import write_image
 
 CLASSES = ("FAKE", "REAL")
 
@@ -211,9 +213,7 @@ def test_train_rebuilds_a_damaged_cache_and_its_numbers_equal_a_clean_run(tmp_pa
     import subprocess
     import sys
 
-    from tests.conftest import tiny_demo_overrides
-
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
 
     def train(run: str) -> tuple[dict, str]:
         proc = subprocess.run([sys.executable, str(root / "train.py"), *tiny_demo_overrides(), "trainer.max_epochs=1",

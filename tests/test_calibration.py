@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from cifake.calibration import (
+from cifake.analysis.calibration import (
     choose_threshold,
     expected_calibration_error,
     reliability_bins,
     threshold_sweep,
 )
-from cifake.errors import ConfigError
-from cifake.metrics import binary_report
-from cifake.plots import reliability_figure
+from cifake.analysis.metrics import binary_report
+from cifake.analysis.plots import reliability_figure
+from cifake.core.errors import ConfigError
 
 
 def test_ece_on_a_hand_worked_example() -> None:

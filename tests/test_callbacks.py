@@ -14,10 +14,10 @@ from torchmetrics.classification import BinaryPrecisionRecallCurve
 
 from cifake.callbacks import CurvesCallback, GradCAMCallback
 from cifake.callbacks.curves import log_pr_curve_counts
-from cifake.errors import ConfigError
-from cifake.utils import build_trainer
-from tests.conftest import conf_args, tiny_demo_overrides
-from tests.test_dashboards import read_events
+from cifake.core.errors import ConfigError
+from cifake.training.trainer import build_trainer
+from tests.helpers.config import conf_args, tiny_demo_overrides
+from tests.helpers.outputs import read_events
 
 
 def test_binned_pr_counts_give_torchmetrics_own_curve() -> None:

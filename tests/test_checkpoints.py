@@ -1,4 +1,4 @@
-"""cifake.checkpoints: checkpoints written whole whenever their writer dies, and a damaged one
+"""cifake.core.checkpoints: checkpoints written whole whenever their writer dies, and a damaged one
 refused before a run resumes from it."""
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import pytest
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
-from cifake.checkpoints import PARTIAL_PREFIX, WholeFileCheckpointIO, check_resumable, checkpoint_problem
-from cifake.errors import ModelFileError
+from cifake.core.checkpoints import PARTIAL_PREFIX, WholeFileCheckpointIO, check_resumable, checkpoint_problem
+from cifake.core.errors import ModelFileError
 from cifake.jobs.train import cluster_plugins
-from cifake.utils import build_trainer
-from tests.conftest import tiny_demo_overrides
-from tests.test_friendly_errors import one_error_line, run
+from cifake.training.trainer import build_trainer
+from tests.helpers.config import tiny_demo_overrides
+from tests.helpers.runner import one_error_line, run_script
 
 # Big enough that writing it and flushing it to disk is most of each round of the writer's loop,
 # so most kills land in the middle of a write.
@@ -143,7 +143,7 @@ def test_a_damaged_last_checkpoint_is_refused_in_one_line(tmp_path: Path, last_c
     (folder / "last.ckpt").write_bytes(contents[last_content])
     if best_content is not None:
         (folder / "best.ckpt").write_bytes(contents[best_content])
-    line = one_error_line(run("train.py", tmp_path, *tiny_demo_overrides(), "ckpt_path=last"),
+    line = one_error_line(run_script("train.py", tmp_path, *tiny_demo_overrides(), "ckpt_path=last"),
                           "ckpt_path=last:", str(folder / "last.ckpt"), "so training cannot resume from it", *fragments)
     if best_content == "whole":
         assert f"ckpt_path={folder / 'best.ckpt'}" in line

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from cifake.cli import null_group, positional_inputs
-from cifake.configs import config_dir
-
-ROOT = Path(__file__).resolve().parents[1]
+from cifake.core.configs import config_dir
+from tests.helpers import ROOT
 
 
 def test_plain_arguments_become_one_inputs_override() -> None:
@@ -32,7 +31,7 @@ def test_images_given_twice_are_one_error_line(capsys: pytest.CaptureFixture[str
 def test_hydra_parses_the_quoted_paths_back(tmp_path: Path) -> None:
     odd = tmp_path / "it's, odd [1].png"
     code = ("import sys\nfrom cifake.cli import positional_inputs\nfrom hydra import compose, initialize_config_dir\n"
-            "import cifake.schemas\n"
+            "import cifake.core.schemas\n"
             f"with initialize_config_dir(config_dir={str(config_dir())!r}, version_base='1.3'):\n"
             f"    cfg = compose('predict', overrides=positional_inputs([{str(odd)!r}, 'b.png']))\n"
             "print(list(cfg.inputs))\n")

@@ -1,5 +1,5 @@
 """Each setting once, in conf/: for every class a config builds (``_target_: cifake...``), its YAML
-keys, its schema's fields (cifake/schemas.py, where one types the node) and its constructor's
+keys, its schema's fields (cifake/core/schemas.py, where one types the node) and its constructor's
 parameters are the same set, and neither the constructor nor the schema gives them a value."""
 
 from __future__ import annotations
@@ -8,16 +8,15 @@ import dataclasses
 import inspect
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-import cifake.schemas  # noqa: F401  (registers the config schemas before composing)
+import cifake.core.schemas  # noqa: F401  (registers the config schemas before composing)
+from tests.helpers.config import CONF_DIR
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_", "defaults"}
 TOP_LEVEL = sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
 
@@ -119,5 +118,5 @@ def test_demo_keys_match_their_schema(data: str) -> None:
         cfg = compose(config_name="train", overrides=[f"data={data}"])
     if cfg.data.demo is None:
         return
-    fields = {f.name for f in dataclasses.fields(cifake.schemas.DemoSchema)}
+    fields = {f.name for f in dataclasses.fields(cifake.core.schemas.DemoSchema)}
     assert set(cfg.data.demo) == fields

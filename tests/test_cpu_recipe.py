@@ -17,10 +17,8 @@ from hydra.utils import instantiate
 from cifake.jobs import evaluate as evaluate_job
 from cifake.jobs import train as train_job
 from cifake.models.classifier import Classifier
-from cifake.sweep import write_summary
-from tests.conftest import conf_args, conf_node, tiny_demo_overrides
-
-RESNET = ["model=resnet", "model.net.stem=[8,8]", "model.net.widths=[16,16]", "model.net.blocks=[1,1]"]
+from cifake.training.sweep import write_summary
+from tests.helpers.config import RESNET, conf_args, conf_node, tiny_demo_overrides
 
 
 def resnet_overrides() -> list[str]:

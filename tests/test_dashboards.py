@@ -9,45 +9,23 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from cifake.jobs import evaluate as evaluate_job
 from cifake.jobs import train as train_job
-from tests.conftest import tiny_demo_overrides
+from tests.helpers.config import compose_config, tiny_demo_overrides
+from tests.helpers.images import make_cifake_tree
+from tests.helpers.outputs import PER_CLASS, read_events
 
 FIGURES = ("roc.png", "pr.png", "confusion_matrix.png", "predictions.png", "gradcam.png")
-PER_CLASS = [f"{m}_{c}" for m in ("precision", "recall", "f1") for c in ("fake", "real")]
-
-
-def read_events(folder: Path) -> dict:
-    """Tags by kind across every event file of a TensorBoard run folder, and the hparams plugin."""
-    tags: dict[str, set[str]] = {"scalars": set(), "images": set(), "tensors": set()}
-    hparams: dict[str, bytes] = {}
-    for path in sorted(folder.glob("events.out.tfevents.*")):
-        ea = EventAccumulator(str(path), size_guidance={"images": 0, "tensors": 0, "scalars": 0})
-        ea.Reload()
-        for kind in tags:
-            tags[kind] |= set(ea.Tags()[kind])
-        if "hparams" in ea.PluginAssets("hparams") or "_hparams_/experiment" in ea.summary_metadata:
-            hparams.update(ea.PluginTagToContent("hparams"))
-    return {**tags, "hparams": hparams}
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory) -> Path:
     """``train.py experiment=demo`` on a small generated set: two epochs, then evaluation."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import open_dict
-
-    from tests.conftest import CONF_DIR
-
     tmp = tmp_path_factory.mktemp("demo")
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", [f"paths.output_dir={tmp / 'out'}", f"paths.cache_dir={tmp / 'cache'}",
-                                "experiment=demo", *tiny_demo_overrides(), "trainer.max_epochs=2"])
-    with open_dict(cfg):
-        cfg.pop("hydra", None)
+    cfg = compose_config("train", [f"paths.output_dir={tmp / 'out'}", f"paths.cache_dir={tmp / 'cache'}",
+                                   "experiment=demo", *tiny_demo_overrides(), "trainer.max_epochs=2"])
     train_job.run(cfg)
     return tmp / "out"
 
@@ -138,8 +116,6 @@ def test_evaluate_adds_calibration_robustness_and_a_validation_threshold(demo_ru
 
 def test_evaluate_can_leave_out_test_images_that_leak_from_train(demo_run: Path, compose_cfg, tmp_path: Path) -> None:
     import shutil
-
-    from tests.conftest import make_cifake_tree
 
     root = make_cifake_tree(tmp_path / "leaky", n_per_class=6)
     shutil.copy(root / "train" / "FAKE" / "0 (FAKE).jpg", root / "test" / "FAKE" / "copied.jpg")

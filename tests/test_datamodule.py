@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from cifake.core.errors import ConfigError
 from cifake.data.datamodule import CIFAKEDataModule
-from cifake.errors import ConfigError
-from tests.conftest import conf_args, make_cifake_tree
+from tests.helpers.config import conf_args
+from tests.helpers.images import make_cifake_tree
 
 
 def make_dm(root: Path, tmp_path: Path, **kw) -> CIFAKEDataModule:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cifake.core.errors import ConfigError
 from cifake.data.datamodule import CIFAKEDataModule
 from cifake.data.degrade import check_degradations, degrade, is_active
 from cifake.data.perturb import gaussian_blur, jpeg, pil_rescale, rescale
-from cifake.errors import ConfigError
-from tests.conftest import conf_args
+from tests.helpers.config import conf_args
 
 OFF = {"scale": {"p": 0.0, "range": [0.5, 0.95]}, "blur": {"p": 0.0, "range": [0.2, 1.2]},
        "noise": {"p": 0.0, "range": [1.0, 10.0]}, "jpeg": {"p": 0.0, "range": [40, 95]}}

@@ -21,9 +21,9 @@ from hydra.utils import instantiate
 from lightning.fabric.utilities import apply_func
 
 from cifake.data.datamodule import CIFAKEDataModule
-from cifake.utils import build_trainer
-from tests.conftest import tiny_demo_overrides
-from tests.test_dashboards import read_events
+from cifake.training.trainer import build_trainer
+from tests.helpers.config import tiny_demo_overrides
+from tests.helpers.outputs import read_events
 
 # What fails on a CUDA tensor (numpy() and __array__, behind np.asarray, matplotlib and PIL).
 # .item() and .tolist() work there (and are counted as host syncs by the other tests).

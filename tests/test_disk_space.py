@@ -14,15 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifake import atomic
+from cifake.core import atomic
+from cifake.core.errors import DiskSpaceError
 from cifake.data.archive import extract_archive
 from cifake.data.cache import load_or_decode
 from cifake.data.scan import scan_split
-from cifake.errors import DiskSpaceError
-from tests.conftest import make_cifake_tree, tiny_demo_overrides
+from tests.helpers import ROOT
+from tests.helpers.config import tiny_demo_overrides
+from tests.helpers.images import make_cifake_tree
 from tests.tmpfs import mounted
 
-ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ("FAKE", "REAL")
 SIZES = r"needs [\d.]+ (bytes|KiB|MiB|GiB), the disk there has [\d.]+ (bytes|KiB|MiB|GiB|TiB) free"
 
@@ -125,7 +126,7 @@ def test_feature_and_hash_files_are_not_written_without_room(cifake_tree, tmp_pa
 
 
 def test_the_entry_point_reports_no_room_as_one_line(compose_cfg, tmp_path, monkeypatch, capsys) -> None:
-    from cifake.errors import friendly_errors
+    from cifake.core.errors import friendly_errors
     from cifake.jobs import train as train_job
 
     cfg = compose_cfg("train", [*tiny_demo_overrides(), "trainer.max_epochs=1", f"data.root={tmp_path / 'demo'}"])

@@ -1,4 +1,4 @@
-"""Batch-norm over the global batch on the CPU (cifake.distributed): two gloo processes holding
+"""Batch-norm over the global batch on the CPU (cifake.training.distributed): two gloo processes holding
 parts of a batch compute what one process computes on the whole of it. (Whole DDP runs through
 train.py: tests/test_experiments.py.)"""
 
@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from cifake.distributed import GlobalBatchNorm, GlobalBatchNormSync, _PlainBatchNorm, _swap
+from cifake.training.distributed import GlobalBatchNorm, GlobalBatchNormSync, _PlainBatchNorm, _swap
 
 SIZES = (3, 5)  # images per rank: uneven, as a last batch can be
 
@@ -119,7 +119,7 @@ def test_swapping_keeps_the_weights_and_reverting_gives_plain_layers() -> None:
 
 
 def test_trainer_ddp_on_the_cpu_gets_the_global_batch_norm(compose_cfg) -> None:
-    from cifake.utils import build_trainer
+    from cifake.training.trainer import build_trainer
 
     cfg = compose_cfg("train", ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "logger=[]",
                                 "callbacks=[]"])

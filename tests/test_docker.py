@@ -18,14 +18,14 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-import cifake.schemas  # noqa: F401  (registers the config schemas before composing)
+import cifake.core.schemas  # noqa: F401  (registers the config schemas before composing)
+from tests.helpers import ROOT
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # the image's Python has tomllib; a 3.10 checkout skips the checks that read pyproject.toml
     tomllib = None
 
-ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 COMPOSE = ROOT / "docker" / "compose.yaml"
 DOCKERIGNORE = ROOT / ".dockerignore"

@@ -15,25 +15,17 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import tiny_demo_overrides
-from tests.test_jobs import ROOT, _cli
+from tests.helpers import ROOT
+from tests.helpers.config import CONF_DIR, tiny_demo_overrides, tiny_train_overrides
+from tests.helpers.runner import check, run_python
 
 pytestmark = pytest.mark.slow
 
 
-def tiny(tmp_path: Path, *extra: str) -> list[str]:
-    return [*tiny_demo_overrides(), "trainer.max_epochs=1", f"paths.cache_dir={tmp_path / 'cache'}",
-            f"paths.log_dir={tmp_path / 'logs'}", *extra]
-
-
-def check(proc: subprocess.CompletedProcess) -> None:
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-
 def test_dropout_multirun_leaves_one_folder_per_job_and_a_summary(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    check(_cli(str(ROOT / "train.py"), "-m", "experiment=demo", "model.net.dropouts=0.1,0.3,0.5",
-               *tiny(tmp_path), f"hydra.sweep.dir={sweep}", cwd=tmp_path))
+    check(run_python(str(ROOT / "train.py"), "-m", "experiment=demo", "model.net.dropouts=0.1,0.3,0.5",
+                     *tiny_train_overrides(tmp_path), f"hydra.sweep.dir={sweep}", cwd=tmp_path))
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     assert jobs == ["0", "1", "2"]
     for job in jobs:
@@ -84,11 +76,11 @@ def test_ddp_on_two_cpu_processes_trains_like_one_process_on_the_same_global_bat
     Both then visit randperm(72, seed + epoch) in global batches of 16; the two-process run gives
     each rank every other image of each global batch. The other run must differ by rounding only.
     """
-    common = [*tiny(tmp_path), *SAME_STEPS, "trainer=ddp", "trainer.max_epochs=2"]
-    check(_cli(str(ROOT / "train.py"), *common, "trainer.devices=1", "data.batch_size=16",
-               f"hydra.run.dir={tmp_path / 'one'}", cwd=tmp_path))
-    check(_cli(str(ROOT / "train.py"), *common, "trainer.devices=2", "data.batch_size=8",
-               f"hydra.run.dir={tmp_path / 'two'}", cwd=tmp_path))
+    common = [*tiny_train_overrides(tmp_path), *SAME_STEPS, "trainer=ddp", "trainer.max_epochs=2"]
+    check(run_python(str(ROOT / "train.py"), *common, "trainer.devices=1", "data.batch_size=16",
+                     f"hydra.run.dir={tmp_path / 'one'}", cwd=tmp_path))
+    check(run_python(str(ROOT / "train.py"), *common, "trainer.devices=2", "data.batch_size=8",
+                     f"hydra.run.dir={tmp_path / 'two'}", cwd=tmp_path))
     tags = ("train/loss", "train/acc", "train_step/loss")
     one, two = epoch_curves(tmp_path / "one", *tags), epoch_curves(tmp_path / "two", *tags)
     assert len(one["train_step/loss"]) == len(two["train_step/loss"]) == 10  # 72 training images / 16, twice
@@ -107,8 +99,9 @@ def test_ddp_on_two_cpu_processes_trains_like_one_process_on_the_same_global_bat
 def test_ddp_as_the_readme_types_it_runs_on_two_cpu_processes(tmp_path: Path) -> None:
     """python train.py experiment=demo trainer=ddp trainer.accelerator=cpu trainer.devices=2, at the
     tests' size and with everything else as shipped (bf16 where the CPU has it, shear, dropout)."""
-    proc = _cli(str(ROOT / "train.py"), "experiment=demo", "trainer=ddp", "trainer.accelerator=cpu",
-                "trainer.devices=2", *tiny(tmp_path), f"hydra.run.dir={tmp_path / 'ddp'}", cwd=tmp_path)
+    proc = run_python(str(ROOT / "train.py"), "experiment=demo", "trainer=ddp", "trainer.accelerator=cpu",
+                      "trainer.devices=2", *tiny_train_overrides(tmp_path), f"hydra.run.dir={tmp_path / 'ddp'}",
+                      cwd=tmp_path)
     check(proc)
     assert "batch-norm statistics are all-reduced over the global batch" in proc.stdout + proc.stderr
     results = json.loads((tmp_path / "ddp" / "results.json").read_text())["metrics"]
@@ -126,7 +119,7 @@ def test_ddp_as_the_readme_types_it_runs_on_two_cpu_processes(tmp_path: Path) ->
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    overrides = [*tiny(tmp_path), "data.demo.train_per_class=160", "trainer.max_epochs=6",
+    overrides = [*tiny_train_overrides(tmp_path), "data.demo.train_per_class=160", "trainer.max_epochs=6",
                  f"hydra.run.dir={run_dir}"]
     last = run_dir / "checkpoints" / "last.ckpt"
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *overrides], cwd=tmp_path,
@@ -145,7 +138,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     assert killed_at["epoch"] < 5 and killed_at["global_step"] == (killed_at["epoch"] + 1) * steps_per_epoch
 
     before = set((run_dir / "tensorboard").glob("events.out.tfevents.*"))
-    check(_cli(str(ROOT / "train.py"), *overrides, "ckpt_path=last", cwd=tmp_path))
+    check(run_python(str(ROOT / "train.py"), *overrides, "ckpt_path=last", cwd=tmp_path))
     final = torch.load(last, weights_only=True)
     assert final["epoch"] == 5 and final["global_step"] == 6 * steps_per_epoch
     resumed_events = sorted(set((run_dir / "tensorboard").glob("events.out.tfevents.*")) - before)
@@ -159,15 +152,15 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
 
 
 def test_resuming_without_a_checkpoint_says_where_it_looked(tmp_path: Path) -> None:
-    proc = _cli(str(ROOT / "train.py"), *tiny(tmp_path), "ckpt_path=last", f"hydra.run.dir={tmp_path / 'new'}",
-                cwd=tmp_path)
+    proc = run_python(str(ROOT / "train.py"), *tiny_train_overrides(tmp_path), "ckpt_path=last",
+                      f"hydra.run.dir={tmp_path / 'new'}", cwd=tmp_path)
     assert proc.returncode == 2 and "holds no last.ckpt" in proc.stderr and "hydra.run.dir" in proc.stderr
 
 
 def test_local_submitit_launcher_runs_a_two_job_sweep(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    check(_cli(str(ROOT / "train.py"), "-m", "hydra/launcher=local", "model.net.dropouts=0.2,0.4",
-               *tiny(tmp_path), f"hydra.sweep.dir={sweep}", cwd=tmp_path))
+    check(run_python(str(ROOT / "train.py"), "-m", "hydra/launcher=local", "model.net.dropouts=0.2,0.4",
+                     *tiny_train_overrides(tmp_path), f"hydra.sweep.dir={sweep}", cwd=tmp_path))
     for job in ("0", "1"):
         assert (sweep / job / "results.json").is_file()
     assert len(list(csv.DictReader((sweep / "summary.csv").open()))) == 2
@@ -175,8 +168,6 @@ def test_local_submitit_launcher_runs_a_two_job_sweep(tmp_path: Path) -> None:
 
 def test_slurm_launcher_config_composes(compose_cfg) -> None:
     from hydra import compose, initialize_config_dir
-
-    from tests.conftest import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
@@ -187,8 +178,9 @@ def test_slurm_launcher_config_composes(compose_cfg) -> None:
 
 def test_optuna_search_runs_trials_and_writes_the_best_parameters(tmp_path: Path) -> None:
     sweep = tmp_path / "search"
-    check(_cli(str(ROOT / "train.py"), "hparams_search=optuna", "experiment=demo", *tiny(tmp_path),
-               "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}", cwd=tmp_path))
+    check(run_python(str(ROOT / "train.py"), "hparams_search=optuna", "experiment=demo",
+                     *tiny_train_overrides(tmp_path), "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}",
+                     cwd=tmp_path))
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert set(best["best_params"]) == {"model.net.dropouts", "model.optimizer.lr"}
     assert 0.0 <= best["best_params"]["model.net.dropouts"] <= 0.6

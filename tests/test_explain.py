@@ -7,28 +7,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cifake.errors import ConfigError
-from cifake.explain import explanation_sets, gradcam, pick_per_class
-from cifake.models.classifier import Classifier
-from tests.conftest import CONF_DIR, conf_args, conf_node
+from cifake.analysis.explain import explanation_sets, gradcam, pick_per_class
+from cifake.core.errors import ConfigError
+from tests.helpers.config import CONF_DIR
+from tests.helpers.models import tiny_classifier
 
 LAYER = OmegaConf.load(CONF_DIR / "model" / "vgg.yaml").gradcam_layer  # the shipped defaults
 RESNET_LAYER = OmegaConf.load(CONF_DIR / "model" / "resnet.yaml").gradcam_layer
 PATCH = 8
 CORNERS = (2, 12, 22)  # patch corners on both axes: nine places, none aligned to the 8x8 grid
-
-
-def tiny_classifier(seed: int = 0, arch: str = "vgg") -> Classifier:
-    torch.manual_seed(seed)
-    if arch == "resnet":  # the shipped ResNet's shape (two-conv stem, three stages), narrower
-        net = conf_node("model.net", ["model=resnet"], stem=[8, 8], widths=[16, 16, 16], blocks=[1, 1, 1],
-                        dropout=0.0)
-    else:
-        net = conf_node("model.net", filters=[8, 16, 16, 16], convs=[2, 2, 3, 3],
-                        dropouts=[0.0, 0.0, 0.0, 0.0], dense=[32])
-    optimizer = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 3e-3}
-    layer = RESNET_LAYER if arch == "resnet" else LAYER
-    return Classifier(**conf_args("model", net=net, optimizer=optimizer, gradcam_layer=layer))
 
 
 def patch_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:

@@ -6,78 +6,20 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
-from torch import nn
 
-from cifake.data.decode import decode_image
-from cifake.errors import ConfigError
+from cifake.core.errors import ConfigError
 from cifake.jobs import export as export_job
 from cifake.scoring import choose_resample
 from cifake.scoring.network import load_classifier
-from tests.conftest import CONF_DIR, conf_args, conf_node, write_image
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY_NET = conf_node("model.net", filters=[8, 16, 16, 16], convs=[2, 2, 3, 3], dropouts=0.0, dense=[32])
-ADAM = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
-
-
-def make_checkpoint(path: Path, resample: str | None = "bicubic", seed: int = 0) -> Path:
-    """A tiny classifier with random weights saved by a Lightning Trainer, as train.py saves one,
-    recording ``resample`` as its data module's setting (``None``: nothing recorded)."""
-    from cifake.models.classifier import Classifier
-
-    torch.manual_seed(seed)
-    model = Classifier(**conf_args("model", net=TINY_NET, optimizer=ADAM, gradcam_layer="net.features.1.3"))
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                # He initialisation keeps the signal through ten layers (PyTorch's default shrinks it
-                # until every image gets the same logit).
-                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-            if isinstance(module, nn.BatchNorm2d):  # not the identity, so the export must carry it
-                module.running_mean.normal_(0.0, 0.1)
-                module.running_var.uniform_(0.5, 2.0)
-        # Spread the logits of images of different brightness and contrast over about +-4, centred on 0.
-        model.eval()
-        logits = model(torch.rand(64, 3, 32, 32) * torch.rand(64, 1, 1, 1))
-        scale = 2.0 / logits.std()
-        last = model.net.head[-1]
-        last.weight.mul_(scale)
-        last.bias.mul_(scale).sub_(logits.median() * scale)
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False)
-    trainer.strategy.connect(model)
-    trainer.save_checkpoint(path)
-    if resample is not None:  # what trainer.fit(model, datamodule) adds
-        raw = torch.load(path, weights_only=True)
-        raw["datamodule_hyper_parameters"] = {"resample": resample, "image_size": 32}
-        torch.save(raw, path)
-    return path
-
-
-def compose_job(name: str, out: Path, overrides: Sequence[str] = ()) -> DictConfig:
-    """``conf/<name>.yaml`` with overrides, writing to ``out`` (usable outside a test's tmp_path)."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name=name, overrides=[f"paths.output_dir={out}", *overrides])
-    with open_dict(cfg):
-        cfg.pop("hydra", None)
-    return cfg
-
-
-def export_tiny(folder: Path, overrides: Sequence[str] = ()) -> tuple[Path, Path, dict]:
-    """A tiny checkpoint in ``folder`` and its export under ``folder/export``: (ckpt, model.onnx, contract)."""
-    ckpt = make_checkpoint(folder / "tiny.ckpt")
-    terms = export_job.run(compose_job("export", folder / "export", [f"ckpt_path={ckpt}", *overrides]))
-    return ckpt, folder / "export" / "model.onnx", terms
+from tests.helpers.config import compose_job
+from tests.helpers.images import generated_images
+from tests.helpers.models import export_tiny, make_checkpoint
 
 
 def torch_p_real(ckpt: Path, images: np.ndarray) -> np.ndarray:
@@ -85,17 +27,6 @@ def torch_p_real(ckpt: Path, images: np.ndarray) -> np.ndarray:
     model = load_classifier(ckpt).eval()
     with torch.no_grad():
         return torch.sigmoid(model(torch.from_numpy(images).float() / 255.0)).numpy()
-
-
-def generated_images(folder: Path, n: int, seed: int = 1) -> np.ndarray:
-    """``n`` JPEGs of assorted sizes written to ``folder`` and decoded as prediction decodes them."""
-    rng = np.random.default_rng(seed)
-    decoded = []
-    for i in range(n):
-        path = folder / f"{i}.jpg"
-        write_image(path, rng, size=int(rng.integers(20, 90)))
-        decoded.append(decode_image(path, 32, "bicubic")[0])
-    return np.stack(decoded)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from torch import nn
 
 from cifake.jobs import train as train_job
 from cifake.models.flops import forward_flops, train_pflop
-from tests.conftest import tiny_demo_overrides
+from tests.helpers.config import tiny_demo_overrides
 
 
 class HandCounted(nn.Module):
@@ -35,7 +35,9 @@ def test_forward_flops_of_a_net_counted_by_hand() -> None:
 
 
 def test_a_run_records_its_training_compute(compose_cfg, tmp_path: Path) -> None:
-    cfg = compose_cfg("train", [*tiny_demo_overrides(), "trainer.max_epochs=2", "evaluate=true", "tta.mode=flip"])
+    # The model summary on, as a user runs it: it sends example_input_array through the data module to count FLOPs.
+    cfg = compose_cfg("train", [*tiny_demo_overrides(), "trainer.max_epochs=2", "evaluate=true", "tta.mode=flip",
+                                "trainer.enable_model_summary=true"])
     train_job.run(cfg)
     out = Path(cfg.paths.output_dir)
     results = json.loads((out / "results.json").read_text())

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import skops.io as sio
 
-from cifake.errors import ConfigError, DataError
+from cifake.core.errors import ConfigError, DataError
 from cifake.models.forest import FORMAT_VERSION, META_MEMBER, ForestClassifier
-from tests.conftest import conf_args
+from tests.helpers.config import conf_args
 
 PARAMS = {"n_estimators": 15, "random_state": 0, "n_jobs": 1}
 

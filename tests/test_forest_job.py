@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from cifake.errors import ConfigError
+from cifake.core.errors import ConfigError
 from cifake.jobs import evaluate as evaluate_job
 from cifake.jobs import train as train_job
-from tests.conftest import tiny_demo_overrides
-from tests.test_dashboards import PER_CLASS, read_events
-from tests.test_jobs import ROOT, _cli, check_metrics_file
+from tests.helpers import ROOT
+from tests.helpers.config import compose_config, tiny_demo_overrides
+from tests.helpers.outputs import PER_CLASS, check_metrics_file, read_events
+from tests.helpers.runner import run_python
 
 DATA = [o for o in tiny_demo_overrides() if not o.startswith("model.")]
 FOREST = ["model=rf", "model.n_estimators=20", "model.n_jobs=1"]
@@ -20,17 +21,9 @@ FOREST = ["model=rf", "model.n_estimators=20", "model.n_jobs=1"]
 
 @pytest.fixture(scope="module")
 def forest_run(tmp_path_factory) -> tuple[Path, dict]:
-    from hydra import compose, initialize_config_dir
-    from omegaconf import open_dict
-
-    from tests.conftest import CONF_DIR
-
     tmp = tmp_path_factory.mktemp("forest")
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", [f"paths.output_dir={tmp / 'out'}", f"paths.cache_dir={tmp / 'cache'}",
-                                *DATA, *FOREST, "model.features.name=rich", "evaluate=true"])
-    with open_dict(cfg):
-        cfg.pop("hydra", None)
+    cfg = compose_config("train", [f"paths.output_dir={tmp / 'out'}", f"paths.cache_dir={tmp / 'cache'}",
+                                   *DATA, *FOREST, "model.features.name=rich", "evaluate=true"])
     return tmp / "out", train_job.run(cfg)
 
 
@@ -68,8 +61,8 @@ def test_evaluate_loads_the_saved_forest(forest_run, compose_cfg, tmp_path: Path
 
 def test_invalid_forest_parameter_fails_before_any_feature_is_computed(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    proc = _cli(str(ROOT / "train.py"), *DATA, *FOREST, "model.n_estimators=-1", f"paths.log_dir={tmp_path}",
-                f"paths.cache_dir={cache}", cwd=tmp_path)
+    proc = run_python(str(ROOT / "train.py"), *DATA, *FOREST, "model.n_estimators=-1", f"paths.log_dir={tmp_path}",
+                      f"paths.cache_dir={cache}", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "n_estimators" in proc.stderr.split("error:")[-1]
     assert not list(cache.rglob("features-*.npy")) and not (cache / "decoded").exists()
@@ -79,7 +72,7 @@ def test_invalid_forest_parameter_fails_before_any_feature_is_computed(tmp_path:
                                                  ("model.features.name=fancy", "fancy"),
                                                  ("model.grid={max_depth:[0]}", "max_depth")])
 def test_other_bad_forest_settings_are_config_errors(compose_cfg, tmp_path: Path, override, named) -> None:
-    from cifake.errors import _cifake_cause
+    from cifake.core.errors import _cifake_cause
 
     cfg = compose_cfg("train", [*DATA, *FOREST, override])
     with pytest.raises(Exception) as raised:

@@ -15,10 +15,10 @@ import torch
 from hydra.errors import InstantiationException
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-from cifake.errors import KNOWN_ERRORS, ConfigError, friendly_errors, known_error, user_message
+from cifake.core.errors import KNOWN_ERRORS, ConfigError, friendly_errors, known_error, user_message
+from tests.helpers import ROOT
+from tests.helpers.runner import one_error_line, run_script
 from tests.tmpfs import mounted
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def wrapped(err: BaseException) -> InstantiationException:
@@ -103,40 +103,23 @@ def test_our_own_error_wins_over_the_library_error_behind_it(capsys) -> None:
 
 # -- as users meet them: the entry scripts ------------------------------------------------------
 
-def run(script: str, tmp_path: Path, *overrides: str, run_dir: Path | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("CIFAKE_ROOT", "HYDRA_FULL_ERROR")}
-    return subprocess.run([sys.executable, str(ROOT / script), *overrides,
-                           f"hydra.run.dir={run_dir or tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
-
-
-def one_error_line(proc: subprocess.CompletedProcess, *fragments: str) -> str:
-    """Exit 2, exactly one ``error:`` line holding each fragment, and no traceback."""
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 2, output[-3000:]
-    assert "Traceback" not in output and "HYDRA_FULL_ERROR" not in output, output[-3000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, proc.stderr[-3000:]
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
-
 
 @pytest.mark.parametrize(("script", "fragment"), [
     ("train.py", "data.root"), ("evaluate.py", "data.root"), ("predict.py", "inputs is required"),
     ("export.py", "ckpt_path is required"), ("audit.py", "data.root"),
 ])  # serve.py has none: without ckpt_path it serves the bundled model (tests/test_bundled.py)
 def test_every_entry_script_without_its_mandatory_keys(tmp_path: Path, script: str, fragment: str) -> None:
-    one_error_line(run(script, tmp_path), fragment)
+    one_error_line(run_script(script, tmp_path), fragment)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU for experiment=reference")
 def test_the_reference_experiment_on_a_machine_without_a_gpu(tmp_path: Path) -> None:
-    one_error_line(run("train.py", tmp_path, "experiment=reference"), "asks for a GPU", "trainer.accelerator=cpu")
+    one_error_line(run_script("train.py", tmp_path, "experiment=reference"), "asks for a GPU",
+                   "trainer.accelerator=cpu")
 
 
 def test_more_devices_than_the_machine_has(tmp_path: Path) -> None:
-    line = one_error_line(run("train.py", tmp_path, "experiment=demo", "trainer.devices=64"), "trainer.devices")
+    line = one_error_line(run_script("train.py", tmp_path, "experiment=demo", "trainer.devices=64"), "trainer.devices")
     assert ("64 training processes" in line) if not torch.cuda.is_available() else ("more GPUs" in line)
 
 
@@ -144,12 +127,12 @@ def test_a_run_folder_that_cannot_be_written(tmp_path: Path) -> None:
     folder = tmp_path / "locked"
     if os.geteuid() == 0:  # root writes through permissions: a read-only file system refuses it too
         with mounted(folder, "ro,size=64k"):
-            line = one_error_line(run("train.py", tmp_path, "experiment=demo", run_dir=folder / "run"))
+            line = one_error_line(run_script("train.py", tmp_path, "experiment=demo", run_dir=folder / "run"))
     else:
         folder.mkdir()
         folder.chmod(0o555)
         try:
-            line = one_error_line(run("train.py", tmp_path, "experiment=demo", run_dir=folder / "run"))
+            line = one_error_line(run_script("train.py", tmp_path, "experiment=demo", run_dir=folder / "run"))
         finally:
             folder.chmod(0o755)
     assert f"cannot write the run folder {folder / 'run'} (hydra.run.dir)" in line and "paths.log_dir" in line
@@ -175,6 +158,6 @@ def test_a_malformed_config_file_is_named_not_traced(tmp_path: Path, content: by
     (tmp_path / "mine" / "experiment").mkdir(parents=True)
     (tmp_path / "mine" / "experiment" / "bad.yaml").write_bytes(content)
     for spelling in (["--config-dir", str(tmp_path / "mine")], [f"--config-dir={tmp_path / 'mine'}"]):
-        line = one_error_line(run("train.py", tmp_path, *spelling, "experiment=bad"), *fragments)
+        line = one_error_line(run_script("train.py", tmp_path, *spelling, "experiment=bad"), *fragments)
         assert str(tmp_path / "mine" / "experiment" / "bad.yaml") in line
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()  # refused before anything ran

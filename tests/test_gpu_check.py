@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import tiny_demo_overrides
+from tests.helpers import ROOT
+from tests.helpers.config import tiny_demo_overrides
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.py"
 _spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
 gpu_check = importlib.util.module_from_spec(_spec)
@@ -115,8 +115,8 @@ def test_the_bundle_installs_offline_beside_the_image_torch(tmp_path: Path) -> N
     assert all(Path(f).is_relative_to(site) for f in bundled), bundled  # from the fresh venv, not from .venv
     assert Path(torch_file).parent.parent == image  # the image's torch, untouched
     assert Path(cifake_file).is_relative_to(ROOT / "cifake")  # the checkout itself
-    imports = run("-c", "import cifake.jobs.train, cifake.bench, cifake.explain, cifake.evaluation, "
-                        "cifake.models.forest")
+    imports = run("-c", "import cifake.jobs.train, cifake.tools.bench, cifake.analysis.explain, "
+                        "cifake.evaluation.workflow, cifake.models.forest")
     assert imports.returncode == 0, imports.stderr
     helped = run("train.py", "--help")
     assert helped.returncode == 0 and "experiment" in helped.stdout, helped.stderr
@@ -272,7 +272,8 @@ def test_the_table_is_read_from_a_recorded_run(tmp_path: Path) -> None:
     key = "best: time to 0.95 test accuracy (per-epoch test curve, no TTA; from the launch of train.py)"
     assert table[key] == "50 s (epoch 3)"
     assert table["best: test accuracy after each epoch"] == "0.9000, 0.9400, 0.9510, 0.9600"
-    assert table["`python -m cifake.bench --sections train,eval,precision`"].startswith("failed (exit 1) after 50 s")
+    bench = "`python -m cifake.tools.bench --sections train,eval,precision`"
+    assert table[bench].startswith("failed (exit 1) after 50 s")
     assert table["bench (b) training, batch 32: bare PyTorch loop (bf16-mixed, NHWC)"] == "21,000.5 images/s (x1.00 " \
                                                                                           "the first path)"
     assert table["the whole check"] == "351 s"

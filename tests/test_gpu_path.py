@@ -10,21 +10,21 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from cifake import utils
+from cifake.analysis.explain import gradcam
+from cifake.core.errors import ConfigError
 from cifake.data.augment import random_hflip
-from cifake.errors import ConfigError
-from cifake.explain import gradcam
 from cifake.jobs import train as train_job
+from cifake.models import arithmetic
 from cifake.scoring.network import module_scorer
-from cifake.utils import build_trainer, resolve_precision
-from tests.conftest import conf_args, conf_node, tiny_demo_overrides
+from cifake.training.trainer import build_trainer, resolve_precision
+from tests.helpers.config import conf_args, conf_node, tiny_demo_overrides
 
 
 @pytest.mark.parametrize("native_bf16", [False, True])
 def test_precision_auto_means_bf16_where_the_hardware_computes_it(monkeypatch, compose_cfg, caplog,
                                                                   native_bf16: bool) -> None:
     assert compose_cfg("train").trainer.precision == "auto"
-    monkeypatch.setattr(utils, "cpu_has_fast_bf16", lambda: native_bf16)
+    monkeypatch.setattr(arithmetic, "cpu_has_fast_bf16", lambda: native_bf16)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cpu_choice = "bf16-mixed" if native_bf16 else "32-true"
     with caplog.at_level("INFO", logger="cifake"):
@@ -58,14 +58,14 @@ def test_tf32_is_set_for_the_block_only_and_scoring_is_true_float32() -> None:
 
     before = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
     scorer = module_scorer(Probe(), torch.device("cpu"))
-    with utils.float32_matmul("high"):  # as experiment=reference trains
+    with arithmetic.float32_matmul("high"):  # as experiment=reference trains
         assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32) == ("high", True)
         scorer.p_real(np.zeros((2, 3, 32, 32), dtype=np.uint8))
         assert torch.get_float32_matmul_precision() == "high"  # given back to the block after scoring
     assert seen == [("highest", False)]  # no TF32 for scoring's matrix products, nor cuDNN's convolutions
     assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32) == before
     with pytest.raises(ConfigError, match="float32_matmul_precision='medium'; choose one of"), \
-            utils.float32_matmul("medium"):
+            arithmetic.float32_matmul("medium"):
         pass
 
 
@@ -80,14 +80,16 @@ def test_reference_arithmetic_trains_in_tf32_says_so_and_records_it(compose_cfg,
     said = [r.getMessage() for r in caplog.records if "TF32" in r.getMessage()]
     assert len(said) == 1 and "Training in 32-true on cpu" in said[0] and "float32_matmul_precision=high" in said[0]
     computed = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())["computed"]
-    assert computed["training"] == {"precision": "32-true", "device": "cpu", "devices": 1,
-                                    "float32_matmul_precision": "high"}
+    arithmetic_keys = ("precision", "device", "devices", "float32_matmul_precision")
+    assert {k: computed["training"][k] for k in arithmetic_keys} == {
+        "precision": "32-true", "device": "cpu", "devices": 1, "float32_matmul_precision": "high"}
+    assert computed["training"]["seconds"] > 0 and computed["training"]["train_pflop"] > 0  # time and compute too
     assert computed["test"] == {"precision": "32-true", "device": "cpu"}
 
 
 def test_cpu_trainer_precision_follows_the_cpu(compose_cfg) -> None:
     trainer = build_trainer(compose_cfg("train", ["trainer.accelerator=cpu"]))
-    assert trainer.precision == ("bf16-mixed" if utils.cpu_has_fast_bf16() else "32-true")
+    assert trainer.precision == ("bf16-mixed" if arithmetic.cpu_has_fast_bf16() else "32-true")
     trainer = build_trainer(compose_cfg("train", ["trainer.accelerator=cpu", "trainer.precision=32-true"]))
     assert trainer.precision == "32-true"
 
@@ -132,11 +134,26 @@ def test_compile_keeps_plain_weights_and_grad_cam_runs_the_plain_module() -> Non
     assert cams.shape == (2, 32, 32) and not model._eager
 
 
-@pytest.mark.parametrize("override", ["model.compile=true", "model.channels_last=true", "trainer.precision=bf16-mixed",
-                                      "data.on_device=true", "experiment=cpu_fast", "experiment=best"])
-def test_gpu_switches_and_recipes_compose(compose_cfg, override: str) -> None:
+# What the GPU path reads from a composed train config: (trainer.accelerator, trainer.precision, model.compile,
+# model.channels_last, data.on_device). As shipped everything is "auto": a GPU when there is one, bf16 where it
+# computes it natively, NHWC and the data on the device on CUDA; no compile unless asked.
+AS_SHIPPED = ("auto", "auto", False, "auto", "auto")
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("model.compile=true", ("auto", "auto", True, "auto", "auto")),
+    ("model.channels_last=true", ("auto", "auto", False, True, "auto")),
+    ("trainer.precision=bf16-mixed", ("auto", "bf16-mixed", False, "auto", "auto")),
+    ("data.on_device=true", ("auto", "auto", False, "auto", True)),
+    ("experiment=cpu_fast", ("cpu", "auto", False, "auto", "auto")),  # the CPU recipe pins the CPU
+    ("experiment=best", AS_SHIPPED),  # the GPU recipe leaves every switch to the hardware
+])
+def test_gpu_switches_and_recipes_compose(compose_cfg, override: str, expected: tuple) -> None:
     cfg = compose_cfg("train", [override])
-    assert cfg.model is not None and cfg.trainer is not None
+    got = (cfg.trainer.accelerator, cfg.trainer.precision, cfg.model.compile, cfg.model.channels_last,
+           cfg.data.on_device)
+    assert got == expected
+    assert (got == AS_SHIPPED) == (override == "experiment=best")  # each switch changes what it names
 
 
 def test_data_on_the_device_gives_the_same_batches(compose_cfg) -> None:

@@ -3,40 +3,20 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from cifake.errors import ConfigError
+from cifake.core.errors import ConfigError
 from cifake.jobs import evaluate as evaluate_job
 from cifake.jobs import train as train_job
+from cifake.models.arithmetic import cpu_has_fast_bf16
 from cifake.models.classifier import Classifier
-from cifake.utils import cpu_has_fast_bf16
-from tests.conftest import tiny_demo_overrides
-
-ROOT = Path(__file__).resolve().parents[1]
-METRIC_KEYS = {"accuracy", "auroc", "precision", "recall", "f1", "confusion_matrix", "n", "threshold", "ece", "tta",
-               "scoring"}
-
-
-def check_metrics_file(path: Path, n: int) -> dict:
-    report = json.loads(path.read_text())
-    assert set(report) == METRIC_KEYS
-    cm = report["confusion_matrix"]
-    assert sum(map(sum, cm)) == report["n"] == n
-    assert report["accuracy"] == pytest.approx((cm[0][0] + cm[1][1]) / n)
-    for k, name in enumerate(("FAKE", "REAL")):
-        assert all(set(report[m]) == {"FAKE", "REAL"} for m in ("precision", "recall", "f1"))
-        predicted = cm[0][k] + cm[1][k]
-        if predicted:
-            assert report["precision"][name] == pytest.approx(cm[k][k] / predicted)
-        assert report["recall"][name] == pytest.approx(cm[k][k] / sum(cm[k]))
-    assert report["threshold"] == 0.5 and 0.0 <= report["auroc"] <= 1.0
-    assert report["scoring"] == {"precision": "32-true", "device": "cpu"}  # float32 by default, whatever the CPU
-    return report
+from tests.helpers import ROOT
+from tests.helpers.config import tiny_demo_overrides
+from tests.helpers.outputs import check_metrics_file
+from tests.helpers.runner import run_python
 
 
 def test_default_command_line_is_valid_as_written(compose_cfg) -> None:
@@ -109,40 +89,36 @@ def test_same_seed_gives_the_same_run(compose_cfg, tmp_path) -> None:
     assert losses[0] == losses[1]
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
-
-
 def test_missing_data_root_tells_how_to_get_cifake(tmp_path) -> None:
-    proc = _cli(str(ROOT / "train.py"), f"data.root={tmp_path / 'nowhere'}", f"paths.log_dir={tmp_path}",
-                f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path)
+    proc = run_python(str(ROOT / "train.py"), f"data.root={tmp_path / 'nowhere'}", f"paths.log_dir={tmp_path}",
+                      f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path)
     assert proc.returncode == 2
     assert "birdy654/cifake-real-and-ai-generated-synthetic-images" in proc.stderr
     assert "experiment=demo" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path) -> None:
-    proc = _cli(str(ROOT / "evaluate.py"), f"ckpt_path={tmp_path / 'none.ckpt'}", f"paths.log_dir={tmp_path}",
-                cwd=tmp_path)
+    proc = run_python(str(ROOT / "evaluate.py"), f"ckpt_path={tmp_path / 'none.ckpt'}", f"paths.log_dir={tmp_path}",
+                      cwd=tmp_path)
     assert proc.returncode == 2 and "is not a file" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_evaluate_without_a_checkpoint_takes_the_bundled_model_and_says_so(tmp_path) -> None:
-    proc = _cli(str(ROOT / "evaluate.py"), f"paths.log_dir={tmp_path}", cwd=tmp_path)
+    proc = run_python(str(ROOT / "evaluate.py"), f"paths.log_dir={tmp_path}", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "No ckpt_path: using the bundled model" in proc.stdout + proc.stderr
     assert "error: data.root 'data/cifake' does not exist" in proc.stderr  # the model is there; the data is not
 
 
 def test_errors_raised_while_building_from_config_are_reported_plainly(tmp_path) -> None:
-    proc = _cli(str(ROOT / "train.py"), "data=demo", "data.validate_on=everything", f"paths.log_dir={tmp_path}",
-                f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path)
+    proc = run_python(str(ROOT / "train.py"), "data=demo", "data.validate_on=everything", f"paths.log_dir={tmp_path}",
+                      f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "error: data.validate_on='everything'; choose one of ['holdout', 'test']" in proc.stderr
 
 
 def test_config_typos_are_rejected_by_name(tmp_path) -> None:
-    proc = _cli(str(ROOT / "train.py"), "model.net.dropuots=[0.1]", f"paths.log_dir={tmp_path}", cwd=tmp_path)
+    proc = run_python(str(ROOT / "train.py"), "model.net.dropuots=[0.1]", f"paths.log_dir={tmp_path}", cwd=tmp_path)
     assert proc.returncode != 0 and "dropuots" in proc.stderr
 
 
@@ -177,8 +153,8 @@ def test_a_time_budget_that_cuts_the_epochs_says_so(compose_cfg, caplog, tmp_pat
 
 def test_each_epoch_logs_one_line_with_its_time_and_metrics(tmp_path) -> None:
     run_dir = tmp_path / "run"
-    proc = _cli(str(ROOT / "train.py"), *tiny_demo_overrides(), "trainer.max_epochs=2", f"hydra.run.dir={run_dir}",
-                f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path)
+    proc = run_python(str(ROOT / "train.py"), *tiny_demo_overrides(), "trainer.max_epochs=2",
+                      f"hydra.run.dir={run_dir}", f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     log_lines = (run_dir / "train.log").read_text().splitlines()
     lines = [line for line in log_lines if "[cifake.callbacks.epoch_log]" in line]

@@ -1,4 +1,6 @@
-"""The package's layering, read from the source: jobs stand alone, and predicting from ONNX stays light."""
+"""The package's layering, read from the source: each folder of cifake/ imports only the folders its row of
+``ALLOWED`` names (the rules in CONTRIBUTING.md, "Where things live"), the folders form no cycle, jobs stand
+alone, and predicting from ONNX stays light."""
 
 from __future__ import annotations
 
@@ -9,16 +11,34 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper
 
-from cifake.scoring.contract import CONTRACT_FORMAT
-from tests.conftest import write_image
+from tests.helpers import ROOT
+from tests.helpers.images import write_image
+from tests.helpers.models import tiny_onnx
 
-ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "cifake"
 JOBS = "cifake.jobs"
 HEAVY = ("torch", "lightning", "sklearn", "matplotlib", "pytorch_grad_cam")
+ENTRY = "entry"  # cifake/__init__.py and cifake/cli.py, the console scripts' entry layer: the only top-level modules
+TOP_LEVEL_MODULES = 6  # at most, beside the folders
+
+# Each folder of cifake/ and the other folders it may import (its own modules it always may). From the bottom:
+ALLOWED: dict[str, set[str]] = {
+    "core": set(),                                    # errors, whole-file writes, configs, schemas, checkpoints
+    "data": {"core"},                                 # files -> checked listing -> decoded cache -> DataModule
+    "audit": {"core", "data"},                        # duplicates and leaks between the splits
+    "analysis": {"core", "data"},                     # numbers, figures, reports from arrays
+    "models": {"core", "data", "analysis"},           # networks, the LightningModule, the forest
+    "training": {"core", "data", "analysis", "models"},  # the Trainer, device rules, sweeps, tracking, forest fit
+    "scoring": {"core", "data", "analysis", "models", "training"},  # model file -> Scorer
+    "callbacks": {"core", "data", "analysis", "models", "scoring"},  # what runs inside fit and test
+    "evaluation": {"core", "data", "audit", "analysis", "models", "training", "scoring"},  # a Scorer over a split
+    "serving": {"core", "data", "analysis", "scoring", "evaluation"},  # serve.py's API and server
+    "jobs": {"core", "data", "audit", "analysis", "models", "training", "scoring", "callbacks", "evaluation",
+             "serving"},                              # one module per entry script; never one another
+    "tools": {"core", "data", "analysis", "models", "training", "scoring", "callbacks"},  # python -m developer tools
+    ENTRY: {"core", "jobs"},                          # cli.py: the Hydra apps the entry and console scripts run
+}
 
 
 def module_name(path: Path) -> str:
@@ -43,6 +63,105 @@ def import_graph() -> dict[str, set[str]]:
     return {module_name(p): imports_of(p) for p in sorted(PACKAGE.rglob("*.py"))}
 
 
+def folder_of(module: str) -> str:
+    """The folder of cifake/ a module lives in (``cifake.scoring.onnx`` -> ``scoring``), or ``entry`` for
+    the package itself and its top-level modules."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and (PACKAGE / parts[1]).is_dir() else ENTRY
+
+
+def violations(graph: dict[str, set[str]], allowed: dict[str, set[str]] = ALLOWED) -> list[str]:
+    """Every import of ``graph`` that crosses into a folder its own folder's row does not name."""
+    return sorted(f"{module} imports {dep} ({folder_of(module)} -> {folder_of(dep)})"
+                  for module, deps in graph.items() for dep in deps
+                  if folder_of(dep) != folder_of(module) and folder_of(dep) not in allowed[folder_of(module)])
+
+
+def cycle(edges: dict[str, set[str]]) -> list[str]:
+    """A cycle of a directed graph (its nodes in order, the first repeated at the end), or [] if it has none."""
+    state: dict[str, str] = {}
+
+    def visit(node: str, path: list[str]) -> list[str]:  # path: from the start to node
+        state[node] = "open"
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == "open":
+                return [*path[path.index(nxt):], nxt]
+            if nxt not in state and (found := visit(nxt, [*path, nxt])):
+                return found
+        state[node] = "done"
+        return []
+
+    for start in sorted(edges):
+        if start not in state and (found := visit(start, [start])):
+            return found
+    return []
+
+
+def folder_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Which folders import which others, read from the modules' imports."""
+    edges: dict[str, set[str]] = {}
+    for module, deps in graph.items():
+        here = folder_of(module)
+        edges.setdefault(here, set()).update(folder_of(d) for d in deps if folder_of(d) != here)
+    return edges
+
+
+def test_every_folder_has_a_row_and_the_top_level_is_the_entry_layer() -> None:
+    folders = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert folders == set(ALLOWED) - {ENTRY}
+    modules = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(modules) <= TOP_LEVEL_MODULES and {"__init__.py", "cli.py"} <= set(modules), modules
+    assert all(set(row) <= set(ALLOWED) for row in ALLOWED.values())
+
+
+def test_every_import_stays_within_its_folders_row() -> None:
+    assert violations(import_graph()) == []
+
+
+def test_a_forbidden_import_would_be_caught(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("from cifake.core.errors import ConfigError\n\n\n"
+                   "def f():\n    from cifake.scoring import open_scorer\n")
+    assert violations({"cifake.core.bad": imports_of(bad)}) == [
+        "cifake.core.bad imports cifake.scoring (core -> scoring)",
+        "cifake.core.bad imports cifake.scoring.open_scorer (core -> scoring)"]
+    assert violations({"cifake.scoring.bad": imports_of(bad)}) == []  # scoring may import core and itself
+
+
+def test_the_folders_form_no_cycle() -> None:
+    assert cycle(ALLOWED) == []  # the rules
+    assert cycle(folder_graph(import_graph())) == []  # the source (implied by the two tests above; said outright)
+    assert cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the check itself finds one
+
+
+def test_the_package_uses_no_relative_imports() -> None:
+    # The walk reads absolute imports only; a relative one would slip past the rules.
+    relative = [module_name(p) for p in sorted(PACKAGE.rglob("*.py"))
+                for node in ast.walk(ast.parse(p.read_text())) if isinstance(node, ast.ImportFrom) and node.level]
+    assert relative == []
+
+
+def test_no_test_file_imports_another() -> None:
+    # What two test files share lives in tests/helpers/ (fixtures in tests/conftest.py).
+    offences = {}
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        names = {alias.name for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Import)
+                 for alias in node.names}
+        names |= {node.module for node in ast.walk(ast.parse(path.read_text()))
+                  if isinstance(node, ast.ImportFrom) and node.module}
+        bad = sorted(n for n in names if n.startswith(("tests.test_", "tests.conftest")))
+        if bad:
+            offences[str(path.relative_to(ROOT))] = bad
+    assert offences == {}
+
+
+def test_contributing_states_each_folders_rule() -> None:
+    text = (ROOT / "CONTRIBUTING.md").read_text()
+    section = text[text.index("## Where things live"):]
+    section = section[:section.index("\n## ", 1)]
+    assert [f for f in ALLOWED if f != ENTRY and f"cifake/{f}/" not in section] == []
+
+
 def is_job(name: str) -> bool:
     return name.startswith(JOBS + ".")
 
@@ -51,7 +170,7 @@ def test_the_walk_sees_the_jobs_and_their_imports() -> None:
     graph = import_graph()
     assert {m for m in graph if is_job(m)} == {f"{JOBS}.{j}" for j in ("train", "evaluate", "predict", "export",
                                                                         "audit", "serve")}
-    assert "cifake.scoring" in graph[f"{JOBS}.predict"] and "cifake.evaluation" in graph[f"{JOBS}.train"]
+    assert "cifake.scoring" in graph[f"{JOBS}.predict"] and "cifake.evaluation.workflow" in graph[f"{JOBS}.train"]
 
 
 def test_no_job_imports_another_job() -> None:
@@ -73,30 +192,6 @@ def test_an_offending_import_would_be_caught(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from cifake.jobs.evaluate import run\n    from cifake.jobs import export\n")
     assert {"cifake.jobs.evaluate", "cifake.jobs.export"} <= imports_of(bad)
-
-
-def tiny_onnx(folder: Path) -> Path:
-    """A model.onnx (p_real = sigmoid of the mean pixel, scaled) and the model.json export.py would
-    write beside it, built with onnx's helpers so the test needs no training."""
-    images = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 32, 32])
-    p_real = helper.make_tensor_value_info("p_real", TensorProto.FLOAT, ["batch"])
-    axes = helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3])
-    scale = helper.make_tensor("scale", TensorProto.FLOAT, [], [8.0])
-    half = helper.make_tensor("half", TensorProto.FLOAT, [], [0.5])
-    nodes = [helper.make_node("ReduceMean", ["images", "axes"], ["mean"], keepdims=0),
-             helper.make_node("Sub", ["mean", "half"], ["centred"]),
-             helper.make_node("Mul", ["centred", "scale"], ["logit"]),
-             helper.make_node("Sigmoid", ["logit"], ["p_real"])]
-    graph = helper.make_graph(nodes, "brightness", [images], [p_real], initializer=[axes, scale, half])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 8
-    folder.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, folder / "model.onnx")
-    contract = {"format": CONTRACT_FORMAT, "model_file": "model.onnx", "classes": ["FAKE", "REAL"], "threshold": 0.5,
-                "input": {"name": "images", "image_size": 32, "divide_by": 255.0, "resample": "bicubic"},
-                "output": {"name": "p_real"}}
-    (folder / "model.json").write_text(json.dumps(contract))
-    return folder / "model.onnx"
 
 
 def test_predicting_from_onnx_imports_no_training_stack(tmp_path: Path) -> None:

@@ -18,9 +18,10 @@ import pytest
 from filelock import FileLock
 
 from cifake.data.archive import extraction_folder
-from tests.conftest import make_cifake_tree, tiny_demo_overrides
+from tests.helpers import ROOT
+from tests.helpers.config import tiny_demo_overrides
+from tests.helpers.images import make_cifake_tree
 
-ROOT = Path(__file__).resolve().parents[1]
 WAITING = "Waiting for another process that is"
 
 

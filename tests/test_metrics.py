@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from cifake.metrics import binary_report, format_report
+from cifake.analysis.metrics import binary_report, format_report
 
 
 def test_report_numbers_on_a_hand_worked_example() -> None:
@@ -37,7 +37,7 @@ def test_single_class_gives_nan_auroc_not_a_crash() -> None:
 
 
 def test_dashboard_metrics_match_the_report_over_many_batches() -> None:
-    from cifake.metrics import classification_metrics, report_scalars, two_class_probs
+    from cifake.analysis.metrics import classification_metrics, report_scalars, two_class_probs
 
     gen = torch.Generator().manual_seed(0)
     p = torch.rand(1000, generator=gen)

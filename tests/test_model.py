@@ -3,9 +3,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from cifake.errors import ConfigError
+from cifake.core.errors import ConfigError
 from cifake.models.vgg import VGG
-from tests.conftest import conf_args
+from tests.helpers import ROOT
+from tests.helpers.config import conf_args
+from tests.helpers.runner import run_python
 
 # 3x3 convs 64x2, 128x2, 256x3, 512x3 with biases, 4 batch-norms (weight+bias),
 # dense 2048 -> 4000 -> 1500 -> 1 with biases.
@@ -82,8 +84,7 @@ def test_batch_norm_can_be_left_out_without_renaming_layers() -> None:
 
 
 def test_a_bad_net_setting_on_the_command_line_is_one_clear_line(tmp_path) -> None:
-    from tests.test_jobs import ROOT, _cli
 
-    proc = _cli(str(ROOT / "train.py"), "data=demo", "model.net.dropouts=[0.1,0.2]", f"paths.log_dir={tmp_path}",
-                f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path)
+    proc = run_python(str(ROOT / "train.py"), "data=demo", "model.net.dropouts=[0.1,0.2]", f"paths.log_dir={tmp_path}",
+                      f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "one entry per block" in proc.stderr

@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import write_image
-from tests.test_layering import tiny_onnx
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
+from tests.helpers.images import write_image
+from tests.helpers.models import tiny_onnx
 
 
 class Payload:

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifake.errors import ConfigError, DataError
+from cifake.core.errors import ConfigError, DataError
 from cifake.jobs import predict as predict_job
-from tests.conftest import write_image
-from tests.test_export import compose_job, export_tiny
+from tests.helpers import ROOT
+from tests.helpers.config import compose_job
+from tests.helpers.images import write_image
+from tests.helpers.models import export_tiny
 
-ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["progress_bar=false"]
 
 

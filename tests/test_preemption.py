@@ -19,10 +19,11 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from cifake.callbacks.preemption import Preemption, Stop, last_checkpoint, parse_signals
-from cifake.errors import ConfigError
+from cifake.core.errors import ConfigError
 from cifake.jobs.train import run_overrides, stopped_line
-from tests.test_experiments import check, tiny
-from tests.test_jobs import ROOT, _cli
+from tests.helpers import ROOT
+from tests.helpers.config import tiny_train_overrides
+from tests.helpers.runner import check, run_python
 
 STEPS_PER_EPOCH = 15  # 240 training images (320 less a quarter held out) in batches of 16
 EPOCHS = 2
@@ -56,7 +57,7 @@ class HoldAtSteps(L.Callback):
 
 
 def settings(tmp_path: Path) -> list[str]:
-    return [*tiny(tmp_path), "data.demo.train_per_class=160", f"trainer.max_epochs={EPOCHS}", "seed=0",
+    return [*tiny_train_overrides(tmp_path), "data.demo.train_per_class=160", f"trainer.max_epochs={EPOCHS}", "seed=0",
             "model.optimizer.lr=2e-3", "callbacks.gradcam=null", "callbacks.curves=null",
             "callbacks.prediction_grid=null"]
 
@@ -102,10 +103,10 @@ def trained_steps(events: Path) -> list[int]:
 def test_a_run_stopped_mid_epoch_by_sigterm_then_sigusr1_ends_where_an_unstopped_one_does(tmp_path: Path) -> None:
     # The unstopped run, which also keeps its state at step SIGTERM_AT to compare the stop's checkpoint with.
     full = tmp_path / "full"
-    check(_cli(str(ROOT / "train.py"), *settings(tmp_path), f"hydra.run.dir={full}",
-               f"+callbacks.snapshot={{_target_:{ModelCheckpoint.__module__}.ModelCheckpoint,dirpath:{full / 'snap'},"
-               f"every_n_train_steps:{SIGTERM_AT},save_top_k:-1,filename:'step{{step}}',"
-               "auto_insert_metric_name:false}", cwd=tmp_path))
+    check(run_python(str(ROOT / "train.py"), *settings(tmp_path), f"hydra.run.dir={full}",
+                     f"+callbacks.snapshot={{_target_:{ModelCheckpoint.__module__}.ModelCheckpoint,"
+                     f"dirpath:{full / 'snap'},every_n_train_steps:{SIGTERM_AT},save_top_k:-1,filename:'step{{step}}',"
+                     "auto_insert_metric_name:false}", cwd=tmp_path))
 
     run_dir, markers = tmp_path / "run", tmp_path / "markers"
     markers.mkdir()

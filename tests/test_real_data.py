@@ -9,7 +9,7 @@ import pytest
 
 from cifake.data.scan import scan_split
 from cifake.jobs import train as train_job
-from tests.conftest import real_cifake_root
+from tests.helpers.config import real_cifake_root
 
 pytestmark = [pytest.mark.real_data, pytest.mark.slow]
 

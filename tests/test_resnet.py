@@ -7,9 +7,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from cifake.errors import ConfigError
+from cifake.core.errors import ConfigError
 from cifake.models.resnet import ResNet
-from tests.conftest import CONF_DIR, conf_args
+from tests.helpers.config import CONF_DIR, conf_args
 
 SHIPPED = OmegaConf.load(CONF_DIR / "model" / "resnet.yaml").net
 

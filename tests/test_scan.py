@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
+from cifake.core.errors import DataError
 from cifake.data.scan import resolve_layout_root, scan_split
-from cifake.errors import DataError
-from tests.conftest import make_cifake_tree
+from tests.helpers.images import make_cifake_tree
 
 CLASSES = ("FAKE", "REAL")
 

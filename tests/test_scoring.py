@@ -3,43 +3,28 @@ evaluation, and a forest predicts through the same interface and columns as a ne
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
 
+from cifake.core.errors import ConfigError
 from cifake.data.features import extract_features
-from cifake.errors import ConfigError
 from cifake.jobs import evaluate as evaluate_job
 from cifake.jobs import predict as predict_job
-from cifake.jobs import train as train_job
+from cifake.models.arithmetic import cpu_has_fast_bf16
 from cifake.models.forest import ForestClassifier
 from cifake.scoring import open_scorer
-from cifake.utils import cpu_has_fast_bf16
-from tests.conftest import CONF_DIR, tiny_demo_overrides
-from tests.test_cpu_recipe import RESNET
-from tests.test_export import compose_job, export_tiny, generated_images
-from tests.test_jobs import ROOT, _cli
+from tests.helpers import ROOT
+from tests.helpers.config import RESNET, compose_job, tiny_demo_overrides
+from tests.helpers.images import generated_images
+from tests.helpers.models import export_tiny, fit_tiny_forest
+from tests.helpers.outputs import read_csv
+from tests.helpers.runner import run_python
 
 DATA = [o for o in tiny_demo_overrides() if o.startswith(("data", "trainer.accelerator"))]
 FLOAT32_HERE = {"precision": "32-true", "device": "cpu"}  # what scoring computes in by default, on this CPU
-
-
-def fit_tiny_forest(tmp: Path) -> Path:
-    """A small forest fitted on the tiny demo data by train.py's job (cache under ``tmp/cache``);
-    returns its ``.skops``."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", [f"paths.output_dir={tmp / 'forest'}", f"paths.cache_dir={tmp / 'cache'}",
-                                *[o for o in tiny_demo_overrides() if not o.startswith("model.")],
-                                "model=rf", "model.n_estimators=20", "model.n_jobs=1"])
-    with open_dict(cfg):
-        cfg.pop("hydra", None)
-    train_job.run(cfg)
-    return tmp / "forest" / "checkpoints" / "forest.skops"
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +34,6 @@ def models(tmp_path_factory) -> dict[str, Path]:
     ckpt, onnx_path, _ = export_tiny(tmp)
     return {"ckpt": ckpt, "onnx": onnx_path, "forest": fit_tiny_forest(tmp),
             "cache": tmp / "cache", "tmp": tmp}
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def evaluate(models: dict[str, Path], model: Path, out: Path) -> dict:
@@ -123,7 +103,7 @@ DEMO = [*[o for o in DATA if not o.startswith("data.demo.")], "data.demo.train_p
 
 def entry_point(script: str, run_dir: Path, *overrides: str) -> Path:
     """``python <script>.py <overrides>`` into ``run_dir``, as the README runs it; ``run_dir``."""
-    proc = _cli(str(ROOT / f"{script}.py"), *overrides, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+    proc = run_python(str(ROOT / f"{script}.py"), *overrides, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir
 

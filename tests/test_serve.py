@@ -29,20 +29,20 @@ with warnings.catch_warnings():  # Starlette 1.x prefers httpx2 for its TestClie
     warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
     from starlette.testclient import TestClient
 
+from cifake.core.errors import ConfigError
 from cifake.data.decode import decode_image
-from cifake.errors import ConfigError
 from cifake.jobs import predict as predict_job
 from cifake.jobs import serve as serve_job
 from cifake.serving.api import Job
 from cifake.serving.uploads import Limits, Rejected, Upload, WarnAt, decode
-from tests.conftest import write_image
-from tests.test_export import compose_job, export_tiny
-from tests.test_scoring import fit_tiny_forest
-from tests.test_serve_load import load_test_module
+from tests.helpers import ROOT
+from tests.helpers.config import compose_job
+from tests.helpers.images import write_image
+from tests.helpers.models import export_tiny, fit_tiny_forest
+from tests.helpers.runner import load_test_module
 
 bomb_png = load_test_module().bomb_png  # the same hostile PNG the load test sends
 
-ROOT = Path(__file__).resolve().parents[1]
 KEY_ENV, KEY = "CIFAKE_TEST_API_KEY", "s3cret-key"
 # Small limits, so that the refusals are cheap to provoke (scoring in float32, the default, as predict.py).
 SMALL = ["max_upload_mb=1", "max_images=4", "max_image_pixels=1000000", "device=cpu", "gradcam_scale=8"]

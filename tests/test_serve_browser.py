@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.test_export import make_checkpoint
-from tests.test_serve_load import load_test_module
+from tests.helpers.models import make_checkpoint
+from tests.helpers.runner import load_test_module
 
 CHROMIUM = ("chromium", "chromium-browser", "google-chrome")
 DRIVERS = ("chromedriver", "/usr/lib/chromium/chromedriver", "/usr/bin/chromedriver")

@@ -29,8 +29,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from cifake.serving.guard import json_depth
-from tests.test_export import make_checkpoint
-from tests.test_serve_load import load_test_module
+from tests.helpers.models import make_checkpoint
+from tests.helpers.runner import load_test_module
 
 lt = load_test_module()  # scripts/load_test.py: running_server, bomb_png
 

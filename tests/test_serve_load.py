@@ -5,29 +5,15 @@ time; nothing here is timed (scripts/load_test.py measures, on a quiet machine).
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-from tests.test_export import make_checkpoint
+from tests.helpers.models import make_checkpoint
+from tests.helpers.runner import load_test_module
 
-ROOT = Path(__file__).resolve().parents[1]
 REQUESTS = 64  # per concurrency level
 GROWTH_MB = 300  # what the server's processes may grow by over all levels, after warm-up
-
-
-def load_test_module() -> ModuleType:
-    """scripts/load_test.py as a module (registered, as its dataclasses need)."""
-    if "load_test" in sys.modules:
-        return sys.modules["load_test"]
-    spec = importlib.util.spec_from_file_location("load_test", ROOT / "scripts" / "load_test.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["load_test"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

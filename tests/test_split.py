@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from cifake.core.errors import ConfigError
 from cifake.data.split import stratified_split
-from cifake.errors import ConfigError
 
 
 def test_split_is_stratified_disjoint_complete_and_seeded() -> None:

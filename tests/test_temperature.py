@@ -10,16 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from cifake.calibration import expected_calibration_error, fit_temperature
-from cifake.errors import ConfigError
+from cifake.analysis.calibration import apply_temperature, expected_calibration_error, fit_temperature
+from cifake.analysis.metrics import binary_report
+from cifake.core.errors import ConfigError
 from cifake.jobs import evaluate as evaluate_job
 from cifake.jobs import export as export_job
 from cifake.jobs import train as train_job
-from cifake.metrics import binary_report
 from cifake.scoring import open_scorer
-from cifake.scoring.scorer import apply_temperature, with_temperature
-from tests.conftest import tiny_demo_overrides
-from tests.test_export import compose_job
+from cifake.scoring.scorer import with_temperature
+from tests.helpers.config import compose_job, tiny_demo_overrides
 
 
 def synthetic(temperature: float, n: int = 40_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -56,7 +55,7 @@ def test_a_temperature_keeps_the_order_the_accuracy_and_the_auroc() -> None:
 
 
 def test_temperatures_combine_on_a_scorer(tmp_path: Path) -> None:
-    from tests.test_export import make_checkpoint
+    from tests.helpers.models import make_checkpoint
 
     scorer = open_scorer(make_checkpoint(tmp_path / "m.ckpt"), device="cpu", precision="32-true")
     images = np.random.default_rng(0).integers(0, 256, (16, 3, 32, 32), dtype=np.uint8)
@@ -79,7 +78,7 @@ def test_train_fits_stores_and_every_scorer_applies_the_temperature(compose_cfg,
     # The stored temperature is the one the validation scores of the best weights give.
     from hydra.utils import instantiate
 
-    from cifake.evaluation import score_split
+    from cifake.evaluation.workflow import score_split
 
     raw = open_scorer(best, device="cpu", precision="32-true")  # now applies the stored temperature
     assert raw.temperature == pytest.approx(temperature)
@@ -126,7 +125,7 @@ def test_a_forest_refuses_to_store_a_temperature(compose_cfg) -> None:
 
 
 def test_a_temperature_that_is_not_a_number_is_refused(compose_cfg, tmp_path: Path) -> None:
-    from tests.test_export import make_checkpoint
+    from tests.helpers.models import make_checkpoint
 
     best = make_checkpoint(tmp_path / "m.ckpt")
     data = [o for o in tiny_demo_overrides() if o.startswith(("data", "trainer.accelerator"))]

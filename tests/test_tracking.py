@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
-from cifake.tracking import (
+from cifake.training.tracking import (
     COMPARE_FIRST,
     column_name,
     compare_rank,
@@ -24,7 +24,7 @@ from cifake.tracking import (
     log_hparams,
     run_hparams,
 )
-from tests.conftest import CONF_DIR
+from tests.helpers.config import CONF_DIR
 
 # The compared settings of each recipe, in the documented order: network sizes and dropout,
 # learning rate, weight decay, label smoothing, batch size, augmentation, epochs, precision, seed.

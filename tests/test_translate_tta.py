@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from cifake.analysis.tta import mean_over_views, tta_views, uint8_mean_over_views
+from cifake.core.errors import ConfigError
 from cifake.data.augment import random_translate, shift
-from cifake.errors import ConfigError
-from cifake.models.classifier import Classifier
-from cifake.tta import mean_over_views, tta_views, uint8_mean_over_views
-from tests.conftest import conf_args, conf_node
+from tests.helpers.config import conf_args
+from tests.helpers.models import tiny_classifier
 
 
 def test_translation_moves_content_by_the_drawn_offset() -> None:
@@ -48,16 +48,9 @@ def test_translation_keeps_shape_and_refuses_bad_arguments() -> None:
         random_translate(images, 2, "wrap")
 
 
-def tiny_classifier() -> Classifier:
-    torch.manual_seed(0)
-    net = conf_node("model.net", ["model=resnet"], stem=[4, 4], widths=[8, 8], blocks=[1, 1], dropout=0.0)
-    optimizer = {"_target_": "torch.optim.Adam", "_partial_": True}
-    return Classifier(**conf_args("model", net=net, optimizer=optimizer, gradcam_layer=None)).eval()
-
-
 @torch.no_grad()
 def test_tta_equals_the_mean_of_the_augmented_predictions() -> None:
-    model = tiny_classifier()
+    model = tiny_classifier(arch="resnet").eval()
     images = torch.rand(6, 3, 32, 32)
     p = lambda x: torch.sigmoid(model(x))  # noqa: E731
     plain = model.p_real(images)
@@ -89,9 +82,9 @@ def test_tta_on_uint8_models_sees_the_same_views() -> None:
 
 def test_unknown_tta_mode_is_refused() -> None:
     with pytest.raises(ConfigError, match="choose one of"):
-        tiny_classifier().set_tta("rotate")
+        tiny_classifier(arch="resnet").eval().set_tta("rotate")
     with pytest.raises(ConfigError, match="tta_shift"):
-        tiny_classifier().set_tta("flip_shift", 0)
+        tiny_classifier(arch="resnet").eval().set_tta("flip_shift", 0)
 
 
 def test_datamodule_translates_only_while_training(tmp_path) -> None:

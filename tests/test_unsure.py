@@ -13,17 +13,17 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from cifake.calibration import choose_unsure_band, unsure_report
-from cifake.errors import ConfigError
-from cifake.evaluation import score_split
+from cifake.analysis.calibration import choose_unsure_band, unsure_report
+from cifake.core.errors import ConfigError
+from cifake.evaluation.workflow import score_split
 from cifake.jobs import evaluate as evaluate_job
 from cifake.jobs import export as export_job
 from cifake.jobs import predict as predict_job
 from cifake.jobs import train as train_job
 from cifake.scoring import open_scorer
-from tests.conftest import tiny_demo_overrides
-from tests.test_export import compose_job
-from tests.test_layering import tiny_onnx
+from tests.helpers.config import compose_job, tiny_demo_overrides
+from tests.helpers.models import tiny_onnx
+from tests.helpers.outputs import read_csv
 
 P = np.array([0.05, 0.10, 0.20, 0.30, 0.40, 0.60, 0.70, 0.80, 0.90, 0.95])
 Y = np.array([0, 0, 0, 1, 0, 0, 1, 1, 1, 1])
@@ -41,11 +41,6 @@ def test_band_is_the_narrowest_reaching_the_target_on_both_sides() -> None:
     assert choose_unsure_band(P, 1 - Y, 0.5, 0.99) == (0.0, 1.0)
     with pytest.raises(ConfigError, match="target_precision"):
         choose_unsure_band(P, Y, 0.5, 1.5)
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def constant_images(folder: Path, levels: list[int]) -> list[Path]:
@@ -94,11 +89,11 @@ def test_train_stores_the_band_and_evaluate_and_export_use_it(compose_cfg, tmp_p
     assert 0.0 <= band[0] <= 0.5 <= band[1] <= 1.0
     report = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
     assert report["unsure"]["band"] == pytest.approx(band) and metrics["test"]["unsure"] == report["unsure"]
-    test_rows = _rows(Path(cfg.paths.output_dir) / "predictions.csv")
+    test_rows = read_csv(Path(cfg.paths.output_dir) / "predictions.csv")
     p_test = np.array([float(r["p_real"]) for r in test_rows])
     y_test = np.array([r["label"] == "REAL" for r in test_rows], dtype=np.int64)
     assert report["unsure"]["coverage"] == pytest.approx(unsure_report(p_test, y_test, band)["coverage"], abs=1e-6)
-    rows = _rows(Path(cfg.paths.output_dir) / "robustness.csv")
+    rows = read_csv(Path(cfg.paths.output_dir) / "robustness.csv")
     assert rows[0]["perturbation"] == "none" and rows[0]["coverage"] == f"{report['unsure']['coverage']:.6f}"
     trained = {r["perturbation"]: r["trained"] for r in rows[1:]}
     assert trained["jpeg"] == trained["blur"] == "no"  # this recipe trains without degradations
@@ -115,7 +110,7 @@ def test_train_stores_the_band_and_evaluate_and_export_use_it(compose_cfg, tmp_p
 
 
 def test_confident_accuracy_reads_as_four_digits_or_says_there_is_none() -> None:
-    from cifake.calibration import confident_accuracy_text
+    from cifake.analysis.calibration import confident_accuracy_text
 
     p, y = np.array([0.1, 0.2, 0.6, 0.9]), np.array([0, 1, 1, 0])
     assert confident_accuracy_text(unsure_report(p, y, (0.15, 0.7))) == "0.5000"  # 0.1 right, 0.9 wrong

@@ -14,14 +14,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from cifake.errors import ModelFileError
+from cifake.core.errors import ModelFileError
 from cifake.jobs import export as export_job
 from cifake.scoring import open_scorer
 from cifake.scoring.publish import read_card_metrics
 from cifake.scoring.weights import CONFIG_FILE, WEIGHTS_FILE, sha256
-from tests.test_export import compose_job, make_checkpoint
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
+from tests.helpers.config import compose_job
+from tests.helpers.models import make_checkpoint
 
 
 def exported(tmp_path: Path) -> tuple[Path, Path]:
@@ -49,7 +49,7 @@ def test_the_export_scores_as_the_checkpoint_and_says_what_it_is(tmp_path: Path)
 
 
 def test_grad_cam_explains_an_export_at_the_checkpoints_layer(tmp_path: Path) -> None:
-    from cifake.explain import gradcam
+    from cifake.analysis.explain import gradcam
 
     _, folder = exported(tmp_path)
     scorer = open_scorer(folder, device="cpu", precision="32-true")
@@ -132,7 +132,7 @@ def test_predicting_from_an_export_loads_neither_lightning_nor_scikit_learn(tmp_
 
     Image.fromarray(np.full((40, 40, 3), 90, dtype=np.uint8)).save(image)
     code = ("import sys\nfrom cifake.jobs import predict\n"
-            "from tests.test_export import compose_job\n"
+            "from tests.helpers.config import compose_job\n"
             f"predict.run(compose_job('predict', __import__('pathlib').Path({str(tmp_path / 'out')!r}), "
             f"['ckpt_path={folder}', 'inputs={image}', 'progress_bar=false']))\n"
             "print(sorted(m for m in ('lightning', 'sklearn', 'pytorch_lightning') if m in sys.modules))\n")

@@ -22,10 +22,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import tiny_demo_overrides, write_image
+from tests.helpers import ROOT
+from tests.helpers.config import tiny_demo_overrides
+from tests.helpers.images import write_image
 
-ROOT = Path(__file__).resolve().parents[1]
 JOBS = ("train", "evaluate", "predict", "export", "audit", "serve")
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))  # what --help should list
 # The files a build reads when git cannot list the checkout's files (an unpacked sdist, say).
 BUILD_INPUTS = ("pyproject.toml", "setup.py", "README.md", "cifake", "conf")
 # Tiny demo data and net; experiment=demo picks the demo data itself.
@@ -141,9 +143,10 @@ def test_the_wheel_ships_every_config_and_module(installed: Installed) -> None:
 
 @pytest.mark.slow
 def test_the_installed_package_is_the_wheel_and_cli_is_light(installed: Installed) -> None:
-    probe = ("import json, sys, cifake, cifake.cli, cifake.configs\n"
+    probe = ("import json, sys, cifake, cifake.cli, cifake.core.configs\n"
              f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
-             "print(json.dumps({'file': cifake.__file__, 'conf': str(cifake.configs.config_dir()), 'heavy': heavy}))")
+             "print(json.dumps({'file': cifake.__file__, 'conf': str(cifake.core.configs.config_dir()),"
+             " 'heavy': heavy}))")
     found = json.loads(ok(installed.run("python", "-c", probe)).stdout)
     assert Path(found["file"]).parent == installed.site_packages / "cifake", "cifake came from elsewhere"
     assert ROOT not in Path(found["file"]).resolve().parents
@@ -162,7 +165,7 @@ def test_every_console_script_answers_help_and_cfg(installed: Installed) -> None
         assert f"name: {job}\n" in hydra_cfg  # hydra.job.name: the run's <job>.log, as from python <job>.py
         assert f"path: {shipped}\n" in hydra_cfg
     train_help = ok(installed.run("cifake-train", "--help")).stdout
-    assert "experiment: best, cpu_best, cpu_fast, cpu_robust, demo, reference" in train_help
+    assert f"experiment: {', '.join(EXPERIMENTS)}" in train_help
     overridden = ok(installed.run("cifake-train", "experiment=demo", "trainer.max_epochs=7", "--cfg", "job")).stdout
     assert "task_name: demo" in overridden and "max_epochs: 7" in overridden
 
@@ -221,7 +224,7 @@ def test_a_users_config_folder_adds_to_the_shipped_groups(installed: Installed) 
         assert "task_name: mine" in cfg and "max_epochs: 3" in cfg and "ResNet" in cfg, where
         # The shipped configs come first: a file of the same name as a shipped one is not used.
         assert "task_name: demo" in job_config(*where, "experiment=demo"), where
-    assert "experiment: best, cpu_best, cpu_fast, cpu_robust, demo, mine, reference" in ok(
+    assert f"experiment: {', '.join(sorted([*EXPERIMENTS, 'mine']))}" in ok(
         installed.run("cifake-train", "--config-dir", str(mine), "--help")).stdout
     # A primary config of one's own: --config-dir only (hydra.searchpath is read after the primary config).
     assert "seed: 7" in job_config("--config-dir", str(mine), "--config-name", "my_train")

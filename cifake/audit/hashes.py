@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from cifake.atomic import atomic_path, bytes_on_disk, check_space, space_errors
+from cifake.core.atomic import atomic_path, bytes_on_disk, check_space, space_errors
+from cifake.core.errors import ConfigError, DataError
 from cifake.data.cache import DecodedSplit
 from cifake.data.features import grayscale
-from cifake.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

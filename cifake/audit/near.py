@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from cifake.errors import ConfigError
+from cifake.core.errors import ConfigError
 
 HASH_BITS = 64
 MAX_DISTANCE = HASH_BITS - 1  # d + 1 chunks of at least one bit each

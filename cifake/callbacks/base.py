@@ -9,23 +9,9 @@ from contextlib import contextmanager
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
-from matplotlib.figure import Figure
 from torch.utils.data import Dataset
 
-from cifake.errors import ConfigError
-
-
-def tensorboard_writers(source: L.Trainer | list) -> list:
-    """The ``SummaryWriter`` of every TensorBoard logger of a trainer or in a list of loggers."""
-    loggers = source.loggers if isinstance(source, L.Trainer) else source
-    return [lg.experiment for lg in loggers if isinstance(lg, TensorBoardLogger)]
-
-
-def log_figure(writers: list, tag: str, fig: Figure, step: int) -> None:
-    """Add ``fig`` to every writer under ``tag``."""
-    for writer in writers:
-        writer.add_figure(tag, fig, global_step=step, close=False)
+from cifake.core.errors import ConfigError
 
 
 def dataset_examples(dataset: Dataset, count: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:

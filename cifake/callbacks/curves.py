@@ -10,9 +10,10 @@ import torch
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryConfusionMatrix, BinaryPrecisionRecallCurve, BinaryROC
 
-from cifake.callbacks.base import FigureCallback, log_figure, tensorboard_writers
+from cifake.analysis.figure_log import log_figure, tensorboard_writers
+from cifake.analysis.plots import confusion_figure, pr_figure, roc_figure
+from cifake.callbacks.base import FigureCallback
 from cifake.data.labels import CLASSES
-from cifake.plots import confusion_figure, pr_figure, roc_figure
 
 
 def log_pr_curve_counts(writers: list, tag: str, pr_curve: BinaryPrecisionRecallCurve, step: int) -> None:

@@ -6,10 +6,11 @@ import lightning as L
 import numpy as np
 import torch
 
-from cifake.callbacks.base import FigureCallback, dataset_examples, log_figure, tensorboard_writers
+from cifake.analysis.explain import explained_sections, explanation_sets
+from cifake.analysis.figure_log import log_figure, tensorboard_writers
+from cifake.analysis.plots import gradcam_figure
+from cifake.callbacks.base import FigureCallback, dataset_examples
 from cifake.data.labels import CLASSES
-from cifake.explain import explained_sections, explanation_sets
-from cifake.plots import gradcam_figure
 from cifake.scoring.network import module_scorer
 
 

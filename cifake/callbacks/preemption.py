@@ -15,7 +15,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from cifake.errors import ConfigError
+from cifake.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
-from cifake.atomic import bytes_on_disk, check_space, space_errors
+from cifake.core.atomic import bytes_on_disk, check_space, space_errors
+from cifake.core.errors import DataError
 from cifake.data.locking import build_lock
-from cifake.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def _check_member(name: str, kind_ok: bool, archive: Path) -> None:
 
 
 def _check_room(archive: Path, dest: Path, listed: list[tuple[str, int]]) -> int:
-    """Raise :class:`~cifake.errors.DiskSpaceError` unless the entries ``listed`` (name, size)
+    """Raise :class:`~cifake.core.errors.DiskSpaceError` unless the entries ``listed`` (name, size)
     fit beside ``dest``: every file rounded up to whole blocks, plus one block per folder (the
     archive's own and those implied by its paths). Returns the bytes needed."""
     folders = {str(parent) for name, _ in listed for parent in PurePosixPath(name.replace("\\", "/")).parents}

@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from cifake.atomic import bytes_on_disk, check_space, reserve, space_errors
+from cifake.core.atomic import bytes_on_disk, check_space, reserve, space_errors
+from cifake.core.errors import ConfigError, DataError
 from cifake.data.decode import RESAMPLING, decode_into
 from cifake.data.locking import build_lock
 from cifake.data.scan import SplitListing
-from cifake.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from cifake.core.errors import ConfigError, DataError
 from cifake.data.archive import extract_archive, is_archive
 from cifake.data.augment import TRANSLATE_PADDING, random_hflip, random_shear, random_translate, to_unit_float
 from cifake.data.cache import DecodedSplit, load_or_decode
@@ -18,7 +19,6 @@ from cifake.data.degrade import check_degradations, degrade, is_active
 from cifake.data.demo import generate_demo
 from cifake.data.scan import KAGGLE_HINT, resolve_layout_root, scan_split
 from cifake.data.split import stratified_split
-from cifake.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +249,10 @@ class CIFAKEDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         """Scale to [0, 1] on the device; while training, degrade (``data.degrade``), then shear (and
-        shift and flip, if asked)."""
+        shift and flip, if asked). A lone tensor passes as it is: Lightning's model summary sends the
+        model's ``example_input_array`` (float images already) through here to count its FLOPs."""
+        if isinstance(batch, torch.Tensor):
+            return batch
         images, labels, rows = batch
         training = self.trainer is not None and self.trainer.training
         if training and is_active(self.degradations):  # on the uint8 pixels, as sharing degrades a file

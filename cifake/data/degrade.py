@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
+from cifake.core.errors import ConfigError
 from cifake.data.perturb import perturb
-from cifake.errors import ConfigError
 
 # family -> the strength's meaning (the perturbation of cifake.data.perturb of the same name).
 FAMILIES: dict[str, str] = {

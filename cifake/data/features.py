@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from cifake.atomic import atomic_path, bytes_on_disk, check_space, space_errors
+from cifake.core.atomic import atomic_path, bytes_on_disk, check_space, space_errors
+from cifake.core.errors import ConfigError
 from cifake.data.cache import DecodedSplit, npy_problem
-from cifake.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Image degradations on uint8 batches: JPEG re-compression, blur, down-and-up scaling (in torch
 or with Pillow's filters), noise and mirroring, each at a strength. The robustness table
-(:mod:`cifake.robustness`) applies them to test images; training-time degradations
+(:mod:`cifake.analysis.robustness`) applies them to test images; training-time degradations
 (:mod:`cifake.data.degrade`) to a share of each training batch.
 
 Every perturbation maps a uint8 batch ``(N, C, H, W)`` to a new uint8 batch of the same shape and
@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms.v2.functional import gaussian_blur as tv_gaussian_blur
 
+from cifake.core.errors import ConfigError
 from cifake.data.decode import RESAMPLING
-from cifake.errors import ConfigError
 
 Strength = float | None
 # A perturbation as the registry calls it: (images, strength, generator, **options) -> images.

@@ -16,7 +16,6 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from cifake import schemas  # noqa: F401  (registers the config schemas)
 from cifake.audit.duplicates import (
     Corpus,
     Leak,
@@ -28,8 +27,9 @@ from cifake.audit.duplicates import (
 )
 from cifake.audit.hashes import HASHES_VERSION, split_hashes
 from cifake.audit.near import check_distance
+from cifake.core import schemas  # noqa: F401  (registers the config schemas)
+from cifake.core.errors import ConfigError
 from cifake.data.cache import DecodedSplit
-from cifake.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

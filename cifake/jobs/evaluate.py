@@ -11,12 +11,12 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from cifake import schemas  # noqa: F401  (registers the config schemas)
-from cifake.evaluation import choose_on_validation, evaluate_run
-from cifake.metrics import report_scalars
+from cifake.analysis.metrics import report_scalars
+from cifake.core import schemas  # noqa: F401  (registers the config schemas)
+from cifake.evaluation.workflow import choose_on_validation, evaluate_run
 from cifake.scoring import check_threshold, model_or_bundled, open_scorer, resolve_band
-from cifake.tracking import log_hparams, run_hparams
-from cifake.utils import instantiate_all, silence_known_warnings
+from cifake.training.tracking import log_hparams, run_hparams
+from cifake.training.trainer import instantiate_all, silence_known_warnings
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from cifake.analysis.calibration import apply_temperature
+from cifake.core.errors import ConfigError, require
 from cifake.data.labels import CLASSES
-from cifake.errors import ConfigError, require
 from cifake.models.classifier import Classifier
 from cifake.scoring import check_threshold, choose_resample, model_kind
 from cifake.scoring.contract import CONTRACT_FORMAT, INPUT_NAME, OUTPUT_NAME, PIXEL_DIVISOR
@@ -35,7 +36,6 @@ from cifake.scoring.network import (
     rebuild_classifier,
     trained_resample,
 )
-from cifake.scoring.scorer import apply_temperature
 from cifake.scoring.weights import BUNDLED_DIR, CARD_FILE
 
 log = logging.getLogger(__name__)

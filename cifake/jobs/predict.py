@@ -25,9 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
+from cifake.core.errors import ConfigError, DataError, require
 from cifake.data.decode import decode_image
 from cifake.data.scan import is_hidden
-from cifake.errors import ConfigError, DataError, require
 from cifake.scoring import Scorer, check_threshold, choose_resample, model_or_bundled, open_scorer, resolve_band
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         log.warning("Grad-CAM skipped: it needs a PyTorch checkpoint's gradients, and %s is %s; pass the .ckpt to "
                     "get overlays", ckpt_path, "a forest" if scorer.kind == "forest" else "an ONNX model")
     elif cfg.gradcam:
-        from cifake.overlays import GradcamWriter  # torch, Grad-CAM and matplotlib: only when asked
+        from cifake.evaluation.overlays import GradcamWriter  # torch, Grad-CAM and matplotlib: only when asked
 
         explainer = GradcamWriter(scorer, cfg.gradcam_layer, out / "gradcam", cfg.gradcam_limit,
                                   cfg.gradcam_scale, cfg.gradcam_alpha)

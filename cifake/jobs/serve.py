@@ -20,7 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from cifake.errors import ConfigError
+from cifake.core.errors import ConfigError
 from cifake.scoring import check_threshold, model_or_bundled
 from cifake.serving import DetectorAPI, Limits, ModelSettings, WarnAt, build_server, identity, open_model
 
@@ -133,7 +133,7 @@ def build(cfg: DictConfig) -> Any:
         raise ConfigError("gradcam=true, but the checkpoint names no model.gradcam_layer; set gradcam_layer=<a "
                           "layer>, e.g. net.features.1.3")
     if scorer.explainable and layer is not None:  # a mistyped layer: one line now, not a 500 per request later
-        from cifake.explain import resolve_layer  # torch and Grad-CAM: a checkpoint has loaded torch already
+        from cifake.analysis.explain import resolve_layer  # torch and Grad-CAM: a checkpoint has loaded torch already
 
         resolve_layer(scorer.model, layer)
     if settings.gradcam and not scorer.explainable:

@@ -24,19 +24,20 @@ from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from cifake import schemas  # noqa: F401  (registers the config schemas)
+from cifake.analysis.metrics import flat_metrics
 from cifake.callbacks.preemption import Preemption, Stop
-from cifake.checkpoints import check_resumable
-from cifake.errors import ConfigError, friendly_errors
-from cifake.evaluation import choose_on_validation, evaluate_run
-from cifake.metrics import flat_metrics
+from cifake.core import schemas  # noqa: F401  (registers the config schemas)
+from cifake.core.checkpoints import check_resumable
+from cifake.core.errors import ConfigError, friendly_errors
+from cifake.evaluation.workflow import choose_on_validation, evaluate_run
+from cifake.models.arithmetic import float32_matmul, native_bf16
 from cifake.models.forest import ForestClassifier
 from cifake.scoring import open_scorer
 from cifake.scoring.network import record_in_checkpoint
 from cifake.scoring.scorer import device_name
-from cifake.sweep import RESULTS_FILE
-from cifake.tracking import log_hparams, run_hparams
-from cifake.utils import build_trainer, float32_matmul, instantiate_all, native_bf16, silence_known_warnings
+from cifake.training.sweep import RESULTS_FILE
+from cifake.training.tracking import log_hparams, run_hparams
+from cifake.training.trainer import build_trainer, instantiate_all, silence_known_warnings
 
 log = logging.getLogger(__name__)
 LAST = f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"  # what ckpt_path=last resumes
@@ -55,8 +56,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data, _convert_="all")
     model: L.LightningModule | ForestClassifier = instantiate(cfg.model, _convert_="all")
     if isinstance(model, ForestClassifier):
-        from cifake.forest_training import fit_forest  # scikit-learn: only for the forest
         from cifake.scoring.forest import FOREST_COMPUTED
+        from cifake.training.forest import fit_forest  # scikit-learn: only for the forest
 
         loggers = instantiate_all(cfg.get("logger"))
         metrics, best = fit_forest(cfg, datamodule, model, loggers)
@@ -117,7 +118,7 @@ def cluster_plugins(cfg: DictConfig) -> list[Any]:
 
 def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
     """The checkpoint ``cfg.ckpt_path`` names (``last``: the run folder's ``last.ckpt``), checked
-    whole (see :func:`cifake.checkpoints.check_resumable`); ``None`` for a fresh start."""
+    whole (see :func:`cifake.core.checkpoints.check_resumable`); ``None`` for a fresh start."""
     ckpt_path = cfg.ckpt_path
     if ckpt_path is None:
         return None

@@ -14,11 +14,11 @@ from hydra.utils import instantiate
 from torch import nn
 from torchmetrics import MetricCollection
 
-from cifake.errors import ConfigError
-from cifake.metrics import classification_metrics, two_class_probs
-from cifake.models.detector import channels_last_on
+from cifake.analysis.metrics import classification_metrics, two_class_probs
+from cifake.analysis.tta import check_tta, mean_over_views
+from cifake.core.errors import ConfigError
+from cifake.models.arithmetic import channels_last_on
 from cifake.models.flops import forward_flops, train_pflop
-from cifake.tta import check_tta, mean_over_views
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class Classifier(L.LightningModule):
     def uses_channels_last(self, device: torch.device | None = None) -> bool:
         """Whether the convolutions run in NHWC layout on ``device`` (default: the module's).
         ``auto``: on CUDA (tensor cores want it) and on a CPU, where oneDNN's kernels measured
-        faster in NHWC in both float32 and bf16 (``python -m cifake.bench --sections precision``)."""
+        faster in NHWC in both float32 and bf16 (``python -m cifake.tools.bench --sections precision``)."""
         return channels_last_on(self.hparams.get("channels_last", "auto"), device or self.device)
 
     def setup(self, stage: str) -> None:
@@ -140,7 +140,7 @@ class Classifier(L.LightningModule):
 
     def set_tta(self, mode: str = "none", pixels: int = 1, padding: str = "reflect") -> Classifier:
         """Average p(REAL) over views of each image in ``predict_step`` and :meth:`p_real`
-        (``none``, ``flip`` or ``flip_shift``: see :mod:`cifake.tta`)."""
+        (``none``, ``flip`` or ``flip_shift``: see :mod:`cifake.analysis.tta`)."""
         check_tta(mode, pixels)
         self.tta = (mode, pixels, padding)
         return self

@@ -9,13 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cifake.tta import check_tta, mean_over_views
-
-
-def channels_last_on(choice: bool | str, device: torch.device) -> bool:
-    """``model.channels_last`` on ``device``: ``auto`` is NHWC on CUDA (tensor cores want it) and on
-    a CPU, where oneDNN's kernels measured faster in NHWC in both float32 and bf16."""
-    return device.type in ("cuda", "cpu") if choice == "auto" else bool(choice)
+from cifake.analysis.tta import check_tta, mean_over_views
 
 
 class Detector(nn.Module):
@@ -46,7 +40,7 @@ class Detector(nn.Module):
         return self
 
     def set_tta(self, mode: str, pixels: int, padding: str) -> Detector:
-        """Average p(REAL) over views of each image in :meth:`p_real` (see :mod:`cifake.tta`)."""
+        """Average p(REAL) over views of each image in :meth:`p_real` (see :mod:`cifake.analysis.tta`)."""
         check_tta(mode, pixels)
         self.tta = (mode, pixels, padding)
         return self

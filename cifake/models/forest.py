@@ -16,9 +16,9 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import get_scorer
 from sklearn.model_selection import GridSearchCV
 
-from cifake.atomic import atomic_path
+from cifake.core.atomic import atomic_path
+from cifake.core.errors import ConfigError, DataError
 from cifake.data.features import feature_names, feature_params
-from cifake.errors import ConfigError, DataError
 
 FORMAT_VERSION = 1  # of the saved file; bump when its layout or metadata change
 META_MEMBER = "cifake-forest.json"  # the metadata's entry in the skops zip archive

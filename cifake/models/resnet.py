@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from cifake.errors import ConfigError
+from cifake.core.errors import ConfigError
 
 
 def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from cifake.errors import ConfigError
+from cifake.core.errors import ConfigError
 
 
 def _check_lengths(**lists: Sequence) -> None:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cifake.errors import ModelFileError
+from cifake.core.errors import ModelFileError
 
 CONTRACT_FORMAT = "cifake-onnx-contract/1"
 INPUT_NAME = "images"

@@ -12,12 +12,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from cifake.atomic import atomic_path
+from cifake.core.atomic import atomic_path
+from cifake.core.errors import ConfigError, ModelFileError
 from cifake.data.augment import to_unit_float
 from cifake.data.labels import CLASSES
-from cifake.errors import ConfigError, ModelFileError
+from cifake.models.arithmetic import float32_matmul, native_bf16
 from cifake.scoring.scorer import NO_TTA, Scorer, check_precision, with_temperature
-from cifake.utils import float32_matmul, native_bf16
 
 log = logging.getLogger(__name__)
 

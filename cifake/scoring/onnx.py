@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from cifake.errors import ModelFileError
+from cifake.core.errors import ModelFileError
 from cifake.scoring.contract import read_contract
 from cifake.scoring.scorer import Scorer, with_temperature
 
@@ -40,9 +40,9 @@ def onnx_scorer(onnx_path: Path, contract_path: Path, tta: Mapping[str, Any]) ->
     mode, shift, padding = tta.get("mode", "none"), tta.get("shift", 1), tta.get("padding", "reflect")
     score: Callable[[np.ndarray], np.ndarray] = run
     if mode != "none":
-        import torch  # the views are formed as evaluate.py forms them, by cifake.tta
+        import torch  # the views are formed as evaluate.py forms them, by cifake.analysis.tta
 
-        from cifake.tta import check_tta, uint8_mean_over_views
+        from cifake.analysis.tta import check_tta, uint8_mean_over_views
 
         check_tta(mode, shift)
 

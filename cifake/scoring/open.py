@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cifake.errors import ConfigError, ModelFileError
+from cifake.core.errors import ConfigError, ModelFileError
 from cifake.scoring.scorer import NO_TTA, PRECISIONS, Scorer, check_precision
 from cifake.scoring.weights import WEIGHTS_FILE, bundled_weights
 

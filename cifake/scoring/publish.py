@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from cifake.atomic import atomic_path
+from cifake.core.atomic import atomic_path
 from cifake.scoring.weights import CONFIG_FILE, CONFIG_FORMAT, METADATA, NETWORKS, WEIGHTS_FILE, sha256
 
 CARD_METRICS = ("accuracy", "auroc")  # the model-index entries a re-evaluation is checked against

@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from cifake.analysis.calibration import apply_temperature
+from cifake.core.errors import ConfigError
 from cifake.data.decode import RESAMPLING
-from cifake.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -98,19 +99,6 @@ class Scorer:
         if self.image_size is not None and self.image_size != image_size:
             raise ConfigError(f"{self.source} was trained on {self.image_size}px images but {key}={image_size}; "
                               f"set {key}={self.image_size}")
-
-
-def apply_temperature(p_real: np.ndarray, temperature: float) -> np.ndarray:
-    """``sigmoid(logit(p) / temperature)`` in float32: p(REAL) made less (``temperature > 1``) or more
-    (``< 1``) confident. It never reverses two scores and maps 0.5 to 0.5, so accuracy at 0.5 is
-    unchanged and AUROC too (but for ties float32 may form right next to 0 and 1); scores of exactly
-    0 or 1 stay there."""
-    if not np.isfinite(temperature) or temperature <= 0:
-        raise ConfigError(f"temperature={temperature} must be a finite number > 0 (1: no change)")
-    p = np.asarray(p_real, dtype=np.float64)
-    with np.errstate(divide="ignore"):
-        logit = np.log(p) - np.log1p(-p)
-    return (1.0 / (1.0 + np.exp(-logit / temperature))).astype(np.float32)
 
 
 def with_temperature(scorer: Scorer, temperature: float | None) -> Scorer:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parents[1]  # cifake/, above core/
 _CHECKOUT = _PACKAGE.parent
 _CHECKOUT_CONF = _CHECKOUT / "conf"
 _SHIPPED_CONF = _PACKAGE / "conf"

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import torch
 
+from cifake.core.errors import ConfigError
 from cifake.data.augment import shift
-from cifake.errors import ConfigError
 
 TTA_MODES = ("none", "flip", "flip_shift")
 

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cifake.calibration import unsure_report
+from cifake.analysis.calibration import unsure_report
+from cifake.analysis.metrics import binary_report
+from cifake.core.errors import ConfigError
 from cifake.data.perturb import BASELINE, DEFAULT_PERTURBATIONS, Strength, perturb
-from cifake.errors import ConfigError
-from cifake.metrics import binary_report
 
 
 def conditions(perturbations: Mapping[str, Sequence[Strength]]) -> list[tuple[str, Strength]]:
@@ -47,7 +47,7 @@ def robustness_table(score: Callable[[np.ndarray], np.ndarray], images: np.ndarr
     from its own generator seeded with ``seed``, so the table does not depend on which other
     conditions are listed. Rows: ``{perturbation, strength, accuracy, auroc, n}``, and with an
     unsure ``band`` (low, high) also ``coverage`` and ``confident_accuracy``
-    (:func:`cifake.calibration.unsure_report`).
+    (:func:`cifake.analysis.calibration.unsure_report`).
     """
     images, labels = np.asarray(images), np.asarray(labels)
     if images.ndim != 4 or images.dtype != np.uint8 or len(images) != len(labels) or len(images) == 0:

@@ -108,11 +108,11 @@ class GlobalBatchNormSync(TorchSyncBatchNorm):
     """Lightning's ``sync_batchnorm`` for devices that ``torch.nn.SyncBatchNorm`` does not run on
     (the CPU): every batch-norm layer becomes a :class:`GlobalBatchNorm` while fitting. A subclass
     of Lightning's ``TorchSyncBatchNorm`` because, with ``sync_batchnorm=true``, Lightning takes no
-    other layer-sync plugin (:func:`cifake.utils.build_trainer` passes this one off CUDA)."""
+    other layer-sync plugin (:func:`cifake.training.trainer.build_trainer` passes this one off CUDA)."""
 
     def apply(self, model: nn.Module) -> nn.Module:
         log.info("trainer.sync_batchnorm: batch-norm statistics are all-reduced over the global batch by "
-                 "cifake.distributed.GlobalBatchNorm (torch's SyncBatchNorm runs on GPUs only)")
+                 "cifake.training.distributed.GlobalBatchNorm (torch's SyncBatchNorm runs on GPUs only)")
         return _swap(model, to_global=True)
 
     def revert(self, model: nn.Module) -> nn.Module:

@@ -1,13 +1,12 @@
-"""Small helpers shared by the jobs."""
+"""The Lightning Trainer built from the config (callbacks, loggers, whole-file checkpoints), and the device and
+precision rules of training (``trainer.precision=auto``, the CPU core count); the arithmetic rules it shares with
+scoring (native bf16, TF32 for a block) live in :mod:`cifake.models.arithmetic`."""
 
 from __future__ import annotations
 
 import logging
 import os
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,8 +14,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig
 
-from cifake.checkpoints import WholeFileCheckpointIO
-from cifake.errors import ConfigError
+from cifake.core.checkpoints import WholeFileCheckpointIO
+from cifake.core.errors import ConfigError
+from cifake.models.arithmetic import native_bf16
 
 log = logging.getLogger("cifake")
 
@@ -33,14 +33,14 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[Any] | None = None, **o
     """The Trainer of ``cfg.trainer`` with the callbacks of ``cfg.callbacks`` (plus
     ``extra_callbacks``) and the loggers of ``cfg.logger``; ``overrides`` replace trainer keys.
 
-    ``trainer.sync_batchnorm`` works off CUDA too (see :mod:`cifake.distributed`), and a device
+    ``trainer.sync_batchnorm`` works off CUDA too (see :mod:`cifake.training.distributed`), and a device
     count that the CPU cannot give is refused before Lightning starts a process for each.
-    Checkpoints are written whole or not at all (:class:`cifake.checkpoints.WholeFileCheckpointIO`)."""
+    Checkpoints are written whole or not at all (:class:`cifake.core.checkpoints.WholeFileCheckpointIO`)."""
     accelerator = str(overrides.get("accelerator", cfg.trainer.accelerator))
     check_devices(overrides.get("devices", cfg.trainer.devices), accelerator)
     plugins = [*overrides.get("plugins", []), WholeFileCheckpointIO()]
     if overrides.get("sync_batchnorm", cfg.trainer.get("sync_batchnorm")) and not uses_cuda(accelerator):
-        from cifake.distributed import GlobalBatchNormSync  # torch's SyncBatchNorm runs on GPUs only
+        from cifake.training.distributed import GlobalBatchNormSync  # torch's SyncBatchNorm runs on GPUs only
 
         plugins.append(GlobalBatchNormSync())
     callbacks = instantiate_all(cfg.get("callbacks")) + list(extra_callbacks or [])
@@ -67,7 +67,7 @@ def cpu_cores() -> int:
 def check_devices(devices: Any, accelerator: str) -> None:
     """Refuse ``trainer.devices`` above the core count when training runs on the CPU, where
     Lightning would start that many processes and wait for all of them (GPU counts Lightning checks
-    itself; :data:`cifake.errors.KNOWN_ERRORS` words its refusal)."""
+    itself; :data:`cifake.core.errors.KNOWN_ERRORS` words its refusal)."""
     if accelerator not in ("auto", "cpu") or uses_cuda(accelerator):
         return
     try:
@@ -81,25 +81,6 @@ def check_devices(devices: Any, accelerator: str) -> None:
             f"trainer.devices={devices} would start {wanted} training processes on the CPU, but this machine has "
             f"{cores} core(s){no_gpu}: pass trainer.devices={cores} or fewer, or run on a machine with {wanted} GPUs"
         )
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512_BF16 or AMX): there oneDNN's bf16
-    convolutions run about twice as fast as float32 ones; elsewhere bf16 is emulated and slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: we cannot tell, so we do not guess
-        return False
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bf16 natively: a CUDA GPU from Ampere on (torch counts emulated
-    bf16 too by default, and a V100 or T4 emulates it, slower than float32), or a CPU with
-    AVX512_BF16 or AMX (:func:`cpu_has_fast_bf16`)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    return device.type == "cpu" and cpu_has_fast_bf16()
 
 
 def resolve_precision(precision: Any, accelerator: str) -> Any:
@@ -119,28 +100,6 @@ def resolve_precision(precision: Any, accelerator: str) -> Any:
         chosen, why = "32-true", "the CPU has no native bf16 (no AVX512_BF16/AMX)"
     log.info("trainer.precision=auto -> %s: %s (set trainer.precision=32-true to force float32)", chosen, why)
     return chosen
-
-
-FLOAT32_MATMUL_PRECISIONS = ("highest", "high")  # of torch.set_float32_matmul_precision's: true float32, TF32
-
-
-@contextmanager
-def float32_matmul(precision: str) -> Iterator[None]:
-    """Within the block, float32 matrix products at ``precision`` (``torch.set_float32_matmul_precision``)
-    and cuDNN's float32 convolutions alike: ``highest``, true float32; ``high``, TF32 on CUDA
-    (Ampere and newer GPUs). Both switches are process-wide: they are restored on the way out, so
-    what one block sets never reaches another (training's TF32 never reaches scoring)."""
-    if precision not in FLOAT32_MATMUL_PRECISIONS:
-        raise ConfigError(f"float32_matmul_precision={precision!r}; choose one of {list(FLOAT32_MATMUL_PRECISIONS)} "
-                          "(highest: true float32; high: TF32 matrix products and convolutions on CUDA)")
-    matmul, conv = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
-    torch.set_float32_matmul_precision(precision)
-    torch.backends.cudnn.allow_tf32 = precision != "highest"
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(matmul)
-        torch.backends.cudnn.allow_tf32 = conv
 
 
 def silence_known_warnings() -> None:

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from cifake.core.errors import ConfigError
 from cifake.data.labels import CLASSES
-from cifake.errors import ConfigError
 
 METHODS = ("f1", "precision")
 
@@ -86,6 +86,19 @@ def expected_calibration_error(p_real: ArrayLike, labels: ArrayLike, n_bins: int
     predictions (REAL when ``p > 0.5``) that are right. 0 when calibrated, at most 1; it is the
     same whichever class is called positive."""
     return reliability_bins(p_real, labels, n_bins).ece
+
+
+def apply_temperature(p_real: np.ndarray, temperature: float) -> np.ndarray:
+    """``sigmoid(logit(p) / temperature)`` in float32: p(REAL) made less (``temperature > 1``) or more
+    (``< 1``) confident. It never reverses two scores and maps 0.5 to 0.5, so accuracy at 0.5 is
+    unchanged and AUROC too (but for ties float32 may form right next to 0 and 1); scores of exactly
+    0 or 1 stay there."""
+    if not np.isfinite(temperature) or temperature <= 0:
+        raise ConfigError(f"temperature={temperature} must be a finite number > 0 (1: no change)")
+    p = np.asarray(p_real, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        logit = np.log(p) - np.log1p(-p)
+    return (1.0 / (1.0 + np.exp(-logit / temperature))).astype(np.float32)
 
 
 # Scores are float32: 1 - 6e-8 is the largest below 1. Fitting clips logits to what float32 can tell apart,

@@ -227,7 +227,7 @@ def robustness_figure(rows: Sequence[dict], metrics: Sequence[str] = ("accuracy"
     """One panel per metric: a line of points per perturbation across its strengths (in the order
     given), with the unperturbed ``baseline`` row as a dashed line; families the model never
     trained on (``trained == "no"``) are dotted and marked held out. ``rows`` are
-    :func:`cifake.robustness.robustness_table`'s ``{perturbation, strength, <metric>, ...}``."""
+    :func:`cifake.analysis.robustness.robustness_table`'s ``{perturbation, strength, <metric>, ...}``."""
     base = next((r for r in rows if r["perturbation"] == baseline), None)
     groups: dict[str, list[dict]] = {}
     for r in rows:
@@ -265,7 +265,7 @@ def reliability_figure(edges: np.ndarray, count: np.ndarray, confidence: np.ndar
                        ece: float | None = None, log_counts: bool = True,
                        title: str = "Reliability of the predicted class", before: Any = None) -> Figure:
     """Reliability diagram of per-bin mean ``confidence`` and ``accuracy`` (NaN for empty bins)
-    over confidence bins ``edges``, as :func:`cifake.calibration.reliability_bins` gives them:
+    over confidence bins ``edges``, as :func:`cifake.analysis.calibration.reliability_bins` gives them:
     the accuracy of each bin as a bar, the gap to its mean confidence shaded, the diagonal of a
     calibrated model, and the number of predictions per bin under it. ``before``: the bins of the
     same predictions before a temperature was applied (anything with ``confidence``, ``accuracy``,

@@ -1,7 +1,7 @@
 """Fitting the random-forest baseline (``python train.py model=rf``): the same data split,
 metrics, figures and TensorBoard layout as a network's run, so the two compare in one dashboard.
 The forest reads image statistics from the decoded cache instead of pixels; it is evaluated, like
-any model, by :mod:`cifake.evaluation`.
+any model, by :mod:`cifake.evaluation.workflow`.
 """
 
 from __future__ import annotations
@@ -17,14 +17,19 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig
 from sklearn.metrics import log_loss
 
-from cifake.callbacks.base import log_figure, tensorboard_writers
+from cifake.analysis.figure_log import log_figure, tensorboard_writers
+from cifake.analysis.metrics import binary_report, report_scalars
+from cifake.analysis.plots import (
+    class_balance_figure,
+    correlation_figure,
+    feature_distributions_figure,
+    importance_figure,
+)
+from cifake.analysis.report import Predictions, curve_figures, example_figures, write_figures
 from cifake.data.cache import DecodedSplit
 from cifake.data.datamodule import CIFAKEDataModule
 from cifake.data.features import cached_features
-from cifake.metrics import binary_report, report_scalars
 from cifake.models.forest import ForestClassifier
-from cifake.plots import class_balance_figure, correlation_figure, feature_distributions_figure, importance_figure
-from cifake.report import Predictions, curve_figures, example_figures, write_figures
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Evaluating any trained model on the test split, shared by ``train.py evaluate=true`` and
 ``evaluate.py``: score the split through a :class:`~cifake.scoring.Scorer`, choose the threshold
 on validation if asked, explain examples with Grad-CAM, perturb for robustness, and hand the
-predictions to :mod:`cifake.report` for the files and figures."""
+predictions to :mod:`cifake.analysis.report` for the files and figures."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from cifake.audit import leaked_test_files
-from cifake.calibration import (
+from cifake.analysis.calibration import (
+    apply_temperature,
     choose_threshold,
     choose_unsure_band,
     confident_accuracy_text,
@@ -22,21 +22,22 @@ from cifake.calibration import (
     fit_temperature,
     unsure_report,
 )
+from cifake.analysis.explain import explained_sections, explanation_sets
+from cifake.analysis.report import Explained, Predictions, write_report, write_robustness_report
+from cifake.analysis.robustness import condition_scores, robustness_table, trained_with
+from cifake.analysis.robustness import conditions as robustness_conditions
+from cifake.audit import leaked_test_files
+from cifake.core.errors import ConfigError
 from cifake.data.datamodule import CIFAKEDataModule
-from cifake.errors import ConfigError
-from cifake.explain import explained_sections, explanation_sets
-from cifake.report import Explained, Predictions, write_report, write_robustness_report
-from cifake.robustness import condition_scores, robustness_table, trained_with
-from cifake.robustness import conditions as robustness_conditions
 from cifake.scoring import Scorer, check_threshold
-from cifake.scoring.scorer import apply_temperature, with_temperature
+from cifake.scoring.scorer import with_temperature
 
 log = logging.getLogger(__name__)
 
 
 def leaking_test_files(datamodule: CIFAKEDataModule, near_distance: int | None) -> set[str]:
     """The test files that leak from train (:func:`cifake.audit.leaked_test_files`), named as
-    :class:`~cifake.report.Predictions` names them, for ``write_report(exclude=...)``."""
+    :class:`~cifake.analysis.report.Predictions` names them, for ``write_report(exclude=...)``."""
     root = datamodule.decoded(datamodule.hparams.test_split).root
     return {str(root / path) for path in leaked_test_files(datamodule, near_distance)}
 
@@ -71,7 +72,7 @@ def score_split(scorer: Scorer, datamodule: CIFAKEDataModule, stage: str, limit:
 def threshold_on_validation(scorer: Scorer, datamodule: CIFAKEDataModule, choice: dict[str, Any],
                             limit: Limit = None) -> float:
     """The threshold ``choice["method"]`` picks on the validation split (see
-    :func:`cifake.calibration.choose_threshold`), to be used on the test split."""
+    :func:`cifake.analysis.calibration.choose_threshold`), to be used on the test split."""
     val = score_split(scorer, datamodule, "validate", limit)
     threshold = choose_threshold(val.p_real, val.labels, choice["method"], choice.get("target_precision"),
                                  choice.get("positive", scorer.classes[1]), scorer.classes)
@@ -87,7 +88,7 @@ def unsure_band_on_validation(scorer: Scorer, datamodule: CIFAKEDataModule, thre
                               target_precision: float, conditions: str,
                               settings: dict[str, Any], limit: Limit = None) -> tuple[float, float]:
     """The narrowest band around ``threshold`` outside which both classes' validation answers reach
-    ``target_precision`` (:func:`cifake.calibration.choose_unsure_band`). ``conditions="trained"``:
+    ``target_precision`` (:func:`cifake.analysis.calibration.choose_unsure_band`). ``conditions="trained"``:
     on the clean validation images and under every condition of the robustness battery
     (``settings["robustness"]``) the model trained on (``trained_with == "yes"``), the widest of
     those bands, so the confident answers hold up on images degraded as in training; conditions
@@ -117,7 +118,7 @@ def unsure_band_on_validation(scorer: Scorer, datamodule: CIFAKEDataModule, thre
 
 def temperature_on_validation(scorer: Scorer, datamodule: CIFAKEDataModule, limit: Limit = None) -> float:
     """The temperature that calibrates ``scorer``'s p(REAL) on the validation split
-    (:func:`cifake.calibration.fit_temperature`), with the validation ECE before and after it logged."""
+    (:func:`cifake.analysis.calibration.fit_temperature`), with the validation ECE before and after it logged."""
     val = score_split(scorer, datamodule, "validate", limit)
     temperature = fit_temperature(val.p_real, val.labels)
     log.info("Temperature fitted on the validation split (%d images): %.4f; validation ECE %.4f before, %.4f after",
@@ -182,7 +183,7 @@ def explain(scorer: Scorer, pred: Predictions, threshold: float, settings: dict[
 
 def forest_figures(scorer: Scorer, datamodule: CIFAKEDataModule, pred: Predictions) -> dict[str, Figure]:
     """A forest's exploratory figures of the test split's features (``test_*``)."""
-    from cifake.forest_training import eda_figures, split_features  # the forest's own figures
+    from cifake.training.forest import eda_figures, split_features  # the forest's own figures
 
     split = datamodule.test_set.split
     features = split_features(scorer.model, split)[np.sort(datamodule.test_set.indices)]
@@ -191,7 +192,7 @@ def forest_figures(scorer: Scorer, datamodule: CIFAKEDataModule, pred: Predictio
     return {f"test_{name}": fig for name, fig in eda.items()}
 
 
-TTA_VIEWS = {"none": 1, "flip": 2, "flip_shift": 10}  # forward passes per image (cifake.tta.tta_views)
+TTA_VIEWS = {"none": 1, "flip": 2, "flip_shift": 10}  # forward passes per image (cifake.analysis.tta.tta_views)
 
 
 def compute_record(scorer: Scorer, n_scored: int) -> dict[str, Any] | None:
@@ -210,7 +211,7 @@ def evaluate_model(scorer: Scorer, datamodule: CIFAKEDataModule, threshold: floa
                    threshold_choice: dict[str, Any] | None = None, robustness: bool = False,
                    exclude: set[str] | None = None, band: tuple[float, float] | None = None,
                    limit: Limit = None) -> dict[str, Any]:
-    """Score ``scorer`` on the test split and write the report (:func:`cifake.report.write_report`).
+    """Score ``scorer`` on the test split and write the report (:func:`cifake.analysis.report.write_report`).
     With ``threshold_choice["method"]`` the threshold is chosen on the validation split first;
     with ``robustness`` the test split is scored again under perturbations; ``exclude``: files
     whose metrics also go in without them (``leak_free``); with an unsure ``band``, coverage and the

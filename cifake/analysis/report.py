@@ -16,12 +16,16 @@ import torch
 from matplotlib.figure import Figure
 from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc
 
-from cifake.calibration import confident_accuracy_text, expected_calibration_error, reliability_bins
-from cifake.callbacks.base import log_figure, tensorboard_writers
-from cifake.data.cache import DecodedSplit
-from cifake.explain import pick_per_class
-from cifake.metrics import binary_report, format_report, report_scalars
-from cifake.plots import (
+from cifake.analysis.calibration import (
+    apply_temperature,
+    confident_accuracy_text,
+    expected_calibration_error,
+    reliability_bins,
+)
+from cifake.analysis.explain import pick_per_class
+from cifake.analysis.figure_log import log_figure, tensorboard_writers
+from cifake.analysis.metrics import binary_report, format_report, report_scalars
+from cifake.analysis.plots import (
     confusion_figure,
     gradcam_figure,
     pr_figure,
@@ -30,15 +34,15 @@ from cifake.plots import (
     robustness_figure,
     roc_figure,
 )
-from cifake.robustness import robustness_markdown, write_robustness
-from cifake.scoring.scorer import apply_temperature
+from cifake.analysis.robustness import robustness_markdown, write_robustness
+from cifake.data.cache import DecodedSplit
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Explained:
-    """Grad-CAM overlays to draw: ``sections`` as :func:`cifake.explain.explained_sections` makes
+    """Grad-CAM overlays to draw: ``sections`` as :func:`cifake.analysis.explain.explained_sections` makes
     them, computed at ``layer``."""
 
     layer: str
@@ -150,7 +154,7 @@ e.g. a forest's feature figures); with ``exclude`` (file paths as
     report["scoring"] = dict(computed)
     if compute is not None:
         report["compute"] = dict(compute)
-    if unsure is not None:  # cifake.calibration.unsure_report: coverage and confident accuracy
+    if unsure is not None:  # cifake.analysis.calibration.unsure_report: coverage and confident accuracy
         report["unsure"] = dict(unsure)
         log.info("Unsure band (%.4f, %.4f]: coverage %.4f, accuracy of the confident answers %s",
                  *unsure["band"], unsure["coverage"], confident_accuracy_text(unsure))
@@ -196,7 +200,7 @@ e.g. a forest's feature figures); with ``exclude`` (file paths as
 
 def write_robustness_report(rows: list[dict[str, Any]], out_dir: Path, loggers: list, step: int) -> None:
     """``robustness.csv``, ``robustness.md`` and ``robustness.png`` (also in TensorBoard) of the
-    rows :func:`cifake.robustness.robustness_table` computed."""
+    rows :func:`cifake.analysis.robustness.robustness_table` computed."""
     write_robustness(rows, out_dir)
     writers = tensorboard_writers(loggers)
     write_figures({"robustness": robustness_figure(rows)}, out_dir, writers, step)

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cifake.analysis.explain import gradcam
+from cifake.analysis.plots import overlay
+from cifake.core.errors import ConfigError
 from cifake.data.augment import to_unit_float
-from cifake.errors import ConfigError
-from cifake.explain import gradcam
-from cifake.plots import overlay
 from cifake.scoring import Scorer
 
 

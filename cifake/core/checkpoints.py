@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from cifake.atomic import atomic_path
-from cifake.errors import ModelFileError
+from cifake.core.atomic import atomic_path
+from cifake.core.errors import ModelFileError
 
 # The temporary file's name must not start with "last": Lightning's ckpt_path="last" takes the newest
 # file of the checkpoint folder that does, and a write cut short leaves its temporary file behind.

@@ -24,7 +24,7 @@ Every measurement runs where the command line's ``trainer.accelerator`` (default
 when present) puts it, also for the recipes that pin the CPU (``experiment=cpu_fast``,
 ``cpu_robust``), so that on a CUDA machine every row is a GPU row.
 
-    python -m cifake.bench [--steps 100] [--data-images 32000] [--warmup 10] [--repeats 3]
+    python -m cifake.tools.bench [--steps 100] [--data-images 32000] [--warmup 10] [--repeats 3]
                            [--large-batch 256] [--sections data,train,eval,precision,degrade]
                            [--out outputs/bench.md] [train.py overrides: data.root=... ...]
 
@@ -53,12 +53,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 from torch.utils.data import DataLoader
 
-from cifake import schemas  # noqa: F401  (registers the config schemas)
-from cifake.configs import CONF_DIR
+from cifake.core import schemas  # noqa: F401  (registers the config schemas)
+from cifake.core.configs import CONF_DIR
 from cifake.data.augment import random_hflip, random_shear, random_translate, to_unit_float
 from cifake.data.degrade import degrade, is_active
-from cifake.models.detector import channels_last_on
-from cifake.utils import build_trainer, float32_matmul, resolve_precision, uses_cuda
+from cifake.models.arithmetic import channels_last_on, float32_matmul
+from cifake.training.trainer import build_trainer, resolve_precision, uses_cuda
 
 
 def _accelerator(cfg: DictConfig) -> str:

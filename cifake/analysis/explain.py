@@ -12,8 +12,8 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 from torch import nn
 
+from cifake.core.errors import ConfigError
 from cifake.data.augment import to_unit_float
-from cifake.errors import ConfigError
 
 
 def resolve_layer(model: nn.Module, name: str) -> nn.Module:

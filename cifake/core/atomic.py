@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from cifake.errors import DiskSpaceError
+from cifake.core.errors import DiskSpaceError
 
 # Kept free beyond the blocks a write itself needs: 16 blocks of 4 KiB for directory entries and
 # lock files. Negligible next to a cache (369 MB for CIFAKE); not a user choice.

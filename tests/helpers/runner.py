@@ -1,0 +1,55 @@
+"""Entry scripts and scripts/ run as a user runs them, in a fresh interpreter, and the checks on how they end."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from tests.helpers import ROOT
+
+
+def run_python(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``python *args`` in ``cwd`` (this interpreter), output captured."""
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def run_script(script: str, tmp_path: Path, *overrides: str,
+               run_dir: Path | None = None) -> subprocess.CompletedProcess:
+    """An entry script of the checkout (``train.py``, ...) with overrides, its run folder and cache under
+    ``tmp_path``, without the environment that would change its errors (``CIFAKE_ROOT``, ``HYDRA_FULL_ERROR``)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CIFAKE_ROOT", "HYDRA_FULL_ERROR")}
+    return subprocess.run([sys.executable, str(ROOT / script), *overrides,
+                           f"hydra.run.dir={run_dir or tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+
+
+def check(proc: subprocess.CompletedProcess) -> None:
+    """Exit 0 (else the end of its stderr)."""
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def one_error_line(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Exit 2, exactly one ``error:`` line holding each fragment, and no traceback."""
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2, output[-3000:]
+    assert "Traceback" not in output and "HYDRA_FULL_ERROR" not in output, output[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+def load_test_module() -> ModuleType:
+    """scripts/load_test.py as a module (registered, as its dataclasses need)."""
+    if "load_test" in sys.modules:
+        return sys.modules["load_test"]
+    spec = importlib.util.spec_from_file_location("load_test", ROOT / "scripts" / "load_test.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["load_test"] = module
+    spec.loader.exec_module(module)
+    return module
