@@ -30,7 +30,7 @@ ALLOWED: dict[str, set[str]] = {
     "analysis": {"core", "data"},                     # numbers, figures, reports from arrays
     "models": {"core", "data", "analysis"},           # networks, the LightningModule, the forest
     "training": {"core", "data", "analysis", "models"},  # the Trainer, device rules, sweeps, tracking, forest fit
-    "scoring": {"core", "data", "analysis", "models", "training"},  # model file -> Scorer
+    "scoring": {"core", "data", "analysis", "models"},  # model file -> Scorer (no Lightning for a safetensors file)
     "callbacks": {"core", "data", "analysis", "models", "scoring"},  # what runs inside fit and test
     "evaluation": {"core", "data", "audit", "analysis", "models", "training", "scoring"},  # a Scorer over a split
     "serving": {"core", "data", "analysis", "scoring", "evaluation"},  # serve.py's API and server

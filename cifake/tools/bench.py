@@ -58,6 +58,7 @@ from cifake.core.configs import CONF_DIR
 from cifake.data.augment import random_hflip, random_shear, random_translate, to_unit_float
 from cifake.data.degrade import degrade, is_active
 from cifake.models.arithmetic import channels_last_on, float32_matmul
+from cifake.models.flops import TRAIN_MULTIPLIER, forward_flops
 from cifake.training.trainer import build_trainer, resolve_precision, uses_cuda
 
 
@@ -253,6 +254,11 @@ def _bare_net(cfg: DictConfig) -> torch.nn.Module:
     return net.to(memory_format=torch.channels_last) if numerics(cfg)[1] else net
 
 
+def image_flops(cfg: DictConfig) -> float:
+    """Forward FLOPs of one image through the config's network (cifake.models.flops)."""
+    return float(forward_flops(instantiate(cfg.model.net), int(cfg.data.image_size)))  # counted on the CPU
+
+
 def _layout(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return images.contiguous(memory_format=torch.channels_last) if channels_last else images
 
@@ -334,10 +340,12 @@ def precision_rows(rows: list[str], runs_log: list[str], overrides: list[str], t
     for net, net_overrides in PRECISION_NETS.items():
         configs = {name: _compose([*net_overrides, *overrides, *extra], tmp) for name, extra in PRECISIONS.items()}
         reference = next(iter(PRECISIONS))
-        for title, measure in (("training", lightning_train_rate), ("evaluation", lightning_eval_rate)):
+        forward = image_flops(configs[reference])
+        for title, measure, cost in (("training", lightning_train_rate, TRAIN_MULTIPLIER * forward),
+                                     ("evaluation", lightning_eval_rate, forward)):
             _compare(rows, f"(d) {net}, {title}", {name: lambda c=c, m=measure: m(c, steps, warmup)
                                                    for name, c in configs.items()}, reference, repeats, runs_log,
-                     flush)
+                     flush, cost)
 
 
 # -- (e) training-time degradations ------------------------------------------------------------
@@ -352,14 +360,17 @@ def degrade_rows(rows: list[str], runs_log: list[str], overrides: list[str], tmp
     configs = {name: _compose([*extra, *overrides], tmp) for name, extra in DEGRADE_RECIPES.items()}
     _compare(rows, "(e) training, degradations off vs on", {
         name: lambda c=c: lightning_train_rate(c, steps, warmup) for name, c in configs.items()
-    }, next(iter(DEGRADE_RECIPES)), repeats, runs_log, flush)
+    }, next(iter(DEGRADE_RECIPES)), repeats, runs_log, flush,
+        TRAIN_MULTIPLIER * image_flops(configs[next(iter(DEGRADE_RECIPES))]))
 
 
 # -- the table ---------------------------------------------------------------------------------
 def _compare(rows: list[str], title: str, paths: dict[str, Callable[[], float]], reference: str,
-             repeats: int, runs_log: list[str], flush: Callable[[], None] | None = None) -> None:
+             repeats: int, runs_log: list[str], flush: Callable[[], None] | None = None,
+             flops: float | None = None) -> None:
     """Measure every path ``repeats`` times, alternating, and add their medians and ratios to
-    ``rows``; then ``flush`` (write the table so far: a run stopped later keeps these rows)."""
+    ``rows`` (with the GFLOP/s achieved, given the ``flops`` one image costs the measured work);
+    then ``flush`` (write the table so far: a run stopped later keeps these rows)."""
     runs: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(repeats):
         for name, measure in paths.items():
@@ -367,7 +378,8 @@ def _compare(rows: list[str], title: str, paths: dict[str, Callable[[], float]],
     ref = statistics.median(runs[reference])
     for name, values in runs.items():
         mid = statistics.median(values)
-        rows.append(f"| {title} | {name} | {mid:,.1f} | {mid / ref:.2f} |")
+        achieved = "—" if flops is None else f"{mid * flops / 1e9:,.1f}"
+        rows.append(f"| {title} | {name} | {mid:,.1f} | {mid / ref:.2f} | {achieved} |")
         runs_log.append(f"{title} / {name}: " + ", ".join(f"{v:.1f}" for v in values))
     if flush is not None:
         flush()
@@ -396,7 +408,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--out", type=Path, default=Path("outputs/bench.md"), help="where the table is written")
     args, overrides = parser.parse_known_args(argv)
     sections = set(args.sections.split(","))
-    rows = ["| measurement | path | median images/s | ratio |", "|---|---|---:|---:|"]
+    rows = ["| measurement | path | median images/s | ratio | GFLOP/s |", "|---|---|---:|---:|---:|"]
     runs_log: list[str] = []
     s, w, r = args.steps, args.warmup, args.repeats
     naive = f"torchvision ImageFolder + PIL + RandomAffine, {args.workers} workers"
@@ -436,14 +448,14 @@ def main(argv: list[str] | None = None) -> str:
                     f"{bare} ({how})": lambda c=c: bare_train_rate(c, s, w),
                     f"Lightning (train.py's module, datamodule, callbacks, logger; {how})":
                         lambda c=c: lightning_train_rate(c, s, w),
-                }, f"{bare} ({how})", r, runs_log, flush)
+                }, f"{bare} ({how})", r, runs_log, flush, TRAIN_MULTIPLIER * image_flops(c))
         if "eval" in sections:
             for batch, c in configs.items():
                 bare, how = "bare no_grad loop", numerics_label(c)
                 _compare(rows, f"(c) evaluation, batch {batch}", {
                     f"{bare} ({how})": lambda c=c: bare_eval_rate(c, s, w),
                     f"Lightning trainer.predict ({how})": lambda c=c: lightning_eval_rate(c, s, w),
-                }, f"{bare} ({how})", r, runs_log, flush)
+                }, f"{bare} ({how})", r, runs_log, flush, image_flops(c))
         # The recipes below pin trainer.accelerator=cpu (cpu_fast, cpu_robust): run them where the
         # command line runs (its own trainer.accelerator, given later, still wins).
         on_device = [f"trainer.accelerator={_accelerator(cfg)}", *overrides]
