@@ -39,8 +39,11 @@ def test_fit_writes_checkpoints_logs_and_metrics_then_resumes(compose_cfg, tmp_p
     results = json.loads((out / "results.json").read_text())
     assert results["computed"]["test"] == {"precision": "32-true", "device": "cpu"}
     trained_in = "bf16-mixed" if cpu_has_fast_bf16() else "32-true"  # trainer.precision=auto
-    assert results["computed"]["training"] == {"precision": trained_in, "device": "cpu", "devices": 1,
-                                               "float32_matmul_precision": "highest"}
+    training = results["computed"]["training"]
+    assert {k: training[k] for k in ("precision", "device", "devices", "float32_matmul_precision")} == {
+        "precision": trained_in, "device": "cpu", "devices": 1, "float32_matmul_precision": "highest"}
+    assert training["images_seen"] == 72 and training["seconds"] > 0  # 72 training images, one epoch
+    assert set(results["run"]) == {"commit", "machine", "train_time"} and "cores" in results["run"]["machine"]
 
     raw = torch.load(ckpts / "last.ckpt", weights_only=True)  # loads without running code
     assert type(raw["hyper_parameters"]["net"]) is dict and raw["epoch"] == 0
@@ -104,10 +107,11 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path) -> None:
 
 
 def test_evaluate_without_a_checkpoint_takes_the_bundled_model_and_says_so(tmp_path) -> None:
-    proc = run_python(str(ROOT / "evaluate.py"), f"paths.log_dir={tmp_path}", cwd=tmp_path)
+    proc = run_python(str(ROOT / "evaluate.py"), f"paths.log_dir={tmp_path}", f"data.root={tmp_path / 'none'}",
+                      cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "No ckpt_path: using the bundled model" in proc.stdout + proc.stderr
-    assert "error: data.root 'data/cifake' does not exist" in proc.stderr  # the model is there; the data is not
+    assert f"error: data.root '{tmp_path / 'none'}' does not exist" in proc.stderr  # the model is there; no data
 
 
 def test_errors_raised_while_building_from_config_are_reported_plainly(tmp_path) -> None:
