@@ -62,9 +62,9 @@ def test_every_size_is_an_argument() -> None:
     assert sum(p.numel() for p in net.parameters()) == expected_parameters([4, 4, 4], [8, 8], [2, 1])
 
 
-def test_high_pass_input_adds_the_residual_after_a_fixed_blur() -> None:
+def test_blur_input_adds_the_residual_after_a_fixed_blur() -> None:
     net = ResNet(**conf_args("model.net", ["model=resnet"], stem=[4, 4], widths=[8], blocks=[1], dropout=0.0,
-                             high_pass=True))
+                             inputs=["rgb", "blur"]))
     flat = torch.full((1, 3, 32, 32), 0.5)
     extra = net.input(flat)
     assert extra.shape == (1, 6, 32, 32)
@@ -73,6 +73,62 @@ def test_high_pass_input_adds_the_residual_after_a_fixed_blur() -> None:
     residual = net.input(checker.float().expand(1, 3, 32, 32))[:, 3:]
     assert residual[0, 0, 10, 10].abs() > 0.3  # a one-pixel checkerboard is all high frequency
     assert not any(p.requires_grad for p in net.input.parameters())  # fixed, not learnt
+
+
+CHECKER = ((torch.arange(32)[:, None] + torch.arange(32)[None, :]) % 2).float().expand(1, 3, 32, 32)
+RAMP = (torch.arange(32).float()[None, :] / 31).expand(32, 32).expand(1, 3, 32, 32)  # linear left to right
+BLOCKS = torch.rand(1, 3, 16, 16).repeat_interleave(2, -2).repeat_interleave(2, -1)  # constant in 2x2 blocks
+
+
+@pytest.mark.parametrize("name, channels", [("rgb", 3), ("blur", 3), ("npr", 3), ("srm", 9), ("haar_hh", 3)])
+def test_each_input_alone_keeps_the_size_and_computes_what_it_says(name: str, channels: int) -> None:
+    net = ResNet(**conf_args("model.net", ["model=resnet"], stem=[4], widths=[8], blocks=[1], dropout=0.0,
+                             inputs=[name]))
+    view = net.input
+    assert view(RAMP).shape == (1, channels, 32, 32) and net(RAMP).shape == (1,)
+    assert net.stem[0][0].in_channels == channels
+    flat = view(torch.full((1, 3, 32, 32), 0.3))
+    if name == "rgb":
+        assert torch.equal(view(RAMP), RAMP)
+        return
+    assert flat.abs().max() < 1e-6  # a flat image has no fine detail
+    checker = view(CHECKER)
+    if name == "npr":
+        # Nearest-neighbour down-and-up copies each 2x2 block's top-left pixel, 0 on this checkerboard: the
+        # residual is the checkerboard itself.
+        assert torch.equal(checker, CHECKER)
+        assert view(BLOCKS).abs().max() < 1e-6  # an image made by 2x nearest upsampling leaves no NPR residual
+    if name == "haar_hh":
+        assert torch.allclose(checker[0, :, :31, :31].abs(), torch.ones(3, 31, 31))  # (a - b - c + d) / 2 = +-1
+        assert view(RAMP)[0, :, :31, :31].abs().max() < 1e-6  # a linear ramp has no high-high band
+    if name == "srm":
+        assert view(RAMP)[0, :, 2:-2, 2:-2].abs().max() < 1e-5  # second-order filters annihilate a ramp
+        assert checker[0, :, 10, 10].abs().min() > 0.5
+    if name == "blur":
+        assert checker[0, 0, 10, 10].abs() > 0.3
+    assert not any(p.requires_grad for p in view.parameters())  # fixed, not learnt
+
+
+def test_inputs_concatenate_and_unknown_ones_are_refused() -> None:
+    net = ResNet(**conf_args("model.net", ["model=resnet"], stem=[4], widths=[8], blocks=[1], dropout=0.0,
+                             inputs=["rgb", "npr", "srm", "haar_hh", "blur"]))
+    assert net.input(RAMP).shape == (1, 3 + 3 + 9 + 3 + 3, 32, 32)
+    # Only the blur's frozen kernel is saved with the weights (as model.net.high_pass=true saved it).
+    assert [k for k in net.state_dict() if k.startswith("input.")] == ["input.blur.weight"]
+    for bad in ([], ["rgb", "rgb"], ["fft"]):
+        with pytest.raises(ConfigError, match="model.net.inputs"):
+            ResNet(**conf_args("model.net", ["model=resnet"], inputs=bad))
+
+
+def test_checkpoints_of_high_pass_load_as_the_same_network() -> None:
+    from cifake.models.resnet import upgrade_arguments
+
+    old = {"_target_": "cifake.models.resnet.ResNet", "stem": [4], "widths": [8], "blocks": [1], "dropout": 0.0,
+           "high_pass": True, "in_channels": 3, "image_size": 32}
+    assert upgrade_arguments(old)["inputs"] == ["rgb", "blur"] and "high_pass" not in upgrade_arguments(old)
+    assert upgrade_arguments({**old, "high_pass": False})["inputs"] == ["rgb"]
+    vgg = {"_target_": "cifake.models.vgg.VGG", "filters": [8]}
+    assert upgrade_arguments(vgg) == vgg
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -29,7 +29,7 @@ from tests.helpers.config import CONF_DIR
 # The compared settings of each recipe, in the documented order: network sizes and dropout,
 # learning rate, weight decay, label smoothing, batch size, augmentation, epochs, precision, seed.
 RESNET_FIRST = ["model/net/stem", "model/net/widths", "model/net/blocks", "model/net/dropout",
-                "model/net/high_pass", "model/net/in_channels", "model/optimizer/lr",
+                "model/net/inputs", "model/net/in_channels", "model/optimizer/lr",
                 "model/optimizer/weight_decay", "model/label_smoothing", "data/batch_size", "data/shear",
                 "data/hflip", "data/translate", "trainer/max_epochs", "trainer/precision", "seed"]
 VGG_FIRST = ["model/net/filters", "model/net/convs", "model/net/dropouts", "model/net/dense",
@@ -60,7 +60,8 @@ def test_the_row_opens_on_the_compared_settings_without_plumbing(compose_cfg, ov
     assert compare_rank(list(columns)[len(first)]) == len(COMPARE_FIRST)  # then the rest
     for name, value in columns.items():
         assert name.split("/")[-1] not in PLUMBING and name not in COPIES, name
-        assert not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)), name
+        names = isinstance(value, list) and value and all(isinstance(v, str) for v in value)
+        assert not names or name == "model/net/inputs", name  # lists of names are plumbing, but a network's inputs
     assert columns["data/image_size"] == 32  # a copied setting is logged once, where it is set
     assert columns["seed"] == 42
 
@@ -201,7 +202,7 @@ def test_a_trained_run_opens_the_tab_on_the_compared_settings_and_final_metrics(
     # The tab's order: the compared settings as documented (a group such as model.net by name).
     net = sorted(k for k in RESNET_FIRST if k.startswith("model/net/"))
     assert shown[:len(RESNET_FIRST)] == [*net, *(k for k in RESNET_FIRST if k not in net)]
-    assert shown[:5] == ["model/net/blocks", "model/net/dropout", "model/net/high_pass", "model/net/in_channels",
+    assert shown[:5] == ["model/net/blocks", "model/net/dropout", "model/net/in_channels", "model/net/inputs",
                          "model/net/stem"]  # the five columns the tab shows before any is ticked
     assert set(shown) == set(run_hparams(cfg)) and len(shown) == len(set(shown))
     assert not any(s.split("/")[-1] in PLUMBING or s in COPIES for s in shown)

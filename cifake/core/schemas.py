@@ -89,7 +89,7 @@ class ResNetSchema:
     widths: list[int] = MISSING
     blocks: list[int] = MISSING
     dropout: float = MISSING
-    high_pass: bool = MISSING
+    inputs: list[str] = MISSING
     in_channels: int = MISSING
     image_size: int = MISSING
 

@@ -19,6 +19,7 @@ from cifake.analysis.tta import check_tta, mean_over_views
 from cifake.core.errors import ConfigError
 from cifake.models.arithmetic import channels_last_on
 from cifake.models.flops import forward_flops, train_pflop
+from cifake.models.resnet import upgrade_arguments
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class Classifier(L.LightningModule):
             if value is not None and not isinstance(value, dict):
                 raise ConfigError(f"model.{name} must be a mapping with a _target_, got {type(value).__name__}")
         self.save_hyperparameters()
-        self.net: nn.Module = instantiate(net)
+        self.net: nn.Module = instantiate(upgrade_arguments(net))  # a checkpoint of an older version too
         self.loss = nn.BCEWithLogitsLoss()
         metrics = classification_metrics(tuple(classes), num_thresholds)
         # One collection per stage, registered as submodules so they follow the model's device.

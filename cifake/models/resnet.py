@@ -9,8 +9,10 @@ logit. Every size is an argument (``conf/model/resnet.yaml``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cifake.core.errors import ConfigError
@@ -39,19 +41,77 @@ class ResidualBlock(nn.Module):
         return self.out(self.body(x) + self.shortcut(x))
 
 
-class HighPass(nn.Module):
-    """Appends the input's residual after a fixed 3x3 box blur (``x - blur(x)``, per channel):
-    the high-frequency part of the image as extra input channels. No weights are learnt."""
+INPUTS = ("rgb", "blur", "npr", "srm", "haar_hh")  # what model.net.inputs may name
+# Three SRM high-pass kernels (Fridrich and Kodovsky's rich models, as Zhou et al. 2018 use them): each sums to zero
+# and leaves nothing of a linear ramp, so only the fine residual of the image passes.
+SRM_KERNELS = (
+    [[0, 0, 0, 0, 0], [0, -1, 2, -1, 0], [0, 2, -4, 2, 0], [0, -1, 2, -1, 0], [0, 0, 0, 0, 0]],
+    [[-1, 2, -2, 2, -1], [2, -6, 8, -6, 2], [-2, 8, -12, 8, -2], [2, -6, 8, -6, 2], [-1, 2, -2, 2, -1]],
+    [[0, 0, 0, 0, 0], [0, 0, 0, 0, 0], [0, 1, -2, 1, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]],
+)
+SRM_SCALES = (4.0, 12.0, 2.0)
 
-    def __init__(self, channels: int) -> None:
+
+class DetectorInputs(nn.Module):
+    """What the network sees: fixed (never learnt) views of the RGB image, per channel, concatenated
+    on the channel axis, each keeping the image's size.
+
+    - ``rgb``: the image itself.
+    - ``blur``: ``x - blur3x3(x)``, the residual after a 3x3 box blur.
+    - ``npr``: ``x - up(down(x))`` with nearest-neighbour resampling by 2 (NPR, Tan et al., CVPR 2024): what
+      an upsampling layer's neighbouring pixels do not share.
+    - ``srm``: three SRM high-pass filters (5x5), three channels each.
+    - ``haar_hh``: the high-high band of an undecimated Haar wavelet (``[[1, -1], [-1, 1]] / 2``), as SAFE
+      uses the wavelet's finest band.
+    """
+
+    CHANNELS = {"rgb": 1, "blur": 1, "npr": 1, "srm": 3, "haar_hh": 1}  # output channels per input channel
+
+    def __init__(self, names: Sequence[str], channels: int) -> None:
         super().__init__()
-        self.blur = nn.Conv2d(channels, channels, 3, padding=1, padding_mode="replicate",
-                              groups=channels, bias=False)
-        nn.init.constant_(self.blur.weight, 1 / 9)
-        self.blur.weight.requires_grad_(False)
+        unknown = [n for n in names if n not in INPUTS]
+        if not names or unknown or len(set(names)) != len(names):
+            raise ConfigError(f"model.net.inputs={list(names)}; name each of {list(INPUTS)} at most once, at least "
+                              "one (e.g. [rgb], [rgb,npr], [srm])")
+        self.names, self.channels = list(names), channels
+        self.out_channels = channels * sum(self.CHANNELS[n] for n in names)
+        if "blur" in names:  # a frozen convolution, as the checkpoints of model.net.high_pass=true hold it
+            self.blur = nn.Conv2d(channels, channels, 3, padding=1, padding_mode="replicate", groups=channels,
+                                  bias=False)
+            nn.init.constant_(self.blur.weight, 1 / 9)
+            self.blur.weight.requires_grad_(False)
+        srm = torch.tensor(SRM_KERNELS, dtype=torch.float32) / torch.tensor(SRM_SCALES).view(3, 1, 1)
+        # Not saved with the weights: fixed by the code, so a checkpoint of [rgb] holds what it always held.
+        self.register_buffer("srm", srm.unsqueeze(1).repeat(channels, 1, 1, 1), persistent=False)
+        self.register_buffer("haar", torch.tensor([[[[1.0, -1.0], [-1.0, 1.0]]]]).repeat(channels, 1, 1, 1) / 2,
+                             persistent=False)
+
+    def view(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """One named view of the float batch ``x``."""
+        if name == "rgb":
+            return x
+        if name == "blur":
+            return x - self.blur(x)
+        if name == "npr":
+            return x - x[..., ::2, ::2].repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
+        if name == "srm":
+            return F.conv2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), self.srm.to(x.dtype), groups=self.channels)
+        return F.conv2d(F.pad(x, (0, 1, 0, 1), mode="replicate"), self.haar.to(x.dtype), groups=self.channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x, x - self.blur(x)], dim=1)
+        if self.names == ["rgb"]:
+            return x
+        return torch.cat([self.view(name, x) for name in self.names], dim=1)
+
+
+def upgrade_arguments(spec: dict[str, Any]) -> dict[str, Any]:
+    """A network's arguments as this version takes them, from a checkpoint or export of an older one:
+    ``high_pass: true/false`` became ``inputs: [rgb, blur]`` / ``[rgb]`` (the same network, the same weights)."""
+    if spec.get("_target_") != "cifake.models.resnet.ResNet" or "high_pass" not in spec:
+        return dict(spec)
+    upgraded = {k: v for k, v in spec.items() if k != "high_pass"}
+    upgraded["inputs"] = ["rgb", "blur"] if spec["high_pass"] else ["rgb"]
+    return upgraded
 
 
 class ResNet(nn.Module):
@@ -64,7 +124,7 @@ class ResNet(nn.Module):
         widths: width of each stage; each stage starts with a 2x2 max-pool.
         blocks: residual blocks per stage (one number per stage).
         dropout: dropout rate before the final linear layer.
-        high_pass: also feed the network the input minus its 3x3 box blur (see :class:`HighPass`).
+        inputs: the views of the image the network sees, concatenated (see :class:`DetectorInputs`).
         in_channels: channels of the input images.
         image_size: side of the square input; must be divisible by ``2 ** len(widths)``.
     """
@@ -75,7 +135,7 @@ class ResNet(nn.Module):
         widths: Sequence[int],
         blocks: Sequence[int],
         dropout: float,
-        high_pass: bool,
+        inputs: Sequence[str],
         in_channels: int,
         image_size: int,
     ) -> None:
@@ -92,8 +152,8 @@ class ResNet(nn.Module):
         if image_size % (2 ** len(widths)):
             raise ConfigError(f"image_size {image_size} is not divisible by 2**{len(widths)} "
                               f"(one 2x2 max-pool per stage); use fewer stages or another image size")
-        self.input: nn.Module = HighPass(in_channels) if high_pass else nn.Identity()
-        channels = in_channels * (2 if high_pass else 1)
+        self.input = DetectorInputs(inputs, in_channels)
+        channels = self.input.out_channels
         layers: list[nn.Module] = []
         for width in stem:
             layers.append(conv_bn_relu(channels, width))

@@ -97,8 +97,11 @@ def read_weights(path: Path, expected_sha256: str | None) -> dict[str, Any]:
 
 
 def build_network(spec: Mapping[str, Any], source: Path) -> Any:
-    """The network ``spec`` describes (``_target_``, one of :data:`NETWORKS`, and its arguments)."""
-    kwargs = {k: v for k, v in spec.items() if k != "_target_"}
+    """The network ``spec`` describes (``_target_``, one of :data:`NETWORKS`, and its arguments, as an
+    older version may have written them)."""
+    from cifake.models.resnet import upgrade_arguments
+
+    kwargs = {k: v for k, v in upgrade_arguments(dict(spec)).items() if k != "_target_"}
     module_name, _, class_name = str(spec["_target_"]).rpartition(".")
     try:
         return getattr(importlib.import_module(module_name), class_name)(**kwargs)

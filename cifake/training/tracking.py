@@ -81,7 +81,9 @@ def is_plumbing(name: str, value: Any = None) -> bool:
     last = re.split(r"[./]", name)[-1]
     if any(fnmatchcase(last, pattern) for pattern in PLUMBING):
         return True
-    return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, str) for v in value)
+    # Lists of names (the classes, paths) are plumbing; a network's are not (model.net.inputs is a choice compared).
+    network = name.replace(".", "/").startswith("model/net/")
+    return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, str) for v in value) and not network
 
 
 def compare_rank(name: str) -> int:
