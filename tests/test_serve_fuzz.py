@@ -14,8 +14,12 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import signal
 import socket
+import subprocess
+import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,6 +33,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from cifake.serving.guard import json_depth
+from tests.helpers import ROOT
 from tests.helpers.models import make_checkpoint
 from tests.helpers.runner import load_test_module
 
@@ -473,3 +478,31 @@ def test_shutdown_prints_no_traceback_from_any_process(tmp_path, stop_signal: in
     for sign in ("Traceback", "\nKeyboardInterrupt\n", "leaked semaphore", "Did not terminate gracefully"):
         assert sign not in log, log[-4000:]
     assert "Shutting down LitServe" in log
+
+
+@pytest.mark.parametrize("when", ["starting", "serving"])
+def test_a_stop_sent_twice_as_timeout_sends_it_prints_no_traceback(tmp_path, when: str) -> None:
+    """``timeout`` (and many supervisors) signal the process and then its whole group: the main process
+    gets the stop twice, here while LitServe starts its workers or once it serves. Neither the repeat nor
+    the manager process ending first may print a traceback; every process ends."""
+    port = lt.free_port()
+    log = tmp_path / "server.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), f"port={port}", "device=cpu",
+                                    f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        ready = "Serving " if when == "starting" else "Application startup complete"
+        while ready not in log.read_text(errors="replace") and process.poll() is None:
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGTERM)
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    text = log.read_text(errors="replace")
+    assert "Traceback" not in text and "\nKeyboardInterrupt\n" not in text, text[-4000:]
+    assert "No ckpt_path: using the bundled model" in text

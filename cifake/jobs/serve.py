@@ -14,6 +14,8 @@ import multiprocessing
 import os
 import signal
 import socket
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -165,6 +167,9 @@ def _flat(items: Any) -> list[Any]:
     return [x for item in items for x in _flat(item)] if isinstance(items, (list, tuple)) else [items]
 
 
+REPEAT_GRACE_S = 2.0  # a stop signal again within this: the same stop (sent to this process and to its group)
+
+
 def stop_on_signals() -> None:
     """Make SIGTERM (``docker stop``, systemd, ``kill``) shut the server down as Ctrl+C (SIGINT) does:
     in this process, a KeyboardInterrupt, on which LitServe stops its HTTP and inference workers and
@@ -174,15 +179,37 @@ def stop_on_signals() -> None:
     inherit the handler: uvicorn, having shut down on the signal, raises it again through the handler it
     found, and a KeyboardInterrupt there ends that process with a traceback. In a forked process the
     handler ends it as the signal's default action would, quietly. (The inference workers are spawned,
-    not forked: :func:`workers_ignore_sigint` and :meth:`cifake.serving.DetectorAPI.setup` set theirs.)"""
+    not forked: :func:`workers_ignore_sigint` and :meth:`cifake.serving.DetectorAPI.setup` set theirs.)
+
+    One stop often arrives twice (``timeout``, a terminal or a supervisor signals the process and its
+    group): a repeat within :data:`REPEAT_GRACE_S` is that same stop and is let pass, so the shutdown is
+    not cut short; a later one (a second Ctrl+C) ends the process at once, as a stop that insists. Once
+    stopping, the manager process may end before LitServe's monitor thread reads from it: that lost
+    connection is the stop, not an error, and is not printed."""
     main = os.getpid()
+    first: list[float] = []
 
     def interrupt(signum: int, frame: Any) -> None:
-        if os.getpid() == main:
+        if os.getpid() != main:
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+            return
+        if not first:
+            first.append(time.monotonic())
             raise KeyboardInterrupt
-        signal.signal(signum, signal.SIG_DFL)
-        signal.raise_signal(signum)
+        if time.monotonic() - first[0] > REPEAT_GRACE_S:
+            log.warning("Stopped again while shutting down: leaving now")
+            os._exit(128 + signum)
 
+    default_hook = threading.excepthook
+
+    def quiet_when_stopping(args: threading.ExceptHookArgs) -> None:
+        if first and issubclass(args.exc_type, (ConnectionError, EOFError)):
+            log.debug("%s in thread %s while stopping", args.exc_type.__name__, args.thread)
+            return
+        default_hook(args)
+
+    threading.excepthook = quiet_when_stopping
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, interrupt)
 
