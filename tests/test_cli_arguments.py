@@ -12,6 +12,7 @@ import pytest
 from cifake.cli import null_group, positional_inputs
 from cifake.core.configs import config_dir
 from tests.helpers import ROOT
+from tests.helpers.runner import check, run_python
 
 
 def test_plain_arguments_become_one_inputs_override() -> None:
@@ -35,8 +36,7 @@ def test_hydra_parses_the_quoted_paths_back(tmp_path: Path) -> None:
             f"with initialize_config_dir(config_dir={str(config_dir())!r}, version_base='1.3'):\n"
             f"    cfg = compose('predict', overrides=positional_inputs([{str(odd)!r}, 'b.png']))\n"
             "print(list(cfg.inputs))\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = check(run_python("-c", code, cwd=ROOT))
     assert proc.stdout.strip() == repr([str(odd), "b.png"])
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ from cifake.scoring.weights import CONFIG_FILE, WEIGHTS_FILE, sha256
 from tests.helpers import ROOT
 from tests.helpers.config import compose_job
 from tests.helpers.models import make_checkpoint
+from tests.helpers.runner import check, run_python
 
 
 def exported(tmp_path: Path) -> tuple[Path, Path]:
@@ -136,6 +135,5 @@ def test_predicting_from_an_export_loads_neither_lightning_nor_scikit_learn(tmp_
             f"predict.run(compose_job('predict', __import__('pathlib').Path({str(tmp_path / 'out')!r}), "
             f"['ckpt_path={folder}', 'inputs={image}', 'progress_bar=false']))\n"
             "print(sorted(m for m in ('lightning', 'sklearn', 'pytorch_lightning') if m in sys.modules))\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = check(run_python("-c", code, cwd=ROOT))
     assert proc.stdout.strip().splitlines()[-1] == "[]"

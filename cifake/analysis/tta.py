@@ -35,6 +35,11 @@ def tta_views(images: torch.Tensor, mode: str, pixels: int = 1, padding: str = "
     return views
 
 
+def view_count(mode: str, pixels: int = 1) -> int:
+    """How many forward passes :func:`tta_views` makes per image for ``mode`` (1, 2 or 10)."""
+    return len(tta_views(torch.zeros(1, 1, 4, 4), mode, pixels))
+
+
 def mean_over_views(p_real: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, mode: str,
                     pixels: int = 1, padding: str = "reflect") -> torch.Tensor:
     """The mean of ``p_real`` (float batch -> probabilities) over :func:`tta_views` of ``images``

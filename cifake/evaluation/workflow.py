@@ -26,6 +26,7 @@ from cifake.analysis.explain import explained_sections, explanation_sets
 from cifake.analysis.report import Explained, Predictions, write_report, write_robustness_report
 from cifake.analysis.robustness import condition_scores, robustness_table, trained_with
 from cifake.analysis.robustness import conditions as robustness_conditions
+from cifake.analysis.tta import view_count
 from cifake.audit import leaked_test_files
 from cifake.core.errors import ConfigError
 from cifake.data.datamodule import CIFAKEDataModule
@@ -192,16 +193,13 @@ def forest_figures(scorer: Scorer, datamodule: CIFAKEDataModule, pred: Predictio
     return {f"test_{name}": fig for name, fig in eda.items()}
 
 
-TTA_VIEWS = {"none": 1, "flip": 2, "flip_shift": 10}  # forward passes per image (cifake.analysis.tta.tta_views)
-
-
 def compute_record(scorer: Scorer, n_scored: int) -> dict[str, Any] | None:
     """metrics.json's ``compute``: the model's training compute where recorded (``train_pflop``: 3 x
     forward FLOPs x training images seen) and, apart from it, this evaluation's (``evaluation_pflop``:
     forward FLOPs x images scored x test-time views); ``None`` for a model that records neither."""
     if not scorer.compute:
         return None
-    views = TTA_VIEWS.get(scorer.tta.get("mode", "none"), 1)
+    views = view_count(scorer.tta.get("mode", "none"), scorer.tta.get("shift", 1))
     evaluation = scorer.compute["forward_flops"] * n_scored * views / 1e15
     return {**scorer.compute, "evaluation_pflop": evaluation, "evaluation_views": views}
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cifake.core.errors import ModelFileError
+from cifake.scoring.contract import read_export_json
 from cifake.scoring.scorer import NO_TTA, Scorer, check_precision, with_temperature
 
 WEIGHTS_FILE = "model.safetensors"
@@ -36,16 +37,9 @@ def sha256(path: Path) -> str:
 
 def read_config(path: Path) -> dict[str, Any]:
     """The ``config.json`` of a safetensors export, checked for its format and its network."""
-    if not path.is_file():
-        raise ModelFileError(f"{path} is missing: a {WEIGHTS_FILE} needs the {CONFIG_FILE} that export.py "
-                             "format=safetensors wrote beside it")
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ModelFileError(f"{path} is not readable JSON ({err}); export the checkpoint again") from err
-    if not isinstance(config, dict) or config.get("format") != CONFIG_FORMAT:
-        raise ModelFileError(f"{path} is not a config written by this version's export.py (format "
-                             f"{CONFIG_FORMAT!r}); export the checkpoint again with format=safetensors")
+    config = read_export_json(path, CONFIG_FORMAT, "config", f"a {WEIGHTS_FILE} needs the {CONFIG_FILE} that "
+                              "export.py format=safetensors wrote beside it",
+                              "export the checkpoint again with export.py format=safetensors")
     network = config.get("network")
     if not isinstance(network, dict) or network.get("_target_") not in NETWORKS:
         target = network.get("_target_") if isinstance(network, dict) else None

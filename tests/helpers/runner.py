@@ -27,9 +27,10 @@ def run_script(script: str, tmp_path: Path, *overrides: str,
                           cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
 
 
-def check(proc: subprocess.CompletedProcess) -> None:
-    """Exit 0 (else the end of its stderr)."""
+def check(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    """Exit 0 (else the end of its stderr); the process, for its output."""
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 def one_error_line(proc: subprocess.CompletedProcess, *fragments: str) -> str:
