@@ -170,7 +170,7 @@ def _flat(items: Any) -> list[Any]:
 REPEAT_GRACE_S = 2.0  # a stop signal again within this: the same stop (sent to this process and to its group)
 
 
-def stop_on_signals() -> None:
+def stop_on_signals() -> Callable[[], None]:
     """Make SIGTERM (``docker stop``, systemd, ``kill``) shut the server down as Ctrl+C (SIGINT) does:
     in this process, a KeyboardInterrupt, on which LitServe stops its HTTP and inference workers and
     returns, instead of this process dying alone.
@@ -182,29 +182,43 @@ def stop_on_signals() -> None:
     not forked: :func:`workers_ignore_sigint` and :meth:`cifake.serving.DetectorAPI.setup` set theirs.)
 
     One stop often arrives twice (``timeout``, a terminal or a supervisor signals the process and its
-    group): a repeat within :data:`REPEAT_GRACE_S` is that same stop and is let pass, so the shutdown is
-    not cut short; a later one (a second Ctrl+C) ends the process at once, as a stop that insists. Once
+    group). Once a shutdown is under way (LitServe says it began one, or :func:`run` did), a repeat within
+    :data:`REPEAT_GRACE_S` is that same stop and is let pass, so the shutdown is not cut short, and a later
+    one (a second Ctrl+C) ends the process at once. Before that, every stop raises again: a
+    KeyboardInterrupt that lands where Python swallows it (an at-fork handler) must not be lost. Once
     stopping, the manager process may end before LitServe's monitor thread reads from it: that lost
-    connection is the stop, not an error, and is not printed."""
+    connection is the stop, not an error, and is not printed. Returns the call that marks a shutdown
+    under way."""
     main = os.getpid()
-    first: list[float] = []
+    state: dict[str, Any] = {"first": None, "stopping": False}
 
     def interrupt(signum: int, frame: Any) -> None:
         if os.getpid() != main:
             signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
             return
-        if not first:
-            first.append(time.monotonic())
+        if state["first"] is None:
+            state["first"] = time.monotonic()
+        if not state["stopping"]:
             raise KeyboardInterrupt
-        if time.monotonic() - first[0] > REPEAT_GRACE_S:
+        if time.monotonic() - state["first"] > REPEAT_GRACE_S:
             log.warning("Stopped again while shutting down: leaving now")
             os._exit(128 + signum)
 
+    def mark_stopping() -> None:
+        state["stopping"] = True
+
+    class ShutdownBegun(logging.Filter):  # LitServe says so in its log when it takes the KeyboardInterrupt
+        def filter(self, record: logging.LogRecord) -> bool:
+            if record.getMessage().startswith("KeyboardInterrupt received"):
+                mark_stopping()
+            return True
+
+    logging.getLogger("litserve.server").addFilter(ShutdownBegun())
     default_hook = threading.excepthook
 
     def quiet_when_stopping(args: threading.ExceptHookArgs) -> None:
-        if first and issubclass(args.exc_type, (ConnectionError, EOFError)):
+        if state["first"] is not None and issubclass(args.exc_type, (ConnectionError, EOFError)):
             log.debug("%s in thread %s while stopping", args.exc_type.__name__, args.thread)
             return
         default_hook(args)
@@ -212,6 +226,7 @@ def stop_on_signals() -> None:
     threading.excepthook = quiet_when_stopping
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, interrupt)
+    return mark_stopping
 
 
 def workers_ignore_sigint(server: Any) -> None:
@@ -251,7 +266,7 @@ def stop_children(server: Any) -> None:
 
 def run(cfg: DictConfig) -> None:
     """Serve ``cfg.ckpt_path`` on ``cfg.host``:``cfg.port`` until stopped (Ctrl+C or SIGTERM)."""
-    stop_on_signals()
+    mark_stopping = stop_on_signals()
     server = None
     try:
         server = build(cfg)
@@ -267,5 +282,6 @@ def run(cfg: DictConfig) -> None:
     # Stopped before it served (LitServe handles a stop once it serves, and stops its workers itself then),
     # or stopped again while it shut down: a stop asked for, not an error.
     except KeyboardInterrupt:
+        mark_stopping()
         log.info("Stopped")
         stop_children(server)
