@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import io
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -152,8 +153,9 @@ def group_members(pgid: int) -> list[int]:
 class Server:
     process: subprocess.Popen
     url: str
-    log: Path
+    log: Path  # while it runs; removed with its folder once it stopped
     leftover: list[str] = field(default_factory=list)  # processes of its group still running after it stopped
+    output: str = ""  # everything it logged, kept once it stopped
 
     def alive(self) -> bool:
         try:
@@ -207,6 +209,8 @@ def running_server(ckpt: Path | None, overrides: Sequence[str] = (), startup_s: 
                            if Path(f"/proc/{pid}/cmdline").exists()]
         with contextlib.suppress(ProcessLookupError):  # what a graceful shutdown left behind in the group
             os.killpg(process.pid, signal.SIGKILL)
+        server.output = log.read_text(errors="replace")
+        shutil.rmtree(work, ignore_errors=True)  # one folder per server, or /tmp fills with them
 
 
 # --- the load ---------------------------------------------------------------------------------------------------

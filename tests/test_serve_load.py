@@ -38,5 +38,5 @@ def test_a_real_server_under_mixed_load(lt, tmp_path) -> None:
             assert server.alive(), server.log.read_text()[-3000:]
         assert server.memory_mb() < warm + GROWTH_MB, f"{warm:.0f} MB after warm-up, {server.memory_mb():.0f} MB now"
     # SIGTERM stops it as Ctrl+C does: its HTTP and inference workers stop with it.
-    assert server.process.returncode == 0, server.log.read_text()[-3000:]
+    assert server.process.returncode == 0, server.output[-3000:]
     assert server.leftover == [], f"processes left running: {server.leftover}"

@@ -170,10 +170,10 @@ def _flat(items: Any) -> list[Any]:
 REPEAT_GRACE_S = 2.0  # a stop signal again within this: the same stop (sent to this process and to its group)
 
 
-def stop_on_signals() -> Callable[[], None]:
-    """Make SIGTERM (``docker stop``, systemd, ``kill``) shut the server down as Ctrl+C (SIGINT) does:
-    in this process, a KeyboardInterrupt, on which LitServe stops its HTTP and inference workers and
-    returns, instead of this process dying alone.
+class Stops:
+    """SIGTERM (``docker stop``, systemd, ``kill``) and SIGINT (Ctrl+C) as this server takes them: in this
+    process, a KeyboardInterrupt, on which LitServe stops its HTTP and inference workers and returns,
+    instead of this process dying alone. Constructing it installs the handlers.
 
     LitServe forks its HTTP servers (and multiprocessing its manager) from this process, and they
     inherit the handler: uvicorn, having shut down on the signal, raises it again through the handler it
@@ -184,49 +184,78 @@ def stop_on_signals() -> Callable[[], None]:
     One stop often arrives twice (``timeout``, a terminal or a supervisor signals the process and its
     group). Once a shutdown is under way (LitServe says it began one, or :func:`run` did), a repeat within
     :data:`REPEAT_GRACE_S` is that same stop and is let pass, so the shutdown is not cut short, and a later
-    one (a second Ctrl+C) ends the process at once. Before that, every stop raises again: a
-    KeyboardInterrupt that lands where Python swallows it (an at-fork handler) must not be lost. Once
-    stopping, the manager process may end before LitServe's monitor thread reads from it: that lost
-    connection is the stop, not an error, and is not printed. Returns the call that marks a shutdown
-    under way."""
-    main = os.getpid()
-    state: dict[str, Any] = {"first": None, "stopping": False}
+    one (a second Ctrl+C) ends the process at once. Before that, every stop raises again. Once stopping,
+    the manager process may end before LitServe's monitor thread reads from it: that lost connection is
+    the stop, not an error, and is not printed."""
 
-    def interrupt(signum: int, frame: Any) -> None:
-        if os.getpid() != main:
+    def __init__(self) -> None:
+        self.main = os.getpid()
+        self.first: float | None = None  # when the first stop came
+        self.stopping = False  # a shutdown is under way
+        self.holding = False  # inside :meth:`held`: a stop is noted, not raised
+        self.held_stop = False
+        logging.getLogger("litserve.server").addFilter(self._shutdown_begun)
+        self._default_hook = threading.excepthook
+        threading.excepthook = self._quiet_when_stopping
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._interrupt)
+
+    def _interrupt(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self.main:
             signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
             return
-        if state["first"] is None:
-            state["first"] = time.monotonic()
-        if not state["stopping"]:
+        if self.first is None:
+            self.first = time.monotonic()
+        if self.holding:
+            self.held_stop = True
+            return
+        if not self.stopping:
             raise KeyboardInterrupt
-        if time.monotonic() - state["first"] > REPEAT_GRACE_S:
+        if time.monotonic() - self.first > REPEAT_GRACE_S:
             log.warning("Stopped again while shutting down: leaving now")
             os._exit(128 + signum)
 
-    def mark_stopping() -> None:
-        state["stopping"] = True
+    def mark_stopping(self) -> None:
+        """Note that a shutdown is under way: a repeated stop within the grace is the same stop."""
+        self.stopping = True
 
-    class ShutdownBegun(logging.Filter):  # LitServe says so in its log when it takes the KeyboardInterrupt
-        def filter(self, record: logging.LogRecord) -> bool:
-            if record.getMessage().startswith("KeyboardInterrupt received"):
-                mark_stopping()
-            return True
+    def _shutdown_begun(self, record: logging.LogRecord) -> bool:  # LitServe logs it as it takes the stop
+        if record.getMessage().startswith("KeyboardInterrupt received"):
+            self.mark_stopping()
+        return True
 
-    logging.getLogger("litserve.server").addFilter(ShutdownBegun())
-    default_hook = threading.excepthook
-
-    def quiet_when_stopping(args: threading.ExceptHookArgs) -> None:
-        if state["first"] is not None and issubclass(args.exc_type, (ConnectionError, EOFError)):
+    def _quiet_when_stopping(self, args: threading.ExceptHookArgs) -> None:
+        if self.first is not None and issubclass(args.exc_type, (ConnectionError, EOFError)):
             log.debug("%s in thread %s while stopping", args.exc_type.__name__, args.thread)
             return
-        default_hook(args)
+        self._default_hook(args)
 
-    threading.excepthook = quiet_when_stopping
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, interrupt)
-    return mark_stopping
+    def held(self, launch: Callable[..., Any], undo: Callable[[Any], None]) -> Callable[..., Any]:
+        """``launch`` with any stop that arrives while it runs noted, and raised once it has returned, after
+        ``undo`` (given what it returned) has stopped what it started, which its caller never learns of.
+
+        For the calls that fork: Python runs its at-fork handlers (logging's among them) around each fork,
+        and a KeyboardInterrupt raised inside one is printed as "Exception ignored" and dropped, or one
+        raised between the fork and the bookkeeping leaves a process no one knows to stop. (A handler, not
+        a signal mask: any thread may take a process's signal, and Python runs the handler in this one.)"""
+
+        def launch_with_stops_held(*args: Any, **kwargs: Any) -> Any:
+            self.holding = True
+            try:
+                started = launch(*args, **kwargs)
+            except BaseException:
+                self.holding = False
+                raise
+            if self.held_stop:  # still holding: a stop during the undo is the same stop
+                self.held_stop = False
+                undo(started)
+                self.holding = False
+                raise KeyboardInterrupt
+            self.holding = False
+            return started
+
+        return launch_with_stops_held
 
 
 def workers_ignore_sigint(server: Any) -> None:
@@ -252,6 +281,21 @@ def workers_ignore_sigint(server: Any) -> None:
         setattr(server, method, ignoring_sigint(getattr(server, method)))
 
 
+def hold_stops_while_forking(server: Any, stops: Stops) -> None:
+    """Make LitServe (``server``) fork its multiprocessing manager and its HTTP servers with stops held
+    (:meth:`Stops.held`); a stop that came meanwhile stops the HTTP servers just forked (LitServe's
+    shutdown never learns of them) or leaves LitServer.run, whose caller stops the manager."""
+
+    def stop_http_servers(workers: dict[int, Any]) -> None:
+        for worker in workers.values():
+            if hasattr(worker, "terminate"):  # a process; LitServe's thread servers end with this process
+                worker.terminate()
+                worker.join(timeout=10)
+
+    server._init_manager = stops.held(server._init_manager, lambda _manager: None)
+    server._start_server = stops.held(server._start_server, stop_http_servers)
+
+
 def stop_children(server: Any) -> None:
     """Stop the processes ``server`` (a LitServer) started before it served (stopped while starting, it
     returns without stopping them): its inference workers first, then the rest (the multiprocessing
@@ -262,16 +306,18 @@ def stop_children(server: Any) -> None:
             child.terminate()
         for child in group:
             child.join(timeout=10)
+            log.debug("Stopped %s (pid %s): exit code %s", child.name, child.pid, child.exitcode)
 
 
 def run(cfg: DictConfig) -> None:
     """Serve ``cfg.ckpt_path`` on ``cfg.host``:``cfg.port`` until stopped (Ctrl+C or SIGTERM)."""
-    mark_stopping = stop_on_signals()
+    stops = Stops()
     server = None
     try:
         server = build(cfg)
         check_port_free(cfg.host, cfg.port)
         workers_ignore_sigint(server)
+        hold_stops_while_forking(server, stops)
         shown = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
         model = server.model_metadata["model"]
         log.info("Serving %s (%s, %dx%d input) on http://%s:%d/ : the page at /, POST /predict, GET /health, GET "
@@ -282,6 +328,6 @@ def run(cfg: DictConfig) -> None:
     # Stopped before it served (LitServe handles a stop once it serves, and stops its workers itself then),
     # or stopped again while it shut down: a stop asked for, not an error.
     except KeyboardInterrupt:
-        mark_stopping()
+        stops.mark_stopping()
         log.info("Stopped")
         stop_children(server)
