@@ -143,3 +143,31 @@ def test_bad_sizes_are_refused_by_name(kwargs: dict, message: str) -> None:
                      **{"stem": [4, 4], "widths": [8], "blocks": [1], "dropout": 0.0, **kwargs})
     with pytest.raises(ConfigError, match=message):
         ResNet(**args)
+
+
+def test_squeeze_and_excitation_gates_each_channel_by_the_image_and_costs_almost_no_flops() -> None:
+    from cifake.models.flops import forward_flops
+    from cifake.models.resnet import SqueezeExcitation
+
+    plain = ResNet(**conf_args("model.net", ["model=resnet"], se=0))
+    gated = ResNet(**conf_args("model.net", ["model=resnet"], se=16))
+    assert sum(isinstance(m, SqueezeExcitation) for m in gated.modules()) == sum(SHIPPED.blocks)
+    assert not any(isinstance(m, SqueezeExcitation) for m in plain.modules())
+    added = sum(p.numel() for p in gated.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert added == sum(2 * w * (w // 16) + w // 16 + w for w in SHIPPED.widths)  # two 1x1 layers with bias per block
+    assert 0 < forward_flops(gated, 32) - forward_flops(plain, 32) < 0.001 * forward_flops(plain, 32)
+    gate = SqueezeExcitation(4, 2).eval()
+    x = torch.rand(3, 4, 5, 5)
+    scale = gate.gate(x)
+    assert scale.shape == (3, 4, 1, 1) and ((scale > 0) & (scale < 1)).all()
+    torch.testing.assert_close(gate(x), x * scale)  # one gate per image and channel, the same at every pixel
+    with pytest.raises(ConfigError, match="model.net.se"):
+        ResNet(**conf_args("model.net", ["model=resnet"], se=-1))
+
+
+def test_a_network_saved_before_se_loads_without_gates() -> None:
+    from cifake.models.resnet import upgrade_arguments
+
+    spec = OmegaConf.to_container(SHIPPED)
+    spec.pop("se")
+    assert upgrade_arguments(spec)["se"] == 0

@@ -89,6 +89,7 @@ class ResNetSchema:
     widths: list[int] = MISSING
     blocks: list[int] = MISSING
     dropout: float = MISSING
+    se: int = MISSING
     inputs: list[str] = MISSING
     in_channels: int = MISSING
     image_size: int = MISSING

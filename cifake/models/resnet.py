@@ -23,16 +23,35 @@ def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
 
 
-class ResidualBlock(nn.Module):
-    """Two 3x3 convolutions with batch-norm, added to the input (projected by a 1x1 convolution
-    when the width changes), then ReLU: the basic block of He et al. (2016)."""
+class SqueezeExcitation(nn.Module):
+    """Channel gates from the global average of each channel: pool -> 1x1 -> ReLU -> 1x1 -> sigmoid,
+    multiplied into the input (Hu et al., 2018). It lets a block weigh its channels by what the whole
+    image shows, for a few thousand FLOPs."""
 
-    def __init__(self, c_in: int, c_out: int) -> None:
+    def __init__(self, channels: int, reduction: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(
+        hidden = max(1, channels // reduction)
+        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, hidden, 1), nn.ReLU(),
+                                  nn.Conv2d(hidden, channels, 1), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x)
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 convolutions with batch-norm (then squeeze-and-excitation gates when ``se`` > 0, the
+    hidden width being the block's width over ``se``), added to the input (projected by a 1x1
+    convolution when the width changes), then ReLU: the basic block of He et al. (2016)."""
+
+    def __init__(self, c_in: int, c_out: int, se: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [
             nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
             nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
-        )
+        ]
+        if se:
+            layers.append(SqueezeExcitation(c_out, se))
+        self.body = nn.Sequential(*layers)
         self.shortcut: nn.Module = nn.Identity() if c_in == c_out else nn.Sequential(
             nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
         self.out = nn.ReLU()
@@ -106,11 +125,15 @@ class DetectorInputs(nn.Module):
 
 def upgrade_arguments(spec: dict[str, Any]) -> dict[str, Any]:
     """A network's arguments as this version takes them, from a checkpoint or export of an older one:
-    ``high_pass: true/false`` became ``inputs: [rgb, blur]`` / ``[rgb]`` (the same network, the same weights)."""
-    if spec.get("_target_") != "cifake.models.resnet.ResNet" or "high_pass" not in spec:
+    ``high_pass: true/false`` became ``inputs: [rgb, blur]`` / ``[rgb]`` (the same network, the same weights),
+    and a network from before ``se`` had no squeeze-and-excitation (``se: 0``)."""
+    if spec.get("_target_") != "cifake.models.resnet.ResNet":
         return dict(spec)
     upgraded = {k: v for k, v in spec.items() if k != "high_pass"}
-    upgraded["inputs"] = ["rgb", "blur"] if spec["high_pass"] else ["rgb"]
+    if "high_pass" in spec:
+        upgraded["inputs"] = ["rgb", "blur"] if spec["high_pass"] else ["rgb"]
+    if "se" not in spec:
+        upgraded["se"] = 0
     return upgraded
 
 
@@ -124,6 +147,8 @@ class ResNet(nn.Module):
         widths: width of each stage; each stage starts with a 2x2 max-pool.
         blocks: residual blocks per stage (one number per stage).
         dropout: dropout rate before the final linear layer.
+        se: squeeze-and-excitation in every residual block, its hidden width the block's over ``se``
+            (16: 256 channels gated through 16); 0: none.
         inputs: the views of the image the network sees, concatenated (see :class:`DetectorInputs`).
         in_channels: channels of the input images.
         image_size: side of the square input; must be divisible by ``2 ** len(widths)``.
@@ -135,6 +160,7 @@ class ResNet(nn.Module):
         widths: Sequence[int],
         blocks: Sequence[int],
         dropout: float,
+        se: int,
         inputs: Sequence[str],
         in_channels: int,
         image_size: int,
@@ -149,6 +175,8 @@ class ResNet(nn.Module):
             raise ConfigError(f"model.net.blocks must all be at least 1, got {list(blocks)}")
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"model.net.dropout must lie in [0, 1), got {dropout}")
+        if se < 0:
+            raise ConfigError(f"model.net.se must be 0 (off) or a reduction such as 16, got {se}")
         if image_size % (2 ** len(widths)):
             raise ConfigError(f"image_size {image_size} is not divisible by 2**{len(widths)} "
                               f"(one 2x2 max-pool per stage); use fewer stages or another image size")
@@ -163,7 +191,7 @@ class ResNet(nn.Module):
         for width, n in zip(widths, blocks, strict=True):
             stage: list[nn.Module] = [nn.MaxPool2d(2)]
             for _ in range(n):
-                stage.append(ResidualBlock(channels, width))
+                stage.append(ResidualBlock(channels, width, se))
                 channels = width
             stages.append(nn.Sequential(*stage))
         self.stages = nn.Sequential(*stages)
