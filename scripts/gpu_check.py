@@ -317,6 +317,13 @@ def plan(out: Path, data_root: Path, best_epochs: int, bench_steps: int) -> list
 BEST_RESERVE = 50.0
 
 
+def sigint_as_default() -> None:
+    """In a step's process before it runs: SIGINT back to its default. A shell's background job (``make
+    gpu-check &``, ``nohup ... &``) ignores SIGINT, its children inherit that, and Python then never turns
+    SIGINT into a KeyboardInterrupt: a step past its time would not stop until it was killed."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_step(name: str, args: list[str], out: Path, timeout: float, env: dict[str, str] | None = None,
              **extra: Any) -> dict[str, Any]:
     """Run ``python <args>`` from the checkout's root with its output in ``out/logs/<name>.log``; past
@@ -330,7 +337,7 @@ def run_step(name: str, args: list[str], out: Path, timeout: float, env: dict[st
         fh.flush()
         # Its own process group: the interrupt and the kill reach the decode workers too, and nothing else.
         proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=sigint_as_default)
         try:
             proc.wait(timeout=max(timeout, 1.0))
         except subprocess.TimeoutExpired:
