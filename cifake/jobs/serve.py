@@ -287,13 +287,20 @@ def hold_stops_while_forking(server: Any, stops: Stops) -> None:
     shutdown never learns of them) or leaves LitServer.run, whose caller stops the manager."""
 
     def stop_http_servers(workers: dict[int, Any]) -> None:
-        for worker in workers.values():
-            if hasattr(worker, "terminate"):  # a process; LitServe's thread servers end with this process
-                worker.terminate()
-                worker.join(timeout=10)
+        # Processes; LitServe's thread servers (api_server_worker_type=thread) end with this process.
+        end_processes([worker for worker in workers.values() if hasattr(worker, "terminate")])
 
     server._init_manager = stops.held(server._init_manager, lambda _manager: None)
     server._start_server = stops.held(server._start_server, stop_http_servers)
+
+
+def end_processes(processes: list[Any]) -> None:
+    """Ask each of ``processes`` (multiprocessing processes) to stop (SIGTERM), then wait for each."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=10)
+        log.debug("Stopped %s (pid %s): exit code %s", process.name, process.pid, process.exitcode)
 
 
 def stop_children(server: Any) -> None:
@@ -301,12 +308,8 @@ def stop_children(server: Any) -> None:
     returns without stopping them): its inference workers first, then the rest (the multiprocessing
     manager whose queues the workers read, which would fail them if it went first)."""
     workers = list(getattr(server, "inference_workers", []))  # set by LitServer.run, as it starts them
-    for group in (workers, [child for child in multiprocessing.active_children() if child not in workers]):
-        for child in group:
-            child.terminate()
-        for child in group:
-            child.join(timeout=10)
-            log.debug("Stopped %s (pid %s): exit code %s", child.name, child.pid, child.exitcode)
+    end_processes(workers)
+    end_processes([child for child in multiprocessing.active_children() if child not in workers])
 
 
 def run(cfg: DictConfig) -> None:

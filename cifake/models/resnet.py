@@ -23,25 +23,10 @@ def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
 
 
-class SqueezeExcitation(nn.Module):
-    """Channel gates from the global average of each channel: pool -> 1x1 -> ReLU -> 1x1 -> sigmoid,
-    multiplied into the input (Hu et al., 2018). It lets a block weigh its channels by what the whole
-    image shows, for a few thousand FLOPs."""
-
-    def __init__(self, channels: int, reduction: int) -> None:
-        super().__init__()
-        hidden = max(1, channels // reduction)
-        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, hidden, 1), nn.ReLU(),
-                                  nn.Conv2d(hidden, channels, 1), nn.Sigmoid())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gate(x)
-
-
 class ResidualBlock(nn.Module):
-    """Two 3x3 convolutions with batch-norm (then squeeze-and-excitation gates when ``se`` > 0, the
-    hidden width being the block's width over ``se``), added to the input (projected by a 1x1
-    convolution when the width changes), then ReLU: the basic block of He et al. (2016)."""
+    """Two 3x3 convolutions with batch-norm (then torchvision's squeeze-and-excitation gates, Hu et al.
+    2018, when ``se`` > 0, the hidden width being the block's width over ``se``), added to the input
+    (projected by a 1x1 convolution when the width changes), then ReLU: the basic block of He et al. (2016)."""
 
     def __init__(self, c_in: int, c_out: int, se: int) -> None:
         super().__init__()
@@ -50,7 +35,9 @@ class ResidualBlock(nn.Module):
             nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
         ]
         if se:
-            layers.append(SqueezeExcitation(c_out, se))
+            from torchvision.ops import SqueezeExcitation  # here: a network without gates never loads torchvision
+
+            layers.append(SqueezeExcitation(c_out, max(1, c_out // se)))
         self.body = nn.Sequential(*layers)
         self.shortcut: nn.Module = nn.Identity() if c_in == c_out else nn.Sequential(
             nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
