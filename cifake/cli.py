@@ -18,13 +18,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import hydra
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+INTERRUPTED = 130  # the exit status of a command stopped by Ctrl+C (128 + SIGINT), as shells report it
 
-from cifake.core import schemas  # noqa: F401  (registers the config schemas the YAML files name)
-from cifake.core.configs import config_dir, user_config_dirs, yaml_problem
-from cifake.core.errors import friendly_errors, report
+try:
+    import hydra
+    from hydra.experimental.callback import Callback
+    from omegaconf import DictConfig
+
+    from cifake.core import schemas  # noqa: F401  (registers the config schemas the YAML files name)
+    from cifake.core.configs import config_dir, user_config_dirs, yaml_problem
+    from cifake.core.errors import friendly_errors, report
+except KeyboardInterrupt:  # Ctrl+C while the command starts: it stops, without a traceback through the imports
+    raise SystemExit(INTERRUPTED) from None
 
 
 def _launch(job: str, entry: str = "run") -> None:
@@ -43,7 +48,13 @@ def _launch(job: str, entry: str = "run") -> None:
     problem = yaml_problem([conf, *user_config_dirs(sys.argv[1:])]) or null_group(conf, sys.argv[1:])
     if problem:
         report(problem, to_log=False)  # before Hydra reads the file (no run, so no run log)
-    hydra.main(version_base="1.3", config_path=str(conf), config_name=job)(task)()
+    try:
+        hydra.main(version_base="1.3", config_path=str(conf), config_name=job)(task)()
+    except KeyboardInterrupt:
+        # Ctrl+C outside what a job handles itself (Lightning's fit, the server): while the job's libraries
+        # import, data decodes or the test split is scored. Files are written atomically, so none is left half.
+        print(f"cifake-{job}: interrupted (Ctrl+C)", file=sys.stderr)
+        raise SystemExit(INTERRUPTED) from None
 
 
 def null_group(conf: Path, argv: list[str]) -> str | None:

@@ -1,0 +1,58 @@
+"""Ctrl+C while a command starts (cifake/cli.py): it stops with exit status 130 and one line, never a
+traceback through the imports. Lightning's fit and the server handle their own Ctrl+C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.helpers import ROOT
+from tests.helpers.runner import run_python
+
+# Raises KeyboardInterrupt, as Ctrl+C would, when the named module is imported.
+INTERRUPT_IMPORT = """
+import builtins, importlib, sys
+target = {target!r}
+real_import, real_import_module = builtins.__import__, importlib.import_module
+def stop(name):
+    if name == target:
+        raise KeyboardInterrupt
+builtins.__import__ = lambda name, *a, **k: (stop(name), real_import(name, *a, **k))[1]
+importlib.import_module = lambda name, *a: (stop(name), real_import_module(name, *a))[1]
+sys.argv = ["evaluate.py"]
+from cifake.cli import evaluate
+evaluate()
+"""
+
+
+def test_ctrl_c_while_the_command_line_imports() -> None:
+    proc = run_python("-c", INTERRUPT_IMPORT.format(target="hydra"), cwd=ROOT)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr
+
+
+def test_ctrl_c_while_the_job_imports(tmp_path: Path) -> None:
+    proc = run_python("-c", INTERRUPT_IMPORT.format(target="cifake.jobs.evaluate"), cwd=tmp_path)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "cifake-evaluate: interrupted (Ctrl+C)"
+
+
+def test_ctrl_c_one_second_into_train_py(tmp_path: Path) -> None:
+    """A real SIGINT, as a terminal sends it, one second after `python train.py experiment=demo` starts:
+    Python is still loading torch and Lightning then, on any machine."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CIFAKE_ROOT", "HYDRA_FULL_ERROR")}
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), "experiment=demo", f"paths.log_dir={tmp_path / 'logs'}",
+         f"paths.cache_dir={tmp_path / 'cache'}"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a background job would ignore it
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "cifake-train: interrupted (Ctrl+C)"
