@@ -3,7 +3,6 @@ traceback through the imports. Lightning's fit and the server handle their own C
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import time
 from pathlib import Path
 
 from tests.helpers import ROOT
-from tests.helpers.runner import run_python
+from tests.helpers.runner import run_python, script_env
 
 # Raises KeyboardInterrupt, as Ctrl+C would, when the named module is imported.
 INTERRUPT_IMPORT = """
@@ -45,11 +44,10 @@ def test_ctrl_c_while_the_job_imports(tmp_path: Path) -> None:
 def test_ctrl_c_one_second_into_train_py(tmp_path: Path) -> None:
     """A real SIGINT, as a terminal sends it, one second after `python train.py experiment=demo` starts:
     Python is still loading torch and Lightning then, on any machine."""
-    env = {k: v for k, v in os.environ.items() if k not in ("CIFAKE_ROOT", "HYDRA_FULL_ERROR")}
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), "experiment=demo", f"paths.log_dir={tmp_path / 'logs'}",
          f"paths.cache_dir={tmp_path / 'cache'}"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a background job would ignore it
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)

@@ -17,14 +17,18 @@ def run_python(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
+def script_env() -> dict[str, str]:
+    """This environment without what would change a script's errors (``CIFAKE_ROOT``, ``HYDRA_FULL_ERROR``)."""
+    return {k: v for k, v in os.environ.items() if k not in ("CIFAKE_ROOT", "HYDRA_FULL_ERROR")}
+
+
 def run_script(script: str, tmp_path: Path, *overrides: str,
                run_dir: Path | None = None) -> subprocess.CompletedProcess:
     """An entry script of the checkout (``train.py``, ...) with overrides, its run folder and cache under
     ``tmp_path``, without the environment that would change its errors (``CIFAKE_ROOT``, ``HYDRA_FULL_ERROR``)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("CIFAKE_ROOT", "HYDRA_FULL_ERROR")}
     return subprocess.run([sys.executable, str(ROOT / script), *overrides,
                            f"hydra.run.dir={run_dir or tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300, env=script_env())
 
 
 def check(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
