@@ -1,5 +1,6 @@
 """Compute as the budget (cifake/models/flops.py): forward FLOPs counted on a net whose cost is known
-by hand, and train_pflop = 3 x forward FLOPs x training images seen in results.json and metrics.json."""
+by hand, and train_pflop = 3 x forward FLOPs x training images seen in results.json and metrics.json
+(with data.crop, the FLOPs of a training crop)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from torch import nn
 
 from cifake.jobs import train as train_job
 from cifake.models.flops import forward_flops, train_pflop
-from tests.helpers.config import tiny_demo_overrides
+from tests.helpers.config import RESNET, tiny_demo_overrides
 
 
 class HandCounted(nn.Module):
@@ -64,3 +65,33 @@ def test_a_run_records_its_training_compute(compose_cfg, tmp_path: Path) -> None
     line = EpochSummary(["val/acc"]).line(1, 2, 60.0, 60.0, 1, {"val/acc": 0.9}, 0.1234)
     assert line == ("epoch 1/2 in 1 min 00 s (1 min 00 s so far, ~1 min 00 s to go, 0.123 PFLOP of training): "
                     "val/acc 0.9000")
+
+
+def test_a_run_on_crops_counts_the_crops_flops(compose_cfg, tmp_path: Path) -> None:
+    # data.crop=16 on 32x32 images: each training image costs a 16x16 forward pass; evaluation sees whole images.
+    overrides = [o for o in tiny_demo_overrides() if not o.startswith("model.net.")] + RESNET
+    cfg = compose_cfg("train", [*overrides, "trainer.max_epochs=1", "evaluate=true", "data.crop=16"])
+    train_job.run(cfg)
+    out = Path(cfg.paths.output_dir)
+    training = json.loads((out / "results.json").read_text())["computed"]["training"]
+    from hydra.utils import instantiate
+
+    net = instantiate(cfg.model, _convert_="all").net
+    whole, crop = forward_flops(net, 32), forward_flops(net, 16)
+    assert crop == pytest.approx(whole / 4, rel=0.05) and crop < whole  # a quarter of the pixels
+    recorded = training["forward_flops"], training["train_forward_flops"], training["train_input_size"]
+    assert recorded == (whole, crop, 16)
+    assert training["train_pflop"] == pytest.approx(3 * crop * training["images_seen"] / 1e15)
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["compute"]["train_pflop"] == pytest.approx(training["train_pflop"])
+    assert report["compute"]["evaluation_pflop"] == pytest.approx(whole * report["n"] / 1e15)
+
+
+def test_crops_for_a_network_of_one_input_size_stop_with_what_to_do(compose_cfg) -> None:
+    from cifake.core.errors import ConfigError
+    from cifake.jobs.train import run
+
+    # The VGG's dense layers take only the flattened 32x32 map: crops end before the first step, with the way out.
+    cfg = compose_cfg("train", [*tiny_demo_overrides(), "trainer.max_epochs=1", "data.crop=24"])
+    with pytest.raises(ConfigError, match=r"cannot take 24x24 training inputs.*model=resnet.*data.crop=null"):
+        run(cfg)

@@ -80,3 +80,17 @@ def test_other_bad_forest_settings_are_config_errors(compose_cfg, tmp_path: Path
     err = _cifake_cause(raised.value)
     assert isinstance(err, ConfigError) and named in str(err)
     assert not (tmp_path / "cache" / "decoded").exists()
+
+
+def test_the_forest_names_the_augmentation_it_never_sees(tmp_path: Path) -> None:
+    from cifake.data.datamodule import CIFAKEDataModule
+    from cifake.training.forest import unused_augmentation
+    from tests.helpers.config import conf_args
+
+    def unused(**data: object) -> list[str]:
+        return unused_augmentation(CIFAKEDataModule(**conf_args("data", root=str(tmp_path), cache_dir=str(tmp_path),
+                                                                **data)))
+
+    assert unused() == ["data.shear=0.2"]  # the report's shear, on by default
+    assert unused(shear=0, translate=4, hflip=0.5, crop=24) == ["data.translate=4", "data.hflip=0.5", "data.crop=24"]
+    assert unused(shear=0, degrade={"blur": {"p": 0.2, "range": [0.2, 1.2]}}) == ["data.degrade"]

@@ -31,13 +31,13 @@ from tests.helpers.config import CONF_DIR
 RESNET_FIRST = ["model/net/stem", "model/net/widths", "model/net/blocks", "model/net/dropout", "model/net/se",
                 "model/net/inputs", "model/net/in_channels", "model/optimizer/lr",
                 "model/optimizer/weight_decay", "model/label_smoothing", "data/batch_size", "data/shear",
-                "data/hflip", "data/translate", "trainer/max_epochs", "trainer/precision", "seed"]
+                "data/hflip", "data/translate", "data/crop", "trainer/max_epochs", "trainer/precision", "seed"]
 VGG_FIRST = ["model/net/filters", "model/net/convs", "model/net/dropouts", "model/net/dense",
              "model/net/kernel_size", "model/net/dense_dropout", "model/net/in_channels", "model/net/batch_norm",
              "model/optimizer/lr", "model/label_smoothing", "data/batch_size", "data/shear", "data/hflip",
-             "data/translate", "trainer/max_epochs", "trainer/precision", "seed"]
+             "data/translate", "data/crop", "trainer/max_epochs", "trainer/precision", "seed"]
 FOREST_FIRST = ["model/features/name", "model/features/bands", "model/features/high_cutoff", "model/n_estimators",
-                "model/max_depth", "data/batch_size", "data/shear", "data/hflip", "data/translate", "seed"]
+                "model/max_depth", "data/batch_size", "data/shear", "data/hflip", "data/translate", "data/crop", "seed"]
 # Settings of this project's configs that are plumbing: where files are, workers, console and logs,
 # device and kernels, the class names, and copies of other settings (model.image_size).
 PLUMBING = {"_target_", "_partial_", "_recursive_", "root", "cache_dir", "default_root_dir", "classes",

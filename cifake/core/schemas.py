@@ -43,6 +43,7 @@ class DataSchema:
     hflip: float = MISSING
     translate: int = MISSING
     translate_padding: str = MISSING
+    crop: Optional[int] = MISSING  # noqa: UP045
     skip_bad_files: bool = MISSING
     decode_workers: Optional[int] = MISSING  # noqa: UP045
     num_workers: int = MISSING

@@ -136,13 +136,32 @@ def random_translate(images: torch.Tensor, max_pixels: int, padding: str = "refl
         raise ValueError(f"translate must be a whole number of pixels >= 0, got {max_pixels}")
     n, _, h, w = images.shape
     p = max_pixels
-    padded = _pad(images, p, padding)
     offsets = torch.randint(-p, p + 1, (2, n), device=images.device, generator=generator)
-    rows = (torch.arange(h, device=images.device) + p)[None, :] + offsets[0][:, None]  # (N, H)
-    cols = (torch.arange(w, device=images.device) + p)[None, :] + offsets[1][:, None]  # (N, W)
+    return _windows(_pad(images, p, padding), offsets + p, h, w)
+
+
+def random_crop(images: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A ``size x size`` window of each image of a batch, at its own position drawn uniformly among
+    all that fit: whole pixels, nothing resampled (crops instead of resizing, as SAFE trains).
+    ``size`` equal to the images' side returns the batch unchanged."""
+    n, _, h, w = images.shape
+    if not 1 <= size <= min(h, w):
+        raise ValueError(f"crop must be a side in whole pixels in [1, {min(h, w)}], got {size}")
+    if size == h == w:
+        return images
+    top = torch.randint(0, h - size + 1, (n,), device=images.device, generator=generator)
+    left = torch.randint(0, w - size + 1, (n,), device=images.device, generator=generator)
+    return _windows(images, torch.stack([top, left]), size, size)
+
+
+def _windows(images: torch.Tensor, corners: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The ``h x w`` window of each image whose top-left pixel ``corners[:, i]`` (rows, columns) gives."""
+    n, c = images.shape[:2]
+    rows = torch.arange(h, device=images.device)[None, :] + corners[0][:, None]  # (N, h)
+    cols = torch.arange(w, device=images.device)[None, :] + corners[1][:, None]  # (N, w)
     # Two gathers (rows, then columns) beat one 3-index gather here: fewer, contiguous reads.
-    padded = padded.gather(2, rows[:, None, :, None].expand(n, padded.shape[1], h, w + 2 * p))
-    return padded.gather(3, cols[:, None, None, :].expand(n, padded.shape[1], h, w))
+    images = images.gather(2, rows[:, None, :, None].expand(n, c, h, images.shape[-1]))
+    return images.gather(3, cols[:, None, None, :].expand(n, c, h, w))
 
 
 def _pad(images: torch.Tensor, pixels: int, padding: str) -> torch.Tensor:

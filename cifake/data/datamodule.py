@@ -13,7 +13,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from cifake.core.errors import ConfigError, DataError
 from cifake.data.archive import extract_archive, is_archive
-from cifake.data.augment import TRANSLATE_PADDING, random_hflip, random_shear, random_translate, to_unit_float
+from cifake.data.augment import (
+    TRANSLATE_PADDING,
+    random_crop,
+    random_hflip,
+    random_shear,
+    random_translate,
+    to_unit_float,
+)
 from cifake.data.cache import DecodedSplit, load_or_decode
 from cifake.data.degrade import check_degradations, degrade, is_active
 from cifake.data.demo import generate_demo
@@ -68,7 +75,8 @@ class CIFAKEDataModule(L.LightningDataModule):
     Validation is a seeded, stratified ``val_fraction`` of train (``validate_on="holdout"``) or,
     as the report did, the test split (``validate_on="test"``). Training batches are sheared per
     sample by up to ``shear`` degrees on the device, shifted by up to ``translate`` whole pixels
-    (pad-and-crop, border filled as ``translate_padding`` says) and mirrored with probability ``hflip``.
+    (pad-and-crop, border filled as ``translate_padding`` says), cut to a random ``crop x crop``
+    window (``None``: whole images) and mirrored with probability ``hflip``.
     With ``on_device`` (``auto``: on CUDA) the decoded uint8 arrays are copied to the device once
     and batches are indexed there, so no image crosses the bus per step. With ``demo`` set, a
     generated dataset is written to ``root`` first (see :func:`cifake.data.demo.generate_demo`).
@@ -92,6 +100,7 @@ class CIFAKEDataModule(L.LightningDataModule):
         hflip: float,
         translate: int,
         translate_padding: str,
+        crop: int | None,
         skip_bad_files: bool,
         decode_workers: int | None,
         num_workers: int,
@@ -112,6 +121,9 @@ class CIFAKEDataModule(L.LightningDataModule):
             raise ConfigError(f"data.translate is a shift in whole pixels in [0, image_size), got {translate}")
         if translate_padding not in TRANSLATE_PADDING:
             raise ConfigError(f"data.translate_padding={translate_padding!r}; choose one of {list(TRANSLATE_PADDING)}")
+        if crop is not None and not (isinstance(crop, int) and 1 <= crop <= image_size):
+            raise ConfigError(f"data.crop is the side of the training crop in whole pixels in [1, {image_size}] "
+                              f"(data.image_size), or null for whole images; got {crop}")
         if on_device not in (True, False, "auto"):
             raise ConfigError(f"data.on_device is auto, true or false, got {on_device!r}")
         self.degradations = check_degradations(degrade)
@@ -262,5 +274,7 @@ class CIFAKEDataModule(L.LightningDataModule):
             hp = self.hparams
             images = random_shear(images, hp.shear)
             images = random_translate(images, hp.translate, hp.translate_padding)
+            if hp.crop is not None:
+                images = random_crop(images, hp.crop)
             images = random_hflip(images, hp.hflip)
         return images, labels, rows

@@ -91,6 +91,9 @@ class Classifier(L.LightningModule):
         # The cost of one image, counted once (a budget any machine can check: cifake.models.flops), and the
         # training images this process has stepped through (a host count: nothing is read from the device).
         self.forward_flops = forward_flops(self.net, image_size)
+        # What one training image costs: a whole one, until a training batch of crops (data.crop) says otherwise.
+        self.train_input_size = image_size
+        self.train_forward_flops = self.forward_flops
         self.images_seen = 0
         self.example_input_array = torch.zeros(1, 3, image_size, image_size)  # Lightning's summary shows FLOPs
         self.train_metrics = metrics.clone(prefix="train/")
@@ -187,24 +190,46 @@ class Classifier(L.LightningModule):
         self._metrics(stage).reset()
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> dict[str, torch.Tensor]:
+        size = batch[0].shape[-1]
+        if size != self.train_input_size:
+            self._count_training_inputs(size)
         self.images_seen += len(batch[1])  # the batch's size is known on the host
         return self._step(batch, "train")
 
+    def _count_training_inputs(self, size: int) -> None:
+        """Count FLOPs at the side ``size`` of the training inputs (crops: ``data.crop``), which only
+        the first training batch tells; a run's inputs keep one size, so its compute stays one product."""
+        if self.images_seen:
+            raise ConfigError(f"this run trained on {self.train_input_size}x{self.train_input_size} inputs so far "
+                              f"and now gets {size}x{size} ones; resume a run with the data.crop it started with")
+        try:
+            self.train_forward_flops = forward_flops(self.net, size)
+        except RuntimeError as err:
+            raise ConfigError(f"model.net cannot take {size}x{size} training inputs (data.crop={size}): {err}. "
+                              "Crop for a network that takes any size (model=resnet), or set data.crop=null") from None
+        self.train_input_size = size
+
     @property
     def compute(self) -> dict[str, Any]:
-        """Training compute so far, over every process: ``forward_flops`` of one image, ``images_seen``
-        and ``train_pflop`` (3 x forward FLOPs x images seen)."""
+        """Training compute so far, over every process: ``forward_flops`` of one whole image,
+        ``train_input_size`` and ``train_forward_flops`` (a training image: a crop with ``data.crop``),
+        ``images_seen`` and ``train_pflop`` (3 x a training image's forward FLOPs x images seen)."""
         world = self.trainer.world_size if self._trainer is not None else 1
         seen = self.images_seen * world
-        return {"forward_flops": self.forward_flops, "images_seen": seen,
-                "train_pflop": train_pflop(self.forward_flops, seen)}
+        return {"forward_flops": self.forward_flops, "train_input_size": self.train_input_size,
+                "train_forward_flops": self.train_forward_flops, "images_seen": seen,
+                "train_pflop": train_pflop(self.train_forward_flops, seen)}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[COMPUTE_KEY] = self.compute  # resumed runs go on counting; evaluate.py reports it
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         world = self.trainer.world_size if self._trainer is not None else 1
-        self.images_seen = int((checkpoint.get(COMPUTE_KEY) or {}).get("images_seen", 0)) // world
+        record = checkpoint.get(COMPUTE_KEY) or {}
+        self.images_seen = int(record.get("images_seen", 0)) // world
+        if "train_input_size" in record:  # recorded since data.crop; before it, training saw whole images
+            self.train_input_size = int(record["train_input_size"])
+            self.train_forward_flops = int(record["train_forward_flops"])
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> dict[str, torch.Tensor]:
         return self._step(batch, "val")

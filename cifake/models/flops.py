@@ -16,10 +16,12 @@ def forward_flops(net: nn.Module, image_size: int, in_channels: int = 3) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     was_training = net.training
+    parameter = next(net.parameters(), None)
+    device = parameter.device if parameter is not None else None  # counted where the network lives
     net.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            net(torch.zeros(1, in_channels, image_size, image_size))
+            net(torch.zeros(1, in_channels, image_size, image_size, device=device))
     finally:
         net.train(was_training)
     return int(counter.get_total_flops())

@@ -55,7 +55,7 @@ from torch.utils.data import DataLoader
 
 from cifake.core import schemas  # noqa: F401  (registers the config schemas)
 from cifake.core.configs import CONF_DIR
-from cifake.data.augment import random_hflip, random_shear, random_translate, to_unit_float
+from cifake.data.augment import random_crop, random_hflip, random_shear, random_translate, to_unit_float
 from cifake.data.degrade import degrade, is_active
 from cifake.models.arithmetic import channels_last_on, float32_matmul
 from cifake.models.flops import TRAIN_MULTIPLIER, forward_flops
@@ -240,12 +240,12 @@ class _BareData:
         return images.to(self.device, non_blocking=True), self.labels[rows.to(self.device)]
 
     def augment(self, images: torch.Tensor) -> torch.Tensor:
-        """The DataModule's training transform on the device: degrade, scale, shear, shift, flip."""
+        """The DataModule's training transform on the device: degrade, scale, shear, shift, crop, flip."""
         hp = self.datamodule.hparams
         if is_active(self.datamodule.degradations):
             images = degrade(images, self.datamodule.degradations)
-        images = random_shear(to_unit_float(images), hp.shear)
-        return random_hflip(random_translate(images, hp.translate, hp.translate_padding), hp.hflip)
+        images = random_translate(random_shear(to_unit_float(images), hp.shear), hp.translate, hp.translate_padding)
+        return random_hflip(images if hp.crop is None else random_crop(images, hp.crop), hp.hflip)
 
 
 def _bare_net(cfg: DictConfig) -> torch.nn.Module:
@@ -254,9 +254,11 @@ def _bare_net(cfg: DictConfig) -> torch.nn.Module:
     return net.to(memory_format=torch.channels_last) if numerics(cfg)[1] else net
 
 
-def image_flops(cfg: DictConfig) -> float:
-    """Forward FLOPs of one image through the config's network (cifake.models.flops)."""
-    return float(forward_flops(instantiate(cfg.model.net), int(cfg.data.image_size)))  # counted on the CPU
+def image_flops(cfg: DictConfig, training: bool = False) -> float:
+    """Forward FLOPs of one image through the config's network (cifake.models.flops): a whole image,
+    or with ``training`` what one training image costs (its ``data.crop``, if set)."""
+    size = cfg.data.crop if training and cfg.data.crop is not None else cfg.data.image_size
+    return float(forward_flops(instantiate(cfg.model.net), int(size)))  # counted on the CPU
 
 
 def _layout(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -340,9 +342,9 @@ def precision_rows(rows: list[str], runs_log: list[str], overrides: list[str], t
     for net, net_overrides in PRECISION_NETS.items():
         configs = {name: _compose([*net_overrides, *overrides, *extra], tmp) for name, extra in PRECISIONS.items()}
         reference = next(iter(PRECISIONS))
-        forward = image_flops(configs[reference])
-        for title, measure, cost in (("training", lightning_train_rate, TRAIN_MULTIPLIER * forward),
-                                     ("evaluation", lightning_eval_rate, forward)):
+        for title, measure, cost in (
+                ("training", lightning_train_rate, TRAIN_MULTIPLIER * image_flops(configs[reference], training=True)),
+                ("evaluation", lightning_eval_rate, image_flops(configs[reference]))):
             _compare(rows, f"(d) {net}, {title}", {name: lambda c=c, m=measure: m(c, steps, warmup)
                                                    for name, c in configs.items()}, reference, repeats, runs_log,
                      flush, cost)
@@ -361,7 +363,7 @@ def degrade_rows(rows: list[str], runs_log: list[str], overrides: list[str], tmp
     _compare(rows, "(e) training, degradations off vs on", {
         name: lambda c=c: lightning_train_rate(c, steps, warmup) for name, c in configs.items()
     }, next(iter(DEGRADE_RECIPES)), repeats, runs_log, flush,
-        TRAIN_MULTIPLIER * image_flops(configs[next(iter(DEGRADE_RECIPES))]))
+        TRAIN_MULTIPLIER * image_flops(configs[next(iter(DEGRADE_RECIPES))], training=True))
 
 
 # -- the table ---------------------------------------------------------------------------------
@@ -448,7 +450,7 @@ def main(argv: list[str] | None = None) -> str:
                     f"{bare} ({how})": lambda c=c: bare_train_rate(c, s, w),
                     f"Lightning (train.py's module, datamodule, callbacks, logger; {how})":
                         lambda c=c: lightning_train_rate(c, s, w),
-                }, f"{bare} ({how})", r, runs_log, flush, TRAIN_MULTIPLIER * image_flops(c))
+                }, f"{bare} ({how})", r, runs_log, flush, TRAIN_MULTIPLIER * image_flops(c, training=True))
         if "eval" in sections:
             for batch, c in configs.items():
                 bare, how = "bare no_grad loop", numerics_label(c)

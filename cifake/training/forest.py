@@ -28,6 +28,7 @@ from cifake.analysis.plots import (
 from cifake.analysis.report import Predictions, curve_figures, example_figures, write_figures
 from cifake.data.cache import DecodedSplit
 from cifake.data.datamodule import CIFAKEDataModule
+from cifake.data.degrade import is_active
 from cifake.data.features import cached_features
 from cifake.models.forest import ForestClassifier
 
@@ -73,6 +74,17 @@ def _counts(labels: np.ndarray, classes: tuple[str, ...]) -> dict[str, int]:
     return dict(zip(classes, np.bincount(labels, minlength=len(classes)).tolist(), strict=True))
 
 
+def unused_augmentation(datamodule: CIFAKEDataModule) -> list[str]:
+    """The training augmentation settings that are on (``data.shear=0.2``, ...): a forest never sees them."""
+    hp = datamodule.hparams
+    unused = [f"data.{key}={hp[key]}" for key in ("shear", "translate", "hflip") if hp[key]]
+    if hp.crop is not None:
+        unused.append(f"data.crop={hp.crop}")
+    if is_active(datamodule.degradations):
+        unused.append("data.degrade")
+    return unused
+
+
 def fit_forest(cfg: DictConfig, datamodule: CIFAKEDataModule, model: ForestClassifier,
                loggers: list) -> tuple[dict[str, Any], Path]:
     """Fit the forest on the train split's features, score train and validation like a network
@@ -86,6 +98,9 @@ def fit_forest(cfg: DictConfig, datamodule: CIFAKEDataModule, model: ForestClass
     x_train, y_train = features[train_set.indices], train_set.split.labels[train_set.indices]
     x_val, y_val = features[val_set.indices], val_set.split.labels[val_set.indices]
 
+    unused = unused_augmentation(datamodule)
+    if unused:
+        log.info("The forest fits on the images as decoded: %s augment a network's training only", ", ".join(unused))
     start = time.perf_counter()
     log.info("Fitting a random forest on %d images x %d features%s", len(x_train), x_train.shape[1],
              f" (grid search over {model.grid})" if model.grid else "")

@@ -33,7 +33,7 @@ COMPARE_FIRST = (
     "model.net",                                                # network sizes, dropout
     "model.features", "model.n_estimators", "model.max_depth",  # the forest's counterparts
     "model.optimizer.lr", "model.optimizer.weight_decay", "model.label_smoothing",
-    "data.batch_size", "data.shear", "data.hflip", "data.translate",  # batch, augmentation
+    "data.batch_size", "data.shear", "data.hflip", "data.translate", "data.crop",  # batch, augmentation
     "trainer.max_epochs", "trainer.precision",
     "seed",
 )
