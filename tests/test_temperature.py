@@ -66,10 +66,16 @@ def test_temperatures_combine_on_a_scorer(tmp_path: Path) -> None:
     assert with_temperature(scorer, None) is scorer and with_temperature(scorer, 1.0) is scorer
 
 
-def test_train_fits_stores_and_every_scorer_applies_the_temperature(compose_cfg, tmp_path: Path) -> None:
+def test_train_fits_stores_and_every_scorer_applies_the_temperature(compose_cfg, tmp_path: Path, monkeypatch) -> None:
+    from cifake.evaluation import workflow
+
+    scored, original = [], workflow.score_split
+    monkeypatch.setattr(workflow, "score_split", lambda *a, **k: (scored.append(a[2]), original(*a, **k))[1])
     cfg = compose_cfg("train", [*tiny_demo_overrides(), "trainer.max_epochs=2", "model.label_smoothing=0.2",
                                 "calibration.temperature=auto", "unsure_precision=0.75", "evaluate=true"])
     metrics = train_job.run(cfg)
+    assert scored == ["validate", "test"]  # one validation pass serves the temperature and the band
+    monkeypatch.undo()
     out = Path(cfg.paths.output_dir)
     best = out / "checkpoints" / "best.ckpt"
     stored = torch.load(best, weights_only=True)
@@ -96,6 +102,10 @@ def test_train_fits_stores_and_every_scorer_applies_the_temperature(compose_cfg,
     assert block["ece_before"] == pytest.approx(expected_calibration_error(p_before, labels), abs=1e-5)
     # The band was chosen after the temperature: it lies in the calibrated scores' space.
     assert report["unsure"]["band"] == pytest.approx(stored["unsure_band"])
+    from cifake.analysis.calibration import choose_unsure_band
+
+    calibrated = score_split(raw, instantiate(cfg.data, _convert_="all"), "validate")
+    assert stored["unsure_band"] == pytest.approx(choose_unsure_band(calibrated.p_real, calibrated.labels, 0.5, 0.75))
 
     # evaluate.py finds the temperature with the weights and reports the same figures.
     data = [o for o in tiny_demo_overrides() if o.startswith(("data", "trainer.accelerator"))]

@@ -5,6 +5,7 @@ predictions to :mod:`cifake.analysis.report` for the files and figures."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -86,17 +87,19 @@ UNSURE_CONDITIONS = ("clean", "trained")
 
 
 def unsure_band_on_validation(scorer: Scorer, datamodule: CIFAKEDataModule, threshold: float,
-                              target_precision: float, conditions: str,
-                              settings: dict[str, Any], limit: Limit = None) -> tuple[float, float]:
+                              target_precision: float, conditions: str, settings: dict[str, Any],
+                              limit: Limit = None, val: Predictions | None = None) -> tuple[float, float]:
     """The narrowest band around ``threshold`` outside which both classes' validation answers reach
     ``target_precision`` (:func:`cifake.analysis.calibration.choose_unsure_band`). ``conditions="trained"``:
     on the clean validation images and under every condition of the robustness battery
     (``settings["robustness"]``) the model trained on (``trained_with == "yes"``), the widest of
     those bands, so the confident answers hold up on images degraded as in training; conditions
-    the model never trained on stay out of the choice, to be measured, not fitted."""
+    the model never trained on stay out of the choice, to be measured, not fitted. ``val``: ``scorer``'s
+    validation predictions, when they are already at hand."""
     if conditions not in UNSURE_CONDITIONS:
         raise ConfigError(f"unsure_conditions={conditions!r}; choose one of {list(UNSURE_CONDITIONS)}")
-    val = score_split(scorer, datamodule, "validate", limit)
+    if val is None:
+        val = score_split(scorer, datamodule, "validate", limit)
     pairs: list[tuple[str, Any]] = [("none", None)]
     cfg = settings["robustness"]
     if conditions == "trained":
@@ -117,10 +120,9 @@ def unsure_band_on_validation(scorer: Scorer, datamodule: CIFAKEDataModule, thre
     return band
 
 
-def temperature_on_validation(scorer: Scorer, datamodule: CIFAKEDataModule, limit: Limit = None) -> float:
-    """The temperature that calibrates ``scorer``'s p(REAL) on the validation split
+def temperature_on_validation(val: Predictions) -> float:
+    """The temperature that calibrates the validation predictions ``val``
     (:func:`cifake.analysis.calibration.fit_temperature`), with the validation ECE before and after it logged."""
-    val = score_split(scorer, datamodule, "validate", limit)
     temperature = fit_temperature(val.p_real, val.labels)
     log.info("Temperature fitted on the validation split (%d images): %.4f; validation ECE %.4f before, %.4f after",
              len(val.labels), temperature, expected_calibration_error(val.p_real, val.labels),
@@ -134,10 +136,14 @@ def choose_on_validation(scorer: Scorer, datamodule: CIFAKEDataModule, cfg: Mapp
     scored, in this order (conf/evaluation/default.yaml): the temperature (``calibration.temperature``:
     ``auto`` fits one, a number is taken as it is, ``null`` keeps the model's own), then the unsure
     band on the calibrated scores (``unsure_precision``, ``unsure_conditions``). Returns the calibrated
-    scorer, the temperature chosen now (``None`` if none) and the band (``None`` if not asked for)."""
-    setting, temperature, band = cfg["calibration"]["temperature"], None, None
+    scorer, the temperature chosen now (``None`` if none) and the band (``None`` if not asked for).
+    The validation split is scored once for both: the band's scores are the fitted ones, calibrated."""
+    setting, temperature, band, val = cfg["calibration"]["temperature"], None, None, None
     if setting == "auto":
-        temperature = temperature_on_validation(scorer, datamodule, limit)
+        val = score_split(scorer, datamodule, "validate", limit)
+        temperature = temperature_on_validation(val)
+        if temperature != 1.0:  # as with_temperature below: 1 leaves the scores as they are
+            val = dataclasses.replace(val, p_real=apply_temperature(val.p_real, temperature))
     elif setting is not None:
         try:
             temperature = float(setting)
@@ -146,7 +152,7 @@ def choose_on_validation(scorer: Scorer, datamodule: CIFAKEDataModule, cfg: Mapp
     scorer = with_temperature(scorer, temperature)
     if cfg["unsure_precision"]:
         band = unsure_band_on_validation(scorer, datamodule, cfg["threshold"], cfg["unsure_precision"],
-                                         cfg["unsure_conditions"], cfg["report"], limit)
+                                         cfg["unsure_conditions"], cfg["report"], limit, val)
     return scorer, temperature, band
 
 
