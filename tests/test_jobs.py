@@ -176,3 +176,24 @@ def test_epoch_line_says_time_to_go_and_skips_what_was_not_logged() -> None:
     line = summary.line(2, 10, 61.0, 120.0, 2, {"train/loss": torch.tensor(0.25), "val/acc": 0.9})
     assert line == "epoch 2/10 in 1 min 01 s (2 min 00 s so far, ~8 min 00 s to go): train/loss 0.2500, val/acc 0.9000"
     assert summary.line(3, -1, 5.0, 4000.0, 3, {}) == "epoch 3/? in 5 s (1 h 06 min so far)"
+
+
+def test_results_name_the_commit_the_run_started_with(compose_cfg, monkeypatch) -> None:
+    # A run spans hours; the checkout may move on meanwhile. The commit is read before training starts.
+    events, fit = [], train_job.fit_network
+    monkeypatch.setattr(train_job, "source_commit", lambda: (events.append("commit"), "abc123 (as started)")[1])
+    monkeypatch.setattr(train_job, "fit_network", lambda *a, **k: (events.append("fit"), fit(*a, **k))[1])
+    cfg = compose_cfg("train", [*tiny_demo_overrides(), "trainer.max_epochs=1", "evaluate=false"])
+    train_job.run(cfg)
+    assert events == ["commit", "fit"]
+    results = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
+    assert results["run"]["commit"] == "abc123 (as started)"
+
+
+def test_the_commit_of_this_checkout_is_its_head() -> None:
+    import subprocess
+
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    if not head:
+        pytest.skip("not a git checkout: source_commit gives the package version there")
+    assert train_job.source_commit() in (head, f"{head} + changes")

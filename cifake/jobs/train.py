@@ -49,6 +49,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Fit ``cfg.model`` on ``cfg.data`` (resuming from ``cfg.ckpt_path`` if set), optionally
     evaluate the best model on the test split, write ``results.json`` and return the final
     metrics (flat scalars; ``test``: the test report)."""
+    commit = source_commit()  # now: the code this run starts with, whatever the checkout holds when it ends
     if cfg.seed is not None:
         L.seed_everything(cfg.seed, workers=True)
     silence_known_warnings()
@@ -101,7 +102,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if rank_zero:
         for lg in loggers:
             lg.finalize("success")
-        write_results(out, metrics, computed, made_by(computed["training"]))
+        write_results(out, metrics, computed, made_by(computed["training"], commit))
         _print_outputs(out, best, loggers, bool(metrics.get("test")))
     return metrics
 
@@ -239,10 +240,9 @@ def write_results(out: Path, metrics: dict[str, Any], computed: dict[str, dict[s
     return path
 
 
-def made_by(training: dict[str, Any]) -> dict[str, Any]:
-    """The commit (``git rev-parse HEAD`` of the checkout an editable install runs from, ``+ changes``
-    when it has uncommitted ones; the package version when it is not a checkout), the machine (CPU model, cores,
-    whether it computes bf16 natively, the GPU if training used one) and the training's wall time."""
+def source_commit() -> str:
+    """The code this process runs: ``git rev-parse HEAD`` of the checkout an editable install runs from,
+    ``+ changes`` when it has uncommitted ones; the package version when it is not a checkout."""
     here = Path(__file__).resolve().parents[2]  # the checkout, when the package runs from one
     try:
         if not (here / ".git").exists():
@@ -257,6 +257,12 @@ def made_by(training: dict[str, Any]) -> dict[str, Any]:
         commit = None
     if commit is None:
         commit = f"cifake {importlib.metadata.version('cifake')} (not a git checkout)"
+    return commit
+
+
+def made_by(training: dict[str, Any], commit: str) -> dict[str, Any]:
+    """``commit`` (:func:`source_commit`, read when the run started), the machine (CPU model, cores,
+    whether it computes bf16 natively, the GPU if training used one) and the training's wall time."""
     bf16 = "yes" if native_bf16(torch.device("cpu")) else "no"
     machine = f"{machine_cpu()}, {os.cpu_count()} cores, native bf16: {bf16}"
     if str(training.get("device", "")).startswith("cuda"):
