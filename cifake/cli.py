@@ -13,21 +13,49 @@ runs, so ``--help`` and ``--cfg`` answer at once and ``cifake-predict`` loads on
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 INTERRUPTED = 130  # the exit status of a command stopped by Ctrl+C (128 + SIGINT), as shells report it
 
-try:
-    import hydra
-    from hydra.experimental.callback import Callback
-    from omegaconf import DictConfig
 
-    from cifake.core import schemas  # noqa: F401  (registers the config schemas the YAML files name)
-    from cifake.core.configs import config_dir, user_config_dirs, yaml_problem
-    from cifake.core.errors import friendly_errors, report
+@contextmanager
+def ctrl_c_after_imports() -> Iterator[None]:
+    """Hold a Ctrl+C (SIGINT) that comes while the block imports modules until the block ends, then raise
+    it as ``KeyboardInterrupt``. An import cut in the middle can leave a library half loaded (numpy without
+    its C core), and a later import then fails with an error that hides the Ctrl+C. Where SIGINT is ignored
+    (a background job) or cannot be handled (not the main thread), the block runs as it is."""
+    pressed: list[int] = []
+    previous = signal.getsignal(signal.SIGINT)
+    held = previous not in (signal.SIG_IGN, None)  # None: a handler set outside Python, left alone
+    if held:
+        try:
+            signal.signal(signal.SIGINT, lambda signum, _frame: pressed.append(signum))
+        except ValueError:  # not the main thread
+            held = False
+    try:
+        yield
+    finally:
+        if held:
+            signal.signal(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt
+
+
+try:
+    with ctrl_c_after_imports():
+        import hydra
+        from hydra.experimental.callback import Callback
+        from omegaconf import DictConfig
+
+        from cifake.core import schemas  # noqa: F401  (registers the config schemas the YAML files name)
+        from cifake.core.configs import config_dir, user_config_dirs, yaml_problem
+        from cifake.core.errors import friendly_errors, report
 except KeyboardInterrupt:  # Ctrl+C while the command starts: it stops, without a traceback through the imports
     raise SystemExit(INTERRUPTED) from None
 
@@ -37,7 +65,9 @@ def _launch(job: str, entry: str = "run") -> None:
     :class:`~cifake.core.errors.CifakeError` reported as one line (exit status 2)."""
 
     def task(cfg: DictConfig) -> Any:
-        return friendly_errors(getattr(importlib.import_module(f"cifake.jobs.{job}"), entry))(cfg)
+        with ctrl_c_after_imports():  # the job's module brings torch, Lightning, numpy, ...
+            module = importlib.import_module(f"cifake.jobs.{job}")
+        return friendly_errors(getattr(module, entry))(cfg)
 
     # Hydra names the job (hydra.job.name: the run's <job>.log, the app named by --help) after the last
     # dotted part of the task function's module (after the file for a script run as __main__). Named as

@@ -21,7 +21,7 @@ def stop(name):
     if name == target:
         raise KeyboardInterrupt
 builtins.__import__ = lambda name, *a, **k: (stop(name), real_import(name, *a, **k))[1]
-importlib.import_module = lambda name, *a: (stop(name), real_import_module(name, *a))[1]
+importlib.import_module = lambda name, *a, **k: (stop(name), real_import_module(name, *a, **k))[1]
 sys.argv = ["evaluate.py"]
 from cifake.cli import evaluate
 evaluate()
@@ -54,3 +54,38 @@ def test_ctrl_c_one_second_into_train_py(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "cifake-train: interrupted (Ctrl+C)"
+
+
+# A module that gets Ctrl+C halfway through its own import, then finishes it (writes the marker).
+HALFWAY_MODULE = """
+import os, signal, time
+os.kill(os.getpid(), signal.SIGINT)
+time.sleep(0.2)
+open({marker!r}, "w").write("imported whole")
+"""
+INTERRUPT_HALFWAY = """
+import builtins, importlib, sys
+sys.path.insert(0, {folder!r})
+real_import_module = importlib.import_module
+def import_module(name, *a, **k):
+    if name == "cifake.jobs.evaluate":
+        import halfway  # as if it were one of the job's libraries
+    return real_import_module(name, *a, **k)
+importlib.import_module = import_module
+sys.argv = ["evaluate.py"]
+from cifake.cli import evaluate
+evaluate()
+"""
+
+
+def test_ctrl_c_during_an_import_lets_it_finish_then_stops(tmp_path: Path) -> None:
+    # A library cut off halfway through its import can break the next import with an error that hides the Ctrl+C.
+    marker = tmp_path / "marker"
+    (tmp_path / "halfway.py").write_text(HALFWAY_MODULE.format(marker=str(marker)))
+    proc = subprocess.run([sys.executable, "-c", INTERRUPT_HALFWAY.format(folder=str(tmp_path))], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, env=script_env(),
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert marker.read_text() == "imported whole"
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "cifake-evaluate: interrupted (Ctrl+C)"
