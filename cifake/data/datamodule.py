@@ -267,14 +267,16 @@ class CIFAKEDataModule(L.LightningDataModule):
             return batch
         images, labels, rows = batch
         training = self.trainer is not None and self.trainer.training
-        if training and is_active(self.degradations):  # on the uint8 pixels, as sharing degrades a file
+        return (self.augment(images) if training else to_unit_float(images)), labels, rows
+
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        """The training transform of a uint8 batch, on its device: degrade (``data.degrade``), scale to
+        [0, 1], shear, shift, crop and flip, as the settings ask."""
+        if is_active(self.degradations):  # on the uint8 pixels, as sharing degrades a file
             images = degrade(images, self.degradations)
-        images = to_unit_float(images)
-        if training:
-            hp = self.hparams
-            images = random_shear(images, hp.shear)
-            images = random_translate(images, hp.translate, hp.translate_padding)
-            if hp.crop is not None:
-                images = random_crop(images, hp.crop)
-            images = random_hflip(images, hp.hflip)
-        return images, labels, rows
+        hp = self.hparams
+        images = random_shear(to_unit_float(images), hp.shear)
+        images = random_translate(images, hp.translate, hp.translate_padding)
+        if hp.crop is not None:
+            images = random_crop(images, hp.crop)
+        return random_hflip(images, hp.hflip)

@@ -55,8 +55,7 @@ from torch.utils.data import DataLoader
 
 from cifake.core import schemas  # noqa: F401  (registers the config schemas)
 from cifake.core.configs import CONF_DIR
-from cifake.data.augment import random_crop, random_hflip, random_shear, random_translate, to_unit_float
-from cifake.data.degrade import degrade, is_active
+from cifake.data.augment import random_shear, to_unit_float
 from cifake.models.arithmetic import channels_last_on, float32_matmul
 from cifake.models.flops import TRAIN_MULTIPLIER, forward_flops
 from cifake.training.trainer import build_trainer, resolve_precision, uses_cuda
@@ -240,12 +239,8 @@ class _BareData:
         return images.to(self.device, non_blocking=True), self.labels[rows.to(self.device)]
 
     def augment(self, images: torch.Tensor) -> torch.Tensor:
-        """The DataModule's training transform on the device: degrade, scale, shear, shift, crop, flip."""
-        hp = self.datamodule.hparams
-        if is_active(self.datamodule.degradations):
-            images = degrade(images, self.datamodule.degradations)
-        images = random_translate(random_shear(to_unit_float(images), hp.shear), hp.translate, hp.translate_padding)
-        return random_hflip(images if hp.crop is None else random_crop(images, hp.crop), hp.hflip)
+        """The DataModule's training transform on the device (:meth:`CIFAKEDataModule.augment`)."""
+        return self.datamodule.augment(images)
 
 
 def _bare_net(cfg: DictConfig) -> torch.nn.Module:
