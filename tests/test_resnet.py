@@ -175,3 +175,55 @@ def test_a_network_saved_before_se_loads_without_gates() -> None:
     spec = OmegaConf.to_container(SHIPPED)
     spec.pop("se")
     assert upgrade_arguments(spec)["se"] == 0
+
+
+def test_inverted_blocks_have_mobilenet_v2s_layers_and_the_flops_counted_by_hand() -> None:
+    from cifake.models.flops import forward_flops
+
+    args = conf_args("model.net", ["model=resnet"], stem=[8], widths=[16, 32], blocks=[2, 1], dropout=0.0,
+                     block="inverted", expansion=3, image_size=16)
+    net = ResNet(**args).eval()
+    depthwise = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    assert [(m.in_channels, m.groups, m.kernel_size) for m in depthwise] == [
+        (24, 24, (3, 3)), (48, 48, (3, 3)), (48, 48, (3, 3))]  # widened x3 from the block's input: 8, 16, 16
+    assert net(torch.rand(5, 3, 16, 16)).shape == (5,)
+    # Multiply-adds x 2, by hand: stem 3->8 at 16x16; each block 1x1 widen, 3x3 depthwise, 1x1 project at its
+    # stage's size (8x8, 8x8, 4x4); the final linear layer.
+    def block(c_in: int, c_out: int, pixels: int) -> int:
+        hidden = 3 * c_in
+        return pixels * (c_in * hidden + 9 * hidden + hidden * c_out)
+
+    macs = 16 * 16 * 3 * 8 * 9 + block(8, 16, 64) + block(16, 16, 64) + block(16, 32, 16) + 32
+    assert forward_flops(net, 16) == 2 * macs
+
+
+def test_inverted_blocks_add_their_input_only_where_the_width_is_kept() -> None:
+    args = conf_args("model.net", ["model=resnet"], stem=[8], widths=[8, 16], blocks=[1, 1], dropout=0.0,
+                     block="inverted", expansion=2, image_size=16)
+    net = ResNet(**args).eval()
+    kept, widened = net.stages[0][1], net.stages[1][1]
+    assert kept.use_res_connect and not widened.use_res_connect
+    x = torch.rand(2, 8, 8, 8)
+    torch.testing.assert_close(kept(x), x + kept.conv(x))
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"block": "bottleneck"}, "model.net.block='bottleneck'"),
+    ({"block": "inverted", "expansion": 0}, "model.net.expansion >= 1"),
+    ({"block": "inverted", "se": 16}, "model.net.se=0"),
+])
+def test_bad_blocks_are_refused_by_name(kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        ResNet(**conf_args("model.net", ["model=resnet"], **kwargs))
+
+
+def test_a_network_saved_before_block_loads_with_basic_blocks() -> None:
+    from cifake.models.resnet import upgrade_arguments
+
+    spec = OmegaConf.to_container(SHIPPED)
+    spec.pop("block")
+    spec.pop("expansion")
+    upgraded = upgrade_arguments(spec)
+    assert upgraded["block"] == "basic"
+    plain = instantiate({**upgraded, "image_size": 32})
+    assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in shipped_net().parameters())

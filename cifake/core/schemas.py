@@ -91,6 +91,8 @@ class ResNetSchema:
     blocks: list[int] = MISSING
     dropout: float = MISSING
     se: int = MISSING
+    block: str = MISSING
+    expansion: int = MISSING
     inputs: list[str] = MISSING
     in_channels: int = MISSING
     image_size: int = MISSING

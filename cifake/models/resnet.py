@@ -47,6 +47,16 @@ class ResidualBlock(nn.Module):
         return self.out(self.body(x) + self.shortcut(x))
 
 
+def inverted_residual(c_in: int, c_out: int, expansion: int) -> nn.Module:
+    """MobileNetV2's inverted residual (Sandler et al. 2018, torchvision's block): a 1x1 convolution widens to
+    ``c_in * expansion`` channels, a depthwise 3x3 convolution filters each, a 1x1 convolution projects to
+    ``c_out``, added to the input when the widths match. Several of these cost what one basic block does."""
+    from torchvision.models.mobilenetv2 import InvertedResidual  # here: a basic-block network never loads torchvision
+
+    return InvertedResidual(c_in, c_out, stride=1, expand_ratio=expansion)
+
+
+BLOCKS = ("basic", "inverted")  # what model.net.block may name
 INPUTS = ("rgb", "blur", "npr", "srm", "haar_hh")  # what model.net.inputs may name
 # Three SRM high-pass kernels (Fridrich and Kodovsky's rich models, as Zhou et al. 2018 use them): each sums to zero
 # and leaves nothing of a linear ramp, so only the fine residual of the image passes.
@@ -121,6 +131,10 @@ def upgrade_arguments(spec: dict[str, Any]) -> dict[str, Any]:
         upgraded["inputs"] = ["rgb", "blur"] if spec["high_pass"] else ["rgb"]
     if "se" not in spec:
         upgraded["se"] = 0
+    if "block" not in spec:
+        upgraded["block"] = "basic"
+    if "expansion" not in spec:
+        upgraded["expansion"] = 4  # unused by basic blocks, which every network before ``block`` had
     return upgraded
 
 
@@ -134,8 +148,12 @@ class ResNet(nn.Module):
         widths: width of each stage; each stage starts with a 2x2 max-pool.
         blocks: residual blocks per stage (one number per stage).
         dropout: dropout rate before the final linear layer.
-        se: squeeze-and-excitation in every residual block, its hidden width the block's over ``se``
+        se: squeeze-and-excitation in every basic block, its hidden width the block's over ``se``
             (16: 256 channels gated through 16); 0: none.
+        block: ``basic`` (two 3x3 convolutions, :class:`ResidualBlock`) or ``inverted`` (MobileNetV2's
+            inverted residual, :func:`inverted_residual`).
+        expansion: how many times wider an inverted block's depthwise layer is than its input (basic
+            blocks ignore it).
         inputs: the views of the image the network sees, concatenated (see :class:`DetectorInputs`).
         in_channels: channels of the input images.
         image_size: side of the square input; must be divisible by ``2 ** len(widths)``.
@@ -148,6 +166,8 @@ class ResNet(nn.Module):
         blocks: Sequence[int],
         dropout: float,
         se: int,
+        block: str,
+        expansion: int,
         inputs: Sequence[str],
         in_channels: int,
         image_size: int,
@@ -164,6 +184,11 @@ class ResNet(nn.Module):
             raise ConfigError(f"model.net.dropout must lie in [0, 1), got {dropout}")
         if se < 0:
             raise ConfigError(f"model.net.se must be 0 (off) or a reduction such as 16, got {se}")
+        if block not in BLOCKS:
+            raise ConfigError(f"model.net.block={block!r}; use one of {list(BLOCKS)}")
+        if block == "inverted" and (expansion < 1 or se):
+            raise ConfigError(f"model.net.block=inverted needs model.net.expansion >= 1 (got {expansion}) and "
+                              f"model.net.se=0 (got {se}: the gates belong to basic blocks)")
         if image_size % (2 ** len(widths)):
             raise ConfigError(f"image_size {image_size} is not divisible by 2**{len(widths)} "
                               f"(one 2x2 max-pool per stage); use fewer stages or another image size")
@@ -178,7 +203,8 @@ class ResNet(nn.Module):
         for width, n in zip(widths, blocks, strict=True):
             stage: list[nn.Module] = [nn.MaxPool2d(2)]
             for _ in range(n):
-                stage.append(ResidualBlock(channels, width, se))
+                stage.append(ResidualBlock(channels, width, se) if block == "basic"
+                             else inverted_residual(channels, width, expansion))
                 channels = width
             stages.append(nn.Sequential(*stage))
         self.stages = nn.Sequential(*stages)
