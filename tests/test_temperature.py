@@ -52,6 +52,8 @@ def test_a_temperature_keeps_the_order_the_accuracy_and_the_auroc() -> None:
     assert a["accuracy"] == b["accuracy"] and a["auroc"] == pytest.approx(b["auroc"], abs=1e-7)
     with pytest.raises(ConfigError, match="temperature"):
         apply_temperature(p, 0.0)
+    scores = np.random.default_rng(0).random(100_000).astype(np.float32)
+    assert np.array_equal(apply_temperature(scores, 1.0), scores)  # evaluation relies on it (choose_on_validation)
 
 
 def test_temperatures_combine_on_a_scorer(tmp_path: Path) -> None:

@@ -92,7 +92,8 @@ def apply_temperature(p_real: np.ndarray, temperature: float) -> np.ndarray:
     """``sigmoid(logit(p) / temperature)`` in float32: p(REAL) made less (``temperature > 1``) or more
     (``< 1``) confident. It never reverses two scores and maps 0.5 to 0.5, so accuracy at 0.5 is
     unchanged and AUROC too (but for ties float32 may form right next to 0 and 1); scores of exactly
-    0 or 1 stay there."""
+    0 or 1 stay there. At ``temperature`` 1 it gives float32 scores back bit for bit (the round trip through
+    the logit is in float64)."""
     if not np.isfinite(temperature) or temperature <= 0:
         raise ConfigError(f"temperature={temperature} must be a finite number > 0 (1: no change)")
     p = np.asarray(p_real, dtype=np.float64)

@@ -142,8 +142,7 @@ def choose_on_validation(scorer: Scorer, datamodule: CIFAKEDataModule, cfg: Mapp
     if setting == "auto":
         val = score_split(scorer, datamodule, "validate", limit)
         temperature = temperature_on_validation(val)
-        if temperature != 1.0:  # as with_temperature below: 1 leaves the scores as they are
-            val = dataclasses.replace(val, p_real=apply_temperature(val.p_real, temperature))
+        val = dataclasses.replace(val, p_real=apply_temperature(val.p_real, temperature))
     elif setting is not None:
         try:
             temperature = float(setting)
