@@ -134,7 +134,7 @@ def upgrade_arguments(spec: dict[str, Any]) -> dict[str, Any]:
     if "block" not in spec:
         upgraded["block"] = "basic"
     if "expansion" not in spec:
-        upgraded["expansion"] = 4  # unused by basic blocks, which every network before ``block`` had
+        upgraded["expansion"] = 1  # no widening: basic blocks, which every network before ``block`` had, ignore it
     return upgraded
 
 
