@@ -134,3 +134,33 @@ def test_console_script_entry_reports_errors_plainly(tmp_path) -> None:
                            f"ckpt_path={tmp_path / 'none.ckpt'}", f"paths.log_dir={tmp_path}"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "is not a file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("block", [["model.net.block=basic", "model.net.se=4"],
+                                   ["model.net.block=inverted", "model.net.blocks=[2,1]"]])
+def test_detection_resnets_blocks_export_to_the_same_probabilities(tmp_path, block) -> None:
+    """Squeeze-and-excitation gates and MobileNetV2's inverted residuals (depthwise convolutions, ReLU6) are
+    layers the report's VGG never sent through the exporter; onnxruntime must agree with PyTorch on them too."""
+    from cifake.models.classifier import Classifier
+    from tests.helpers.config import conf_args
+
+    overrides = ["model=resnet", "model.net.stem=[8]", "model.net.widths=[16,32]", "model.net.blocks=[1,1]",
+                 "model.net.expansion=2", *block]
+    torch.manual_seed(0)
+    model = Classifier(**conf_args("model", overrides, image_size=32)).eval()
+    with torch.no_grad():  # batch-norm statistics away from the identity, so the export must carry them
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0.0, 0.1)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+        # Logits spread over about +-2 (random weights give nearly one value), so agreement means something.
+        images = torch.rand(64, 3, 32, 32) * torch.rand(64, 1, 1, 1)
+        logits = model.net(images)
+        head = [m for m in model.net.modules() if isinstance(m, torch.nn.Linear)][-1]
+        head.weight.div_(logits.std())
+        head.bias.sub_(logits.mean()).div_(logits.std())
+        assert 0.5 < model.net(images).std() < 2.0
+    path = tmp_path / "model.onnx"
+    export_job.export_onnx(model, path, opset=20, dynamo=True)
+    assert export_job.check_parity(model, path, batch_size=7, atol=1e-4, seed=0) <= 1e-4  # as export.py checks
