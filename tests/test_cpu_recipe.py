@@ -18,16 +18,12 @@ from cifake.jobs import evaluate as evaluate_job
 from cifake.jobs import train as train_job
 from cifake.models.classifier import Classifier
 from cifake.training.sweep import write_summary
-from tests.helpers.config import RESNET, conf_args, conf_node, tiny_demo_overrides
-
-
-def resnet_overrides() -> list[str]:
-    return [o for o in tiny_demo_overrides() if not o.startswith("model.net.")] + RESNET
+from tests.helpers.config import conf_args, conf_node, tiny_resnet_overrides
 
 
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 def test_resnet_trains_on_demo_data_in_either_precision(compose_cfg, precision: str) -> None:
-    cfg = compose_cfg("train", [*resnet_overrides(), "trainer.max_epochs=2", f"trainer.precision={precision}",
+    cfg = compose_cfg("train", [*tiny_resnet_overrides(), "trainer.max_epochs=2", f"trainer.precision={precision}",
                                 "callbacks.gradcam=null", "evaluate=true"])
     result = train_job.run(cfg)
     assert math.isfinite(result["train/loss"]) and math.isfinite(result["val/loss"])
@@ -37,7 +33,7 @@ def test_resnet_trains_on_demo_data_in_either_precision(compose_cfg, precision: 
 
 
 def test_bf16_outputs_are_within_tolerance_of_float32(compose_cfg) -> None:
-    cfg = compose_cfg("train", [*resnet_overrides(), "model.net.stem=[16,16]"])
+    cfg = compose_cfg("train", [*tiny_resnet_overrides(), "model.net.stem=[16,16]"])
     torch.manual_seed(0)
     model: Classifier = instantiate(cfg.model, _convert_="all").eval()
     images = torch.rand(64, 3, 32, 32)
@@ -66,7 +62,7 @@ def test_label_smoothing_moves_training_targets_only() -> None:
 
 
 def test_ema_checkpoint_holds_the_averaged_weights(compose_cfg) -> None:
-    cfg = compose_cfg("train", [*resnet_overrides(), "trainer.max_epochs=2", "callbacks.gradcam=null",
+    cfg = compose_cfg("train", [*tiny_resnet_overrides(), "trainer.max_epochs=2", "callbacks.gradcam=null",
                                 "+callbacks.ema={_target_:cifake.callbacks.EMA,decay:0.9}"])
     train_job.run(cfg)
     ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
@@ -76,12 +72,12 @@ def test_ema_checkpoint_holds_the_averaged_weights(compose_cfg) -> None:
 
 
 def test_evaluate_records_tta_and_it_changes_the_scores(compose_cfg) -> None:
-    cfg = compose_cfg("train", [*resnet_overrides(), "trainer.max_epochs=1", "callbacks.gradcam=null"])
+    cfg = compose_cfg("train", [*tiny_resnet_overrides(), "trainer.max_epochs=1", "callbacks.gradcam=null"])
     train_job.run(cfg)
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt"
     reports = {}
     for mode in ("none", "flip"):
-        ev = compose_cfg("evaluate", [*resnet_overrides()[:-4], f"ckpt_path={ckpt}", f"tta.mode={mode}",
+        ev = compose_cfg("evaluate", [*tiny_resnet_overrides()[:-4], f"ckpt_path={ckpt}", f"tta.mode={mode}",
                                       "report.figures=false", f"hydra.run.dir={cfg.paths.output_dir}/ev_{mode}",
                                       f"paths.output_dir={cfg.paths.output_dir}/ev_{mode}"])
         evaluate_job.run(ev)
@@ -126,7 +122,7 @@ def test_sweep_without_seed_repeats_has_no_seed_section(tmp_path: Path) -> None:
 def test_cpu_robust_composes_and_runs_end_to_end_on_demo_data(compose_cfg) -> None:
     # The recipe as a user runs it, scaled down: degradations on, the unsure band chosen and the
     # robustness battery (held-out families included) scored at the end.
-    cfg = compose_cfg("train", ["experiment=cpu_robust", *resnet_overrides(), "trainer.max_epochs=1",
+    cfg = compose_cfg("train", ["experiment=cpu_robust", *tiny_resnet_overrides(), "trainer.max_epochs=1",
                                 "callbacks.gradcam=null", "exclude_leaks=false", "callbacks.ema=null"])
     assert cfg.data.degrade.jpeg.p > 0 and cfg.robustness and cfg.unsure_precision == 0.985
     result = train_job.run(cfg)

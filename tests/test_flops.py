@@ -13,7 +13,7 @@ from torch import nn
 
 from cifake.jobs import train as train_job
 from cifake.models.flops import forward_flops, train_pflop
-from tests.helpers.config import RESNET, tiny_demo_overrides
+from tests.helpers.config import tiny_demo_overrides, tiny_resnet_overrides
 
 
 class HandCounted(nn.Module):
@@ -69,7 +69,7 @@ def test_a_run_records_its_training_compute(compose_cfg, tmp_path: Path) -> None
 
 def test_a_run_on_crops_counts_the_crops_flops(compose_cfg, tmp_path: Path) -> None:
     # data.crop=16 on 32x32 images: each training image costs a 16x16 forward pass; evaluation sees whole images.
-    overrides = [o for o in tiny_demo_overrides() if not o.startswith("model.net.")] + RESNET
+    overrides = tiny_resnet_overrides()
     cfg = compose_cfg("train", [*overrides, "trainer.max_epochs=1", "evaluate=true", "data.crop=16"])
     train_job.run(cfg)
     out = Path(cfg.paths.output_dir)

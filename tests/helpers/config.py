@@ -80,6 +80,11 @@ def tiny_demo_overrides(train_per_class: int = 48, test_per_class: int = 24) -> 
     ]
 
 
+def tiny_resnet_overrides() -> list[str]:
+    """:func:`tiny_demo_overrides` with the small ResNet (:data:`RESNET`) instead of the tiny VGG."""
+    return [o for o in tiny_demo_overrides() if not o.startswith("model.net.")] + RESNET
+
+
 def tiny_train_overrides(tmp_path: Path, *extra: str) -> list[str]:
     """train.py on the tiny demo data for one epoch, its cache and logs under ``tmp_path``."""
     return [*tiny_demo_overrides(), "trainer.max_epochs=1", f"paths.cache_dir={tmp_path / 'cache'}",

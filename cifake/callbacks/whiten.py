@@ -1,0 +1,101 @@
+"""The network's first convolution started from the principal components of the patches it sees."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cifake.core.errors import ConfigError
+from cifake.data.augment import to_unit_float
+
+log = logging.getLogger(__name__)
+
+
+class _Captured(Exception):
+    """Raised by the hook once the first convolution's input is in hand: the rest of the network need not run."""
+
+
+def first_conv(net: nn.Module) -> nn.Conv2d:
+    """The first :class:`~torch.nn.Conv2d` of ``net`` in the order its modules were declared."""
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            return module
+    raise ConfigError("callbacks.whiten needs a network with a convolution (model=resnet or model=vgg)")
+
+
+def conv_input(net: nn.Module, conv: nn.Conv2d, images: torch.Tensor) -> torch.Tensor:
+    """What ``conv`` receives when ``net`` runs on ``images`` (a fixed input view, e.g. ``model.net.inputs``,
+    may sit before it)."""
+    seen: list[torch.Tensor] = []
+
+    def capture(_: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        seen.append(args[0].detach())
+        raise _Captured
+
+    handle = conv.register_forward_pre_hook(capture)
+    try:
+        with torch.no_grad():
+            net(images)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def whitening_filters(x: torch.Tensor, kernel_size: tuple[int, int], eps: float) -> torch.Tensor:
+    """Filters ``(C * kh * kw, C, kh, kw)`` that decorrelate the ``kh x kw`` patches of the batch ``x``: the
+    eigenvectors of the patches' covariance, largest eigenvalue first, each divided by the square root of its
+    eigenvalue plus ``eps`` (so each filter's output has variance ``lambda / (lambda + eps)``, near 1)."""
+    channels = x.shape[1]
+    patches = F.unfold(x.double(), kernel_size).transpose(1, 2).reshape(-1, channels * kernel_size[0] * kernel_size[1])
+    patches = patches - patches.mean(dim=0)
+    covariance = patches.T @ patches / (len(patches) - 1)
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending
+    order = eigenvalues.flip(0).clamp_min(0.0), eigenvectors.flip(1)
+    filters = (order[1] / (order[0] + eps).sqrt()).T
+    return filters.reshape(-1, channels, *kernel_size).float()
+
+
+class PatchWhitening(L.Callback):
+    """Before the first step of a fresh fit, set the network's first convolution's filters to the whitening
+    filters of its input's patches, measured on ``images`` training images drawn at random (without augmentation).
+
+    A random filter's output is dominated by the image's coarse structure, which holds nearly all the pixel
+    variance; with batch-norm after it, each whitened channel instead carries one frequency band at unit scale,
+    the finest (where the evidence of generation is) as loud as the coarsest. The idea is airbench's whitening
+    layer (Jordan, 2024); here the filters go on learning. Channels beyond ``C * kh * kw`` keep their
+    initialisation. A resumed fit (``ckpt_path``) keeps the checkpoint's weights."""
+
+    def __init__(self, images: int, eps: float, seed: int) -> None:
+        if images < 2:
+            raise ConfigError(f"callbacks.whiten.images must be at least 2, got {images}")
+        if eps <= 0:
+            raise ConfigError(f"callbacks.whiten.eps must be positive, got {eps}")
+        self.images, self.eps, self.seed = images, eps, seed
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.ckpt_path is not None:
+            return
+        dataset = getattr(trainer.datamodule, "train_set", None)
+        if dataset is None or not hasattr(dataset, "__getitems__"):
+            raise ConfigError("callbacks.whiten measures the training images of cifake's data module (data=cifake "
+                              "or data=demo); set callbacks.whiten=null with another")
+        count = min(self.images, len(dataset))
+        positions = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.seed))[:count]
+        images = dataset.__getitems__(positions.tolist())[0]
+        conv = first_conv(pl_module.net)
+        filters = whitening_filters(conv_input(pl_module.net, conv, to_unit_float(images.to(conv.weight.device))),
+                                    conv.kernel_size, self.eps)
+        if conv.out_channels < len(filters):
+            raise ConfigError(f"callbacks.whiten sets {len(filters)} filters ({conv.in_channels} channels x "
+                              f"{conv.kernel_size[0]}x{conv.kernel_size[1]}), but the first convolution has "
+                              f"{conv.out_channels}; widen it (model.net.stem) or set callbacks.whiten=null")
+        with torch.no_grad():
+            conv.weight[: len(filters)] = filters.to(conv.weight)
+        log.info("whitened the first convolution's %d of %d filters from %d training images' patches",
+                 len(filters), conv.out_channels, count)

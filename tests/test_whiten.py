@@ -1,0 +1,91 @@
+"""callbacks.whiten: the first convolution started from its input patches' whitening filters."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+
+from cifake.callbacks.whiten import PatchWhitening, first_conv, whitening_filters
+from cifake.core.errors import ConfigError
+from cifake.data.augment import to_unit_float
+from tests.helpers.config import compose_job, tiny_resnet_overrides
+
+
+def smooth_images(n: int, seed: int) -> torch.Tensor:
+    """Images whose neighbouring pixels are strongly correlated, as photographs' are, with faint fine noise."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = F.avg_pool2d(torch.rand(n, 3, 34, 34, generator=g), 3, 1)
+    return coarse + 0.01 * torch.rand(n, 3, 32, 32, generator=g)
+
+
+def output_covariance(x: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
+    y = F.conv2d(x, filters)
+    return torch.cov(y.transpose(0, 1).reshape(len(filters), -1))
+
+
+def test_whitening_filters_decorrelate_the_patches_and_give_each_unit_variance() -> None:
+    x = smooth_images(64, 0)
+    filters = whitening_filters(x, (3, 3), eps=1e-8)
+    assert filters.shape == (27, 3, 3, 3)
+    cov = output_covariance(x, filters)
+    torch.testing.assert_close(cov, torch.eye(27), atol=1e-3, rtol=0)
+    # Random filters do not: their outputs share the coarse structure and the fine bands are drowned in it.
+    random = torch.randn(27, 3, 3, 3, generator=torch.Generator().manual_seed(1))
+    off_diagonal = output_covariance(x, random) - torch.diag(output_covariance(x, random).diag())
+    assert off_diagonal.abs().max() > 0.01
+    # The filters are ordered from the coarsest (largest variance) to the finest: the first is a smooth
+    # average, the last changes sign between neighbouring pixels.
+    first, last = filters[0].flatten(), filters[-1]
+    assert (first > 0).all() or (first < 0).all()
+    assert (last[..., 1:] * last[..., :-1] < 0).float().mean() > 0.5
+
+
+def test_eps_sets_the_finest_filters_gain() -> None:
+    x = smooth_images(16, 2)
+    loose, tight = whitening_filters(x, (3, 3), eps=1e-2), whitening_filters(x, (3, 3), eps=1e-8)
+    # Large eps leaves the faint fine bands quiet, as their variance lambda / (lambda + eps) is far below 1.
+    assert output_covariance(x, loose).diag()[-1] < 0.05 < 0.99 < output_covariance(x, tight).diag()[-1]
+
+
+def _fit_start(overrides: list[str], tmp_path, **trainer: object) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """Call the callback as a fit's start would, with every training image of the tiny demo data: the model,
+    its first convolution's weights before, and the training images."""
+    cfg = compose_job("train", tmp_path, [*tiny_resnet_overrides(), f"paths.cache_dir={tmp_path / 'cache'}",
+                                          *overrides])
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.setup("fit")
+    model = instantiate(cfg.model, _convert_="all")
+    callback = PatchWhitening(images=10_000, eps=1e-9, seed=0)
+    before = first_conv(model.net).weight.detach().clone()
+    callback.on_fit_start(SimpleNamespace(ckpt_path=trainer.get("ckpt_path"), datamodule=datamodule), model)
+    images = to_unit_float(datamodule.train_set.__getitems__(list(range(len(datamodule.train_set))))[0])
+    return model, before, images
+
+
+def test_a_fresh_fit_starts_from_the_whitening_filters_of_training_images(tmp_path) -> None:
+    model, before, images = _fit_start(["model.net.stem=[32,8]"], tmp_path)
+    weight = first_conv(model.net).weight.detach()
+    assert not torch.equal(weight[:27], before[:27]) and torch.equal(weight[27:], before[27:])
+    # On the training images, the 27 whitened channels come out decorrelated with unit variance.
+    torch.testing.assert_close(output_covariance(images, weight[:27]), torch.eye(27), atol=2e-3, rtol=0)
+
+
+def test_a_resumed_fit_keeps_the_checkpoints_weights(tmp_path) -> None:
+    model, before, _ = _fit_start(["model.net.stem=[32,8]"], tmp_path, ckpt_path="last")
+    assert torch.equal(first_conv(model.net).weight, before)
+
+
+def test_a_first_convolution_too_narrow_for_the_filters_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"sets 27 filters .* has 8; widen it \(model.net.stem\)"):
+        _fit_start(["model.net.stem=[8]"], tmp_path)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [({"images": 1}, "images must be at least 2"),
+                                                 ({"eps": 0.0}, "eps must be positive")])
+def test_bad_settings_are_refused_by_name(kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        PatchWhitening(**{"images": 64, "eps": 1e-5, "seed": 0, **kwargs})
