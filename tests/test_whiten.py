@@ -51,7 +51,8 @@ def test_eps_sets_the_finest_filters_gain() -> None:
     assert output_covariance(x, loose).diag()[-1] < 0.05 < 0.99 < output_covariance(x, tight).diag()[-1]
 
 
-def _fit_start(overrides: list[str], tmp_path, **trainer: object) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+def _fit_start(overrides: list[str], tmp_path, seed: int | None = 0,
+               **trainer: object) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     """Call the callback as a fit's start would, with every training image of the tiny demo data: the model,
     its first convolution's weights before, and the training images."""
     cfg = compose_job("train", tmp_path, [*tiny_resnet_overrides(), f"paths.cache_dir={tmp_path / 'cache'}",
@@ -59,15 +60,16 @@ def _fit_start(overrides: list[str], tmp_path, **trainer: object) -> tuple[torch
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup("fit")
     model = instantiate(cfg.model, _convert_="all")
-    callback = PatchWhitening(images=10_000, eps=1e-9, seed=0)
+    callback = PatchWhitening(images=10_000, eps=1e-9, seed=seed)
     before = first_conv(model.net).weight.detach().clone()
     callback.on_fit_start(SimpleNamespace(ckpt_path=trainer.get("ckpt_path"), datamodule=datamodule), model)
     images = to_unit_float(datamodule.train_set.__getitems__(list(range(len(datamodule.train_set))))[0])
     return model, before, images
 
 
-def test_a_fresh_fit_starts_from_the_whitening_filters_of_training_images(tmp_path) -> None:
-    model, before, images = _fit_start(["model.net.stem=[32,8]"], tmp_path)
+@pytest.mark.parametrize("seed", [0, None])  # None: a run with seed=null
+def test_a_fresh_fit_starts_from_the_whitening_filters_of_training_images(tmp_path, seed) -> None:
+    model, before, images = _fit_start(["model.net.stem=[32,8]"], tmp_path, seed=seed)
     weight = first_conv(model.net).weight.detach()
     assert not torch.equal(weight[:27], before[:27]) and torch.equal(weight[27:], before[27:])
     # On the training images, the 27 whitened channels come out decorrelated with unit variance.

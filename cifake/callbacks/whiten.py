@@ -51,19 +51,23 @@ def whitening_filters(x: torch.Tensor, kernel_size: tuple[int, int], eps: float)
     """Filters ``(C * kh * kw, C, kh, kw)`` that decorrelate the ``kh x kw`` patches of the batch ``x``: the
     eigenvectors of the patches' covariance, largest eigenvalue first, each divided by the square root of its
     eigenvalue plus ``eps`` (so each filter's output has variance ``lambda / (lambda + eps)``, near 1)."""
-    channels = x.shape[1]
-    patches = F.unfold(x.double(), kernel_size).transpose(1, 2).reshape(-1, channels * kernel_size[0] * kernel_size[1])
-    patches = patches - patches.mean(dim=0)
-    covariance = patches.T @ patches / (len(patches) - 1)
+    channels, dims = x.shape[1], x.shape[1] * kernel_size[0] * kernel_size[1]
+    total, outer, count = torch.zeros(dims, dtype=torch.float64, device=x.device), 0.0, 0
+    for chunk in x.split(1024):  # float64 patches of 10,000 images would take 2 GB at once
+        patches = F.unfold(chunk.double(), kernel_size).transpose(1, 2).reshape(-1, dims)
+        total, outer, count = total + patches.sum(dim=0), outer + patches.T @ patches, count + len(patches)
+    mean = total / count
+    covariance = (outer - count * torch.outer(mean, mean)) / (count - 1)
     eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending
-    order = eigenvalues.flip(0).clamp_min(0.0), eigenvectors.flip(1)
-    filters = (order[1] / (order[0] + eps).sqrt()).T
+    eigenvalues, eigenvectors = eigenvalues.flip(0).clamp_min(0.0), eigenvectors.flip(1)
+    filters = (eigenvectors / (eigenvalues + eps).sqrt()).T
     return filters.reshape(-1, channels, *kernel_size).float()
 
 
 class PatchWhitening(L.Callback):
     """Before the first step of a fresh fit, set the network's first convolution's filters to the whitening
-    filters of its input's patches, measured on ``images`` training images drawn at random (without augmentation).
+    filters of its input's patches, measured on ``images`` training images drawn at random without augmentation
+    (``seed`` draws them; ``None``, for a run with ``seed=null``, leaves the draw to torch's generator).
 
     A random filter's output is dominated by the image's coarse structure, which holds nearly all the pixel
     variance; with batch-norm after it, each whitened channel instead carries one frequency band at unit scale,
@@ -71,7 +75,7 @@ class PatchWhitening(L.Callback):
     layer (Jordan, 2024); here the filters go on learning. Channels beyond ``C * kh * kw`` keep their
     initialisation. A resumed fit (``ckpt_path``) keeps the checkpoint's weights."""
 
-    def __init__(self, images: int, eps: float, seed: int) -> None:
+    def __init__(self, images: int, eps: float, seed: int | None) -> None:
         if images < 2:
             raise ConfigError(f"callbacks.whiten.images must be at least 2, got {images}")
         if eps <= 0:
@@ -86,7 +90,8 @@ class PatchWhitening(L.Callback):
             raise ConfigError("callbacks.whiten measures the training images of cifake's data module (data=cifake "
                               "or data=demo); set callbacks.whiten=null with another")
         count = min(self.images, len(dataset))
-        positions = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.seed))[:count]
+        generator = None if self.seed is None else torch.Generator().manual_seed(self.seed)
+        positions = torch.randperm(len(dataset), generator=generator)[:count]
         images = dataset.__getitems__(positions.tolist())[0]
         conv = first_conv(pl_module.net)
         filters = whitening_filters(conv_input(pl_module.net, conv, to_unit_float(images.to(conv.weight.device))),
