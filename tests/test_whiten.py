@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -91,3 +92,16 @@ def test_a_first_convolution_too_narrow_for_the_filters_is_a_clear_error(tmp_pat
 def test_bad_settings_are_refused_by_name(kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         PatchWhitening(**{"images": 64, "eps": 1e-5, "seed": 0, **kwargs})
+
+
+def test_the_readmes_override_whitens_a_training_run(compose_cfg, caplog) -> None:
+    """train.py with the override exactly as the README's table gives it, on the tiny demo data."""
+    from cifake.jobs import train as train_job
+    from tests.helpers import ROOT
+
+    (override,) = re.findall(r"`(\+callbacks\.whiten=[^`]+)`", (ROOT / "README.md").read_text())
+    cfg = compose_cfg("train", [*tiny_resnet_overrides(), "model.net.stem=[32]", "trainer.max_epochs=1", override])
+    with caplog.at_level("INFO", logger="cifake.callbacks.whiten"):
+        train_job.run(cfg)
+    said = [r.getMessage() for r in caplog.records if r.name == "cifake.callbacks.whiten"]
+    assert said == ["whitened the first convolution's 27 of 32 filters from 72 training images' patches"]
