@@ -89,17 +89,18 @@ class PatchWhitening(L.Callback):
         if dataset is None or not hasattr(dataset, "__getitems__"):
             raise ConfigError("callbacks.whiten measures the training images of cifake's data module (data=cifake "
                               "or data=demo); set callbacks.whiten=null with another")
+        conv = first_conv(pl_module.net)
+        needed = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]  # one filter per patch dimension
+        if conv.out_channels < needed:  # before any image is read
+            raise ConfigError(f"callbacks.whiten sets {needed} filters ({conv.in_channels} channels x "
+                              f"{conv.kernel_size[0]}x{conv.kernel_size[1]}), but the first convolution has "
+                              f"{conv.out_channels}; widen it (model.net.stem) or set callbacks.whiten=null")
         count = min(self.images, len(dataset))
         generator = None if self.seed is None else torch.Generator().manual_seed(self.seed)
         positions = torch.randperm(len(dataset), generator=generator)[:count]
         images = dataset.__getitems__(positions.tolist())[0]
-        conv = first_conv(pl_module.net)
         filters = whitening_filters(conv_input(pl_module.net, conv, to_unit_float(images.to(conv.weight.device))),
                                     conv.kernel_size, self.eps)
-        if conv.out_channels < len(filters):
-            raise ConfigError(f"callbacks.whiten sets {len(filters)} filters ({conv.in_channels} channels x "
-                              f"{conv.kernel_size[0]}x{conv.kernel_size[1]}), but the first convolution has "
-                              f"{conv.out_channels}; widen it (model.net.stem) or set callbacks.whiten=null")
         with torch.no_grad():
             conv.weight[: len(filters)] = filters.to(conv.weight)
         log.info("whitened the first convolution's %d of %d filters from %d training images' patches",
