@@ -13,6 +13,7 @@ runs, so ``--help`` and ``--cfg`` answer at once and ``cifake-predict`` loads on
 from __future__ import annotations
 
 import importlib
+import logging
 import signal
 import sys
 import tempfile
@@ -67,6 +68,7 @@ def _launch(job: str, entry: str = "run") -> None:
     def task(cfg: DictConfig) -> Any:
         with ctrl_c_after_imports():  # the job's module brings torch, Lightning, numpy, ...
             module = importlib.import_module(f"cifake.jobs.{job}")
+        one_console_copy()
         return friendly_errors(getattr(module, entry))(cfg)
 
     # Hydra names the job (hydra.job.name: the run's <job>.log, the app named by --help) after the last
@@ -85,6 +87,19 @@ def _launch(job: str, entry: str = "run") -> None:
         # import, data decodes or the test split is scored. Files are written atomically, so none is left half.
         print(f"cifake-{job}: interrupted (Ctrl+C)", file=sys.stderr)
         raise SystemExit(INTERRUPTED) from None
+
+
+def one_console_copy() -> None:
+    """Print Lightning's messages once. Its package logger prints them itself (``INFO: ...``) and passes them
+    on to the root logger, which Hydra's job logging prints and writes to the run's log: without this each
+    came twice on the console. Its handler stays where no root handler would take its place
+    (``hydra/job_logging=disabled``, or a job that never imports Lightning)."""
+    if not logging.getLogger().handlers:
+        return
+    lightning = logging.getLogger("lightning")
+    for handler in list(lightning.handlers):
+        if type(handler) is logging.StreamHandler:
+            lightning.removeHandler(handler)
 
 
 def null_group(conf: Path, argv: list[str]) -> str | None:

@@ -119,8 +119,13 @@ def test_the_reference_experiment_on_a_machine_without_a_gpu(tmp_path: Path) -> 
 
 
 def test_more_devices_than_the_machine_has(tmp_path: Path) -> None:
-    line = one_error_line(run_script("train.py", tmp_path, "experiment=demo", "trainer.devices=64"), "trainer.devices")
+    proc = run_script("train.py", tmp_path, "experiment=demo", "trainer.devices=64")
+    line = one_error_line(proc, "trainer.devices")
     assert ("64 training processes" in line) if not torch.cuda.is_available() else ("more GPUs" in line)
+    # The run's log keeps the error, and Lightning's lines reach the console once (through Hydra's handler).
+    assert f"[ERROR] - {line.removeprefix('error:').strip()}" in (tmp_path / "run" / "train.log").read_text()
+    output = proc.stdout + proc.stderr
+    assert output.count("Seed set to") == 1 and "INFO: Seed set" not in output, output[-3000:]
 
 
 def test_a_run_folder_that_cannot_be_written(tmp_path: Path) -> None:

@@ -147,10 +147,19 @@ def user_message(err: BaseException) -> str | None:
                              filename=filename if filename is not None else "one of the run's files")
 
 
+def _log_to_files(message: str) -> None:
+    """Record ``message`` as an error in the log files that the root logger writes (the run's
+    ``<job>.log``), not on the console, where :func:`report` prints it once."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (message,), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and record.levelno >= handler.level:
+            handler.handle(record)
+
+
 def report(message: str, to_log: bool = True) -> NoReturn:
-    """Print ``message`` after ``error:`` (and, with ``to_log``, to the run's log) and exit with status 2."""
+    """Print ``message`` after ``error:`` (and, with ``to_log``, to the run's log file) and exit with status 2."""
     if to_log:
-        log.error("%s", message)
+        _log_to_files(message)
     print(f"\nerror: {message}", file=sys.stderr)
     raise SystemExit(2)
 

@@ -46,6 +46,8 @@ def one_error_line(proc: subprocess.CompletedProcess, *fragments: str) -> str:
     assert len(errors) == 1, proc.stderr[-3000:]
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
+    message = errors[0].removeprefix("error:").strip()
+    assert output.count(message) == 1, output[-3000:]  # told once, not also by the console's log line
     return errors[0]
 
 
