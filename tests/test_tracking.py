@@ -214,4 +214,4 @@ def test_a_trained_run_opens_the_tab_on_the_compared_settings_and_final_metrics(
     values = session_values(Path(logger.log_dir))
     assert set(values) == {h.name for h in experiment.hparam_infos}
     assert values[column_name("data/batch_size")] == 128 and values[column_name("seed")] == 42
-    assert values[column_name("model/net/widths")] == "[48, 96, 192]" and values["data/validate_on"] == "holdout"
+    assert values[column_name("model/net/widths")] == "[40, 80, 160]" and values["data/validate_on"] == "holdout"
