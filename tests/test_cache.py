@@ -1,5 +1,7 @@
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -47,13 +49,63 @@ def test_cache_is_reused_then_invalidated_by_a_changed_file(cifake_tree: Path, t
     third = decode(cifake_tree, tmp_path / "c")
     assert calls == [1] and third.cache_dir != first.cache_dir
     assert np.abs(third.images[3].astype(int) - [[[255]], [[0]], [[0]]]).max() < 8
-    assert not first.cache_dir.exists()  # the stale version was removed
+    assert first.cache_dir.exists()  # a run never deletes a version: another may read it (pruning is explicit)
 
 
-def test_cache_key_includes_image_size(cifake_tree: Path, tmp_path: Path) -> None:
+def test_cache_key_includes_image_size(cifake_tree: Path, tmp_path: Path, caplog) -> None:
     a = decode(cifake_tree, tmp_path / "c")
     b = load_or_decode(scan_split(cifake_tree, "train", CLASSES), tmp_path / "c", image_size=16, workers=1)
     assert a.cache_dir != b.cache_dir and b.images.shape[-1] == 16
+    with caplog.at_level(logging.INFO):  # both sizes stay: alternating between them rebuilds nothing
+        again = [decode(cifake_tree, tmp_path / "c"),
+                 load_or_decode(scan_split(cifake_tree, "train", CLASSES), tmp_path / "c", image_size=16, workers=1)]
+    assert [s.cache_dir for s in again] == [a.cache_dir, b.cache_dir] and caplog.text.count("Reusing") == 2
+    assert "Decoding" not in caplog.text
+
+
+def prune(cache: Path, *args: str) -> str:
+    """``python -m cifake.data.prune`` as a user runs it, in another process; what it printed."""
+    proc = subprocess.run([sys.executable, "-m", "cifake.data.prune", str(cache), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_pruning_deletes_only_the_versions_no_run_holds_or_builds(cifake_tree: Path, tmp_path: Path, caplog) -> None:
+    from filelock import FileLock
+
+    from cifake.data.locking import release
+
+    cache = tmp_path / "c"
+    with caplog.at_level(logging.INFO):
+        big = decode(cifake_tree, cache)
+        small = load_or_decode(scan_split(cifake_tree, "train", CLASSES), cache, image_size=16, workers=1)
+    assert "holds 2 version(s)" in caplog.text and "python -m cifake.data.prune" in caplog.text
+    building = cache / "decoded" / "feedbeef-train-0123456789abcdef"  # another run, half-way through a build
+    (partial := building.with_name(building.name + ".partial")).mkdir()
+    (partial / "all.npy").write_bytes(b"x" * 100)
+    crashed = cache / "decoded" / "deadbeef-train-0123456789abcdef.partial"  # a killed build: nobody holds it
+    crashed.mkdir()
+    lock = FileLock(str(building) + ".lock")
+    lock.acquire()
+    try:
+        out = prune(cache, "--dry-run")
+        assert f"would delete {crashed}" in out and not crashed.parent.joinpath("x").exists() and crashed.exists()
+        out = prune(cache)  # this process reads both versions and builds one: only the crashed build goes
+        assert f"deleted {crashed}" in out and not crashed.exists()
+        assert big.cache_dir.exists() and small.cache_dir.exists() and partial.exists()
+        release(small.cache_dir)  # this run is done with size 16
+        out = prune(cache)
+        assert f"deleted {small.cache_dir}" in out and not small.cache_dir.exists()
+        assert big.cache_dir.exists() and partial.exists() and np.asarray(big.images).sum() > 0
+    finally:
+        lock.release()
+        release(big.cache_dir)
+    assert "--days" in prune(cache, "--help")
+    prune(cache, "--days", "1")  # used a moment ago: kept
+    assert big.cache_dir.exists()
+    prune(cache)
+    assert not big.cache_dir.exists() and not partial.exists()
 
 
 def _add_bad_files(root: Path) -> list[str]:
@@ -72,7 +124,8 @@ def test_undecodable_files_stop_the_run_with_every_name(cifake_tree: Path, tmp_p
     message = str(err.value)
     assert "3 file(s)" in message and "data.skip_bad_files=true" in message
     assert all(name in message for name in names)
-    assert not [p for p in (tmp_path / "c" / "decoded").iterdir() if p.suffix != ".lock"]  # nothing half-written
+    # nothing half-written (lock files are empty and hold nothing)
+    assert not [p for p in (tmp_path / "c" / "decoded").iterdir() if p.suffix not in (".lock", ".use")]
 
 
 def test_skip_bad_files_leaves_them_out_with_a_warning(cifake_tree: Path, tmp_path: Path, caplog) -> None:

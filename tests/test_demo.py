@@ -31,9 +31,13 @@ def test_demo_is_deterministic_and_cifake_shaped(tmp_path: Path) -> None:
         assert im.format == "JPEG" and im.size == (32, 32) and im.mode == "RGB"
     c = generate_demo(tmp_path / "c", train_per_class=5, test_per_class=3, seed=2)
     assert (a / files[0]).read_bytes() != (c / files[0]).read_bytes()
-    # Changed parameters regenerate the folder instead of silently reusing it.
-    generate_demo(tmp_path / "a", train_per_class=4, test_per_class=3, seed=1)
-    assert len(list((a / "train" / "REAL").glob("*.jpg"))) == 4
+    # Changed parameters make their own folder beside it instead of silently reusing or rewriting it.
+    a4 = generate_demo(tmp_path / "a", train_per_class=4, test_per_class=3, seed=1)
+    assert a4 != a and a4.parent == a.parent and len(list((a4 / "train" / "REAL").glob("*.jpg"))) == 4
+    assert len(list(a.rglob("*.jpg"))) == 16  # the first setting's folder is whole, as a run reading it left it
+    assert generate_demo(tmp_path / "a", train_per_class=5, test_per_class=3, seed=1) == a  # reused
+    small = _generate(tmp_path / "a", 5, 3, 1, image_size=16, upsample_factor=2, noise=0.06, jpeg_quality=90)
+    assert small.name.startswith("16px-") and Image.open(next(small.rglob("*.jpg"))).size == (16, 16)
 
 
 def test_fakes_differ_in_texture_not_in_global_intensity(tmp_path: Path) -> None:

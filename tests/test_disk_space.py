@@ -31,7 +31,9 @@ SIZES = r"needs [\d.]+ (bytes|KiB|MiB|GiB), the disk there has [\d.]+ (bytes|KiB
 def leftovers(folder: Path) -> list[Path]:
     """Files under ``folder`` that a later run could take for part of a cache (lock files are empty
     and hold nothing)."""
-    return [p for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".lock")] if folder.exists() else []
+    if not folder.exists():
+        return []
+    return [p for p in folder.rglob("*") if p.is_file() and not p.name.endswith((".lock", ".use"))]
 
 
 def patch_free(monkeypatch, free: int) -> None:

@@ -80,12 +80,44 @@ def test_a_bug_is_not_dressed_up(bug: BaseException) -> None:
 def test_a_bug_while_handling_a_known_error_keeps_its_traceback() -> None:
     def job(cfg):
         try:
-            raise OSError(errno.ENOSPC, "No space left on device", "/x")
+            raise PermissionError(errno.EACCES, "Permission denied", "/x")
         except OSError:
-            return {}["missing"]  # a bug in the handler, not a full disk
+            return {}["missing"]  # a bug in the handler, not a permission the user can change
 
     with pytest.raises(KeyError):
         friendly_errors(job)({})
+
+
+def _while_the_disk_is_full(hide: bool) -> None:
+    """As torch.save meets a full disk: its writer's clean-up raises its own error while handling ENOSPC."""
+    try:
+        raise OSError(errno.ENOSPC, "No space left on device", "/run/checkpoints/last.ckpt")
+    except OSError:
+        if hide:
+            raise RuntimeError("a bug that chose to hide what it handled") from None
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")  # noqa: B904
+
+
+def test_an_error_raised_while_handling_a_full_disk_is_told_as_the_full_disk(tmp_path: Path, capsys) -> None:
+    import logging
+
+    handler = logging.FileHandler(tmp_path / "train.log")
+    logging.getLogger().addHandler(handler)
+    try:
+        with pytest.raises(SystemExit) as ended:
+            friendly_errors(lambda cfg: _while_the_disk_is_full(hide=False))({})
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    assert ended.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip().startswith("error: no space left on the disk that holds /run/checkpoints/last.ckpt")
+    assert "Traceback" not in err
+    logged = (tmp_path / "train.log").read_text()  # the library's error, in case it is a bug too: in the log
+    assert "no space left" in logged and "Traceback" in logged and "inline_container.cc:672" in logged
+    # `raise ... from None` says the handled error does not matter: then it is a bug with its traceback.
+    with pytest.raises(RuntimeError, match="chose to hide"):
+        friendly_errors(lambda cfg: _while_the_disk_is_full(hide=True))({})
 
 
 def test_our_own_error_wins_over_the_library_error_behind_it(capsys) -> None:

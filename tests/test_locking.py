@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from filelock import FileLock
 
 from cifake.data.archive import extraction_folder
 from tests.helpers import ROOT
-from tests.helpers.config import tiny_demo_overrides
+from tests.helpers.config import real_cifake_root, tiny_demo_overrides
 from tests.helpers.images import make_cifake_tree
 
 WAITING = "Waiting for another process that is"
@@ -37,37 +38,43 @@ def wait_for(text: str, log: Path, proc: subprocess.Popen, timeout: float = 120)
         time.sleep(0.02)
 
 
-def train_together(tmp_path: Path, overrides: list[str], hold: Path | None = None) -> list[str]:
+def train_together(tmp_path: Path, overrides: list[str], hold: Path | list[Path] | None = None,
+                   per_run: tuple[list[str], list[str]] = ([], [])) -> list[str]:
     """Start two ``train.py`` runs at once (their own ``hydra.run.dir``, the same cache folder
-    through ``CIFAKE_CACHE_DIR``) and return what each printed, once both exited 0.
+    through ``CIFAKE_CACHE_DIR``; ``per_run``: each one's own overrides) and return what each printed,
+    once both exited 0.
 
-    With ``hold``, this process holds that lock until both runs say they wait for it, so that they
-    reach it together however their start-up times differ, then lets go: the two race for it."""
+    With ``hold``, this process holds those locks until both runs say they wait for one, so that they
+    reach it together however their start-up times differ, then lets go of all at once: the two race
+    for it (one lock), or build side by side (a lock each)."""
     env = {**os.environ, "CIFAKE_CACHE_DIR": str(tmp_path / "cache")}
     logs = [tmp_path / f"run{i}.txt" for i in (1, 2)]
     procs: list[subprocess.Popen] = []
-    lock = FileLock(str(hold)) if hold is not None else None
+    held = [hold] if isinstance(hold, Path) else list(hold or [])
+    locks = [FileLock(str(path)) for path in held]
     try:
-        if lock is not None:
-            hold.parent.mkdir(parents=True, exist_ok=True)
+        for path, lock in zip(held, locks, strict=True):
+            path.parent.mkdir(parents=True, exist_ok=True)
             lock.acquire()
-        for i, log in enumerate(logs, 1):
+        for i, (log, own) in enumerate(zip(logs, per_run, strict=True), 1):
             with log.open("w") as out:
                 procs.append(subprocess.Popen(
-                    [sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={tmp_path / f'run{i}'}"],
+                    [sys.executable, str(ROOT / "train.py"), *overrides, *own, f"hydra.run.dir={tmp_path / f'run{i}'}"],
                     cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT))
-        if lock is not None:
+        if locks:
             deadline = time.monotonic() + 300
             while not all(WAITING in _output(log) for log in logs):
                 exited = [p.returncode for p in procs if p.poll() is not None]
                 assert not exited and time.monotonic() < deadline, [_output(log)[-3000:] for log in logs]
                 time.sleep(0.2)
-            lock.release()
+            for lock in locks:
+                lock.release()
         for proc in procs:
             proc.wait(timeout=400)
     finally:
-        if lock is not None and lock.is_locked:
-            lock.release()
+        for lock in locks:
+            if lock.is_locked:
+                lock.release()
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
@@ -125,6 +132,74 @@ def test_two_runs_reaching_an_archive_together_extract_and_decode_it_once(tmp_pa
     same_results(tmp_path)
 
 
+def decoded_version(root: Path, split: str, size: int, cache: Path) -> Path:
+    """The decoded cache folder that a run at ``data.image_size=size`` builds for ``split`` of ``root``."""
+    import hashlib
+
+    from cifake.data.cache import CACHE_VERSION
+    from cifake.data.scan import scan_split
+
+    key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
+    fingerprint = scan_split(root, split, ("FAKE", "REAL")).fingerprint(CACHE_VERSION, size, "bicubic")
+    return cache / "decoded" / f"{key}-{split}-{fingerprint[:16]}"
+
+
+SIZES = (["data.image_size=16"], ["data.image_size=32"])
+DECODED = re.compile(r"Decoding \d+ train images")
+
+
+def two_sizes_on_one_root(tmp_path: Path, root: Path, settings: list[str]) -> None:
+    """Two ``train.py`` runs on ``root`` at image sizes 16 and 32, both reaching their decode at once;
+    both exit 0, each decodes its own version once, and both versions stay; a third run rebuilds nothing."""
+    cache = tmp_path / "cache"
+    versions = [decoded_version(root, "train", size, cache) for size in (16, 32)]
+    outputs = train_together(tmp_path, [f"data.root={root}", *settings], per_run=SIZES,
+                             hold=[Path(f"{v}.lock") for v in versions])
+    for out, version in zip(outputs, versions, strict=True):
+        assert len(DECODED.findall(out)) == 1 and f"decoding the train cache {version}" in out, out[-3000:]
+        assert "Reusing the decoded" not in out and "is damaged" not in out
+    assert all((v / "images.npy").is_file() for v in versions)  # neither run pruned the other's version
+    assert not list(cache.rglob("*.partial"))
+    third = subprocess.run([sys.executable, str(ROOT / "train.py"), f"data.root={root}", *settings, *SIZES[0],
+                            f"hydra.run.dir={tmp_path / 'run3'}"], cwd=tmp_path, capture_output=True, text=True,
+                           env={**os.environ, "CIFAKE_CACHE_DIR": str(cache)}, timeout=400)
+    assert third.returncode == 0 and not DECODED.search(third.stdout + third.stderr), third.stderr[-3000:]
+    assert f"Reusing the decoded train cache {versions[0]}" in third.stdout + third.stderr
+    assert all((v / "images.npy").is_file() for v in versions)
+
+
+def test_two_runs_with_other_image_sizes_on_one_root_decode_side_by_side(tmp_path: Path) -> None:
+    root = make_cifake_tree(tmp_path / "cifake", n_per_class=12)
+    settings = [o for o in tiny_demo_overrides() if not o.startswith(("data=", "data.demo."))]
+    two_sizes_on_one_root(tmp_path, root, [*settings, "trainer.max_epochs=1"])
+
+
+@pytest.mark.real_data
+def test_two_runs_with_other_image_sizes_on_real_cifake_decode_side_by_side(tmp_path: Path) -> None:
+    """As the issue met it: 100,000 training images decoded at two sizes at once, on one root."""
+    settings = [o for o in tiny_demo_overrides() if not o.startswith(("data=", "data.demo.", "data.val_fraction"))]
+    limits = ["trainer.max_epochs=1", "data.batch_size=64", "trainer.limit_train_batches=2",
+              "trainer.limit_val_batches=2"]
+    two_sizes_on_one_root(tmp_path, real_cifake_root(), [*settings, *limits])
+
+
+@pytest.mark.slow
+def test_two_demo_runs_with_other_image_sizes_each_generate_their_own_folder(tmp_path: Path) -> None:
+    """experiment=demo at sizes 16 and 32 at once: neither regenerates the data the other reads."""
+    from cifake.data.demo import demo_folder
+
+    demo = {"train_per_class": 48, "test_per_class": 24, "seed": 0, "upsample_factor": 2, "noise": 0.06,
+            "jpeg_quality": 90}
+    folders = [demo_folder(tmp_path / "cache" / "demo", **demo, image_size=size) for size in (16, 32)]
+    outputs = train_together(tmp_path, ["experiment=demo", *tiny_demo_overrides(), "trainer.max_epochs=1"],
+                             per_run=SIZES, hold=[Path(f"{f}.lock") for f in folders])
+    for out, folder in zip(outputs, folders, strict=True):
+        assert out.count("Generating the demo dataset (144 images)") == 1 and str(folder) in out, out[-3000:]
+        assert "is gone" not in out and "cannot be decoded" not in out
+        assert len(list(folder.rglob("*.jpg"))) == 144
+    assert len([p for p in (tmp_path / "cache" / "decoded").iterdir() if p.is_dir()]) == 4  # 2 sizes x 2 splits
+
+
 DEMO = ("import logging, sys; from pathlib import Path; from cifake.data.demo import generate_demo; "
         "logging.basicConfig(level=logging.INFO); generate_demo(Path(sys.argv[1]), 1000, 1, 0, 32, 2, 0.06, 90)")
 
@@ -140,12 +215,12 @@ def test_a_builder_killed_midway_leaves_the_waiting_run_to_build_it_whole(tmp_pa
                                               stderr=subprocess.STDOUT))
             if len(procs) == 1:  # the first one: frozen once it has written some images, holding the lock
                 wait_for("Generating the demo dataset", log, procs[0])
-                while not list((tmp_path / "demo.partial").rglob("*.jpg")):
+                while not list(root.glob("*.partial/*/*/*.jpg")):
                     assert procs[0].poll() is None, _output(log)[-3000:]
                     time.sleep(0.005)
                 procs[0].send_signal(signal.SIGSTOP)
         wait_for(WAITING, logs[1], procs[1])
-        assert not root.exists()  # the first one was stopped midway
+        assert not [p for p in root.glob("*px-*") if p.is_dir() and p.suffix != ".partial"]  # stopped midway
         procs[0].kill()  # as a killed run: the operating system lets go of its lock
         assert procs[1].wait(timeout=120) == 0, _output(logs[1])[-3000:]
     finally:
@@ -154,4 +229,4 @@ def test_a_builder_killed_midway_leaves_the_waiting_run_to_build_it_whole(tmp_pa
                 proc.kill()
                 proc.wait()
     assert "Generating the demo dataset (2002 images)" in _output(logs[1]) and "Reusing" not in _output(logs[1])
-    assert len(list(root.rglob("*.jpg"))) == 2002 and not (tmp_path / "demo.partial").exists()
+    assert len(list(root.rglob("*.jpg"))) == 2002 and not list(root.glob("*.partial"))

@@ -57,11 +57,14 @@ def require(cfg: DictConfig, key: str, hint: str) -> Any:
 class KnownError:
     """A foreign exception a user can fix: one whose class (or a base class) is named ``kind`` and
     whose message matches ``pattern`` (``re.search``). ``hint`` is what the user reads; it may use
-    ``{message}`` (the original message on one line) and ``{filename}`` (an ``OSError``'s file)."""
+    ``{message}`` (the original message on one line) and ``{filename}`` (an ``OSError``'s file).
+    ``context``: it is told also when it was being handled as another error was raised (``__context__``),
+    for a cause that breaks whatever runs after it: a full disk makes the writer's own clean-up fail."""
 
     kind: str
     pattern: str
     hint: str
+    context: bool = False
 
 
 _FOLDERS = ("choose another folder: hydra.run.dir or paths.log_dir for run folders, paths.cache_dir "
@@ -73,7 +76,9 @@ _GPU_SCORING = ("this run asks for a GPU but PyTorch finds none ({message}): pas
                 "trainer.accelerator=cpu to evaluate.py or train.py, or run it on a machine with CUDA")
 
 # Matched in order against each exception of the chain (the raised one first, then its causes:
-# Hydra's instantiate raises its own from a constructor's error).
+# Hydra's instantiate raises its own from a constructor's error; then, for rows with context=True,
+# the exceptions being handled when one was raised: torch's checkpoint writer fails with its own
+# RuntimeError while handling the full disk's OSError).
 KNOWN_ERRORS: tuple[KnownError, ...] = (
     KnownError("MisconfigurationException", r"No supported gpu backend found|can not run on your system", _GPU),
     KnownError("RuntimeError", r"Found no NVIDIA driver|Torch not compiled with CUDA enabled|No CUDA GPUs are "
@@ -87,7 +92,7 @@ KNOWN_ERRORS: tuple[KnownError, ...] = (
                "the GPU ran out of memory: lower data.batch_size (or data.eval_batch_size), or set "
                "data.on_device=false to keep the decoded images in host memory"),
     KnownError("OSError", r"\[Errno 28\]",
-               "no space left on the disk that holds {filename}: free some space there, or " + _FOLDERS),
+               "no space left on the disk that holds {filename}: free some space there, or " + _FOLDERS, context=True),
     KnownError("RuntimeError", r"PytorchStreamWriter failed writing file",
                "a checkpoint could not be written ({message}); most often its disk is full: free some space "
                "there, or choose another folder with hydra.run.dir or paths.log_dir"),
@@ -104,11 +109,24 @@ KNOWN_ERRORS: tuple[KnownError, ...] = (
 def _chain(err: BaseException | None) -> Iterator[BaseException]:
     """``err``, then the exceptions it was raised from (``raise ... from``), each once. Not those
     it was raised while handling: a bug in an ``except`` block keeps its traceback."""
+    yield from (link for link, handled in _links(err) if not handled)
+
+
+def _links(err: BaseException | None) -> Iterator[tuple[BaseException, bool]]:
+    """Every exception of ``err``'s chain, each once, both ways: causes (``raise ... from``) first, then
+    what was being handled when it was raised (``__context__``, unless ``from`` or ``from None``
+    hid it), each with whether the path to it went through such a context."""
     seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        yield err
-        err = err.__cause__
+    todo = [(err, False)]
+    while todo:
+        link, handled = todo.pop()
+        if link is None or id(link) in seen:
+            continue
+        seen.add(id(link))
+        yield link, handled
+        if not link.__suppress_context__:
+            todo.append((link.__context__, True))
+        todo.append((link.__cause__, handled))  # popped first: causes before contexts
 
 
 def _one_line(text: str) -> str:
@@ -118,10 +136,10 @@ def _one_line(text: str) -> str:
 def known_error(err: BaseException) -> tuple[KnownError, BaseException] | None:
     """The first :data:`KNOWN_ERRORS` entry that an exception of ``err``'s chain matches, with
     that exception; ``None`` when none does."""
-    for link in _chain(err):
+    for link, handled in _links(err):
         names = {cls.__name__ for cls in type(link).__mro__}
         for known in KNOWN_ERRORS:
-            if known.kind in names and re.search(known.pattern, str(link)):
+            if (known.context or not handled) and known.kind in names and re.search(known.pattern, str(link)):
                 return known, link
     return None
 
@@ -147,19 +165,22 @@ def user_message(err: BaseException) -> str | None:
                              filename=filename if filename is not None else "one of the run's files")
 
 
-def _log_to_files(message: str) -> None:
+def _log_to_files(message: str, err: BaseException | None = None) -> None:
     """Record ``message`` as an error in the log files that the root logger writes (the run's
-    ``<job>.log``), not on the console, where :func:`report` prints it once."""
-    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (message,), None)
+    ``<job>.log``), not on the console, where :func:`report` prints it once; with ``err``, its
+    traceback too."""
+    exc_info = None if err is None else (type(err), err, err.__traceback__)
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (message,), exc_info)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler) and record.levelno >= handler.level:
             handler.handle(record)
 
 
-def report(message: str, to_log: bool = True) -> NoReturn:
-    """Print ``message`` after ``error:`` (and, with ``to_log``, to the run's log file) and exit with status 2."""
+def report(message: str, to_log: bool = True, err: BaseException | None = None) -> NoReturn:
+    """Print ``message`` after ``error:`` (and, with ``to_log``, to the run's log file, with ``err``'s
+    traceback when given) and exit with status 2."""
     if to_log:
-        _log_to_files(message)
+        _log_to_files(message, err)
     print(f"\nerror: {message}", file=sys.stderr)
     raise SystemExit(2)
 
@@ -176,6 +197,10 @@ def friendly_errors(job: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]
             message = user_message(raised)
             if message is None:
                 raise
-            report(message)
+            found = known_error(raised)
+            # Told through a context (a full disk behind another library's error): that error may also be
+            # a bug, so its traceback goes to the run's log, though not to the console.
+            behind = found is not None and _cifake_cause(raised) is None and found[1] not in _chain(raised)
+            report(message, err=raised if behind else None)
 
     return wrapper

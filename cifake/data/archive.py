@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from cifake.core.atomic import bytes_on_disk, check_space, space_errors
 from cifake.core.errors import DataError
-from cifake.data.locking import build_lock
+from cifake.data.locking import build_lock, hold
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ def extract_archive(archive: Path, cache_dir: Path) -> Path:
     a disk without room for the sizes the archive lists.
     """
     dest = extraction_folder(archive, cache_dir)
+    hold(dest)  # in use while this run lives: pruning skips it
     if (dest / _DONE).exists():
         log.info("Reusing the extraction of %s in %s", archive, dest)
         return dest

@@ -6,7 +6,9 @@ hold (fingerprint, files, shapes and dtypes). Before a cache is mapped, its file
 sizes are checked against that record: a damaged or incomplete cache is reported in one warning
 and decoded again, never mapped. Space for a new one is checked, and reserved, before decoding.
 Runs started together decode a split once: one holds its build lock (:mod:`cifake.data.locking`)
-while the others wait, saying so, then reuse what it renamed into place.
+while the others wait, saying so, then reuse what it renamed into place. Versions for other files or
+settings (image size, resampling) live side by side, each in its own folder: a run never deletes one,
+and marks those it reads in use; ``python -m cifake.data.prune`` deletes the versions no run holds.
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from cifake.core.atomic import bytes_on_disk, check_space, reserve, space_errors
+from cifake.core.atomic import bytes_on_disk, check_space, human, reserve, space_errors
 from cifake.core.errors import ConfigError, DataError
 from cifake.data.decode import RESAMPLING, decode_into
-from cifake.data.locking import build_lock
+from cifake.data.locking import build_lock, hold
 from cifake.data.scan import SplitListing
 
 log = logging.getLogger(__name__)
@@ -106,6 +108,7 @@ def load_or_decode(
     prefix = f"{root_key}-{listing.split}-"
     folder = cache_dir / "decoded" / f"{prefix}{fingerprint[:16]}"
     meta_path = folder / "meta.json"
+    hold(folder)  # before it is checked: a pruner deleting it now finishes first, and this run rebuilds it
     if cache_problem(folder, fingerprint, image_size) is None:
         log.info("Reusing the decoded %s cache %s (the files have not changed)", listing.split, folder)
     else:
@@ -121,9 +124,7 @@ def load_or_decode(
                     shutil.rmtree(folder)  # before decoding: its space may be needed for the new one
                 _build(listing, folder, fingerprint, image_size, resample, skip_bad_files,
                        workers or os.cpu_count() or 1)
-                for stale in folder.parent.glob(f"{prefix}*"):  # older versions of the same split
-                    if stale != folder and not stale.name.endswith(".lock"):
-                        shutil.rmtree(stale, ignore_errors=True)
+            log_usage(folder.parent)
     meta = json.loads(meta_path.read_text())
     skipped = meta.get("skipped_undecodable") or {}
     if skipped and not skip_bad_files:  # the cache was built leaving them out; this run did not ask to
@@ -142,6 +143,28 @@ def load_or_decode(
         root=listing.root,
         cache_dir=folder,
     )
+
+
+def cache_usage(decoded: Path) -> tuple[int, int]:
+    """Bytes on disk and number of the decoded versions (whole or half-built) in the folder ``decoded``."""
+    total, versions = 0, 0
+    for folder in decoded.glob("*") if decoded.is_dir() else ():
+        if not folder.is_dir():
+            continue
+        versions += 1
+        for file in folder.iterdir():
+            try:
+                total += file.stat().st_blocks * 512
+            except (FileNotFoundError, AttributeError):  # deleted meanwhile; no st_blocks on Windows
+                continue
+    return total, versions
+
+
+def log_usage(decoded: Path) -> None:
+    """Say how much disk the decoded versions hold, and how to delete those no run uses."""
+    total, versions = cache_usage(decoded)
+    log.info("The decoded cache %s holds %d version(s), %s; python -m cifake.data.prune %s deletes those no running "
+             "job holds", decoded, versions, human(total), decoded.parent)
 
 
 def npy_problem(path: Path, shape: tuple[int, ...], dtype: np.dtype | type) -> str | None:

@@ -79,7 +79,8 @@ class CIFAKEDataModule(L.LightningDataModule):
     window (``None``: whole images) and mirrored with probability ``hflip``.
     With ``on_device`` (``auto``: on CUDA) the decoded uint8 arrays are copied to the device once
     and batches are indexed there, so no image crosses the bus per step. With ``demo`` set, a
-    generated dataset is written to ``root`` first (see :func:`cifake.data.demo.generate_demo`).
+    generated dataset is written first, into its setting's folder under ``root`` (see
+    :func:`cifake.data.demo.generate_demo`).
     """
 
     def __init__(
@@ -142,7 +143,7 @@ class CIFAKEDataModule(L.LightningDataModule):
             hp = self.hparams
             root = Path(hp.root).expanduser()
             if hp.demo is not None:
-                generate_demo(root, **hp.demo, image_size=hp.image_size)
+                root = generate_demo(root, **hp.demo, image_size=hp.image_size)  # its setting's folder
             if is_archive(root):
                 root = extract_archive(root, Path(hp.cache_dir).expanduser())
             elif not root.exists():

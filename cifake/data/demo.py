@@ -9,6 +9,7 @@ textures, softer edges and the periodic traces of interpolation.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -19,7 +20,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from cifake.data.labels import CLASSES
-from cifake.data.locking import build_lock
+from cifake.data.locking import build_lock, hold
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,16 @@ def render(rng: np.random.Generator, fake: bool, size: int, factor: int, noise: 
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
 
 
+def _params(**settings: object) -> str:
+    return json.dumps(settings, sort_keys=True)
+
+
+def demo_folder(root: Path, **settings: object) -> Path:
+    """Where the demo data made with ``settings`` (:func:`generate_demo`'s arguments after ``root``)
+    lives under ``root``: one folder per setting, named by its image size and a hash of them all."""
+    return root / f"{settings['image_size']}px-{hashlib.sha256(_params(**settings).encode()).hexdigest()[:12]}"
+
+
 def generate_demo(
     root: Path,
     train_per_class: int,
@@ -74,29 +85,36 @@ def generate_demo(
     noise: float,
     jpeg_quality: int,
 ) -> Path:
-    """Write ``root/{train,test}/{FAKE,REAL}/NNNN.jpg`` unless a complete copy made with the same
-    parameters is already there (other parameters regenerate it)."""
-    params = json.dumps({k: v for k, v in locals().items() if k != "root"}, sort_keys=True)
+    """Write ``<root>/<setting>/{train,test}/{FAKE,REAL}/NNNN.jpg`` unless a complete copy made with
+    the same parameters is there, and return that folder. Each setting has its own folder, written
+    whole into ``<folder>.partial`` under a lock and then renamed: runs with other settings never
+    rewrite a folder that another run reads, and this run marks it in use (pruning skips it)."""
+    settings = {k: v for k, v in locals().items() if k != "root"}
+    params, folder = _params(**settings), demo_folder(root, **settings)
+
     def done() -> bool:
         try:
-            return (root / _DONE).read_text() == params
-        except OSError:  # not generated yet (or being replaced)
+            return (folder / _DONE).read_text() == params
+        except OSError:  # not generated yet
             return False
 
+    hold(folder)
     if done():
-        log.info("Reusing the demo dataset in %s (generated with the same parameters)", root)
-        return root
-    with build_lock(root, f"generating the demo dataset in {root}"):
+        log.info("Reusing the demo dataset in %s (generated with the same parameters)", folder)
+        return folder
+    with build_lock(folder, f"generating the demo dataset in {folder}"):
         if done():
-            log.info("Reusing the demo dataset in %s (another process generated it meanwhile)", root)
+            log.info("Reusing the demo dataset in %s (another process generated it meanwhile)", folder)
         else:
-            _write_demo(root, params, train_per_class, test_per_class, seed, image_size, upsample_factor, noise,
+            _write_demo(folder, params, train_per_class, test_per_class, seed, image_size, upsample_factor, noise,
                         jpeg_quality)
-    return root
+    return folder
 
 
 def _write_demo(root: Path, params: str, train_per_class: int, test_per_class: int, seed: int, image_size: int,
                 upsample_factor: int, noise: float, jpeg_quality: int) -> None:
+    # Under the build lock. A folder here without its record is no finished copy, so nobody reads it:
+    # left by an interrupted rename or by hand.
     shutil.rmtree(root, ignore_errors=True)
     tmp = root.with_name(root.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -112,5 +130,5 @@ def _write_demo(root: Path, params: str, train_per_class: int, test_per_class: i
                     pixels = render(rng, name == "FAKE", image_size, upsample_factor, noise)
                     Image.fromarray(pixels).save(folder / f"{i:04d}.jpg", quality=jpeg_quality)
                     bar.update()
-    (tmp / _DONE).write_text(params)
+    (tmp / _DONE).write_text(params)  # the record, last: only a whole folder carries it
     tmp.rename(root)
