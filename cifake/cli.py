@@ -57,6 +57,7 @@ try:
         from cifake.core import schemas  # noqa: F401  (registers the config schemas the YAML files name)
         from cifake.core.configs import config_dir, user_config_dirs, yaml_problem
         from cifake.core.errors import friendly_errors, report
+        from cifake.core.overrides import override_problem, program_name
 except KeyboardInterrupt:  # Ctrl+C while the command starts: it stops, without a traceback through the imports
     raise SystemExit(INTERRUPTED) from None
 
@@ -81,12 +82,48 @@ def _launch(job: str, entry: str = "run") -> None:
     if problem:
         report(problem, to_log=False)  # before Hydra reads the file (no run, so no run log)
     try:
-        hydra.main(version_base="1.3", config_path=str(conf), config_name=job)(task)()
+        with overrides_told(conf, job):
+            hydra.main(version_base="1.3", config_path=str(conf), config_name=job)(task)()
     except KeyboardInterrupt:
         # Ctrl+C outside what a job handles itself (Lightning's fit, the server): while the job's libraries
         # import, data decodes or the test split is scored. Files are written atomically, so none is left half.
         print(f"cifake-{job}: interrupted (Ctrl+C)", file=sys.stderr)
         raise SystemExit(INTERRUPTED) from None
+
+
+# Hydra's errors that a mistyped override ends in; their causes are OmegaConf's (a key not in a struct).
+COMPOSITION_ERRORS = ("ConfigCompositionException", "MissingConfigException", "ConfigKeyError")
+
+
+@contextmanager
+def overrides_told(conf: Path, job: str) -> Iterator[None]:
+    """Answer an override Hydra cannot compose (``trainer.max_epoch=3``, ``modle=vgg``, ``model=vggg``) with one
+    ``error:`` line naming the nearest real key, group or option (:func:`cifake.core.overrides.override_problem`)
+    instead of Hydra's lines, whose ``+modle=vgg`` advice would add a key nothing reads.
+
+    Hydra reports every error of composing (and of the job) through ``hydra._internal.utils.run_and_report``,
+    which prints and exits; while the block runs, each call of it first passes a composition error here. A
+    command that composes pays nothing: the diagnosis runs only after Hydra has failed."""
+    from hydra._internal import utils as hydra_utils
+
+    original = hydra_utils.run_and_report
+
+    def diagnosed(func: Any) -> Any:
+        try:
+            return func()
+        except Exception as err:
+            names = {cls.__name__ for link in (err, err.__cause__) if link is not None for cls in type(link).__mro__}
+            if names & set(COMPOSITION_ERRORS):
+                problem = override_problem(conf, sys.argv[1:], job, program_name(sys.argv[0]))
+                if problem:
+                    report(problem, to_log=False)  # no run folder yet, so no run log
+            raise
+
+    hydra_utils.run_and_report = lambda func: original(lambda: diagnosed(func))
+    try:
+        yield
+    finally:
+        hydra_utils.run_and_report = original
 
 
 def one_console_copy() -> None:
