@@ -187,3 +187,41 @@ def test_predict_script_end_to_end(setup, tmp_path) -> None:
     table, _ = read_outputs(run)
     assert len(table) == 4 and table[-1]["error"].startswith("not an image")
     assert "4 files: " in proc.stderr + proc.stdout and "1 unreadable" in proc.stderr + proc.stdout
+
+
+def test_links_loops_sockets_and_fifos_are_rows_with_a_reason_and_the_rest_is_predicted(setup, tmp_path) -> None:
+    """As a user's folder can hold them: one bad entry never stops predict.py (exit 0, one row each)."""
+    import os
+    import socket
+
+    folder = tmp_path / "awkward"
+    rng = np.random.default_rng(3)
+    write_image(folder / "a.jpg", rng)
+    write_image(folder / "b.jpg", rng)
+    (folder / "loopdir").mkdir()
+    os.symlink("x2", folder / "loopdir" / "x1")  # x1 -> x2 -> x1, as the issue met it
+    os.symlink("x1", folder / "loopdir" / "x2")
+    os.symlink("self", folder / "self")
+    os.symlink("nowhere.jpg", folder / "gone.jpg")
+    os.symlink("a.jpg", folder / "same.jpg")  # the same file as a.jpg: listed once
+    os.mkfifo(folder / "pipe.jpg")  # opening it would wait for a writer forever
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(folder / "sock"))
+    try:
+        proc = subprocess.run([sys.executable, str(ROOT / "predict.py"), f"ckpt_path={setup['onnx']}",
+                               f"inputs={folder}", f"hydra.run.dir={tmp_path / 'run'}", *QUIET],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    finally:
+        server.close()
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "Traceback" not in output, output[-3000:]
+    table, _ = read_outputs(tmp_path / "run")
+    errors = {Path(r["path"]).relative_to(folder).as_posix(): r["error"] for r in table}
+    assert sorted(errors) == ["a.jpg", "b.jpg", "gone.jpg", "loopdir/x1", "loopdir/x2", "pipe.jpg", "self", "sock"]
+    assert errors["a.jpg"] == errors["b.jpg"] == "" and all(r["p_real"] for r in table if not r["error"])
+    for name, reason in [("loopdir/x1", "symbolic link loop"), ("loopdir/x2", "symbolic link loop"),
+                         ("self", "symbolic link loop"), ("gone.jpg", "broken symbolic link"),
+                         ("pipe.jpg", "FIFO"), ("sock", "socket")]:
+        assert reason in errors[name], (name, errors[name])
+        assert f"unreadable: {folder / name}: {errors[name]}" in output
+    assert "8 files: " in output and "6 unreadable" in output

@@ -11,12 +11,15 @@ of a checkpoint, and Grad-CAM only when asked.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import json
 import logging
 import os
+import stat
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,53 +38,101 @@ FIELDS = ("path", "predicted", "p_fake", "p_real", "threshold", "error", "gradca
 UNSURE = "UNSURE"  # the answer inside the unsure band
 
 
-def _walk(folder: Path) -> Iterator[Path]:
-    for dirpath, dirnames, filenames in os.walk(folder):
+def _walk(folder: Path, problems: dict[Path, str]) -> Iterator[Path]:
+    """The files under ``folder``; a sub-folder that cannot be listed goes into ``problems`` instead of
+    stopping the walk (``os.walk`` would skip it silently)."""
+    def unlisted(err: OSError) -> None:
+        path = Path(err.filename)
+        problems[path] = f"folder cannot be listed ({type(err).__name__}: {err.strerror}): nothing under it was read"
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unlisted):
         dirnames[:] = [d for d in dirnames if not is_hidden(d)]
         yield from (Path(dirpath) / f for f in filenames if not is_hidden(f))
 
 
-def find_files(inputs: str | Sequence[str]) -> list[Path]:
+def entry_problem(path: Path) -> str | None:
+    """Why ``path`` cannot even be opened as an image file (``None``: it can be tried): a symbolic-link
+    loop, a broken link, or a socket, FIFO or device (opening a FIFO would wait for a writer forever)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "symbolic link loop (the link leads back to itself): not a file"
+        if path.is_symlink():
+            return f"broken symbolic link (its target {os.readlink(path)!r} does not exist)"
+        return f"{type(err).__name__}: {err.strerror}"
+    if not stat.S_ISREG(mode):
+        kind = ("socket" if stat.S_ISSOCK(mode) else "FIFO (named pipe)" if stat.S_ISFIFO(mode)
+                else "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "folder" if stat.S_ISDIR(mode)
+                else "special file")
+        return f"a {kind}, not a regular file"
+    return None
+
+
+def _key(path: Path) -> Path:
+    """What ``path`` is, to list each file once: its resolved path (itself where it cannot be resolved, as a loop)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: Python < 3.13's symlink loop
+        return path.absolute()
+
+
+def find_files(inputs: str | Sequence[str]) -> tuple[list[Path], dict[Path, str]]:
     """Every file named in ``inputs`` or under a folder named there (recursively; hidden files and
-    folders such as ``.DS_Store`` left out), each folder's files sorted, each file once."""
+    folders such as ``.DS_Store`` left out), each folder's files sorted, each file once; and why some
+    of them cannot be read at all (:func:`entry_problem`; folders that cannot be listed are listed
+    with the reason). A bad entry never stops the search: it becomes one line of the output."""
     items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     if not items:
         raise ConfigError("inputs is empty; pass inputs=<file or folder> or inputs=[a.jpg,photos/]")
     files: list[Path] = []
+    problems: dict[Path, str] = {}
     seen: set[Path] = set()
     for item in items:
         path = Path(str(item)).expanduser()
+        walked: dict[Path, str] = {}
         if path.is_dir():
-            found = sorted(_walk(path))
-        elif path.is_file():
+            found = list(_walk(path, walked))
+            found = sorted([*found, *walked])  # the folders that could not be listed, in their place
+        elif path.exists() or path.is_symlink():  # a file, or a link that a line of the output explains
             found = [path]
         else:
             raise ConfigError(f"input {str(path)!r} does not exist; pass image files or folders, e.g. "
                               "inputs=photos/ or inputs=[a.jpg,b.png] (relative to the folder you run from)")
         for file in found:
-            if (key := file.resolve()) not in seen:
+            if (key := _key(file)) not in seen:
                 seen.add(key)
                 files.append(file)
+                problem = walked.get(file) or entry_problem(file)
+                if problem is not None:
+                    problems[file] = problem
     if not files:
         raise DataError(f"no file found under {[str(i) for i in items]}; put the images to classify there "
                         "(JPEG, PNG, WebP, GIF, ... of any size)")
-    return files
+    return files, problems
 
 
 def unreadable_reason(err: Exception, path: Path) -> str:
     """Why ``path`` could not be used, in one line."""
-    if path.is_file() and path.stat().st_size == 0:
+    empty = False
+    with contextlib.suppress(OSError):  # gone or unreachable meanwhile: the error says why
+        empty = path.is_file() and path.stat().st_size == 0
+    if empty:
         return "empty file (0 bytes)"
     if isinstance(err, UnidentifiedImageError):
         return "not an image Pillow can read (unknown format, or not an image at all)"
     return f"{type(err).__name__}: {err}".strip()
 
 
-def decode_all(files: Sequence[Path], size: int, resample: str) -> tuple[np.ndarray, list[int], dict[int, str]]:
+def decode_all(files: Sequence[Path], size: int, resample: str,
+               problems: Mapping[Path, str] | None = None) -> tuple[np.ndarray, list[int], dict[int, str]]:
     """Decode ``files`` to ``(n_ok, 3, size, size)`` uint8; the positions that decoded, and the
-    reason for each that did not."""
+    reason for each that did not (``problems``: files known to be unreadable, with the reason, never opened)."""
     images, ok, bad = [], [], {}
     for i, path in enumerate(files):
+        if problems and path in problems:
+            bad[i] = problems[path]
+            continue
         try:
             images.append(decode_image(path, size, resample)[0])
             ok.append(i)
@@ -99,11 +150,13 @@ def _number(value: float | None) -> str:
 
 def predict_files(files: Sequence[Path], scorer: Scorer, resample: str, threshold: float, batch_size: int,
                   out_dir: Path, explainer: Any = None, progress: bool = True,
-                  band: tuple[float, float] | None = None) -> list[dict[str, Any]]:
+                  band: tuple[float, float] | None = None,
+                  problems: Mapping[Path, str] | None = None) -> list[dict[str, Any]]:
     """Predict every file in batches, writing ``predictions.csv`` and ``predictions.jsonl`` in
     ``out_dir`` row by row as they come; with an unsure ``band`` (low, high), p(REAL) in
     ``(low, high]`` is answered ``UNSURE``. Each scored row names the precision and device that
-    computed it (:attr:`Scorer.computed`). Returns the rows."""
+    computed it (:attr:`Scorer.computed`); ``problems`` (:func:`find_files`) are rows with their reason.
+    Returns the rows."""
     classes = scorer.classes
     computed = scorer.computed
     rows: list[dict[str, Any]] = []
@@ -114,7 +167,7 @@ def predict_files(files: Sequence[Path], scorer: Scorer, resample: str, threshol
         writer.writerow(FIELDS)
         for start in range(0, len(files), batch_size):
             chunk = files[start:start + batch_size]
-            images, ok, bad = decode_all(chunk, scorer.image_size, resample)
+            images, ok, bad = decode_all(chunk, scorer.image_size, resample, problems)
             p = scorer.p_real(images, batch_size)
             predicted = (p > threshold).astype(np.int64)  # as binary_report and metrics.json count
             labels = [classes[int(c)] for c in predicted]
@@ -158,7 +211,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {cfg.batch_size}")
     inputs = OmegaConf.to_container(inputs) if OmegaConf.is_config(inputs) else inputs
-    files = find_files(inputs)  # before loading the model: a mistyped path fails at once
+    files, problems = find_files(inputs)  # before loading the model: a mistyped path fails at once
     scorer = open_scorer(ckpt_path, device=cfg.device, precision=cfg.scoring.precision, tta=cfg.tta,
                          contract=cfg.contract)
     if scorer.image_size is None:
@@ -181,7 +234,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
              len(files), ckpt_path, scorer.image_size, scorer.image_size, resample, cfg.threshold, scorer.tta["mode"],
              f", UNSURE when {band[0]:.4f} < p_real <= {band[1]:.4f}" if band else "")
     rows = predict_files(files, scorer, resample, cfg.threshold, cfg.batch_size, out, explainer,
-                         cfg.progress_bar, band)
+                         cfg.progress_bar, band, problems)
     summary = summarize(rows, scorer.classes, cfg.show_unreadable)
     lines = [f"{summary['files']} files: " + ", ".join(f"{n} {c}" for c, n in summary["predicted"].items())
              + f", {summary['unreadable']} unreadable"]
