@@ -75,7 +75,7 @@ def test_reliability_figure_builds() -> None:
     bins = reliability_bins(p, y, n_bins=10)
     fig = reliability_figure(bins.edges, bins.count, bins.confidence, bins.accuracy, bins.ece)
     fig.savefig(io.BytesIO(), format="png", dpi=50)
-    assert "ECE" in fig.axes[0].get_title()
+    assert "ECE" in fig._suptitle.get_text()
 
 
 # Six validation predictions (threshold: REAL when p > t; candidates midway between scores):

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogLocator
 
 CORRECT_COLOUR = "#1a7f37"
 WRONG_COLOUR = "#cf222e"
@@ -91,27 +92,32 @@ def _hwc(image: np.ndarray) -> np.ndarray:
 
 
 def _caption(p_real: float, label: int, classes: Sequence[str], threshold: float) -> tuple[str, bool]:
+    """Two lines for an image: the call against the truth, and p(FAKE); whether the call is right."""
     predicted = int(p_real > threshold)
-    text = f"pred {classes[predicted]}\np({classes[0]})={1 - p_real:.2f}\ntrue {classes[label]}"
+    mark = "right" if predicted == label else "wrong"
+    text = f"called {classes[predicted]}, is {classes[label]}\np({classes[0]}) = {1 - p_real:.2f} ({mark})"
     return text, predicted == label
 
 
 def prediction_grid_figure(images: np.ndarray, p_real: np.ndarray, labels: np.ndarray, classes: Sequence[str],
                            threshold: float = 0.5, ncols: int = 8, title: str = "Predictions") -> Figure:
-    """Images ``(N, 3, H, W)`` uint8, each titled with the predicted class, p(FAKE) and the truth,
-    green when right and red when wrong."""
+    """Images ``(N, 3, H, W)`` uint8, each captioned with the predicted class against the truth and
+    p(FAKE), green when right and red when wrong; at most ``ncols`` a row, no empty cells after the last."""
     n = len(images)
+    ncols = max(1, min(ncols, n))
     nrows = max(1, -(-n // ncols))
-    fig = Figure(figsize=(1.5 * ncols, 1.95 * nrows), layout="constrained")
+    fig = Figure(figsize=(1.55 * ncols, 1.75 * nrows + 0.45), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for k, ax in enumerate(axes.flat):
-        ax.axis("off")
         if k >= n:
+            ax.remove()  # the last row's unused cells: no blank axes
             continue
+        ax.set_axis_off()
         ax.imshow(_hwc(images[k]), interpolation="nearest")
         text, right = _caption(float(p_real[k]), int(labels[k]), classes, threshold)
-        ax.set_title(text, fontsize=8, color=CORRECT_COLOUR if right else WRONG_COLOUR)
-    fig.suptitle(f"{title} (green: right, red: wrong)")
+        ax.set_title(text, fontsize=7.5, color=CORRECT_COLOUR if right else WRONG_COLOUR)
+    wrong = sum(int(float(p) > threshold) != int(y) for p, y in zip(p_real, labels, strict=True))
+    fig.suptitle(f"{title}: {n - wrong} of {n} right (green: right, red: wrong)", fontsize=10)
     return fig
 
 
@@ -121,32 +127,46 @@ def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarra
     return (1 - alpha) * _hwc(image) + alpha * heat
 
 
+GRADCAM_HEADERS = ("image", "Grad-CAM for the\npredicted class")
+SECTION_TITLES = {"fixed": "the same images every time", "correct": "right calls", "wrong": "wrong calls"}
+
+
 def gradcam_figure(sections: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
                    classes: Sequence[str], threshold: float = 0.5, pairs_per_row: int = 4,
                    title: str = "Grad-CAM for the predicted class") -> Figure:
-    """Image | overlay pairs, one block of rows per section: ``{name: (images, cams, p_real, labels)}``
-    with images ``(N, 3, H, W)`` uint8 and cams ``(N, H, W)`` in [0, 1]."""
-    layout: list[tuple[str, int]] = []  # (section, first image index) per row
-    for name, (images, *_rest) in sections.items():
-        layout += [(name, i) for i in range(0, max(len(images), 1), pairs_per_row)]
-    ncols = 2 * pairs_per_row
-    fig = Figure(figsize=(1.4 * ncols, 2.0 * len(layout)), layout="constrained")
-    axes = fig.subplots(len(layout), ncols, squeeze=False)
-    for (name, start), row in zip(layout, axes, strict=True):
-        images, cams, p_real, labels = sections[name]
-        for ax in row:
-            ax.axis("off")
+    """Image | Grad-CAM pairs, one block per section: ``{name: (images, cams, p_real, labels)}`` with
+    images ``(N, 3, H, W)`` uint8 and cams ``(N, H, W)`` in [0, 1]. Each pair stands under one caption
+    (the call, the truth, p(FAKE); green right, red wrong) with the headers "image" and "Grad-CAM for the
+    predicted class" over each block's first row; a section with no images (no wrong call) is one short
+    line, not an empty block."""
+    sizes = {name: len(section[0]) for name, section in sections.items()}
+    pairs = max(1, min(pairs_per_row, max(sizes.values(), default=1)))
+    rows = {name: -(-size // pairs) for name, size in sizes.items()}
+    pair_w, row_h, header_h, line_h = 2.5, 1.55, 0.55, 0.4
+    heights = [header_h + row_h * r if r else line_h for r in rows.values()]
+    fig = Figure(figsize=(pair_w * pairs, sum(heights) + 0.5), layout="constrained")
+    blocks = fig.subfigures(len(sections), 1, height_ratios=heights, squeeze=False)[:, 0] if sections else []
+    for block, (name, (images, cams, p_real, labels)) in zip(blocks, sections.items(), strict=True):
+        label = SECTION_TITLES.get(name, name)
         if len(images) == 0:
-            row[0].set_title(f"{name}: none", fontsize=9, loc="left")
+            block.text(0.01, 0.5, f"{label}: none among the images searched", fontsize=9, va="center",
+                       color=CORRECT_COLOUR if name == "wrong" else "black")
             continue
-        for j, k in enumerate(range(start, min(start + pairs_per_row, len(images)))):
+        block.suptitle(f"{label} ({len(images)})", x=0.01, ha="left", fontsize=9, fontweight="bold")
+        cells = block.subfigures(rows[name], pairs, squeeze=False)
+        for k, cell in enumerate(cells.flat):
+            if k >= len(images):
+                continue  # the last row's unused cells stay empty subfigures: nothing drawn
             text, right = _caption(float(p_real[k]), int(labels[k]), classes, threshold)
-            colour = CORRECT_COLOUR if right else WRONG_COLOUR
-            row[2 * j].imshow(_hwc(images[k]), interpolation="nearest")
-            row[2 * j].set_title(text, fontsize=7, color=colour)
-            row[2 * j + 1].imshow(overlay(images[k], cams[k]), interpolation="bilinear")
-            row[2 * j + 1].set_title(name if k == start and j == 0 else "", fontsize=8, loc="left")
-    fig.suptitle(title)
+            cell.suptitle(text, fontsize=7.5, color=CORRECT_COLOUR if right else WRONG_COLOUR)
+            image_ax, cam_ax = cell.subplots(1, 2)
+            image_ax.imshow(_hwc(images[k]), interpolation="nearest")
+            cam_ax.imshow(overlay(images[k], cams[k]), interpolation="bilinear")
+            for ax, header in zip((image_ax, cam_ax), GRADCAM_HEADERS, strict=True):
+                ax.set_axis_off()
+                if k < pairs:  # the block's first row
+                    ax.set_title(header, fontsize=7, color="dimgrey")
+    fig.suptitle(title, fontsize=10)
     return fig
 
 
@@ -261,40 +281,69 @@ def robustness_figure(rows: Sequence[dict], metrics: Sequence[str] = ("accuracy"
     return fig
 
 
+ACCURACY_COLOUR = "#3d6fb4"
+FEW_COLOUR = "#b9cde8"  # the accuracy colour, faded: a bin too small for its accuracy to mean much
+GAP_COLOUR = WRONG_COLOUR
+# A bin of fewer predictions than this is drawn faded and dotted: its accuracy's standard error can
+# reach 0.09 (sqrt(0.25 / 30)), wider than any gap worth reading. A drawing convention, like the colours.
+FEW_PREDICTIONS = 30
+LEGEND_ORDER = ("accuracy of the bin", "a bin of fewer", "mean confidence", "gap", "calibrated", "")
+
+
 def reliability_figure(edges: np.ndarray, count: np.ndarray, confidence: np.ndarray, accuracy: np.ndarray,
                        ece: float | None = None, log_counts: bool = True,
                        title: str = "Reliability of the predicted class", before: Any = None) -> Figure:
-    """Reliability diagram of per-bin mean ``confidence`` and ``accuracy`` (NaN for empty bins)
-    over confidence bins ``edges``, as :func:`cifake.analysis.calibration.reliability_bins` gives them:
-    the accuracy of each bin as a bar, the gap to its mean confidence shaded, the diagonal of a
-    calibrated model, and the number of predictions per bin under it. ``before``: the bins of the
-    same predictions before a temperature was applied (anything with ``confidence``, ``accuracy``,
-    ``count`` and ``ece``), drawn as a line with its ECE."""
+    """Reliability diagram of per-bin mean ``confidence`` and ``accuracy`` (NaN for empty bins) over
+    confidence bins ``edges``, as :func:`cifake.analysis.calibration.reliability_bins` gives them, in the
+    field's form (Guo et al. 2017): a bar per bin as tall as its accuracy, its mean confidence as a line
+    across it, and the gap between the two outlined, so the bar keeps its colour and the gap the
+    legend's (a bar above the diagonal: the model is underconfident there; below: overconfident).
+    Bins of fewer than :data:`FEW_PREDICTIONS` predictions are faded and dotted; the predictions per bin
+    are under it, the legend outside the axes. ``before``: the bins of the same predictions before a
+    temperature was applied (anything with ``confidence``, ``accuracy``, ``count`` and ``ece``), drawn
+    as a line with its ECE."""
     edges, count = np.asarray(edges, dtype=np.float64), np.asarray(count)
     confidence, accuracy = np.asarray(confidence, dtype=np.float64), np.asarray(accuracy, dtype=np.float64)
-    widths = np.diff(edges)
+    left, widths = edges[:-1], np.diff(edges)
     filled = count > 0
-    fig = Figure(figsize=(4.5, 5.6), layout="constrained")
+    few = filled & (count < FEW_PREDICTIONS)
+    enough = filled & ~few
+    fig = Figure(figsize=(5.0, 6.4), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
-    top.bar(edges[:-1][filled], accuracy[filled], widths[filled], align="edge", edgecolor="black", lw=0.5,
-            label="accuracy")
-    gap_low = np.minimum(accuracy, confidence)[filled]
-    top.bar(edges[:-1][filled], np.abs(confidence - accuracy)[filled], widths[filled], bottom=gap_low,
-            align="edge", color=WRONG_COLOUR, alpha=0.3, hatch="//", label="gap to mean confidence")
-    top.plot(edges[[0, -1]], edges[[0, -1]], ls="--", c="grey", lw=1, label="calibrated")
-    top.plot(confidence[filled], accuracy[filled], "k.", ms=4)
+    top.bar(left[enough], accuracy[enough], widths[enough], align="edge", color=ACCURACY_COLOUR, edgecolor="white",
+            lw=0.5, label="accuracy of the bin (bar height)", zorder=2)
+    if few.any():
+        top.bar(left[few], accuracy[few], widths[few], align="edge", color=FEW_COLOUR, edgecolor=ACCURACY_COLOUR,
+                hatch="..", lw=0.5, label=f"a bin of fewer than {FEW_PREDICTIONS} predictions", zorder=2)
+    # The gap is an outline without fill: inside a bar (underconfident) it leaves the bar's colour as it is.
+    inset = widths[filled] * 0.12
+    top.bar(left[filled] + inset, np.abs(confidence - accuracy)[filled], widths[filled] - 2 * inset,
+            bottom=np.minimum(accuracy, confidence)[filled], align="edge", fill=False, edgecolor=GAP_COLOUR, lw=1.2,
+            label="gap to the mean confidence", zorder=3)
+    top.hlines(confidence[filled], left[filled], left[filled] + widths[filled], colors=GAP_COLOUR, lw=2.2,
+               label="mean confidence of the bin", zorder=4)
+    top.plot(edges[[0, -1]], edges[[0, -1]], ls="--", c="grey", lw=1,
+             label="calibrated: accuracy = confidence", zorder=1)
     if before is not None:
         kept = np.asarray(before.count) > 0
         top.plot(np.asarray(before.confidence)[kept], np.asarray(before.accuracy)[kept], "o-", c="tab:orange",
-                 ms=3, lw=1, label=f"before the temperature (ECE {before.ece:.4f})")
-    top.set(xlim=(edges[0], edges[-1]), ylim=(0, 1.01), ylabel="accuracy of the predicted class",
-            title=title if ece is None else f"{title}\nECE = {ece:.4f} (n={int(count.sum()):,})")
-    top.legend(loc="upper left", fontsize=8)
-    top.grid(alpha=0.3)
-    bottom.bar(edges[:-1][filled], count[filled], widths[filled], align="edge", color="grey", edgecolor="black",
+                 ms=3, lw=1, label=f"accuracy before the temperature (ECE {before.ece:.4f})", zorder=5)
+    low = np.nanmin(np.concatenate([accuracy[filled], confidence[filled], [edges[0]]])) if filled.any() else 0.0
+    top.set(xlim=(edges[0], edges[-1]), ylim=(min(edges[0], np.floor(low * 10) / 10), 1.01),
+            ylabel="accuracy of the predicted class")
+    top.grid(alpha=0.3, zorder=0)
+    top.set_axisbelow(True)
+    fig.suptitle(title if ece is None else f"{title}\nECE = {ece:.4f} (n={int(count.sum()):,})")
+    handles = dict(zip(*reversed(top.get_legend_handles_labels()), strict=True))  # label -> artist
+    order = sorted(handles, key=lambda label: [label.startswith(p) for p in LEGEND_ORDER].index(True))
+    fig.legend([handles[k] for k in order], order, loc="outside lower center", ncols=2, fontsize=7.5, frameon=False)
+    bottom.bar(left[enough], count[enough], widths[enough], align="edge", color="grey", edgecolor="black", lw=0.5)
+    bottom.bar(left[few], count[few], widths[few], align="edge", color="#dddddd", edgecolor="black", hatch="..",
                lw=0.5)
     if log_counts and filled.any():
         bottom.set_yscale("log")
+        # 1, 2 and 5 of each decade: counts within one decade still get numbers on the axis.
+        bottom.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         bottom.yaxis.set_major_formatter("{x:,.0f}")  # plain counts, not 6x10^2
         bottom.yaxis.set_minor_formatter("")
     bottom.set(xlabel="confidence = max(p(REAL), p(FAKE))", ylabel="predictions")
