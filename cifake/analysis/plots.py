@@ -323,12 +323,15 @@ def reliability_figure(edges: np.ndarray, count: np.ndarray, confidence: np.ndar
     top.hlines(confidence[filled], left[filled], left[filled] + widths[filled], colors=GAP_COLOUR, lw=2.2,
                label="mean confidence of the bin", zorder=4)
     top.plot(edges[[0, -1]], edges[[0, -1]], ls="--", c="grey", lw=1,
-             label="calibrated: accuracy = confidence", zorder=1)
+             label="calibrated: accuracy = confidence", zorder=2.5)  # over the bars: the line to judge them by
     if before is not None:
         kept = np.asarray(before.count) > 0
         top.plot(np.asarray(before.confidence)[kept], np.asarray(before.accuracy)[kept], "o-", c="tab:orange",
                  ms=3, lw=1, label=f"accuracy before the temperature (ECE {before.ece:.4f})", zorder=5)
-    low = np.nanmin(np.concatenate([accuracy[filled], confidence[filled], [edges[0]]])) if filled.any() else 0.0
+    shown = [accuracy[filled], confidence[filled], [edges[0]]]
+    if before is not None:
+        shown.append(np.asarray(before.accuracy, dtype=np.float64)[np.asarray(before.count) > 0])
+    low = np.nanmin(np.concatenate(shown))
     top.set(xlim=(edges[0], edges[-1]), ylim=(min(edges[0], np.floor(low * 10) / 10), 1.01),
             ylabel="accuracy of the predicted class")
     top.grid(alpha=0.3, zorder=0)
@@ -342,8 +345,10 @@ def reliability_figure(edges: np.ndarray, count: np.ndarray, confidence: np.ndar
                lw=0.5)
     if log_counts and filled.any():
         bottom.set_yscale("log")
-        # 1, 2 and 5 of each decade: counts within one decade still get numbers on the axis.
-        bottom.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        # 1, 2 and 5 of each decade where the counts span little (they still get numbers on the axis),
+        # the decades alone where they span much (the labels would run into each other).
+        span = count[filled].max() / count[filled].min()
+        bottom.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if span < 100 else (1.0,)))
         bottom.yaxis.set_major_formatter("{x:,.0f}")  # plain counts, not 6x10^2
         bottom.yaxis.set_minor_formatter("")
     bottom.set(xlabel="confidence = max(p(REAL), p(FAKE))", ylabel="predictions")
