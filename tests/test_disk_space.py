@@ -1,7 +1,8 @@
 """Caches, extractions and feature files on a disk too small for them: one error line saying how
 much is needed, how much is free and which folder to move; no partial file left behind; the next
-run on a larger folder succeeds. On a real small file system (a tmpfs, when the tests run as root
-and may mount one) and, everywhere, with the free-space probe patched."""
+run on a larger folder succeeds. A disk that fills while a checkpoint, TensorBoard's events or the
+predictions are written: one error line, and the files there load. On a real small file system (a
+tmpfs, when the tests run as root and may mount one) and, everywhere, with the free-space probe patched."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from cifake.data.scan import scan_split
 from tests.helpers import ROOT
 from tests.helpers.config import tiny_demo_overrides
 from tests.helpers.images import make_cifake_tree
+from tests.helpers.runner import one_error_line, script_env
 from tests.tmpfs import mounted
 
 CLASSES = ("FAKE", "REAL")
@@ -162,3 +164,67 @@ def test_train_on_a_too_small_cache_disk_says_so_then_runs_on_a_larger_one(tmp_p
     proc = _train(tmp_path, tmp_path / "large", "second")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert np.load(next((tmp_path / "large" / "decoded").glob("*-train-*/images.npy"))).shape == (96, 3, 32, 32)
+
+
+# -- a disk that fills at each place a run writes, through the entry points ------------------------------------------
+
+def _train_with_a_small(tmp_path: Path, folder: str, size: str, *overrides: str) -> subprocess.CompletedProcess:
+    """train.py on the tiny demo data, with ``<run folder>/<folder>`` a tmpfs of ``size``: the rest of the run
+    folder (Hydra's files, the log) and the cache have room, that one place does not."""
+    run = tmp_path / "run"
+    with mounted(run / folder, f"size={size}"):
+        proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *tiny_demo_overrides(), *overrides,
+                               f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=400, env=script_env())
+        # What the full disk left, read before the tmpfs goes: whole files only.
+        files = {p.name: p.read_bytes() for p in (run / folder).iterdir() if p.is_file()}
+    for name, data in files.items():
+        (tmp_path / "left" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "left" / name).write_bytes(data)
+    return proc
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_while_a_checkpoint_is_written_is_one_line_and_the_checkpoints_load(tmp_path) -> None:
+    import torch
+
+    from cifake.core.checkpoints import checkpoint_problem
+
+    # best.ckpt and last.ckpt of this net take ~290 KiB each: epoch 1's fit in 700 KiB, a third file (epoch 2's,
+    # written beside the one it replaces) does not. torch's writer fails with its own error while handling ENOSPC.
+    proc = _train_with_a_small(tmp_path, "checkpoints", "700k", "trainer.max_epochs=2")
+    one_error_line(proc, "no space left on the disk", "hydra.run.dir")
+    left = tmp_path / "left"
+    assert sorted(p.name for p in left.iterdir()) == ["best.ckpt", "last.ckpt"]  # no partial file
+    for ckpt in left.iterdir():
+        assert checkpoint_problem(ckpt) is None
+        assert torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"] == 0  # epoch 1's, whole
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_under_tensorboard_is_one_line_and_the_events_load(tmp_path) -> None:
+    from tests.helpers.outputs import read_events
+
+    # The event writer's thread meets the full disk; the main thread meets its error at the next write.
+    proc = _train_with_a_small(tmp_path, "tensorboard", "64k", "trainer.max_epochs=1")
+    one_error_line(proc, "no space left on the disk", "hydra.run.dir")
+    assert "warning: the background thread" in proc.stderr and "[Errno 28]" in proc.stderr
+    events = read_events(tmp_path / "left")  # the records written before the disk filled
+    assert events["scalars"], events
+
+
+def test_predictions_on_a_full_disk_are_one_line_and_leave_no_partial_file(tmp_path) -> None:
+    from tests.helpers.images import write_image
+    from tests.helpers.models import export_tiny
+
+    _, onnx_path, _ = export_tiny(tmp_path / "model")
+    rng = np.random.default_rng(0)
+    for i in range(300):  # ~100 KiB of rows for a 48 KiB disk
+        write_image(tmp_path / "photos" / f"photo_with_a_long_name_{i:04d}.jpg", rng, size=8)
+    with mounted(tmp_path / "small", "size=48k") as small:
+        proc = subprocess.run([sys.executable, str(ROOT / "predict.py"), f"ckpt_path={onnx_path}",
+                               f"inputs={tmp_path / 'photos'}", f"hydra.run.dir={small / 'run'}", "progress_bar=false"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300, env=script_env())
+        line = one_error_line(proc, "the predictions of 300 files", str(small / "run"), "hydra.run.dir")
+        assert re.search(SIZES, line), line
+        assert not list((small / "run").glob("predictions*")), list((small / "run").iterdir())

@@ -14,6 +14,7 @@ import functools
 import logging
 import re
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
@@ -185,12 +186,37 @@ def report(message: str, to_log: bool = True, err: BaseException | None = None) 
     raise SystemExit(2)
 
 
+def _thread_hook(previous: Callable[[Any], object]) -> Callable[[Any], None]:
+    """A ``threading.excepthook`` that tells an error the user can fix, raised in a library's background
+    thread, in one warning line (its traceback in the run's log) instead of a traceback on the console:
+    TensorBoard's event writer meets a full disk there, then hands the error to the main thread, which
+    ends the run with its ``error:`` line. Any other error goes to ``previous``."""
+    def hook(args: Any) -> None:
+        message = None if args.exc_value is None else user_message(args.exc_value)
+        if message is None:
+            previous(args)
+            return
+        name = getattr(args.thread, "name", "a thread")
+        record = log.makeRecord(log.name, logging.WARNING, __file__, 0, "%s stopped: %s", (name, message),
+                                (args.exc_type, args.exc_value, args.exc_traceback))
+        for handler in logging.getLogger().handlers:  # the traceback into the run's log file only
+            if isinstance(handler, logging.FileHandler) and record.levelno >= handler.level:
+                handler.handle(record)
+        # The raw error on one line, not the hint: the main thread, meeting it, ends the run with that.
+        print(f"warning: the background thread {name} stopped: {type(args.exc_value).__name__}: "
+              f"{_one_line(str(args.exc_value))} (its traceback is in the run's log)", file=sys.stderr)
+
+    return hook
+
+
 def friendly_errors(job: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]:
     """Report an error the user can fix (see :func:`user_message`) as one clear line and exit
     with status 2 (for entry scripts); any other error propagates with its traceback."""
 
     @functools.wraps(job)
     def wrapper(cfg: DictConfig) -> T:
+        previous = threading.excepthook
+        threading.excepthook = _thread_hook(previous)
         try:
             return job(cfg)
         except Exception as raised:
@@ -202,5 +228,7 @@ def friendly_errors(job: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]
             # a bug, so its traceback goes to the run's log, though not to the console.
             behind = found is not None and _cifake_cause(raised) is None and found[1] not in _chain(raised)
             report(message, err=raised if behind else None)
+        finally:
+            threading.excepthook = previous
 
     return wrapper

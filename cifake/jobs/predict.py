@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
+from cifake.core.atomic import atomic_path, bytes_on_disk, check_space, space_errors
 from cifake.core.errors import ConfigError, DataError, require
 from cifake.data.decode import decode_image
 from cifake.data.scan import is_hidden
@@ -36,6 +37,7 @@ from cifake.scoring import Scorer, check_threshold, choose_resample, model_or_bu
 log = logging.getLogger(__name__)
 FIELDS = ("path", "predicted", "p_fake", "p_real", "threshold", "error", "gradcam", "precision", "device")
 UNSURE = "UNSURE"  # the answer inside the unsure band
+RUN_SETTING = "hydra.run.dir (or paths.log_dir)"  # what moves predict.py's output folder
 
 
 def _walk(folder: Path, problems: dict[Path, str]) -> Iterator[Path]:
@@ -153,15 +155,23 @@ def predict_files(files: Sequence[Path], scorer: Scorer, resample: str, threshol
                   band: tuple[float, float] | None = None,
                   problems: Mapping[Path, str] | None = None) -> list[dict[str, Any]]:
     """Predict every file in batches, writing ``predictions.csv`` and ``predictions.jsonl`` in
-    ``out_dir`` row by row as they come; with an unsure ``band`` (low, high), p(REAL) in
+    ``out_dir`` row by row as they come (into ``.partial`` files, renamed into place when whole);
+    with an unsure ``band`` (low, high), p(REAL) in
     ``(low, high]`` is answered ``UNSURE``. Each scored row names the precision and device that
     computed it (:attr:`Scorer.computed`); ``problems`` (:func:`find_files`) are rows with their reason.
     Returns the rows."""
     classes = scorer.classes
     computed = scorer.computed
     rows: list[dict[str, Any]] = []
-    with ((out_dir / "predictions.csv").open("w", newline="") as csv_file,
-          (out_dir / "predictions.jsonl").open("w") as jsonl_file,
+    # Rows of ~200 and ~350 bytes besides the path: checked before, and a disk that fills anyway is the
+    # same one line; each file is written whole (a .partial file renamed at the end) or not at all.
+    needed = bytes_on_disk([sum(len(str(f)) + 200 for f in files), sum(len(str(f)) + 350 for f in files)], out_dir)
+    what = f"the predictions of {len(files)} files"
+    check_space(out_dir, needed, what, RUN_SETTING)
+    with (atomic_path(out_dir / "predictions.csv") as csv_path,
+          atomic_path(out_dir / "predictions.jsonl") as jsonl_path,
+          space_errors(out_dir, needed, what, RUN_SETTING),
+          csv_path.open("w", newline="") as csv_file, jsonl_path.open("w") as jsonl_file,
           tqdm(total=len(files), desc="predict", unit="file", disable=not progress) as bar):
         writer = csv.writer(csv_file)
         writer.writerow(FIELDS)
