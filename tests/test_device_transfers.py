@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -93,11 +93,13 @@ class HostReads:
     branches on the values on a CPU only (on a GPU it is a ``torch.where``)."""
 
     READS = ("item", "tolist", "__bool__", "__int__", "__float__", "cpu", "numpy")
+    STAND_IN = "host sync in a training step: {} (stand-in for torch.cuda.set_sync_debug_mode('error'))"
     HOST_ON_ANY_DEVICE = {(f"torch{os.sep}optim{os.sep}optimizer.py", "_get_value"),
                           (f"torchmetrics{os.sep}utilities{os.sep}compute.py", "normalize_logits_if_needed")}
 
     def __init__(self) -> None:
         self.count = 0
+        self.raising = False  # True: a read raises, as CUDA's sync detector in "error" mode does
         self._host: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
 
     @contextmanager
@@ -115,7 +117,7 @@ class HostReads:
             from_host = self._host.get(id(tensor)) is tensor
             names_device = "device" in kwargs or any(isinstance(a, (torch.device, str)) for a in args)
             if from_host and names_device and not kwargs.get("non_blocking", False):
-                self.count += 1
+                self._read("a blocking copy from host memory")
             return original_to(tensor, *args, **kwargs)
 
         monkeypatch.setattr(torch, "from_numpy", from_numpy)
@@ -127,12 +129,17 @@ class HostReads:
         finally:
             monkeypatch.undo()
 
+    def _read(self, what: str) -> None:
+        self.count += 1
+        if self.raising:
+            raise RuntimeError(self.STAND_IN.format(what))
+
     def _counted(self, method):
         def wrapper(*args, **kwargs):
             caller = sys._getframe(1).f_code
             if not any(caller.co_filename.endswith(path) and caller.co_name == name
                        for path, name in self.HOST_ON_ANY_DEVICE):
-                self.count += 1
+                self._read(f"Tensor.{method.__name__}")
             return method(*args, **kwargs)
 
         return wrapper
@@ -178,25 +185,136 @@ def test_no_host_reads_in_a_training_step(compose_cfg, monkeypatch, recipe: list
     assert "train/acc" in trainer.callback_metrics and "train_step/loss" in trainer.logged_metrics
 
 
+class SyncWindow(L.Callback):
+    """Arms a sync detector over training steps only: from the end of the second step (the first two may
+    set things up once: optimizer state, the EMA copy) on, so each watched step holds its batch's fetch and
+    transfer, the augmentation, forward, backward, the optimizer step and the callbacks' per-batch hooks.
+    It is disarmed at the end of the epoch's last step, before validation's loader starts, so anything else
+    (validation, the epoch's end, the end of training, an exception's handling) runs with it off, where
+    reading a value once is expected. Counts the steps it watched."""
+
+    def __init__(self, arm: Callable[[], None], disarm: Callable[[], None]) -> None:
+        self.arm, self.disarm = arm, disarm
+        self.armed, self.watched = False, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        last = batch_idx + 1 >= trainer.num_training_batches  # the epoch ends, validation starts: disarmed
+        if self.armed:
+            self.watched += 1
+            if last:
+                self._set(False)
+        elif batch_idx >= 1 and not last:
+            self._set(True)
+
+    def _set(self, armed: bool) -> None:
+        (self.arm if armed else self.disarm)()
+        self.armed = armed
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._set(False)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._set(False)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._set(False)
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._set(False)
+
+
+# 22 steps, the first two unwatched: 20 watched when the epoch has at least 22 batches (SYNC_DATA: 96 training
+# images at batch 4, 24 batches). With fewer, the window closes at the epoch's end and watches fewer.
+SYNC_STEPS = 22
+SYNC_DATA = [o for o in tiny_demo_overrides(train_per_class=64) if not o.startswith("model.net.")]
+SYNC_RECIPE = ["model=vgg", "model.net.filters=[8,8,8,8]", "model.net.dense=[16]", "data.batch_size=4",
+               "trainer.max_epochs=1", f"trainer.limit_train_batches={SYNC_STEPS}", "trainer.limit_val_batches=2",
+               "trainer.log_every_n_steps=50", "callbacks.gradcam=null", "callbacks.prediction_grid=null",
+               "evaluate=false"]
+
+
+def fit_under_sync_window(cfg, window: SyncWindow, model: L.LightningModule | None = None,
+                          extra_callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
+    """Fit ``cfg`` (its model, or ``model``) with ``window`` watching the training steps."""
+    trainer = build_trainer(cfg, extra_callbacks=[*extra_callbacks, window])
+    try:
+        trainer.fit(model or instantiate(cfg.model, _convert_="all"), datamodule=instantiate(cfg.data, _convert_="all"))
+    finally:
+        window.disarm()
+    return trainer
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: set_sync_debug_mode checks real syncs")
 def test_cuda_training_steps_do_not_synchronise(compose_cfg) -> None:
-    """On a GPU, PyTorch's own sync detector over 20 steps of the report's net: any sync raises."""
-    cfg = compose_cfg("train", [*tiny_demo_overrides(), "trainer.accelerator=gpu", "trainer.max_epochs=1",
-                                "trainer.limit_train_batches=21", "trainer.limit_val_batches=2",
-                                "trainer.log_every_n_steps=50", "callbacks.gradcam=null",
-                                "callbacks.prediction_grid=null", "data.batch_size=4"])
+    """On a GPU, PyTorch's own sync detector over 20 training steps of the report's net: a sync inside a
+    step raises there; validation and the epoch's end run with it off. scripts/gpu_check.py runs this."""
+    cfg = compose_cfg("train", [*SYNC_DATA, *SYNC_RECIPE, "trainer.accelerator=gpu"])
+    window = SyncWindow(lambda: torch.cuda.set_sync_debug_mode("error"),
+                        lambda: torch.cuda.set_sync_debug_mode("default"))
+    fit_under_sync_window(cfg, window)
+    assert window.watched == SYNC_STEPS - 2
 
-    class SyncDebug(L.Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-            if batch_idx == 1:
-                torch.cuda.set_sync_debug_mode("error")
 
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            if batch_idx == 20:
-                torch.cuda.set_sync_debug_mode("default")
+# The same window on the CPU, with HostReads raising where CUDA's detector would: what the CUDA test can fail for.
+def _stand_in_window(reads: HostReads) -> SyncWindow:
+    def arm() -> None:
+        reads.raising = True
 
-    trainer = build_trainer(cfg, extra_callbacks=[SyncDebug()])
-    try:
-        trainer.fit(instantiate(cfg.model, _convert_="all"), datamodule=instantiate(cfg.data, _convert_="all"))
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    def disarm() -> None:
+        reads.raising = False
+
+    return SyncWindow(arm, disarm)
+
+
+def test_the_sync_window_passes_the_recipe_on_the_stand_in(compose_cfg, monkeypatch) -> None:
+    cfg = compose_cfg("train", [*SYNC_DATA, *SYNC_RECIPE, "trainer.accelerator=cpu", "data.on_device=true"])
+    reads = HostReads()
+    window = _stand_in_window(reads)
+    with reads.counting(monkeypatch):
+        fit_under_sync_window(cfg, window)
+    assert window.watched == SYNC_STEPS - 2
+
+
+def test_the_sync_window_fails_a_training_step_that_reads_a_value(compose_cfg, monkeypatch) -> None:
+    cfg = compose_cfg("train", [*SYNC_DATA, *SYNC_RECIPE, "trainer.accelerator=cpu", "data.on_device=true"])
+    model = instantiate(cfg.model, _convert_="all")
+    step = model.training_step
+
+    def reading_step(batch, batch_idx):
+        out = step(batch, batch_idx)
+        out["loss"].item()  # the host waits for the device: what the detector exists to catch
+        return out
+
+    monkeypatch.setattr(model, "training_step", reading_step)
+    reads = HostReads()
+    window = _stand_in_window(reads)
+    with reads.counting(monkeypatch), pytest.raises(RuntimeError, match="stand-in") as caught:
+        fit_under_sync_window(cfg, window, model=model)
+    assert "reading_step" in {frame.name for frame in caught.traceback}  # raised inside the training step
+    assert window.watched == 0  # the first watched step failed
+
+
+class EpochReads(L.Callback):
+    """Reads values where reading them once is expected: after validation and at the epoch's end."""
+
+    def __init__(self) -> None:
+        self.read = 0
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self.read += int(torch.ones(1).sum().item())
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.read += int(torch.ones(1).sum().item())
+
+
+def test_the_sync_window_ignores_reads_outside_training_steps(compose_cfg, monkeypatch) -> None:
+    """The old test's trap: fewer batches than it asked for (72 training images at batch 4: 18), so the
+    epoch ends, and validation runs, before the step that switched the detector off."""
+    small = [o for o in tiny_demo_overrides() if not o.startswith("model.net.")]
+    cfg = compose_cfg("train", [*small, *SYNC_RECIPE, "trainer.accelerator=cpu", "data.on_device=true"])
+    reads, epoch_reads = HostReads(), EpochReads()
+    window = _stand_in_window(reads)
+    with reads.counting(monkeypatch):
+        trainer = fit_under_sync_window(cfg, window, extra_callbacks=[epoch_reads])
+    assert trainer.num_training_batches == 18 and window.watched == 16
+    assert epoch_reads.read >= 2  # the reads happened, with the window closed
