@@ -130,3 +130,15 @@ def test_prediction_grid_has_no_blank_cells() -> None:
     few = drawn(prediction_grid_figure(rng.integers(0, 256, (3, 3, 8, 8), dtype=np.uint8), p_real[:3], labels[:3],
                                        ("FAKE", "REAL"), 0.5, 8))
     assert len(few.axes) == 3 and few.get_figwidth() < 6  # three images: three columns, not eight
+
+
+def test_robustness_legend_is_beside_the_panels() -> None:
+    from cifake.analysis.plots import robustness_figure
+
+    rows = [{"perturbation": "none", "strength": None, "accuracy": 0.97, "auroc": 0.99}]
+    rows += [{"perturbation": "blur", "strength": s, "accuracy": a, "auroc": 0.9, "trained": "yes"}
+             for s, a in ((0.5, 0.6), (1.0, 0.5))]
+    fig = drawn(robustness_figure(rows))
+    assert not any(ax.get_legend() for ax in fig.axes)
+    box = fig.legends[0].get_window_extent()
+    assert not any(box.overlaps(ax.get_window_extent()) for ax in fig.axes)

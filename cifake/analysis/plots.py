@@ -263,7 +263,8 @@ def robustness_figure(rows: Sequence[dict], metrics: Sequence[str] = ("accuracy"
         ticks += list(xs[name])
         labels += [name if r["strength"] is None else f"{name}\n{r['strength']:g}" for r in members]
         cursor += len(members) + 1  # a gap between perturbations
-    fig = Figure(figsize=(max(5.0, 1.6 + 0.55 * max(cursor, 1)), 2.6 * len(metrics) + 0.6), layout="constrained")
+    # 0.7 in a point: a name such as pil_scale under each tick stays clear of the next one.
+    fig = Figure(figsize=(max(5.0, 2.6 + 0.7 * max(cursor, 1)), 2.6 * len(metrics) + 0.6), layout="constrained")
     axes = fig.subplots(len(metrics), 1, sharex=True, squeeze=False)[:, 0]
     for ax, metric in zip(axes, metrics, strict=True):
         if base is not None:
@@ -278,7 +279,8 @@ def robustness_figure(rows: Sequence[dict], metrics: Sequence[str] = ("accuracy"
         ax.set(ylabel=metric)
         ax.grid(alpha=0.3)
         ax.margins(y=0.2)
-    axes[0].legend(fontsize=7, loc="lower left", ncols=2)
+    # Beside the panels, not in them: a strong perturbation drops a line to where the legend would sit.
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=7, frameon=False)
     axes[-1].set_xticks(ticks, labels, fontsize=8)
     fig.suptitle(title)
     return fig
