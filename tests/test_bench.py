@@ -35,7 +35,7 @@ def test_bench_compares_precisions_and_layouts_for_both_networks(tmp_path: Path)
                 "data.demo.test_per_class=80", *demo, "data.eval_batch_size=64"])
     rows = [[c.strip() for c in line.split("|")[1:-1]] for line in out.read_text().splitlines()
             if line.startswith("| (d)")]
-    assert [r[0] for r in rows[::4]] == [f"(d) {net}, {what}" for net in bench.PRECISION_NETS
+    assert [r[0] for r in rows[::4]] == [f"(d) {label}, {what}" for label, _ in bench.PRECISION_NETS.values()
                                           for what in ("training", "evaluation")]
     assert [r[1] for r in rows[:4]] == list(bench.PRECISIONS)
     assert all(float(r[2].replace(",", "")) > 0 for r in rows)
@@ -47,7 +47,7 @@ def test_bench_compares_precisions_and_layouts_for_both_networks(tmp_path: Path)
     from tests.helpers.config import compose_config
 
     for i, net in enumerate(bench.PRECISION_NETS):
-        forward = forward_flops(instantiate(compose_config("train", bench.PRECISION_NETS[net]).model.net), 32)
+        forward = forward_flops(instantiate(compose_config("train", bench.PRECISION_NETS[net][1]).model.net), 32)
         for k, cost in ((8 * i, 3 * forward), (8 * i + 4, forward)):
             rate, achieved = float(rows[k][2].replace(",", "")), float(rows[k][4].replace(",", ""))
             assert achieved == pytest.approx(rate * cost / 1e9, rel=0.01, abs=0.1)
@@ -63,3 +63,10 @@ def test_bench_times_training_with_and_without_degradations(tmp_path: Path) -> N
             if line.startswith("| (e)")]
     assert [r[1] for r in rows] == list(bench.DEGRADE_RECIPES)
     assert float(rows[0][3]) == 1.00 and float(rows[1][2].replace(",", "")) > 0
+
+
+def test_an_unknown_precision_network_is_refused_before_anything_runs(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        bench.main(["--sections", "precision", "--precision-nets", "vgg,resnet50", "--out", str(tmp_path / "b.md")])
+    assert stopped.value.code == 2 and not (tmp_path / "b.md").exists()
+    assert "no network resnet50; choose among vgg, cpu_fast" in capsys.readouterr().err

@@ -26,6 +26,7 @@ when present) puts it, also for the recipes that pin the CPU (``experiment=cpu_f
 
     python -m cifake.tools.bench [--steps 100] [--data-images 32000] [--warmup 10] [--repeats 3]
                            [--large-batch 256] [--sections data,train,eval,precision,degrade]
+                           [--precision-nets vgg,cpu_fast]
                            [--out outputs/bench.md] [train.py overrides: data.root=... ...]
 
 Each measurement runs ``warmup`` untimed batches then ``steps`` timed ones (the data path,
@@ -42,7 +43,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -321,9 +322,10 @@ def bare_eval_rate(cfg: DictConfig, steps: int, warmup: int) -> float:
 
 
 # -- (d) precision -----------------------------------------------------------------------------
-# The networks compared, as train.py overrides on top of the command line's.
-PRECISION_NETS = {"report VGG, batch 32": ["model=vgg", "data.batch_size=32"],
-                  "cpu_fast network, batch 128": ["experiment=cpu_fast"]}
+# The networks compared (--precision-nets picks among them): name -> (label, train.py overrides on top of the
+# command line's). An override of one network's keys (model.net.filters) fails on the other: pick that one alone.
+PRECISION_NETS = {"vgg": ("report VGG, batch 32", ["model=vgg", "data.batch_size=32"]),
+                  "cpu_fast": ("cpu_fast network, batch 128", ["experiment=cpu_fast"])}
 PRECISIONS = {"float32 NCHW": ["trainer.precision=32-true", "model.channels_last=false"],
               "float32 NHWC": ["trainer.precision=32-true", "model.channels_last=true"],
               "bf16-mixed NCHW": ["trainer.precision=bf16-mixed", "model.channels_last=false"],
@@ -331,10 +333,11 @@ PRECISIONS = {"float32 NCHW": ["trainer.precision=32-true", "model.channels_last
 
 
 def precision_rows(rows: list[str], runs_log: list[str], overrides: list[str], tmp: str, steps: int,
-                   warmup: int, repeats: int, flush: Callable[[], None] | None = None) -> None:
-    """Section (d): every network of ``PRECISION_NETS`` at every setting of ``PRECISIONS``, on the
+                   warmup: int, repeats: int, flush: Callable[[], None] | None = None,
+                   nets: Sequence[str] = tuple(PRECISION_NETS)) -> None:
+    """Section (d): the ``nets`` of ``PRECISION_NETS`` at every setting of ``PRECISIONS``, on the
     command line's device (``overrides`` start with its ``trainer.accelerator``)."""
-    for net, net_overrides in PRECISION_NETS.items():
+    for net, net_overrides in (PRECISION_NETS[name] for name in nets):
         configs = {name: _compose([*net_overrides, *overrides, *extra], tmp) for name, extra in PRECISIONS.items()}
         reference = next(iter(PRECISIONS))
         for title, measure, cost in (
@@ -403,8 +406,14 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--sections", default="data,train,eval,precision",
                         help="which of data,train,eval,precision,degrade to run")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench.md"), help="where the table is written")
+    parser.add_argument("--precision-nets", default=",".join(PRECISION_NETS),
+                        help=f"which networks section (d) measures: some of {','.join(PRECISION_NETS)}")
     args, overrides = parser.parse_known_args(argv)
     sections = set(args.sections.split(","))
+    nets = args.precision_nets.split(",")
+    unknown = [name for name in nets if name not in PRECISION_NETS]
+    if unknown:
+        parser.error(f"--precision-nets: no network {', '.join(unknown)}; choose among {', '.join(PRECISION_NETS)}")
     rows = ["| measurement | path | median images/s | ratio | GFLOP/s |", "|---|---|---:|---:|---:|"]
     runs_log: list[str] = []
     s, w, r = args.steps, args.warmup, args.repeats
@@ -457,7 +466,7 @@ def main(argv: list[str] | None = None) -> str:
         # command line runs (its own trainer.accelerator, given later, still wins).
         on_device = [f"trainer.accelerator={_accelerator(cfg)}", *overrides]
         if "precision" in sections:
-            precision_rows(rows, runs_log, on_device, tmp, s, w, r, flush)
+            precision_rows(rows, runs_log, on_device, tmp, s, w, r, flush, nets)
         if "degrade" in sections:
             degrade_rows(rows, runs_log, on_device, tmp, s, w, r, flush)
     text = table()
