@@ -186,7 +186,8 @@ def class_balance_figure(counts: dict[str, dict[str, int]], title: str = "Images
         bars = ax.bar(xs, values, width, label=name)
         ax.bar_label(bars, labels=[f"{v:,}" for v in values], fontsize=8)
     ax.set(xticks=range(len(sets)), xticklabels=sets, ylabel="images", title=title)
-    ax.legend()
+    ax.margins(y=0.12)  # room for the counts over the tallest bars
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", frameon=False)
     return fig
 
 
@@ -226,11 +227,13 @@ def feature_distributions_figure(features: np.ndarray, labels: np.ndarray, names
         column = features[:, k]
         edges = np.histogram_bin_edges(column[np.isfinite(column)], bins=bins)
         for label, name in enumerate(classes):
-            ax.hist(column[labels == label], bins=edges, density=True, alpha=0.5, label=name)
+            # Outlines, not translucent fills: where the classes overlap no third colour appears.
+            ax.hist(column[labels == label], bins=edges, density=True, histtype="step", lw=1.3, label=name)
         ax.set_title(names[k], fontsize=9)
         ax.tick_params(labelsize=7)
-    axes.flat[0].legend(fontsize=8)
     fig.suptitle(title)
+    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="outside upper right", fontsize=8, ncols=len(classes),
+               frameon=False)
     return fig
 
 
