@@ -137,3 +137,45 @@ def test_predicting_from_an_export_loads_neither_lightning_nor_scikit_learn(tmp_
             "print(sorted(m for m in ('lightning', 'sklearn', 'pytorch_lightning') if m in sys.modules))\n")
     proc = check(run_python("-c", code, cwd=ROOT))
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _card_of_a_run(tmp_path: Path, name: str, root: Path | None = None) -> tuple[str, dict]:
+    """train.py (one epoch, evaluated; on the tiny demo data, or on ``root``) then export.py
+    format=safetensors on its best checkpoint, as a user runs them; the model card and config.json."""
+    from tests.helpers.config import tiny_demo_overrides
+
+    run = tmp_path / name
+    data = tiny_demo_overrides() if root is None else [f"data.root={root}", *(
+        o for o in tiny_demo_overrides() if not o.startswith(("data=", "data.demo.")))]
+    check(run_python(str(ROOT / "train.py"), *data, "trainer.max_epochs=1",
+                     "evaluate=true", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}", cwd=tmp_path))
+    check(run_python(str(ROOT / "export.py"), f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", "format=safetensors",
+                     f"hydra.run.dir={run / 'export'}", cwd=tmp_path))
+    (card,) = run.rglob("README.md")
+    return card.read_text(), json.loads((card.parent / CONFIG_FILE).read_text())
+
+
+@pytest.mark.slow
+def test_cards_say_what_the_model_was_trained_on_from_the_run(tmp_path: Path) -> None:
+    """Demo data is never called CIFAKE, and a subset's card quotes its own split sizes."""
+    import yaml
+
+    from tests.helpers.images import make_cifake_tree
+
+    card, config = _card_of_a_run(tmp_path, "demo")  # 48 + 24 images per class, 25% of train held out
+    meta = yaml.safe_load(card.split("---\n", 2)[1])
+    assert "datasets" not in meta and config["data"]["kind"] == "demo"
+    assert meta["model-index"][0]["results"][0]["dataset"]["type"] == "cifake-demo"
+    assert "trained on the project's generated demo data (not CIFAKE" in card
+    assert "- Trained on: 72 images (36 FAKE, 36 REAL)" in card and "24 images (12 FAKE, 12 REAL)" in card
+    assert "test split (generated, not CIFAKE): 48 images (24 FAKE, 24 REAL)" in card
+    assert "50,000" not in card and "10,000" not in card and "CIFAKE's training split" not in card
+
+    root = make_cifake_tree(tmp_path / "subset", n_per_class=12)  # CIFAKE's layout, 24 + 24 images
+    card, config = _card_of_a_run(tmp_path, "subset", root)
+    meta = yaml.safe_load(card.split("---\n", 2)[1])
+    assert "datasets" not in meta and config["data"]["kind"] == "subset"
+    assert config["data"]["splits"]["train"] == {"FAKE": 9, "REAL": 9}
+    assert "- Trained on: 18 images (9 FAKE, 9 REAL)" in card and "6 images (3 FAKE, 3 REAL)" in card
+    assert "The test split of the folder it trained on: 24 images (12 FAKE, 12 REAL)" in card
+    assert "50,000" not in card and "10,000" not in card

@@ -31,6 +31,12 @@ log = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # uint8/float images, labels, row indices
 VALIDATE_ON = ("holdout", "test")
+CIFAKE_PER_CLASS = {"train": 50_000, "test": 10_000}  # images per class in the Kaggle download's splits
+DATA_KINDS = {  # what a run's data is, as its model card names it
+    "cifake": "CIFAKE (the Kaggle download, whole)",
+    "demo": "the built-in generated demo data (data=demo, cifake/data/demo.py), not CIFAKE",
+    "subset": "a folder in CIFAKE's layout with fewer or other images than CIFAKE (a subset, or other data)",
+}
 
 
 class DecodedImages(Dataset):
@@ -226,6 +232,36 @@ class CIFAKEDataModule(L.LightningDataModule):
             setattr(self, key, (torch.from_numpy(np.array(split.images)).to(device),  # a writable copy
                                 torch.from_numpy(split.labels).to(device)))
         return getattr(self, key)
+
+    def _counts(self, ds: DecodedImages) -> dict[str, int]:
+        counts = np.bincount(ds.split.labels[ds.indices], minlength=len(self.classes))
+        return {c: int(n) for c, n in zip(self.classes, counts, strict=True)}
+
+    def data_record(self) -> dict[str, Any] | None:
+        """What this run trains on, from its splits as decoded (``None`` before :meth:`setup`): the kind
+        (:data:`DATA_KINDS`: ``cifake`` only for the whole training split), its name, and the images per
+        class of each split it read (``train``, ``validation``; ``test`` once evaluated)."""
+        if self.train_set is None or self.val_set is None:
+            return None
+        hp = self.hparams
+        whole = self._counts(DecodedImages(self._splits[hp.train_split]))
+        if hp.demo is not None:
+            kind = "demo"
+        elif set(whole.values()) == {CIFAKE_PER_CLASS["train"]}:
+            kind = "cifake"
+        else:
+            kind = "subset"
+        splits = {"train": self._counts(self.train_set), "validation": self._counts(self.val_set)}
+        if self.test_set is not None:
+            splits["test"] = self._counts(self.test_set)
+        return {"kind": kind, "name": DATA_KINDS[kind], "validate_on": hp.validate_on,
+                "val_fraction": hp.val_fraction if hp.validate_on == "holdout" else None,
+                "image_size": hp.image_size, "splits": splits}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in each checkpoint: :meth:`data_record`, which the model card quotes (``export.py``)."""
+        record = self.data_record()
+        return {} if record is None else {"data": record}
 
     def _describe(self, ds: DecodedImages) -> str:
         counts = np.bincount(ds.split.labels[ds.indices], minlength=len(self.classes))

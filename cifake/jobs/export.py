@@ -190,7 +190,8 @@ def export_safetensors(cfg: DictConfig, model: Classifier, raw: dict[str, Any], 
     config = write_config(folder, weights, network_spec(model.hparams), model.hparams, resample, cfg.threshold,
                           raw.get(UNSURE_BAND_KEY), raw.get(TEMPERATURE_KEY), tta,
                           raw.get("datamodule_hyper_parameters"), recipe,
-                          raw.get(RUN_COMPUTE_KEY) or raw.get(COMPUTE_KEY))
+                          raw.get(RUN_COMPUTE_KEY) or raw.get(COMPUTE_KEY),
+                          data=(raw.get("CIFAKEDataModule") or {}).get("data"))  # what it trained on
     parameters = sum(p.numel() for p in model.net.parameters())
     card.parent.mkdir(parents=True, exist_ok=True)
     card.write_text(card_text(config, metrics, record["robustness"], parameters))

@@ -41,10 +41,12 @@ def network_spec(hparams: Mapping[str, Any]) -> dict[str, Any]:
 def write_config(folder: Path, weights: Path, spec: Mapping[str, Any], hparams: Mapping[str, Any], resample: str,
                  threshold: float, band: list[float] | None, temperature: float | None, tta: Mapping[str, Any],
                  training: Mapping[str, Any] | None, recipe: Mapping[str, Any],
-                 compute: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                 compute: Mapping[str, Any] | None = None, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``folder/config.json``: the network, the input (size, resampling, scaling), the answer
     (classes, threshold, unsure band, temperature), the test-time augmentation its figures were
-    measured with, the data settings it trained on, its training compute and the recipe that made it."""
+    measured with, the data settings it trained on, what that data was (``data``: the record its
+    checkpoint keeps, :meth:`cifake.data.datamodule.CIFAKEDataModule.data_record`), its training
+    compute and the recipe that made it."""
     config = {
         "format": CONFIG_FORMAT,
         "weights": {"file": weights.name, "sha256": sha256(weights), "bytes": weights.stat().st_size},
@@ -65,6 +67,7 @@ def write_config(folder: Path, weights: Path, spec: Mapping[str, Any], hparams: 
         "training": None if training is None else {k: v for k, v in training.items()
                                                     if k not in ("root", "cache_dir", "decode_workers")},
         "compute": None if compute is None else dict(compute),
+        "data": _data(data, training),
         "recipe": dict(recipe),
     }
     path = folder / CONFIG_FILE
@@ -72,6 +75,50 @@ def write_config(folder: Path, weights: Path, spec: Mapping[str, Any], hparams: 
         tmp.write_text(json.dumps(config, indent=2) + "\n")
     path.chmod(0o644)
     return config
+
+
+def _data(data: Mapping[str, Any] | None, training: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The checkpoint's record of its data; for a checkpoint made before it was kept, what its data
+    settings still tell (generated demo data, or an unknown kind)."""
+    if data is not None:
+        return json.loads(json.dumps(data))  # plain types for config.json
+    if training is not None and training.get("demo") is not None:
+        return {"kind": "demo", "name": "the built-in generated demo data (data=demo), not CIFAKE", "splits": {}}
+    return None
+
+
+def _count(split: Mapping[str, int] | None) -> str:
+    if not split:
+        return "not recorded"
+    return f"{sum(split.values()):,} images (" + ", ".join(f"{n:,} {name}" for name, n in split.items()) + ")"
+
+
+def _data_lines(data: Mapping[str, Any] | None, metrics: Mapping[str, Any] | None,
+                classes: list[str]) -> tuple[list[str], list[str]]:
+    """The card's "Training data" and "Evaluation data" paragraphs, from the run's own record."""
+    if data is None:
+        training = ["Not recorded: the checkpoint predates the record of its data (retrain with this version to have "
+                    "its kind and split sizes here)."]
+    else:
+        splits = data.get("splits") or {}
+        held = ("a stratified, seeded hold-out of the training folder" if data.get("validate_on") == "holdout"
+                else "the test split (as the report did)")
+        training = [f"{data['name'][0].upper()}{data['name'][1:]}.", "",
+                    f"- Trained on: {_count(splits.get('train'))}",
+                    f"- Validation ({held}; the temperature, threshold and unsure band were chosen on it): "
+                    f"{_count(splits.get('validation'))}"]
+    if metrics:
+        cm = metrics.get("confusion_matrix")
+        counts = {name: sum(row) for name, row in zip(classes, cm, strict=False)} if cm else None
+        where = {"cifake": "CIFAKE's test split", "demo": "the demo data's test split (generated, not CIFAKE)"}.get(
+            (data or {}).get("kind"), "the test split of the folder it trained on")
+        size = _count(counts) if counts else f"{metrics['n']:,} images"
+        evaluation = [f"{where[0].upper()}{where[1:]}: {size}, "
+                      "never seen in training or in any choice. 'Leak-free' leaves out the test images that are exact "
+                      "or near (pHash) copies of training images (`python audit.py`)."]
+    else:
+        evaluation = ["Not evaluated: the run folder holds no metrics.json (`train.py evaluate=true` writes it)."]
+    return training, evaluation
 
 
 def _pct(value: Any) -> str:
@@ -84,19 +131,32 @@ def card_text(config: Mapping[str, Any], metrics: Mapping[str, Any] | None, robu
     with the figures of the run's ``metrics.json`` and ``robustness.md`` when they are given."""
     recipe = config["recipe"]
     weights = config["weights"]
+    data = config.get("data")
+    kind = (data or {}).get("kind")
     meta: dict[str, Any] = {"license": "mit", "library_name": "cifake", "pipeline_tag": "image-classification",
-                            "tags": ["ai-generated-image-detection", "cifake", "safetensors"],
-                            "datasets": ["cifake"]}
+                            "tags": ["ai-generated-image-detection", "cifake", "safetensors"]}
+    if kind == "cifake":  # a claim only the run's own record makes: never for demo data or a subset
+        meta["datasets"] = ["cifake"]
+    dataset = {"cifake": {"type": "cifake", "name": "CIFAKE", "split": "test"},
+               "demo": {"type": "cifake-demo", "name": "generated demo data (not CIFAKE)", "split": "test"}}.get(
+                   kind, {"type": "imagefolder", "name": "the test split of the folder it trained on", "split": "test"})
+    trained_on = {"cifake": "trained on CIFAKE",
+                  "demo": "trained on the project's generated demo data (not CIFAKE, so its figures say nothing about "
+                          "CIFAKE or real images)",
+                  "subset": "trained on a folder in CIFAKE's layout smaller than CIFAKE or holding other images"}.get(
+                      kind, "trained on data whose kind its checkpoint does not record")
+    training_lines, evaluation_lines = _data_lines(data, metrics, list(config["classes"]))
     if metrics:
         results = [{"type": name, "value": round(float(metrics[name]), 6),
                     "name": f"test {name} ({metrics['n']:,} images)"} for name in CARD_METRICS]
         meta["model-index"] = [{"name": f"cifake-{recipe.get('experiment') or 'model'}", "results": [{
             "task": {"type": "image-classification", "name": "real vs AI-generated"},
-            "dataset": {"type": "cifake", "name": "CIFAKE", "split": "test"},
+            "dataset": dataset,
             "metrics": results}]}]
     lines = ["---", yaml.safe_dump(meta, sort_keys=False).rstrip(), "---", "",
              f"# Model card: cifake `{recipe.get('experiment') or 'model'}`", "",
-             "A 32x32 real-vs-AI-generated image detector trained on CIFAKE with the project's own training command. "
+             f"A {config['image_size']}x{config['image_size']} real-vs-AI-generated image detector {trained_on}, with "
+             "the project's own training command. "
              "It answers p(REAL) for an image; REAL above the threshold, FAKE below, UNSURE inside the unsure band.",
              "", "## Model details", "",
              f"- Network: `{config['network']['_target_']}` ({parameters:,} parameters), "
@@ -119,20 +179,14 @@ def card_text(config: Mapping[str, Any], metrics: Mapping[str, Any] | None, robu
              "(Midjourney, DALL-E, newer diffusion models): the model saw none of them, and a large image shrunk to "
              "32x32 loses most of the evidence. Its answer on such an image means little.",
              "- Any decision about a person (authorship, honesty, legal evidence).",
-             "", "## Training data", "",
-             "CIFAKE's training split (Kaggle layout): 50,000 REAL (CIFAR-10) and 50,000 FAKE (Stable Diffusion v1.4) "
-             "32x32 JPEGs; 10% of them held out as the validation split (stratified, fixed seed), on which the "
-             "temperature, the threshold and the unsure band were chosen.",
+             "", "## Training data", "", *training_lines,
              "", "## Training recipe", "",
              f"- Command: `{recipe.get('command')}`",
              f"- Seed: {recipe.get('seed')}; commit: `{recipe.get('commit')}`",
              f"- Machine: {recipe.get('machine')}",
              f"- Training time: {recipe.get('train_time') or 'not recorded'}",
              f"- Exported with: `{recipe.get('export_command')}`",
-             "", "## Evaluation data", "",
-             "CIFAKE's test split: 10,000 REAL and 10,000 FAKE images, never seen in training or in any choice. "
-             "'Leak-free' leaves out the test images that are exact or near (pHash) copies of training images "
-             "(`python audit.py`).", ""]
+             "", "## Evaluation data", "", *evaluation_lines, ""]
     if metrics:
         precision, recall = metrics["precision"], metrics["recall"]
         leak = metrics.get("leak_free") or {}
@@ -163,13 +217,15 @@ def card_text(config: Mapping[str, Any], metrics: Mapping[str, Any] | None, robu
                   "strength; `no`, held out (another implementation or filter). Coverage and confident accuracy "
                   "are those of the unsure band.", "",
                   robustness_md.strip(), ""]
+    size = config["image_size"]
     lines += ["## Limitations", "",
-              "- 32x32 inputs only: whatever the size of the image given, it is resized to 32x32 first.",
+              f"- {size}x{size} inputs only: whatever the size of the image given, it is resized to {size}x{size} "
+              "first.",
               "- One generator (Stable Diffusion v1.4) and one real source (CIFAR-10): the model may have learned "
               "their particular traces (JPEG history, colour statistics), not AI generation in general.",
               "- Heavy blur, strong noise or downscaling below the training conditions destroy the evidence it uses "
               "(see Robustness); the held-out rows show how far it carries beyond training.",
-              "- Probabilities are calibrated on CIFAKE's validation split; on other images they are not.",
+              "- Probabilities are calibrated on the validation split named above; on other images they are not.",
               "", "## How to use", "",
               "```bash", "cifake-predict photo.png                      # the bundled model when no ckpt_path is given",
               f"cifake-predict photo.png ckpt_path=<folder with {WEIGHTS_FILE} and {CONFIG_FILE}>",
