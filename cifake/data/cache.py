@@ -124,7 +124,7 @@ def load_or_decode(
                     shutil.rmtree(folder)  # before decoding: its space may be needed for the new one
                 _build(listing, folder, fingerprint, image_size, resample, skip_bad_files,
                        workers or os.cpu_count() or 1)
-            log_usage(folder.parent)
+    log_usage(folder.parent)
     meta = json.loads(meta_path.read_text())
     skipped = meta.get("skipped_undecodable") or {}
     if skipped and not skip_bad_files:  # the cache was built leaving them out; this run did not ask to
