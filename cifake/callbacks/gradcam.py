@@ -51,10 +51,10 @@ class GradCAMCallback(FigureCallback):
             sections = explained_sections(pl_module, images.numpy(), labels, p_real, predicted, sets, layer)
             classes = tuple(pl_module.hparams.get("classes", CLASSES))
             writers = tensorboard_writers(trainer)
-            suffix = f", {stage} epoch {trainer.current_epoch}" if stage == "val" else f", {stage}"
-            for name, section in sections.items():
+            when = f"{stage}, epoch {trainer.current_epoch}" if stage == "val" else stage
+            for name, section in sections.items():  # one image per block; the figure names its block
                 fig = gradcam_figure({name: section}, classes, self.threshold, self.pairs_per_row,
-                                     f"Grad-CAM at {layer} ({name}{suffix})")
+                                     f"Grad-CAM at {layer} for the predicted class ({when})")
                 log_figure(writers, f"{stage}/gradcam/{name}", fig, trainer.global_step)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
