@@ -1,5 +1,6 @@
 """The GPU check: on an offline machine with one CUDA GPU (an H100/H200 image that has torch, Lightning and
-TensorBoard but not Hydra), one command of about 6 minutes measures the GPU path and writes one Markdown table.
+TensorBoard but not Hydra), one command of at most 6.5 minutes (``--budget``) measures the GPU path and writes one
+Markdown table; ``run --rehearse`` runs the same plan on any CPU (docs/gpu-check.md).
 
 Here, with the network (wheels of what such an image lacks, for CPython 3.12 on manylinux x86_64, and the
 CIFAKE archive; ``make device-bundle`` does this):
@@ -14,7 +15,8 @@ There, from the checkout's root, with ``.device-bundle`` beside it:
 installs the bundle offline into the running python (``pip --no-index --no-deps``: its torch is left alone;
 skipped for what is already importable, or with ``--no-install``), extracts the archive (into ``--scratch``,
 reused by a rerun) and runs, through the project's own entry points, each as a subprocess with a timeout and
-its log kept, going on to the next when one fails or times out:
+its log kept, for the seconds :func:`allocate` gives it (the most valuable first), going on to the next when
+one fails or times out, and stopping where going on is pointless (the bundle did not install, CUDA went away):
 
 1. ``train.py model=vgg trainer.max_epochs=2 data.root=<cifake>``, the mission's command: did it exit 0 and
    write every dashboard (the TensorBoard tags of conf/callbacks/default.yaml's callbacks)?
@@ -22,12 +24,13 @@ its log kept, going on to the next when one fails or times out:
    validation included (TensorBoard wall times), and the GPU's busy share over it (NVML, sampled at 10 Hz
    in a thread of this script);
 3. ``pytest tests/test_device_transfers.py -k cuda``: 20 training steps under
-   ``torch.cuda.set_sync_debug_mode("error")``, which raises at the first host sync;
+   ``torch.cuda.set_sync_debug_mode("error")``, which raises at the first host sync inside a step;
 4. ``train.py experiment=reference debug=gpu_profile``: 20 steps under PyTorch's profiler (the wall time of
    a step, the CPU and CUDA totals, the kernels that take the GPU's time);
-5. ``train.py experiment=best`` for ``--best-epochs`` epochs (``trainer.max_time`` keeps it inside its
-   share of the budget), validating on the test split after every epoch with the final weights evaluated
-   (no checkpoint chosen on test): its wall time, test accuracy and time to 0.95 test accuracy;
+5. ``train.py experiment=best`` for ``--best-epochs`` epochs (``trainer.max_time``, set before it starts,
+   keeps its evaluation inside its share of the budget), validating on the test split after every epoch with
+   the final weights evaluated (no checkpoint chosen on test): its wall time, test accuracy and time to 0.95
+   test accuracy;
 6. ``python -m cifake.tools.bench --sections train,eval,precision``, a few steps each.
 
 Everything goes into a fresh ``--out-dir`` (a non-empty one gets a timestamped sibling, so old TensorBoard
@@ -43,8 +46,9 @@ import argparse
 import csv
 import json
 import logging
-import math
+import lzma
 import os
+import platform
 import re
 import shutil
 import signal
@@ -55,8 +59,10 @@ import tarfile
 import tempfile
 import threading
 import time
+import traceback
 import warnings
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -243,11 +249,12 @@ def fresh_folder(path: Path) -> Path:
 
 def prepare_data(data: Path, scratch: Path) -> tuple[Path, dict[str, Any]]:
     """The CIFAKE folder (``train/``, ``test/``) for ``data.root``: ``data`` itself when it is a folder,
-    else the archive extracted into ``scratch`` (once: a rerun reuses it)."""
+    else the archive extracted into ``scratch`` (once: a rerun reuses it). Raises :class:`CheckStop` with
+    one line where the archive is missing or cannot be unpacked."""
     if data.is_dir():
         return data, {"name": "extract", "note": f"the folder {data}", "seconds": 0.0}
     if not data.is_file():
-        raise FileNotFoundError(f"no CIFAKE archive or folder at {data}: pass --data or build the bundle with it")
+        raise CheckStop(f"no CIFAKE archive or folder at {data}: pass --data or build the bundle with it")
     target, stamp = scratch / "cifake", f"{data.name} {data.stat().st_size}"
     marker = target / ".extracted"
     if marker.is_file() and marker.read_text() == stamp:
@@ -256,16 +263,39 @@ def prepare_data(data: Path, scratch: Path) -> tuple[Path, dict[str, Any]]:
     shutil.rmtree(partial, ignore_errors=True)
     shutil.rmtree(target, ignore_errors=True)
     partial.mkdir(parents=True)
-    if shutil.which("tar"):  # GNU tar unpacks the 120,000 files 2-4x faster than tarfile (12 s vs 28-57 s here)
-        subprocess.run(["tar", "-xf", str(data), "-C", str(partial)], check=True)
-    else:
-        with tarfile.open(data) as tar:
-            tar.extractall(partial, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    how = unpack(data, partial)
     files = sum(len(names) for _, _, names in os.walk(partial))
     partial.rename(target)
     marker.write_text(stamp)
     return _data_root(target), {"name": "extract", "files": files, "start": start, "end": time.time(),
-                                "seconds": time.time() - start}
+                                "seconds": time.time() - start, "how": how, "archive": data.name}
+
+
+def unpack(archive: Path, dest: Path) -> str:
+    """Unpack ``archive`` into ``dest`` with GNU tar where it can (2-4x faster than Python's tarfile: 11 s
+    against 28-57 s for CIFAKE on a 2-core EPYC), else with tarfile; returns which did it, and why."""
+    compressor = next((tool for suffix, tool in COMPRESSORS.items() if archive.name.endswith(suffix)), None)
+    missing = [tool for tool in ("tar", compressor) if tool and shutil.which(tool) is None]
+    if not missing:
+        done = subprocess.run(["tar", "-xf", str(archive), "-C", str(dest)], capture_output=True, text=True)
+        if done.returncode == 0:
+            return "GNU tar"
+        said = (done.stderr or done.stdout).strip().splitlines()
+        raise CheckStop(f"tar could not unpack {archive}: {said[-1] if said else f'exit {done.returncode}'}")
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(dest, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    except (OSError, EOFError, tarfile.TarError, lzma.LZMAError, zlib.error) as err:
+        raise CheckStop(f"Python's tarfile could not unpack {archive}: {type(err).__name__}: {err}") from None
+    return f"Python's tarfile: {' and '.join(missing)} not installed"
+
+
+# The compressor GNU tar runs for an archive that ends so (it execs it: without it tar fails).
+COMPRESSORS = {".tar.xz": "xz", ".txz": "xz", ".tar.gz": "gzip", ".tgz": "gzip", ".tar.bz2": "bzip2"}
+
+
+class CheckStop(Exception):
+    """Going on is pointless (no data, no bundle, no GPU): one line says why."""
 
 
 def _data_root(folder: Path) -> Path:
@@ -276,45 +306,124 @@ def _data_root(folder: Path) -> Path:
     return inner[0] if len(inner) == 1 else folder
 
 
+def rehearsal_archive(scratch: Path) -> Path:
+    """A small CIFAKE-shaped archive made from the demo generator (conf/data/demo.yaml's look, fewer
+    images), for a rehearsal to unpack the way the GPU check unpacks CIFAKE."""
+    import yaml
+
+    from cifake.data.demo import generate_demo
+
+    archive = scratch / "rehearsal-demo.tar.xz"
+    if archive.is_file():
+        return archive
+    look = yaml.safe_load((ROOT / "conf" / "data" / "demo.yaml").read_text())["demo"]
+    source = generate_demo(scratch / "rehearsal-demo", **{**look, **REHEARSAL_DEMO, "image_size": 32})
+    partial = archive.with_suffix(".partial")
+    with tarfile.open(partial, "w:xz") as tar:
+        for split in ("train", "test"):
+            tar.add(source / split, arcname=split)
+    partial.rename(archive)
+    return archive
+
+
+# -- the plan and its budget -----------------------------------------------------------------------
 @dataclass
 class Step:
-    """One entry-point run: its name (log, run folder), its arguments to python, its share of the budget."""
+    """One entry-point run: its name (log, run folder), its arguments to python, the seconds it needs at
+    least to give its rows (``minimum``) and the seconds it can use well (``want``)."""
 
     name: str
     args: list[str]
-    share: float
-    extra: dict[str, Any]
+    minimum: float
+    want: float
+    needs_data: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
-def plan(out: Path, data_root: Path, best_epochs: int, bench_steps: int) -> list[Step]:
-    """The runs, in the order they go: the mission's command first, the benchmark last."""
-    quiet = ["trainer.enable_progress_bar=false"]
+# Seconds on one H100 or H200, (minimum, want): estimates, as no GPU has run the check yet, from the recipes'
+# FLOPs, eager PyTorch's per-step overhead (about 3 ms a step of batch 32: ~10 s an epoch of the reference)
+# and this CPU's start-up times; docs/gpu-check.md adds them up. Each includes the run's start (imports,
+# CUDA, reading the decode cache; the headline also decodes the 120,000 images once).
+GPU_SECONDS = {"headline": (60, 110), "reference": (45, 80), "syncs": (25, 45), "profile": (30, 50),
+               "bench": (30, 50)}
+# experiment=best's parts: its start, one epoch (100,000 training images at batch 256, ~0.27 PFLOP, and
+# validation on the test split) and its evaluation (the first leak hashing of 120,000 images: 16 s on a
+# 2-core EPYC; flip TTA, the temperature, the report's figures).
+GPU_BEST = {"startup": 15, "epoch": 6, "evaluation": 40}
+GPU_BUDGET = 390.0  # the whole check, CUDA's start, the install and the unpacking included: 6.5 min
 
-    def run_dir(name: str) -> str:
-        return f"hydra.run.dir={out / 'runs' / name}"
+# The rehearsal on a 2-core CPU (tests/test_gpu_check.py, in CI): the same plan on the demo generator's
+# images, small networks and few steps; seconds measured there, with one other test process beside it.
+# 128 training images (115 where 10% are held out), 64 test ones. The wants are about twice what a step takes
+# with another test process on the cores: a step stops short only where something is wrong.
+REHEARSAL_DEMO = {"train_per_class": 64, "test_per_class": 32}
+REHEARSAL_SECONDS = {"headline": (20, 60), "reference": (15, 50), "syncs": (10, 45), "profile": (15, 45),
+                     "bench": (15, 60)}
+REHEARSAL_BEST = {"startup": 25, "epoch": 5, "evaluation": 20}
+REHEARSAL_BUDGET = 360.0
+_CPU, _TINY_VGG = ["trainer.accelerator=cpu"], ["model.net.filters=[8,16,16,16]", "model.net.dense=[32]"]
+REHEARSAL_OVERRIDES = {
+    "headline": [*_CPU, *_TINY_VGG],
+    "reference": [*_CPU, *_TINY_VGG],
+    # the 4 batches of 32 there are (reference validates on test, so all 128 train): 1 waits, 1 warms up, 2 profiled
+    "profile": [*_CPU, *_TINY_VGG, "trainer.limit_train_batches=4", "trainer.profiler.schedule.wait=1",
+                "trainer.profiler.schedule.warmup=1", "trainer.profiler.schedule.active=2"],
+    "best": [*_CPU, "model.net.stem=[8,8]", "model.net.widths=[16,16]", "model.net.blocks=[1,1]"],
+    # the test split's 64 images in 4 evaluation batches; the small VGG's keys are not cpu_fast's: VGG alone
+    "bench": [*_CPU, *_TINY_VGG, "data.eval_batch_size=16", "--large-batch", "16", "--precision-nets", "vgg"],
+}
 
-    root = f"data.root={data_root}"
+
+STEP_NAMES = ("headline", "reference", "syncs", "profile", "best", "bench")  # plan()'s, in its order
+
+
+def plan(out: Path, data_root: Path, best_epochs: int, bench_steps: int, rehearse: bool = False) -> list[Step]:
+    """The runs, most valuable first: the mission's command and the reference's epoch time, then the sync
+    detector and the profile, then experiment=best, then the benchmark. A rehearsal runs the same commands
+    on the CPU with :data:`REHEARSAL_OVERRIDES` added."""
+    seconds, best = (REHEARSAL_SECONDS, REHEARSAL_BEST) if rehearse else (GPU_SECONDS, GPU_BEST)
+    small = REHEARSAL_OVERRIDES if rehearse else {}
+    quiet, root = ["trainer.enable_progress_bar=false"], f"data.root={data_root}"
+
+    def train(name: str, *overrides: str) -> list[str]:
+        return ["train.py", *overrides, root, *quiet, *small.get(name, []), f"hydra.run.dir={out / 'runs' / name}"]
+
+    reserve = best["startup"] + best["evaluation"]  # what experiment=best needs beside its epochs
     return [
-        Step("headline", ["train.py", "model=vgg", "trainer.max_epochs=2", root, *quiet, run_dir("headline")],
-             0.28, {"command": "python train.py model=vgg trainer.max_epochs=2 data.root=<cifake>"}),
-        Step("reference", ["train.py", "experiment=reference", "trainer.max_epochs=2", "evaluate=false", root,
-                           *quiet, run_dir("reference")], 0.22, {}),
+        Step("headline", train("headline", "model=vgg", "trainer.max_epochs=2"), *seconds["headline"],
+             extra={"command": "python train.py model=vgg trainer.max_epochs=2 data.root=<cifake>"}),
+        Step("reference", train("reference", "experiment=reference", "trainer.max_epochs=2", "evaluate=false"),
+             *seconds["reference"]),
         # PyTorch's sync detector over 20 training steps (the CPU tests count host reads; this sees them all).
         Step("syncs", ["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_device_transfers.py", "-k",
-                       "cuda"], 0.05, {}),
+                       "cuda"], *seconds["syncs"], needs_data=False),
         # Where a step's time goes: 20 steps of the reference recipe under PyTorch's profiler.
-        Step("profile", ["train.py", "experiment=reference", "debug=gpu_profile", root, *quiet, run_dir("profile")],
-             0.07, {}),
-        Step("best", ["train.py", "experiment=best", f"trainer.max_epochs={best_epochs}", "data.validate_on=test",
-                      "callbacks.model_checkpoint.monitor=null", root, *quiet, run_dir("best")], 0.33,
-             {"epochs": best_epochs}),
+        Step("profile", train("profile", "experiment=reference", "debug=gpu_profile"), *seconds["profile"]),
+        Step("best", train("best", "experiment=best", f"trainer.max_epochs={best_epochs}", "data.validate_on=test",
+                           "callbacks.model_checkpoint.monitor=null"),
+             reserve + 2 * best["epoch"], reserve + best_epochs * best["epoch"],
+             extra={"epochs": best_epochs, "reserve": reserve}),
         Step("bench", ["-m", "cifake.tools.bench", "--sections", "train,eval,precision", "--steps", str(bench_steps),
-                       "--warmup", "5", "--repeats", "1", "--out", str(out / "bench" / "bench.md"), root], 0.17, {}),
+                       "--warmup", "1" if rehearse else "5", "--repeats", "1", "--out", str(out / "bench" / "bench.md"),
+                       root, *small.get("bench", [])], *seconds["bench"]),
     ]
 
 
-# Seconds experiment=best keeps for starting up and evaluating after trainer.max_time stops its training.
-BEST_RESERVE = 50.0
+def max_time(seconds: float) -> str:
+    """``trainer.max_time`` for ``seconds`` (whole, at least 1), as Lightning's Timer reads it: DD:HH:MM:SS."""
+    minutes, secs = divmod(max(1, int(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours // 24:02d}:{hours % 24:02d}:{minutes:02d}:{secs:02d}"
+
+
+def allocate(left: float, step: Step, later: list[Step]) -> float | str:
+    """The seconds ``step`` may run with ``left`` seconds of the budget to go: what it wants, less what
+    the ``later`` steps need at least, but never less than its own minimum (earlier steps matter more);
+    or, where even that minimum is not left, why it does not run."""
+    if left < step.minimum:
+        return (f"no time: it needs {step.minimum:.0f} s and {max(left, 0):.0f} s of the budget are left "
+                "(--budget gives more)")
+    return max(step.minimum, min(step.want, left - sum(s.minimum for s in later)))
 
 
 def sigint_as_default() -> None:
@@ -402,17 +511,48 @@ class GpuSampler(threading.Thread):
         self.join(timeout=5)
 
 
-def environment(bundle: Path) -> dict[str, Any]:
-    """What ran the check: nvidia-smi's GPU and driver, torch and its CUDA and cuDNN, python."""
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def environment(bundle: Path, rehearse: bool) -> dict[str, Any]:
+    """What ran the check: nvidia-smi's GPU and driver, torch and its CUDA and cuDNN, python; in a
+    rehearsal, the CPU in place of the GPU."""
     import torch
 
     gpus, problem = _nvidia_smi("name,driver_version,memory.total")
+    if rehearse:
+        device, capability = f"CPU: {_cpu_name()} (a rehearsal: no GPU used)", "none (CPU)"
+    else:
+        device, capability = torch.cuda.get_device_name(), ".".join(map(str, torch.cuda.get_device_capability()))
     return {
         "nvidia_smi": gpus or [problem], "torch": torch.__version__, "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version(), "torch_device": torch.cuda.get_device_name(),
-        "capability": ".".join(map(str, torch.cuda.get_device_capability())), "python": sys.version.split()[0],
-        "executable": sys.executable, "bundle": str(bundle), "cpus": os.cpu_count(),
+        "cudnn": torch.backends.cudnn.version(), "torch_device": device, "capability": capability,
+        "python": sys.version.split()[0], "executable": sys.executable, "bundle": str(bundle),
+        "cpus": os.cpu_count(), "rehearsal": rehearse,
     }
+
+
+def device_problem(rehearse: bool) -> str | None:
+    """After a step failed: does a CUDA kernel still run? Asked of a fresh process (this one's CUDA context
+    can outlive a lost device); ``None`` in a rehearsal, whose CPU does not go away."""
+    if rehearse:
+        return None
+    code = "import torch; torch.ones(1, device='cuda').add_(1).item()"
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return "a CUDA kernel in a fresh process did not finish in 60 s"
+    if done.returncode == 0:
+        return None
+    said = (done.stderr or done.stdout).strip().splitlines()
+    return f"a CUDA kernel fails in a fresh process: {said[-1] if said else f'exit {done.returncode}'}"
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -420,73 +560,124 @@ def _write_json(path: Path, value: Any) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    """The ``run`` subcommand: everything in the module docstring, in that order."""
+    """The ``run`` subcommand: everything in the module docstring, in that order. Returns 0 when every step
+    was tried, 1 when the check stopped early (no data, no bundle, no GPU) or failed itself; each failure is
+    one line on the console and one row of the table."""
     began = time.time()  # the budget counts from here: torch's first import and CUDA's start are part of it
-    problem = cuda_problem()
-    if problem:
-        print(problem, file=sys.stderr)
-        return 2
+    if not args.rehearse:
+        problem = cuda_problem()
+        if problem:
+            print(problem, file=sys.stderr)
+            return 2
     out = fresh_folder(args.out_dir.resolve())
     out.mkdir(parents=True)
     # Our own lines only, on stdout and in check.log (TensorBoard's reader logs through the root logger).
     log.setLevel(logging.INFO)
     log.propagate = False
+    for handler in list(log.handlers):  # a second run in one process (the tests) writes to its own folder
+        log.removeHandler(handler)
+        handler.close()
     for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(out / "check.log")):
         handler.setFormatter(logging.Formatter("[gpu_check %(asctime)s] %(message)s", datefmt="%H:%M:%S"))
         log.addHandler(handler)
-    log.info("writing into %s", out)
-    env_record = {**environment(args.bundle), "sample_hz": args.sample_hz}
+    log.info("writing into %s%s", out, " (a rehearsal on the CPU)" if args.rehearse else "")
+    env_record = {**environment(args.bundle, args.rehearse), "sample_hz": args.sample_hz, "budget": args.budget}
     sampler = GpuSampler(out / "gpu_samples.csv", hz=args.sample_hz)
     sampler.start()
     steps: list[dict[str, Any]] = []
+    status = 0
     try:
-        env_record["install"] = {"skipped": "--no-install"} if args.no_install else install_bundle(args.bundle)
-        log.info("bundle: %s", env_record["install"])
+        if args.no_install:
+            env_record["install"] = {"skipped": "--no-install"}
+        else:
+            env_record["install"] = install_bundle(args.bundle)
+            if not env_record["install"]["error"]:  # an error is said once, where the check stops
+                log.info("bundle: %s", ", ".join(env_record["install"]["installed"]) or "nothing to install")
         _write_json(out / "environment.json", env_record)
-        run_steps(args, out, steps, began)
+        run_steps(args, out, steps, began, env_record["install"].get("error"))
+    except CheckStop as stop:
+        log.error("stopped: %s", stop)
+        env_record["stopped"] = str(stop)
+        status = 1
+    except Exception as err:  # the check's own fault: one line here, the traceback in check.log
+        with (out / "check.log").open("a") as fh:
+            traceback.print_exc(file=fh)
+        log.error("the check itself failed: %s: %s (traceback in %s)", type(err).__name__, err, out / "check.log")
+        env_record["stopped"] = f"the check itself failed: {type(err).__name__}: {err}"
+        status = 1
     finally:  # whatever stopped the check, the table and the report say what was done
         sampler.stop()
         env_record.update(sampler_problem=sampler.problem, check_seconds=time.time() - began)
         _write_json(out / "environment.json", env_record)
         _write_json(out / "steps.json", steps)
-        table = markdown(summarize(out))
+        try:
+            table = markdown(summarize(out))
+        except Exception as err:  # a record the reader cannot read: say so, keep the folder for `table`
+            with (out / "check.log").open("a") as fh:
+                traceback.print_exc(file=fh)
+            table = markdown([("the table", f"could not be read from {out}: {type(err).__name__}: {err} "
+                                            "(traceback in check.log)")])
+            status = 1
         (out / "gpu_check.md").write_text(table)
         print(table)
         if args.report_to:
             for path in report(out, args.report_to):
                 log.info("copied %s", path)
-    return 0
+    return status
 
 
-def run_steps(args: argparse.Namespace, out: Path, steps: list[dict[str, Any]], began: float) -> None:
-    """Extract the data, then run :func:`plan`'s steps, each in its share of what is left of the budget;
-    their records go into ``steps`` (and ``steps.json`` after each)."""
-    data = args.data or args.bundle / ARCHIVE
+def run_steps(args: argparse.Namespace, out: Path, steps: list[dict[str, Any]], began: float,
+              install_error: str | None) -> None:
+    """Extract the data, then run :func:`plan`'s steps, each for the seconds :func:`allocate` gives it of
+    what is left of the budget; their records go into ``steps`` (and ``steps.json`` after each). Raises
+    :class:`CheckStop` where going on is pointless: the bundle did not install, or the GPU went away."""
+    if install_error:  # every step imports Hydra or the project: none could run
+        why = "the bundle did not install (see its row)"
+        steps.extend({"name": name, "skipped": why} for name in STEP_NAMES)
+        raise CheckStop(f"the bundle did not install, so no step can run: {_one_line(install_error)}")
+    data = args.data or (rehearsal_archive(args.scratch) if args.rehearse else args.bundle / ARCHIVE)
     try:
         data_root, extracted = prepare_data(data, args.scratch)
-    except (OSError, tarfile.TarError) as err:
+    except CheckStop as err:
         steps.append({"name": "extract", "error": str(err)})
         log.error("no data: %s", err)
-        return
-    steps.append(extracted)
-    log.info("CIFAKE at %s (%s)", data_root, extracted.get("note") or f"extracted in {extracted['seconds']:.1f} s")
+        data_root = None
+    else:
+        steps.append(extracted)
+        log.info("CIFAKE at %s (%s)", data_root, extracted.get("note") or f"{extracted['files']:,} files "
+                 f"extracted from {extracted['archive']} in {extracted['seconds']:.1f} s with {extracted['how']}")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "CIFAKE_CACHE_DIR": str(args.scratch / "cache")}
-    todo = plan(out, data_root, args.best_epochs, args.bench_steps)
-    for i, step in enumerate(todo):
-        left = args.budget - (time.time() - began)
-        # Each run gets its share of what is left: time one did not use goes to those after it.
-        timeout = left * step.share / sum(s.share for s in todo[i:])
-        if timeout < 20:
-            steps.append({"name": step.name, "skipped": f"no time left in the {args.budget:.0f} s budget"})
+    todo = plan(out, data_root or Path("<none>"), args.best_epochs, args.bench_steps, args.rehearse)
+    runnable = [s for s in todo if data_root is not None or not s.needs_data]
+    for step in todo:
+        if step not in runnable:
+            steps.append({"name": step.name, "skipped": "no CIFAKE data (see the archive's row)"})
+            continue
+        later = runnable[runnable.index(step) + 1:]
+        timeout = allocate(args.budget - (time.time() - began), step, later)
+        if isinstance(timeout, str):
+            steps.append({"name": step.name, "skipped": timeout})
+            log.info("%s: not run: %s", step.name, timeout)
             continue
         step_args = list(step.args)
-        if step.name == "best":  # stop training in time to evaluate: a cut run still gives its accuracy
-            step_args.append(f"++trainer.max_time='00:00:00:{max(30, int(timeout - BEST_RESERVE))}'")
+        if step.name == "best":  # training stops in time for the evaluation: sized before training starts
+            step_args.append(f"++trainer.max_time='{max_time(timeout - step.extra['reserve'])}'")
         log.info("%s: python %s (timeout %.0f s)", step.name, " ".join(step_args), timeout)
         record = run_step(step.name, step_args, out, timeout, env, **step.extra)
         steps.append(record)
         log.info("%s: %s", step.name, _status(record, out))
         _write_json(out / "steps.json", steps)  # after each run: a crash of the check keeps what was done
+        if record["returncode"] or record["timed_out"]:
+            gone = device_problem(args.rehearse)
+            if gone:
+                rest = todo[todo.index(step) + 1:]
+                steps.extend({"name": s.name, "skipped": f"CUDA stopped working during {step.name}"}
+                             for s in rest)
+                raise CheckStop(f"CUDA stopped working during {step.name}: {gone}")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
 
 
 def report(out: Path, dest: Path) -> list[Path]:
@@ -599,7 +790,7 @@ def _last_error(log_file: Path) -> str:
         lines = log_file.read_text(errors="replace").splitlines()
     except OSError:
         return ""
-    found = [line for line in lines if re.match(r"(error: |\w+(Error|Exception)\b)", line)]
+    found = [line for line in lines if re.match(r"(error: |[\w.]*(Error|Exception)\b)", line)]
     return f": {found[-1][:300]}" if found else ""
 
 
@@ -608,13 +799,13 @@ def _status(step: dict[str, Any] | None, out: Path | None = None) -> str:
     if step is None:
         return "not run"
     if "skipped" in step:
-        return f"skipped: {step['skipped']}"
+        return f"not run: {step['skipped']}"
     if step.get("timed_out"):
         return f"timed out after {step['timeout']:.0f} s (interrupted; what it logged is used below)"
     if step.get("returncode"):
         why = _last_error(out / step["log"]) if out is not None else ""
         return f"failed (exit {step['returncode']}) after {step['seconds']:.0f} s, log {step['log']}{why}"
-    return f"exit 0 in {step['seconds']:.0f} s"
+    return f"exit 0 in {step['seconds']:.0f} s of the {step['timeout']:.0f} s it was given"
 
 
 def _epoch_rows(label: str, events: Any, gpu: dict, why_not: str | None, hz: float) -> list[tuple[str, str]]:
@@ -634,7 +825,7 @@ def summarize(out: Path) -> list[tuple[str, str]]:
     env = _read_json(out / "environment.json", {})
     steps = {s["name"]: s for s in _read_json(out / "steps.json", [])}
     gpu, why_not = samples(out / "gpu_samples.csv"), env.get("sampler_problem")
-    hz = env.get("sample_hz", 10)
+    hz, rehearse = env.get("sample_hz", 10), bool(env.get("rehearsal"))
     rows: list[tuple[str, str]] = [
         ("GPU (nvidia-smi: name, driver, memory)", "; ".join(env.get("nvidia_smi", [])) or "?"),
         ("torch / CUDA / cuDNN", f"{env.get('torch', '?')} / {env.get('cuda', '?')} / {env.get('cudnn', '?')}"),
@@ -646,7 +837,9 @@ def summarize(out: Path) -> list[tuple[str, str]]:
                  or (", ".join(install.get("installed", [])) or "nothing: all importable already")))
     extract = steps.get("extract", {})
     rows.append(("CIFAKE archive", extract.get("error") or extract.get("note")
-                 or f"{extract.get('files', 0):,} files extracted in {extract.get('seconds', math.nan):.1f} s"))
+                 or (f"{extract['files']:,} files extracted from {extract.get('archive', '?')} in "
+                     f"{extract['seconds']:.1f} s with {extract.get('how', '?')}" if "files" in extract
+                     else "not reached")))
 
     head = steps.get("headline")
     label = "`train.py model=vgg trainer.max_epochs=2` (the mission's command)"
@@ -666,14 +859,19 @@ def summarize(out: Path) -> list[tuple[str, str]]:
         rows += _epoch_rows("reference", tensorboard(out / "runs" / "reference"), gpu, why_not, hz)
 
     syncs = steps.get("syncs")
+    said = _pytest_summary(out / syncs["log"]) if syncs and "log" in syncs else None
+    status = _status(syncs, out)
+    if rehearse and said and re.search(r"\b1 skipped\b", said) and not syncs.get("returncode"):
+        status = (f"needs CUDA: on a GPU, `python {' '.join(syncs['args'])}` raises at the first host sync inside a "
+                  "training step; in this rehearsal the test skipped itself, as it does without CUDA")
     rows.append(("host syncs in 20 training steps (`torch.cuda.set_sync_debug_mode('error')`, "
-                 "tests/test_device_transfers.py)", _status(syncs, out)))
-    if syncs and "log" in syncs:
-        rows.append(("syncs: pytest says", _pytest_summary(out / syncs["log"])))
+                 "tests/test_device_transfers.py)", status))
+    if said is not None:
+        rows.append(("syncs: pytest says", said))
     profile = steps.get("profile")
-    rows.append(("`experiment=reference debug=gpu_profile` (20 steps under PyTorch's profiler)",
+    rows.append(("`experiment=reference debug=gpu_profile` (training steps under PyTorch's profiler)",
                  _status(profile, out)))
-    rows += _profile_rows(out / "runs" / "profile" / PROFILE) if profile else []
+    rows += _profile_rows(out / "runs" / "profile" / PROFILE, rehearse) if profile and "log" in profile else []
 
     best = steps.get("best")
     rows.append((f"`experiment=best`, {best.get('epochs', '?') if best else '?'} epoch(s), validating on test, "
@@ -684,8 +882,11 @@ def summarize(out: Path) -> list[tuple[str, str]]:
     bench = steps.get("bench")
     rows.append(("`python -m cifake.tools.bench --sections train,eval,precision`", _status(bench, out)))
     rows += _bench_rows(out / "bench" / "bench.md")
+    if "stopped" in env:
+        rows.append(("the check stopped early", env["stopped"]))
     if "check_seconds" in env:
-        rows.append(("the whole check", f"{env['check_seconds']:.0f} s"))
+        budget = f" of the {env['budget']:.0f} s budget" if "budget" in env else ""
+        rows.append(("the whole check", f"{env['check_seconds']:.0f} s{budget}"))
     return rows
 
 
@@ -729,44 +930,59 @@ def _pytest_summary(log_file: Path) -> str:
     return "; ".join(filter(None, [lines[-1] if lines else "", errors[0][:300] if errors else ""]))
 
 
-def _profile_rows(path: Path, top: int = 8) -> list[tuple[str, str]]:
+def _profile_rows(path: Path, rehearse: bool = False, top: int = 8) -> list[tuple[str, str]]:
     """From Lightning's PyTorchProfiler report: the time of a profiled step, the CPU and CUDA totals
-    over the profiled steps (CUDA/step time is the GPU's busy share) and the kernels that took most."""
+    over the profiled steps (CUDA/step time is the GPU's busy share) and the kernels that took most. A
+    rehearsal's report has no CUDA columns: those rows say that they need CUDA."""
     try:
         lines = path.read_text(errors="replace").splitlines()
     except OSError:
         return [("profile", f"no {path.name}")]
-    rows, kernels = [], []
-    header = next((line for line in lines if "Self CUDA" in line and "Name" in line), None)
+    header = next((line for line in lines if "Name" in line and "Self CPU" in line), None)
+    names = re.split(r"\s{2,}", header.strip()) if header else []
+    totals: dict[str, str] = {}
+    rows, kernels, steps = [], [], "?"
     for line in lines:
         if line.startswith(("Self CPU time total", "Self CUDA time total")):
-            rows.append((f"profile: {line.split(':')[0].lower()} (20 steps)", line.split(":", 1)[1].strip()))
+            totals[line.split(":")[0].lower()] = line.split(":", 1)[1].strip()
+            continue
         cells = re.split(r"\s{2,}", line.strip())
-        if cells and cells[0] == "ProfilerStep*" and header is not None:
-            names = re.split(r"\s{2,}", header.strip())
-            if "CPU time avg" in names and len(cells) == len(names):
+        if len(cells) != len(names) or not names:
+            continue
+        if cells[0] == "ProfilerStep*":
+            steps = cells[names.index("# of Calls")] if "# of Calls" in names else "?"
+            if "CPU time avg" in names:
                 rows.append(("profile: wall time of one step (ProfilerStep avg)", cells[names.index("CPU time avg")]))
-        elif header is not None and len(kernels) < top and cells and not cells[0].startswith(("aten::", "[pl]", "-",
-                                                                                           "Name", "Profiler")):
-            names = re.split(r"\s{2,}", header.strip())
-            if len(cells) == len(names) and "Self CUDA" in names:
-                kernels.append(f"{cells[0][:60]} {cells[names.index('Self CUDA')]}")
-    if kernels:
-        rows.append((f"profile: top {len(kernels)} kernels by CUDA time (self)", "; ".join(kernels)))
-    return rows or [("profile", f"nothing read from {path.name}")]
+        elif len(kernels) < top and "Self CUDA" in names and not cells[0].startswith(("aten::", "[pl]", "-", "Name",
+                                                                                       "Profiler")):
+            kernels.append(f"{cells[0][:60]} {cells[names.index('Self CUDA')]}")
+    cuda = "needs CUDA (a rehearsal on the CPU profiles no kernels)" if rehearse else "not in the report"
+    for name in ("self cpu time total", "self cuda time total"):
+        rows.append((f"profile: {name} ({steps} steps)", totals.get(name, cuda if "cuda" in name else "not in the "
+                                                                                                       "report")))
+    rows.append((f"profile: top {len(kernels) or top} kernels by CUDA time (self)", "; ".join(kernels) or cuda))
+    return rows
 
 
 def _bench_rows(path: Path) -> list[tuple[str, str]]:
-    """The benchmark's rows: ``bench (b) training, batch 32: <path>`` -> ``images/s (ratio)``."""
+    """The benchmark's rows: ``bench (b) training, batch 32: <path>`` -> ``images/s (ratio)``, found by
+    the names of its table's columns."""
     try:
         lines = path.read_text().splitlines()
     except OSError:
-        return []
+        return [("bench", f"no {path.name}")]
     rows = [("bench: where and how", lines[0])] if lines else []
+    columns: list[str] = []
     for line in lines:
         cells = [c.strip() for c in line.split("|")[1:-1]]
-        if len(cells) == 4 and cells[0].startswith("("):
-            rows.append((f"bench {cells[0]}: {cells[1]}", f"{cells[2]} images/s (x{cells[3]} the first path)"))
+        if cells[:1] == ["measurement"]:
+            columns = cells
+        elif columns and len(cells) == len(columns) and cells[0].startswith("("):
+            got = dict(zip(columns, cells, strict=True))
+            rows.append((f"bench {got['measurement']}: {got['path']}",
+                         f"{got['median images/s']} images/s (x{got['ratio']} the first path)"))
+    if len(rows) < 2:
+        rows.append(("bench", f"no measurement in {path.name}"))
     return rows
 
 
@@ -799,11 +1015,16 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "cifake-gpu-check",
                      help="where the archive is extracted and decoded (reused by a rerun)")
     run.add_argument("--no-install", action="store_true", help="do not install the bundle")
-    run.add_argument("--budget", type=float, default=360.0, help="seconds for the whole check")
-    run.add_argument("--best-epochs", type=int, default=12,
-                     help="epochs of experiment=best (estimated ~2 min on an H200; trainer.max_time keeps the run "
-                          "inside its share of the budget)")
-    run.add_argument("--bench-steps", type=int, default=20, help="timed batches per benchmark measurement")
+    run.add_argument("--rehearse", action="store_true",
+                     help="the same plan on the CPU: the demo generator's images (packed and unpacked as the "
+                          "archive is), small networks, few steps; what needs CUDA says so (docs/gpu-check.md)")
+    run.add_argument("--budget", type=float,
+                     help=f"seconds for the whole check (default {GPU_BUDGET:.0f}; a rehearsal {REHEARSAL_BUDGET:.0f})")
+    run.add_argument("--best-epochs", type=int,
+                     help="epochs of experiment=best (default 12; a rehearsal 2); trainer.max_time stops its "
+                          "training in time for its evaluation")
+    run.add_argument("--bench-steps", type=int, help="timed batches per benchmark measurement (default 20; a "
+                                                     "rehearsal 2)")
     run.add_argument("--sample-hz", type=float, default=10.0, help="GPU utilisation samples per second")
 
     table = sub.add_parser("table", help="the table again, from a recorded run folder")
@@ -824,6 +1045,10 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(summarize(args.out_dir)), end="")
         return 0
     args.scratch = args.scratch.resolve()
+    gpu = not args.rehearse
+    args.budget = args.budget or (GPU_BUDGET if gpu else REHEARSAL_BUDGET)
+    args.best_epochs = args.best_epochs or (12 if gpu else 2)
+    args.bench_steps = args.bench_steps or (20 if gpu else 2)
     return run_check(args)
 
 

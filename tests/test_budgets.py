@@ -5,7 +5,6 @@ training input x the training images of an epoch x epochs (cifake/models/flops.p
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest

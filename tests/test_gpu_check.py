@@ -18,7 +18,6 @@ import pytest
 import torch
 
 from tests.helpers import ROOT
-from tests.helpers.config import tiny_demo_overrides
 
 SCRIPT = ROOT / "scripts" / "gpu_check.py"
 _spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
@@ -193,7 +192,7 @@ def test_the_table_is_read_from_a_recorded_run(tmp_path: Path) -> None:
            "executable": "/opt/torch/.venv/bin/python3", "cpus": 16, "sample_hz": 10, "check_seconds": 351.4,
            "install": {"installed": ["hydra-core 1.3.8", "omegaconf 2.3.1"], "already_there": [], "error": None}}
     steps = [
-        {"name": "extract", "files": 120000, "seconds": 27.46},
+        {"name": "extract", "files": 120000, "seconds": 27.46, "how": "GNU tar", "archive": "cifake.tar.xz"},
         {"name": "headline", "start": 1000.0, "end": 1081.0, "seconds": 81.0, "timeout": 90.0, "returncode": 0,
          "timed_out": False, "log": "logs/headline.log"},
         {"name": "reference", "start": 2990.0, "end": 3060.0, "seconds": 70.0, "timeout": 70.0, "returncode": -2,
@@ -235,18 +234,18 @@ def test_the_table_is_read_from_a_recorded_run(tmp_path: Path) -> None:
                                              (2030.0, 2060.0, 50)])
     (out / "bench" / "bench.md").write_text(
         "Throughput on NVIDIA H200 (torch 2.11.0+cu130): 20 timed batches\n\n"
-        "| measurement | path | median images/s | ratio |\n|---|---|---:|---:|\n"
-        "| (b) training, batch 32 | bare PyTorch loop (bf16-mixed, NHWC) | 21,000.5 | 1.00 |\n"
-        "| (b) training, batch 32 | Lightning (train.py's module; bf16-mixed, NHWC) | 18,900.0 | 0.90 |\n")
+        "| measurement | path | median images/s | ratio | GFLOP/s |\n|---|---|---:|---:|---:|\n"
+        "| (b) training, batch 32 | bare PyTorch loop (bf16-mixed, NHWC) | 21,000.5 | 1.00 | 37,689.1 |\n"
+        "| (b) training, batch 32 | Lightning (train.py's module; bf16-mixed, NHWC) | 18,900.0 | 0.90 | 33,920.2 |\n")
 
     rows = gpu_check.summarize(out)
     table = dict(rows)
     assert table["GPU (nvidia-smi: name, driver, memory)"] == "NVIDIA H200, 580.159.03, 143771 MiB"
     assert table["torch / CUDA / cuDNN"] == "2.11.0+cu130 / 13.0 / 91002"
     assert table["bundle installed offline (pip --no-index --no-deps)"] == "hydra-core 1.3.8, omegaconf 2.3.1"
-    assert table["CIFAKE archive"] == "120,000 files extracted in 27.5 s"
+    assert table["CIFAKE archive"] == "120,000 files extracted from cifake.tar.xz in 27.5 s with GNU tar"
     head = "`train.py model=vgg trainer.max_epochs=2` (the mission's command)"
-    assert table[head] == "exit 0 in 81 s"
+    assert table[head] == "exit 0 in 81 s of the 90 s it was given"
     assert table["headline: dashboards in TensorBoard"] == "missing: val/gradcam/wrong"
     assert table["headline: second epoch, validation included"] == "22.5 s"
     assert table["headline: GPU busy during the second epoch"].startswith("not measured")  # no samples then
@@ -286,37 +285,207 @@ def test_the_table_is_read_from_a_recorded_run(tmp_path: Path) -> None:
     assert dict(gpu_check.summarize(out))["headline: dashboards in TensorBoard"].startswith("all 13 written")
 
 
-def test_a_cpu_run_records_every_dashboard_and_a_timeout_is_reported(tmp_path: Path) -> None:
-    """The step runner and the parser on real train.py runs (tiny, on the CPU): the dashboards the check
-    looks for are the ones the callbacks write; a step past its timeout is stopped and reported."""
-    out = tmp_path / "rec"
-    tiny = [*tiny_demo_overrides(), f"paths.cache_dir={tmp_path / 'cache'}", "trainer.max_epochs=2"]
-    head = gpu_check.run_step("headline", ["train.py", *tiny, f"hydra.run.dir={out / 'runs' / 'headline'}"], out,
-                              timeout=300)
-    cut = gpu_check.run_step("reference", ["train.py", *tiny, f"hydra.run.dir={out / 'runs' / 'reference'}"], out,
-                             timeout=1)
-    (out / "steps.json").write_text(json.dumps([head, cut]))
-    (out / "environment.json").write_text(json.dumps({"sample_hz": 10}))
-    _write_samples(out / "gpu_samples.csv", [(head["start"], head["end"], 40)])
-    assert head["returncode"] == 0, (out / head["log"]).read_text()[-3000:]
-    assert cut["timed_out"] and cut["returncode"] != 0
+# -- the rehearsal: the whole check on the CPU ------------------------------------------------------------
+def _table(md: str) -> dict[str, str]:
+    """gpu_check.md's rows, ``measurement -> value``."""
+    rows = [line.split(" | ", 1) for line in md.splitlines()[2:]]
+    return {m.removeprefix("| "): v.removesuffix(" |") for m, v in rows}
 
-    table = dict(gpu_check.summarize(out))
-    assert table["`train.py model=vgg trainer.max_epochs=2` (the mission's command)"].startswith("exit 0 in ")
-    assert table["headline: dashboards in TensorBoard"].startswith("all 13 written"), table
-    ends = [wall for wall, *_ in gpu_check.scalars(gpu_check.tensorboard(out / "runs" / "headline"), "train/loss")]
-    assert table["headline: second epoch, validation included"] == f"{ends[1] - ends[0]:.1f} s"
-    assert table["headline: GPU busy during the second epoch"].startswith("40% ")
-    assert table["`experiment=reference`, 2 epochs at batch 32 (validating on test)"].startswith("timed out after 1 s")
-    assert table["reference: second epoch, validation included"] == "not reached"
 
-    (out / "check.log").write_text("log\n")
-    (out / "gpu_check.md").write_text(gpu_check.markdown(list(table.items())))
-    copied = gpu_check.report(out, tmp_path / "report")
-    names = sorted(p.name for p in (tmp_path / "report").iterdir())
-    assert sorted(p.name for p in copied) == names and len(names) <= 8  # the device tool brings back 8 files
-    assert {"gpu_check.md", "gpu_check.log", "headline.log", "reference.log", gpu_check.RECORD} <= set(names)
+def _check_lines(output: str) -> list[str]:
+    """The check's own console lines (the table aside)."""
+    return [line for line in output.splitlines() if line.startswith("[gpu_check ")]
+
+
+def test_the_rehearsal_runs_every_step_on_the_cpu_and_fills_every_row(tmp_path: Path) -> None:
+    """As docs/gpu-check.md says to run it: every step of the GPU plan, on the demo generator's images, each
+    row a figure or the reason there is none (only what needs CUDA says so)."""
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "run", "--rehearse", "--out-dir", str(out), "--scratch",
+                           str(tmp_path / "scratch"), "--report-to", str(tmp_path / "report")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    console = proc.stdout + proc.stderr
+    assert proc.returncode == 0, console[-5000:]
+    assert "Traceback" not in console
+    table = _table((out / "gpu_check.md").read_text())
+    assert all(value.strip() and value != "?" for value in table.values()), table
+    steps = {s["name"]: s for s in json.loads((out / "steps.json").read_text())}
+    assert [s for s in steps if s != "extract"] == list(gpu_check.STEP_NAMES)
+    for name in gpu_check.STEP_NAMES:  # each ran to its end, inside what the budget gave it
+        log = (out / steps[name]["log"]).read_text()
+        assert steps[name]["returncode"] == 0 and not steps[name]["timed_out"], log[-3000:]
+    assert re.fullmatch(r"192 files extracted from rehearsal-demo.tar.xz in [\d.]+ s with GNU tar",
+                        table["CIFAKE archive"])
+    assert table["headline: dashboards in TensorBoard"].startswith("all 13 written")
+    for epoch_row in ("headline: second epoch, validation included", "reference: second epoch, validation included"):
+        assert re.fullmatch(r"[\d.]+ s", table[epoch_row]), table[epoch_row]
+    assert table["reference: GPU busy during the second epoch"].startswith("not measured: NVML")  # its reason
+    syncs = ("host syncs in 20 training steps (`torch.cuda.set_sync_debug_mode('error')`, "
+             "tests/test_device_transfers.py)")
+    assert table[syncs].startswith("needs CUDA: on a GPU, `python -m pytest")
+    assert "1 skipped" in table["syncs: pytest says"]
+    assert re.fullmatch(r"[\d.]+(ms|us|s)", table["profile: self cpu time total (2 steps)"])
+    assert table["profile: self cuda time total (2 steps)"].startswith("needs CUDA")
+    assert re.fullmatch(r"[\d.]+ s", table["best: epoch time, median of epochs 2 on (validation on test included)"])
+    assert re.fullmatch(r"0\.\d{4}", table["best: test accuracy (final weights, TTA flip)"])
+    assert re.fullmatch(r"0\.\d{4}", table["best: leak-free test accuracy"])
+    bench = [m for m in table if m.startswith("bench (")]
+    assert {m.split(":")[0] for m in bench} >= {"bench (b) training, batch 32", "bench (c) evaluation, batch 32",
+                                                "bench (d) report VGG, batch 32, training"}
+    assert all(re.match(r"[\d,.]+ images/s", table[m]) for m in bench)
+    assert re.fullmatch(r"\d+ s of the 360 s budget", table["the whole check"])
+    report = sorted(p.name for p in (tmp_path / "report").iterdir())
+    assert len(report) <= 8 and {"gpu_check.md", "gpu_check.log", "headline.log", gpu_check.RECORD} <= set(report)
+    assert (tmp_path / "report" / "gpu_check.md").read_text() == (out / "gpu_check.md").read_text()
     with tarfile.open(tmp_path / "report" / gpu_check.RECORD) as tar:
         members = tar.getnames()
     assert not [m for m in members if m.endswith(".ckpt")]  # checkpoints stay behind
-    assert "rec/runs/headline/.hydra/config.yaml" in members and "rec/steps.json" in members
+    assert "out/runs/headline/.hydra/config.yaml" in members and "out/steps.json" in members
+
+
+def test_the_rehearsal_runs_the_gpu_commands_with_small_settings_added(tmp_path: Path) -> None:
+    gpu = gpu_check.plan(tmp_path, Path("/data"), 12, 20)
+    cpu = gpu_check.plan(tmp_path, Path("/data"), 2, 2, rehearse=True)
+    assert [s.name for s in gpu] == [s.name for s in cpu] == list(gpu_check.STEP_NAMES)
+    for big, small in zip(gpu, cpu, strict=True):
+        changed = {"trainer.max_epochs=12": "trainer.max_epochs=2", "20": "2", "5": "1"}  # best's epochs, bench's
+        expected = [changed.get(a, a) if small.name in ("best", "bench") else a for a in big.args]
+        it = iter(small.args)
+        assert all(arg in it for arg in expected), (big.args, small.args)  # the same command, in order, with more
+        assert [a for a in small.args if a not in expected] == gpu_check.REHEARSAL_OVERRIDES.get(small.name, [])
+
+
+# -- the budget ----------------------------------------------------------------------------------------
+def _step(name: str, minimum: float, want: float) -> object:
+    return gpu_check.Step(name, [], minimum, want)
+
+
+def test_the_budget_gives_each_step_what_it_wants_keeping_the_later_steps_minimums() -> None:
+    first, second, third = _step("a", 60, 110), _step("b", 45, 80), _step("c", 30, 50)
+    assert gpu_check.allocate(1000, first, [second, third]) == 110  # room for all
+    assert gpu_check.allocate(160, first, [second, third]) == 85  # 160 - 45 - 30
+    assert gpu_check.allocate(100, first, [second, third]) == 60  # the earlier step keeps its minimum
+    reason = gpu_check.allocate(50, first, [])
+    assert isinstance(reason, str) and "needs 60 s" in reason and "50 s" in reason
+
+
+def test_the_gpu_plan_fits_its_budget_and_puts_the_rows_that_matter_first(tmp_path: Path) -> None:
+    steps = gpu_check.plan(tmp_path, Path("/data"), 12, 20)
+    assert [s.name for s in steps[:2]] == ["headline", "reference"] and steps[-1].name == "bench"
+    before = 15 + 10 + 15  # CUDA's start, the install, unpacking CIFAKE (11 s on a 2-core EPYC)
+    assert before + sum(s.minimum for s in steps) <= gpu_check.GPU_BUDGET <= 8 * 60 - 30  # the report: under 30 s
+    best = steps[gpu_check.STEP_NAMES.index("best")]
+    assert best.minimum >= best.extra["reserve"] + 2 * gpu_check.GPU_BEST["epoch"]  # never cut in its evaluation
+
+
+def test_max_time_is_what_lightnings_timer_reads() -> None:
+    from lightning.pytorch.callbacks import Timer
+
+    assert gpu_check.max_time(130.7) == "00:00:02:10" and gpu_check.max_time(90061) == "01:01:01:01"
+    assert gpu_check.max_time(-5) == "00:00:00:01"
+    assert Timer(duration=gpu_check.max_time(130)).time_remaining() == 130
+
+
+# -- planted faults: each one row and one console line, no traceback ------------------------------------
+def _folder_data(root: Path) -> Path:
+    for split in ("train", "test"):
+        for label in ("FAKE", "REAL"):
+            (root / split / label).mkdir(parents=True)
+    return root
+
+
+def _run_planted(tmp_path: Path, capsys, steps: list, *extra: str) -> tuple[int, dict[str, str], str]:
+    import pytest as _pytest
+
+    with _pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gpu_check, "plan", lambda *_a, **_k: steps)
+        mp.setattr(gpu_check, "STEP_NAMES", tuple(s.name for s in steps))
+        code = gpu_check.main(["run", "--rehearse", "--out-dir", str(tmp_path / "out"), "--scratch",
+                               str(tmp_path / "scratch"), *extra])
+    captured = capsys.readouterr()
+    return code, _table((tmp_path / "out" / "gpu_check.md").read_text()), captured.out + captured.err
+
+
+def test_a_step_that_crashes_and_one_that_hangs_are_one_row_and_one_line_each(tmp_path: Path, capsys) -> None:
+    steps = [gpu_check.Step("headline", ["-c", "raise RuntimeError('planted ' + 'crash')"], 1, 60),
+             gpu_check.Step("reference", ["-c", "import time; time.sleep(300)"], 1, 3),
+             gpu_check.Step("bench", ["-c", "print('fine')"], 1, 60)]
+    code, table, console = _run_planted(tmp_path, capsys, steps, "--no-install", "--data",
+                                        str(_folder_data(tmp_path / "data")))
+    assert code == 0 and "Traceback" not in console
+    head = table["`train.py model=vgg trainer.max_epochs=2` (the mission's command)"]
+    assert head.startswith("failed (exit 1)") and head.endswith("RuntimeError: planted crash")
+    assert len([line for line in _check_lines(console) if "planted crash" in line]) == 1
+    assert table["`experiment=reference`, 2 epochs at batch 32 (validating on test)"].startswith("timed out after 3 s")
+    assert len([line for line in _check_lines(console) if "reference: timed out" in line]) == 1
+    assert table["`python -m cifake.tools.bench --sections train,eval,precision`"].startswith("exit 0")  # went on
+
+
+def test_a_gpu_that_goes_away_stops_the_check_in_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    lost = "CUDA error: unspecified launch failure (stand-in)"
+    monkeypatch.setattr(gpu_check, "device_problem", lambda rehearse: lost)
+    steps = [gpu_check.Step("headline", ["-c", "raise SystemExit('CUDA error: unspecified launch failure')"], 1, 60),
+             gpu_check.Step("reference", ["-c", "print('never')"], 1, 60)]
+    code, table, console = _run_planted(tmp_path, capsys, steps, "--no-install", "--data",
+                                        str(_folder_data(tmp_path / "data")))
+    assert code == 1 and "Traceback" not in console
+    assert table["`experiment=reference`, 2 epochs at batch 32 (validating on test)"] == (
+        "not run: CUDA stopped working during headline")
+    assert table["the check stopped early"] == f"CUDA stopped working during headline: {lost}"
+    assert len([line for line in _check_lines(console) if lost in line]) == 1
+    assert not (tmp_path / "out" / "logs" / "reference.log").exists()
+
+
+def test_without_xz_the_archive_is_unpacked_by_python_in_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    import shutil
+
+    source = _folder_data(tmp_path / "src")
+    (source / "train" / "REAL" / "0.jpg").write_bytes(b"not really a jpeg")
+    archive = tmp_path / "cifake.tar.xz"
+    with tarfile.open(archive, "w:xz") as tar:
+        tar.add(source / "train", arcname="train")
+        tar.add(source / "test", arcname="test")
+    bin_dir = tmp_path / "bin"  # a machine with GNU tar and without xz
+    bin_dir.mkdir()
+    (bin_dir / "tar").symlink_to(shutil.which("tar"))
+    monkeypatch.setenv("PATH", str(bin_dir))
+    steps = [gpu_check.Step("headline", ["-c", "print('ran')"], 1, 60)]
+    code, table, console = _run_planted(tmp_path, capsys, steps, "--no-install", "--data", str(archive))
+    assert code == 0 and "Traceback" not in console
+    assert table["CIFAKE archive"].startswith("1 files extracted from cifake.tar.xz in ")
+    assert table["CIFAKE archive"].endswith(" s with Python's tarfile: xz not installed")
+    assert len([line for line in _check_lines(console) if "xz not installed" in line]) == 1
+    assert (tmp_path / "scratch" / "cifake" / "train" / "REAL" / "0.jpg").read_bytes() == b"not really a jpeg"
+
+
+def test_an_archive_tar_cannot_read_is_one_row_and_the_data_steps_do_not_run(tmp_path: Path, capsys) -> None:
+    archive = tmp_path / "cifake.tar.xz"
+    archive.write_bytes(b"\xfd7zXZ\x00 truncated")
+    steps = [gpu_check.Step("headline", ["-c", "print('never')"], 1, 60),
+             gpu_check.Step("syncs", ["-c", "print('ran without data')"], 1, 60, needs_data=False)]
+    code, table, console = _run_planted(tmp_path, capsys, steps, "--no-install", "--data", str(archive))
+    assert "Traceback" not in console
+    row = table["CIFAKE archive"]
+    assert row.startswith(("tar could not unpack", "Python's tarfile could not unpack")) and str(archive) in row
+    assert table["`train.py model=vgg trainer.max_epochs=2` (the mission's command)"] == (
+        "not run: no CIFAKE data (see the archive's row)")
+    assert len([line for line in _check_lines(console) if "could not unpack" in line]) == 1
+    assert (tmp_path / "out" / "logs" / "syncs.log").read_text().endswith("ran without data\n")
+
+
+def test_a_bundle_pip_refuses_stops_the_check_before_any_step(tmp_path: Path, capsys, monkeypatch) -> None:
+    wheels = tmp_path / "bundle" / "wheels"
+    wheels.mkdir(parents=True)
+    version = gpu_check.BUNDLE["hydra-core"][0]
+    (wheels / f"hydra_core-{version}-py3-none-any.whl").write_bytes(b"not a zip file")  # what pip refuses
+    monkeypatch.setattr(gpu_check, "missing_modules", lambda modules: ["hydra"])  # as on the device's image
+    steps = [gpu_check.Step("headline", ["-c", "print('never')"], 1, 60)]
+    code, table, console = _run_planted(tmp_path, capsys, steps, "--bundle", str(tmp_path / "bundle"))
+    assert code == 1 and "Traceback" not in console
+    assert table["bundle installed offline (pip --no-index --no-deps)"].startswith("pip install failed")
+    assert table["`train.py model=vgg trainer.max_epochs=2` (the mission's command)"] == (
+        "not run: the bundle did not install (see its row)")
+    assert table["the check stopped early"].startswith("the bundle did not install, so no step can run: pip install")
+    stops = [line for line in _check_lines(console) if "pip install failed" in line]
+    assert len(stops) == 1 and "stopped:" in stops[0]
+    assert not (tmp_path / "out" / "logs").exists()  # nothing ran
