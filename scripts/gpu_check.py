@@ -351,6 +351,7 @@ GPU_SECONDS = {"headline": (60, 110), "reference": (45, 80), "syncs": (25, 45), 
 # 2-core EPYC; flip TTA, the temperature, the report's figures).
 GPU_BEST = {"startup": 15, "epoch": 6, "evaluation": 40}
 GPU_BUDGET = 390.0  # the whole check, CUDA's start, the install and the unpacking included: 6.5 min
+GPU_SCRATCH = Path(tempfile.gettempdir()) / "cifake-gpu-check"  # the unpacked archive and its decode cache
 
 # The rehearsal on a 2-core CPU (tests/test_gpu_check.py, in CI): the same plan on the demo generator's
 # images, small networks and few steps; seconds measured there, with one other test process beside it.
@@ -1012,8 +1013,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out-dir", type=Path, required=True, help="a fresh folder for the runs, logs and table")
     run.add_argument("--report-to", type=Path, help="also copy the table, the logs and a record here, flat")
     run.add_argument("--data", type=Path, help="CIFAKE: a folder or an archive (default: the bundle's archive)")
-    run.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "cifake-gpu-check",
-                     help="where the archive is extracted and decoded (reused by a rerun)")
+    run.add_argument("--scratch", type=Path,
+                     help=f"where the archive is extracted and decoded (default {GPU_SCRATCH}, reused by a rerun; "
+                          "a rehearsal's own temporary folder, removed at its end)")
     run.add_argument("--no-install", action="store_true", help="do not install the bundle")
     run.add_argument("--rehearse", action="store_true",
                      help="the same plan on the CPU: the demo generator's images (packed and unpacked as the "
@@ -1044,11 +1046,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "table":
         print(markdown(summarize(args.out_dir)), end="")
         return 0
-    args.scratch = args.scratch.resolve()
     gpu = not args.rehearse
     args.budget = args.budget or (GPU_BUDGET if gpu else REHEARSAL_BUDGET)
     args.best_epochs = args.best_epochs or (12 if gpu else 2)
     args.bench_steps = args.bench_steps or (20 if gpu else 2)
+    if args.scratch is None and args.rehearse:  # rehearsals side by side never share one
+        with tempfile.TemporaryDirectory(prefix="cifake-rehearsal-") as scratch:
+            args.scratch = Path(scratch)
+            return run_check(args)
+    args.scratch = (args.scratch or GPU_SCRATCH).resolve()
     return run_check(args)
 
 

@@ -300,10 +300,11 @@ def _check_lines(output: str) -> list[str]:
 def test_the_rehearsal_runs_every_step_on_the_cpu_and_fills_every_row(tmp_path: Path) -> None:
     """As docs/gpu-check.md says to run it: every step of the GPU plan, on the demo generator's images, each
     row a figure or the reason there is none (only what needs CUDA says so)."""
-    out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "run", "--rehearse", "--out-dir", str(out), "--scratch",
-                           str(tmp_path / "scratch"), "--report-to", str(tmp_path / "report")], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out, tmp = tmp_path / "out", tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.run([sys.executable, str(SCRIPT), "run", "--rehearse", "--out-dir", str(out), "--report-to",
+                           str(tmp_path / "report")], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp)})
     console = proc.stdout + proc.stderr
     assert proc.returncode == 0, console[-5000:]
     assert "Traceback" not in console
@@ -337,6 +338,7 @@ def test_the_rehearsal_runs_every_step_on_the_cpu_and_fills_every_row(tmp_path: 
     report = sorted(p.name for p in (tmp_path / "report").iterdir())
     assert len(report) <= 8 and {"gpu_check.md", "gpu_check.log", "headline.log", gpu_check.RECORD} <= set(report)
     assert (tmp_path / "report" / "gpu_check.md").read_text() == (out / "gpu_check.md").read_text()
+    assert not list(tmp.glob("cifake-rehearsal-*"))  # its own scratch folder, gone with it
     with tarfile.open(tmp_path / "report" / gpu_check.RECORD) as tar:
         members = tar.getnames()
     assert not [m for m in members if m.endswith(".ckpt")]  # checkpoints stay behind
