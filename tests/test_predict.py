@@ -225,3 +225,25 @@ def test_links_loops_sockets_and_fifos_are_rows_with_a_reason_and_the_rest_is_pr
         assert reason in errors[name], (name, errors[name])
         assert f"unreadable: {folder / name}: {errors[name]}" in output
     assert "8 files: " in output and "6 unreadable" in output
+
+
+def test_a_folder_that_cannot_be_listed_is_a_row_with_its_reason(tmp_path, monkeypatch) -> None:
+    """(Root lists any folder, so the refusal is made here: os.walk lists through os.scandir.)"""
+    import errno
+    import os
+
+    rng = np.random.default_rng(4)
+    write_image(tmp_path / "photos" / "a.jpg", rng)
+    write_image(tmp_path / "photos" / "locked" / "b.jpg", rng)
+    scandir = os.scandir
+
+    def refusing(path="."):
+        if Path(path) == tmp_path / "photos" / "locked":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    files, problems = predict_job.find_files(str(tmp_path / "photos"))
+    assert files == [tmp_path / "photos" / "a.jpg", tmp_path / "photos" / "locked"]
+    assert problems == {tmp_path / "photos" / "locked":
+                        "folder cannot be listed (PermissionError: Permission denied): nothing under it was read"}
