@@ -3,8 +3,8 @@ folders of the commands that write them:
 
 - docs/gradcam.png and docs/predictions.png: ``python train.py experiment=demo`` (built-in generated
   data, never CIFAKE's own images, which must not be committed);
-- docs/reliability.png: ``python evaluate.py data.root=<CIFAKE>`` with the bundled model, an aggregate
-  plot of the 20,000 test predictions.
+- docs/reliability.png: ``python evaluate.py data.root=<CIFAKE> tta.mode=flip`` with the bundled model (its
+  model card's setting), an aggregate plot of the 20,000 test predictions.
 
     python scripts/docs_figures.py --cifake <CIFAKE folder or archive>   # both runs, about 15 min on 2 cores
     python scripts/docs_figures.py --demo-run <run> --cifake-run <run>   # the figures of runs already made
@@ -43,14 +43,17 @@ def copy(run_folder: Path, names: tuple[str, ...]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo-run", type=Path, help="a finished `train.py experiment=demo` run folder")
-    parser.add_argument("--cifake-run", type=Path, help="a finished `evaluate.py data.root=<CIFAKE>` run folder")
+    parser.add_argument("--cifake-run", type=Path,
+                        help="a finished `evaluate.py data.root=<CIFAKE> tta.mode=flip` run folder")
     parser.add_argument("--cifake", help="CIFAKE (folder or archive), to evaluate the bundled model on")
     args = parser.parse_args()
     if args.cifake_run is None and args.cifake is None:
         parser.error("give --cifake <CIFAKE> or --cifake-run <an evaluate.py run on it>")
     with tempfile.TemporaryDirectory(prefix="docs_figures_") as scratch:
         demo = args.demo_run or run("train.py", Path(scratch) / "demo", "experiment=demo")
-        cifake = args.cifake_run or run("evaluate.py", Path(scratch) / "cifake", f"data.root={args.cifake}")
+        # Flip TTA, as the model card's figures were measured (docs/model_card.md).
+        cifake = args.cifake_run or run("evaluate.py", Path(scratch) / "cifake", f"data.root={args.cifake}",
+                                        "tta.mode=flip")
         copy(demo, FROM_DEMO)
         copy(cifake, FROM_CIFAKE)
 
