@@ -86,6 +86,8 @@ def test_no_near_name_lists_what_is_there() -> None:
 def test_overrides_that_compose_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     assert problem("model=resnet", "trainer.max_epochs=3", "+trainer.gradient_clip_algorithm=norm",
                    "++seed=1", "~logger", "experiment=demo", "-m", "seed=0,1") is None
+    assert problem("+notes=a", "notes=b", "+callbacks.ema={_target_:cifake.callbacks.EMA,decay:0.9}",
+                   "callbacks.ema.decay=0.99") is None  # keys added by a '+' and then set again
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # asked for Hydra's own answer: kept
     assert problem("modle=vgg") is None
 

@@ -84,7 +84,7 @@ class _Diagnosis:
         self.loader = ConfigLoaderImpl(config_search_path=search_path)
         self.line, self.program = line, program
         self.overrides = OverridesParser.create().parse_overrides(line.overrides)
-        self._cfg: DictConfig | None = None
+        self._cfg: dict[bool, DictConfig | None] = {}
         self._groups: list[str] | None = None
 
     # -- config groups ------------------------------------------------------------------------------
@@ -118,11 +118,11 @@ class _Diagnosis:
 
     # -- the composed config ------------------------------------------------------------------------
 
-    def config(self) -> DictConfig | None:
-        """The config composed with the command line's group choices alone (the first of a sweep's),
-        so that the keys a choice brings (``model.net.block`` with ``model=resnet``) are there;
-        ``None`` when even that fails."""
-        if self._cfg is None:
+    def config(self, with_added: bool = True) -> DictConfig | None:
+        """The config composed with the command line's group choices (the first of a sweep's) and, with
+        ``with_added``, the keys it adds with a '+', so that the keys a choice brings (``model.net.block``
+        with ``model=resnet``) are there; ``None`` when even that fails."""
+        if with_added not in self._cfg:
             from hydra.types import RunMode
 
             choices = []
@@ -131,11 +131,13 @@ class _Diagnosis:
                     values = _values(o)
                     if values and isinstance(values[0], str):
                         choices.append(f"{o.get_key_element()}={values[0]}")
+                elif with_added and (o.is_add() or o.is_force_add()) and not o.is_sweep_override() and o.input_line:
+                    choices.append(o.input_line)  # a key added here may be set again by a later override
             try:
-                self._cfg = self.loader.load_configuration(self.line.config_name, choices, RunMode.RUN)
+                self._cfg[with_added] = self.loader.load_configuration(self.line.config_name, choices, RunMode.RUN)
             except Exception:  # noqa: BLE001  (a choice Hydra refuses for its own reasons: Hydra says which)
-                return None
-        return self._cfg
+                self._cfg[with_added] = None
+        return self._cfg[with_added]
 
     # -- the override at fault ------------------------------------------------------------------------
 
@@ -173,7 +175,7 @@ class _Diagnosis:
             close = _nearest(key, self.groups(hydra=True))
             meant = f"did you mean {_or([f'{c}=...' for c in close])}? " if close else ""
             return f"no config group '{key}': {meant}{self.program} --help lists the groups"
-        cfg = self.config()
+        cfg = self.config(with_added=not o.is_add())  # a '+' is checked against the config without it
         if cfg is None:
             return None
         found, parent, missing = _walk(cfg, key)
