@@ -60,11 +60,12 @@ def test_the_page_judges_two_images_in_headless_chromium(tmp_path) -> None:
     images = two_images(tmp_path / "images")
     overrides = ["device=cpu", "max_batch_size=4", "log_level=warning"]
     with lt.running_server(ckpt, overrides) as server:
-        expected = {}
+        expected, scores = {}, {}
         for path in images:
             answer = httpx.post(f"{server.url}/predict", files={"file": (path.name, path.read_bytes())}, timeout=60)
             assert answer.status_code == 200, answer.text
             expected[path.name] = answer.json()["images"][0]["label"]
+            scores[path.name] = (answer.json()["images"][0]["p_real"], answer.json()["images"][0]["threshold"])
 
         options = webdriver.ChromeOptions()
         options.binary_location = binary
@@ -90,6 +91,14 @@ def test_the_page_judges_two_images_in_headless_chromium(tmp_path) -> None:
                 "return [...document.querySelectorAll('img.overlay')].map(i => i.naturalWidth)")
             assert widths == [512, 512]  # 32 px image + heat map, enlarged 8 times
             assert "200x150" in chrome.page_source  # the input's size, shown with its resizing
+            # Each gauge fills from the threshold to p(REAL): the surer the verdict, the longer its bar.
+            spans = chrome.execute_script(
+                "return Object.fromEntries([...document.querySelectorAll('.card')].map(c => {"
+                "const f = c.querySelector('.bar .fill'), w = c.querySelector('.bar').clientWidth;"
+                "return [c.dataset.name, [f.offsetLeft / w, (f.offsetLeft + f.offsetWidth) / w]];}))")
+            for name, (p_real, threshold) in scores.items():
+                low, high = sorted((p_real, threshold))
+                assert spans[name] == pytest.approx([low, high], abs=0.02), (name, spans[name], p_real)
             shot = tmp_path / "page.png"
             assert chrome.save_screenshot(str(shot))
         finally:
