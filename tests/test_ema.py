@@ -1,10 +1,10 @@
-"""cifake.callbacks.ema: the same averages as torch's AveragedModel, with no host reads."""
+"""cifake.callbacks.ema: the same averages as torch's AveragedModel with a warmed-up decay, with no host reads."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from cifake.callbacks.ema import SyncFreeEMAModel
 
@@ -21,10 +21,19 @@ def _train_a_little(net: nn.Module, step: int) -> None:
     net(torch.rand(5, 3, 8, 8))  # moves the batch-norm statistics and its counter
 
 
+def _warmed_up(decay: float):
+    """torch's avg_fn for an EMA whose n-th update (n earlier ones) decays by min(decay, (1 + n) / (10 + n))."""
+    def avg_fn(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        d = min(decay, (1 + int(n)) / (10 + int(n)))
+        return d * averaged + (1 - d) * current
+
+    return avg_fn
+
+
 def test_the_average_equals_torchs_and_survives_a_reload() -> None:
     net = _net().train()
     ours = SyncFreeEMAModel(net, decay=0.9, device=None, use_buffers=True)
-    torchs = AveragedModel(net, avg_fn=get_ema_avg_fn(0.9), use_buffers=True)
+    torchs = AveragedModel(net, avg_fn=_warmed_up(0.9), use_buffers=True)
     for step in range(5):
         _train_a_little(net, step)
         ours.update_parameters(net)
@@ -45,3 +54,19 @@ def test_the_average_equals_torchs_and_survives_a_reload() -> None:
     torchs.update_parameters(net)
     assert resumed._updates == 6
     torch.testing.assert_close(resumed.module[0].weight, torchs.module[0].weight)
+
+
+def test_the_initial_weights_fade_within_the_first_epoch() -> None:
+    """With a fixed 0.999, 700 steps (an epoch of cpu_fast) leave half of the random initial weights in the
+    average; warmed up, the average follows the weights being trained."""
+    net = nn.Linear(4, 1)
+    with torch.no_grad():
+        net.weight.zero_()
+    ema = SyncFreeEMAModel(net, decay=0.999, device=None, use_buffers=True)
+    ema.update_parameters(net)  # the first update copies
+    with torch.no_grad():
+        net.weight.fill_(1.0)  # where training took the weights
+    for _ in range(699):
+        ema.update_parameters(net)
+    assert ema.module.weight.min().item() > 0.999  # fixed decay: 1 - 0.999 ** 699 = 0.50
+    assert [round(ema.decay_at(n), 4) for n in (1, 10, 100, 8991, 20000)] == [0.1818, 0.55, 0.9182, 0.999, 0.999]

@@ -13,18 +13,30 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 
 class SyncFreeEMAModel(AveragedModel):
-    """torch's :class:`AveragedModel` with EMA updates that read nothing back from the device.
+    """torch's :class:`AveragedModel` with EMA updates that read nothing back from the device, and a
+    warm-up of the decay.
 
     ``AveragedModel.update_parameters`` tests its update count, a tensor on the model's device,
     with ``bool()`` twice per call, and each test makes the host wait for every queued kernel. Here
     the count is also kept as a Python int (read from the tensor once after a checkpoint is
-    loaded), and floating-point tensors are averaged by torch's ``get_ema_multi_avg_fn``: one
-    ``_foreach_lerp_`` per dtype instead of a Python loop over every tensor."""
+    loaded), and floating-point tensors are averaged with one ``_foreach_lerp_`` per dtype instead
+    of a Python loop over every tensor.
+
+    The ``n``-th update uses the decay ``min(decay, (1 + n) / (10 + n))`` (TensorFlow's
+    ``num_updates``, timm's warm-up): a fixed 0.999 keeps half of the random initial weights after
+    700 steps, and averages a window of 1,000 steps while the learning rate is at its peak, so the
+    averaged weights validated at chance for the first epochs. With the warm-up the window is about a
+    tenth of the steps so far until it reaches ``1 / (1 - decay)``."""
 
     def __init__(self, model: nn.Module, decay: float, device: torch.device | str | int | None,
                  use_buffers: bool) -> None:
         super().__init__(model, device=device, use_buffers=use_buffers, multi_avg_fn=get_ema_multi_avg_fn(decay))
+        self.decay = decay
         self._updates: int | None = 0  # None: read n_averaged once (after load_state_dict)
+
+    def decay_at(self, updates: int) -> float:
+        """The decay of the update that follows ``updates`` earlier ones."""
+        return min(self.decay, (1 + updates) / (10 + updates))
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
@@ -50,8 +62,9 @@ class SyncFreeEMAModel(AveragedModel):
                 pair = groups.setdefault(mine.dtype, ([], []))
                 pair[0].append(mine.detach())
                 pair[1].append(theirs.detach().to(mine.device, non_blocking=True))
+        weight = 1.0 - self.decay_at(self._updates)
         for mine, theirs in groups.values():
-            self.multi_avg_fn(mine, theirs, None)  # the EMA function ignores the count
+            torch._foreach_lerp_(mine, theirs, weight)
         self.n_averaged += 1
         self._updates += 1
 
