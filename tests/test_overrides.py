@@ -130,3 +130,26 @@ def test_a_sweep_with_a_mistyped_option_runs_nothing(tmp_path: Path) -> None:
     proc = run_script("train.py", tmp_path, "-m", "experiment=demo,demoo", f"hydra.sweep.dir={tmp_path / 'sweep'}")
     one_error_line(proc, "no option 'demoo' in the config group experiment: did you mean experiment=demo?")
     assert [p.name for p in (tmp_path / "sweep").iterdir()] == ["multirun.yaml"]  # no job started
+
+
+def test_a_mistyped_key_added_with_a_plus_is_named_with_the_class_settings(tmp_path: Path) -> None:
+    """``+`` adds the key, so the config composes; the class it reaches refuses it, in one line."""
+    proc = run_script("train.py", tmp_path, "+model.net.dropuot=0.1")
+    line = one_error_line(proc, "VGG takes no setting 'dropuot': did you mean dropouts", "--cfg job")
+    assert "Error executing job" not in proc.stderr and "full_key" not in proc.stderr, line
+
+
+def test_a_call_inside_a_constructor_that_refuses_a_keyword_stays_a_bug() -> None:
+    from hydra.errors import InstantiationException
+
+    from cifake.core.errors import user_message
+
+    def constructor_with_a_bug() -> None:
+        try:
+            raise TypeError("helper() got an unexpected keyword argument 'x'")
+        except TypeError as err:
+            raise InstantiationException("Error in call to target 'cifake.models.vgg.VGG':\nTypeError(...)") from err
+
+    with pytest.raises(InstantiationException) as caught:
+        constructor_with_a_bug()
+    assert user_message(caught.value) is None  # its traceback is shown: not the user's to fix

@@ -10,7 +10,10 @@ traceback. Light on purpose: the table names classes instead of importing them.
 
 from __future__ import annotations
 
+import difflib
 import functools
+import importlib
+import inspect
 import logging
 import re
 import sys
@@ -151,12 +154,42 @@ def _cifake_cause(err: BaseException) -> CifakeError | None:
     return next((link for link in _chain(err) if isinstance(link, CifakeError)), None)
 
 
+def _unknown_setting(err: BaseException) -> str | None:
+    """A class that Hydra's ``instantiate`` gave a setting it does not take (a key added with ``+`` and
+    misspelt: ``+model.net.dropuot=0.1``), named with the class's nearest parameters; ``None`` otherwise."""
+    links = list(_chain(err))
+    targets = [re.search(r"Error in call to target '([\w.]+)'", str(link)) for link in links
+               if type(link).__name__ == "InstantiationException"]
+    if not any(targets):
+        return None
+    target = [m.group(1) for m in targets if m][-1]  # the innermost call: the class that refused the key
+    # Refused by the target's own signature, not by a call inside it (a bug keeps its traceback).
+    refused = rf"\b{re.escape(target.rpartition('.')[2])}(\.__init__)?\(\) got an unexpected keyword argument '(\w+)'"
+    unexpected = next((m for link in links if isinstance(link, TypeError)
+                       for m in [re.search(refused, str(link))] if m), None)
+    if unexpected is None:
+        return None
+    key, nearest = unexpected.group(2), []
+    try:
+        module, _, name = target.rpartition(".")
+        params = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+        nearest = difflib.get_close_matches(key, [p for p in params if p not in ("self", "args", "kwargs")], n=3)
+    except (ImportError, AttributeError, TypeError, ValueError):
+        pass
+    meant = f": did you mean {' or '.join(nearest)}?" if nearest else ""
+    return (f"{target.rpartition('.')[2]} takes no setting '{key}'{meant} Fix the key's name, or drop the override "
+            "that added it (+...); --cfg job prints the composed config")
+
+
 def user_message(err: BaseException) -> str | None:
     """What to tell the user about ``err``: the message of its :class:`CifakeError`, else the hint
-    of its :func:`known_error`; ``None`` for a bug."""
+    of its :func:`known_error` (or of a setting a class does not take); ``None`` for a bug."""
     ours = _cifake_cause(err)
     if ours is not None:
         return str(ours)
+    unknown = _unknown_setting(err)
+    if unknown is not None:
+        return unknown
     found = known_error(err)
     if found is None:
         return None
