@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 
 class SyncFreeEMAModel(AveragedModel):
@@ -30,7 +30,7 @@ class SyncFreeEMAModel(AveragedModel):
 
     def __init__(self, model: nn.Module, decay: float, device: torch.device | str | int | None,
                  use_buffers: bool) -> None:
-        super().__init__(model, device=device, use_buffers=use_buffers, multi_avg_fn=get_ema_multi_avg_fn(decay))
+        super().__init__(model, device=device, use_buffers=use_buffers)  # update_parameters averages
         self.decay = decay
         self._updates: int | None = 0  # None: read n_averaged once (after load_state_dict)
 
