@@ -56,14 +56,16 @@ class SourcePackage:
     """A Debian package of wallpapers: where its images are (``folder``, inside the package), the
     images kept as real photographs (``kept``, paths under ``folder``) and the ones left out
     (``excluded``: a path or ``fnmatch`` pattern under ``folder`` -> why). ``short`` prefixes
-    photo ids. An image file under ``folder`` that is neither kept nor excluded is "unreviewed": left
-    out, and listed in the manifest so that a new package version gets looked at."""
+    photo ids; ``id_from_folder``: each photo is the one file of its own folder, which names it. An
+    image file under ``folder`` that is neither kept nor excluded is "unreviewed": left out, and
+    listed in the manifest so that a new package version gets looked at."""
 
     name: str
     short: str
     folder: str
     kept: tuple[str, ...]
     excluded: Mapping[str, str] = field(default_factory=dict)
+    id_from_folder: bool = False
 
 
 # The two packages of issue 39. Every image was looked at whole and at full resolution; the kept
@@ -109,7 +111,7 @@ _PLASMA_RENDERS = {
 # Each wallpaper folder holds one real file; its other sizes are symbolic links to it (skipped as links).
 EXTRA_PACKAGES: tuple[SourcePackage, ...] = (
     SourcePackage(
-        name="plasma-workspace-wallpapers", short="plasma", folder="usr/share/wallpapers",
+        name="plasma-workspace-wallpapers", short="plasma", folder="usr/share/wallpapers", id_from_folder=True,
         kept=tuple(f"{name}/contents/images/2560x1600.jpg" for name in _PLASMA_PHOTOS),
         excluded={
             "*/contents/screenshot.*": "preview thumbnail of the wallpaper in the same folder",
@@ -175,11 +177,12 @@ def file_sha256(path: Path) -> str:
 
 
 def photo_id(package: SourcePackage, rel: str) -> str:
-    """A file-name-safe id for a kept photo: the package's short name and the file's stem, or the
-    first folder of ``rel`` when it has folders (Plasma's ``Path/contents/images/2560x1600.jpg``)."""
-    parts = Path(rel).parts
-    stem = parts[0] if len(parts) > 1 else Path(rel).stem
-    return f"{package.short}_{re.sub(r'[^A-Za-z0-9_-]+', '-', stem)}"
+    """A file-name-safe id for a kept photo: the package's short name and ``rel`` without its suffix
+    (folders joined by ``-``), or only its first folder with ``id_from_folder`` (Plasma's
+    ``Path/contents/images/2560x1600.jpg`` is ``plasma_Path``)."""
+    path = Path(rel)
+    name = path.parts[0] if package.id_from_folder else path.with_suffix("").as_posix()
+    return f"{package.short}_{re.sub(r'[^A-Za-z0-9_-]+', '-', name)}"
 
 
 def split_parts(keys: Sequence[str]) -> dict[str, str]:
