@@ -1,12 +1,13 @@
 """Training-time degradations: what sharing does to an image (down-and-up scaling, blur, noise,
-JPEG re-compression), applied at random to a share of each training batch on its device, so a
-model learns evidence that survives them (``data.degrade``; every family is off by default).
+JPEG re-compression, re-rendering through a photo's size and back), applied at random to a share of
+each training batch on its device, so a model learns evidence that survives them (``data.degrade``;
+every family is off by default).
 
 Each family has a probability ``p`` (per image) and a strength ``range``; the strength is drawn
 once per batch and family, uniformly in the range, and applied to the chosen images. One draw per
 batch keeps each family a single batched call; over an epoch's hundreds of batches the strengths
 still cover the range. The families run in the order an image meets them online: resized, then
-blurred or noisy, then re-saved as a JPEG.
+blurred or noisy, then re-saved as a JPEG, then re-rendered to 32x32 as a photo is.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ FAMILIES: dict[str, str] = {
     "blur": "Gaussian sigma in pixels",
     "noise": "Gaussian std in grey levels (0..255)",
     "jpeg": "JPEG quality 1..100 (Pillow, 4:2:0)",
+    "rerender": "enlargement >= 1 before the JPEG (quality in `quality`) and the shrink back (random kernels)",
 }
+# Settings a family takes beside p and range: its perturbation's keyword arguments.
+OPTIONS: dict[str, tuple[str, ...]] = {"rerender": ("quality", "jpeg_share")}
 
 
 def check_degradations(spec: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
@@ -37,18 +41,20 @@ def check_degradations(spec: Mapping[str, Any] | None) -> dict[str, dict[str, An
         if family not in FAMILIES:
             raise ConfigError(f"{where}: unknown degradation; known: {', '.join(FAMILIES)}")
         settings = dict(settings or {})
-        if set(settings) - {"p", "range"}:
-            raise ConfigError(f"{where} takes p and range, got {sorted(settings)}")
+        allowed = {"p", "range", *OPTIONS.get(family, ())}
+        if set(settings) - allowed:
+            raise ConfigError(f"{where} takes {', '.join(sorted(allowed))}, got {sorted(settings)}")
         p, span = settings.get("p", 0.0), settings.get("range")
         if not 0.0 <= float(p) <= 1.0:
             raise ConfigError(f"{where}.p is a probability per image in [0, 1], got {p}")
         if span is None or len(span) != 2 or float(span[0]) > float(span[1]):
             raise ConfigError(f"{where}.range is [low, high] ({FAMILIES[family]}), got {span}")
-        checked[family] = {"p": float(p), "range": [float(span[0]), float(span[1])]}
+        options = {key: settings[key] for key in OPTIONS.get(family, ()) if key in settings}
+        checked[family] = {"p": float(p), "range": [float(span[0]), float(span[1])], **options}
         if p > 0:  # fail at construction on a strength the perturbation refuses, not mid-epoch
             probe = torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
             for strength in span:
-                perturb(family, probe, _strength(family, float(strength)))
+                perturb(family, probe, _strength(family, float(strength)), options=options)
     return checked
 
 
@@ -78,5 +84,6 @@ def degrade(images: torch.Tensor, spec: Mapping[str, Mapping[str, Any]],
         low, high = settings["range"]
         strength = _strength(family, low + (high - low) * float(draws[-1]))
         out = out.clone() if out is images else out
-        out[chosen] = perturb(family, out[chosen], strength, generator)
+        options = {key: settings[key] for key in OPTIONS.get(family, ()) if key in settings}
+        out[chosen] = perturb(family, out[chosen], strength, generator, options)
     return out

@@ -1,5 +1,5 @@
 """Image degradations on uint8 batches: JPEG re-compression, blur, down-and-up scaling (in torch
-or with Pillow's filters), noise and mirroring, each at a strength. The robustness table
+or with Pillow's filters), up-and-down re-rendering, noise and mirroring, each at a strength. The robustness table
 (:mod:`cifake.analysis.robustness`) applies them to test images; training-time degradations
 (:mod:`cifake.data.degrade`) to a share of each training batch.
 
@@ -120,6 +120,39 @@ def pil_rescale(images: torch.Tensor, factor: float, resample: str = "lanczos") 
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous().to(images.device)
 
 
+# How an image may reach 32x32 from a photo's size: the kernels :func:`rerender` draws from.
+RERENDER_UP = ("nearest", "bilinear", "bicubic")
+RERENDER_DOWN = ("bilinear", "bicubic", "area")
+
+
+def rerender(images: torch.Tensor, factor: float, generator: torch.Generator | None = None,
+             quality: tuple[int, int] = (60, 95), jpeg_share: float = 0.5) -> torch.Tensor:
+    """Enlarge by ``factor`` (>= 1) with a random kernel, save as a JPEG at that size (with probability
+    ``jpeg_share``, at a quality drawn in ``quality``), then shrink back with a random kernel, antialiased
+    or not: the path a photo takes to 32x32 (a large file resized by a viewer or a dataset tool), applied
+    to an image that is already small. The kernels, the antialiasing and the quality are drawn once per
+    call from ``generator`` (``RERENDER_UP``, ``RERENDER_DOWN``)."""
+    _check_batch(images)
+    if not math.isfinite(factor) or factor < 1:
+        raise ConfigError(f"rerender factor is an enlargement >= 1, got {factor}")
+    low, high = (int(q) for q in quality)
+    if not 1 <= low <= high <= 100:
+        raise ConfigError(f"rerender quality is [low, high] within 1..100, got {list(quality)}")
+    if not 0.0 <= jpeg_share <= 1.0:
+        raise ConfigError(f"rerender jpeg_share is a probability in [0, 1], got {jpeg_share}")
+    draws = torch.rand(5, generator=generator).tolist()
+    up = RERENDER_UP[min(int(draws[0] * len(RERENDER_UP)), len(RERENDER_UP) - 1)]
+    down = RERENDER_DOWN[min(int(draws[1] * len(RERENDER_DOWN)), len(RERENDER_DOWN) - 1)]
+    h, w = images.shape[-2:]
+    big = (max(h, round(h * factor)), max(w, round(w * factor)))
+    x = F.interpolate(images.float(), size=big, mode=up, **({} if up == "nearest" else {"align_corners": False}))
+    x = _to_uint8(x)
+    if draws[2] < jpeg_share:
+        x = jpeg(x, low + min(int(draws[3] * (high - low + 1)), high - low))
+    kwargs = {} if down == "area" else {"align_corners": False, "antialias": draws[4] < 0.5}
+    return _to_uint8(F.interpolate(x.float(), size=(h, w), mode=down, **kwargs))
+
+
 def gaussian_noise(images: torch.Tensor, std: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Add Gaussian noise of ``std`` grey levels (0..255 units), rounded and clipped to 0..255.
 
@@ -162,6 +195,7 @@ PERTURBATIONS: dict[str, Perturbation] = {
     "scale": lambda x, s, g, **kw: rescale(x, s, **kw),
     "pil_scale": lambda x, s, g, **kw: pil_rescale(x, s, **kw),
     "noise": lambda x, s, g, **kw: gaussian_noise(x, s, generator=g, **kw),
+    "rerender": lambda x, s, g, **kw: rerender(x, s, generator=g, **kw),
     "hflip": _hflip,
 }
 
