@@ -81,7 +81,7 @@ def test_every_file_gets_a_prediction_or_a_reason(setup, tmp_path) -> None:
     assert sorted(Path(r["path"]).relative_to(folder).as_posix() for r in table) == sorted(expected)
     assert [r["path"] for r in table] == [r["path"] for r in lines]
     assert list(table[0]) == ["path", "predicted", "p_fake", "p_real", "threshold", "error", "gradcam", "precision",
-                              "device"]
+                              "device", "out_of_scope"]
     for row, line in zip(table, lines, strict=True):
         reason = expected[Path(row["path"]).relative_to(folder).as_posix()]
         if reason is None:

@@ -254,6 +254,41 @@ def unsure_report(p_real: ArrayLike, labels: ArrayLike, band: Sequence[float]) -
             "n_unsure": int(len(p) - n)}
 
 
+ANSWERS = ("REAL", "FAKE", "UNSURE", "OUT_OF_SCOPE")  # the order the four-way shares are reported in
+
+
+def answers_report(p_real: ArrayLike, labels: ArrayLike | None, classes: Sequence[str], threshold: float,
+                   band: Sequence[float] | None = None, scope: ArrayLike | None = None,
+                   scope_threshold: float | None = None) -> dict[str, Any]:
+    """The four-way answers, as :func:`cifake.scoring.scorer.verdicts` gives them (out of scope first,
+    then unsure, then the class): the share of each answer over all images and, with ``labels``, per
+    true class, and the accuracy on the images answered with a class (``accuracy_answered``; None when
+    none is)."""
+    p = np.asarray(p_real, dtype=np.float64)
+    out = np.zeros(len(p), dtype=bool)
+    if scope is not None and scope_threshold is not None:
+        out = np.asarray(scope, dtype=np.float64) > scope_threshold
+    unsure = ~out & ((p > band[0]) & (p <= band[1]) if band is not None else np.zeros(len(p), dtype=bool))
+    answered = ~out & ~unsure
+    predicted = (p > threshold).astype(np.int64)
+    names = {classes[0]: answered & (predicted == 0), classes[1]: answered & (predicted == 1), "UNSURE": unsure,
+             "OUT_OF_SCOPE": out}
+
+    def shares(mask: np.ndarray) -> dict[str, float]:
+        n = int(mask.sum())
+        return {name: float((chosen & mask).sum() / n) if n else 0.0 for name, chosen in names.items()}
+
+    report: dict[str, Any] = {"n": len(p), "shares": shares(np.ones(len(p), dtype=bool)),
+                              "answered": float(answered.mean()) if len(p) else 0.0,
+                              "out_of_scope_threshold": None if scope_threshold is None else float(scope_threshold)}
+    if labels is not None:
+        y = np.asarray(labels)
+        n = int(answered.sum())
+        report["accuracy_answered"] = float((predicted[answered] == y[answered]).sum() / n) if n else None
+        report["by_class"] = {name: shares(y == i) for i, name in enumerate(classes)}
+    return report
+
+
 def confident_accuracy_text(report: dict[str, Any]) -> str:
     """An :func:`unsure_report`'s confident accuracy for a log line: ``0.9937``, or what it means
     when there is none."""

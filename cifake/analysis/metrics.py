@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -130,3 +131,11 @@ def flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     if "test" in metrics:
         flat.update(report_scalars(metrics["test"]))
     return flat
+
+
+def headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The headline of a ``metrics.json``, as a model file keeps it beside the weights: accuracy, AUROC,
+    the leak-free accuracy and the four-way answers (:func:`cifake.analysis.calibration.answers_report`)."""
+    return {"n": metrics.get("n"), "accuracy": metrics.get("accuracy"), "auroc": metrics.get("auroc"),
+            "leak_free_accuracy": (metrics.get("leak_free") or {}).get("accuracy"),
+            "answers": metrics.get("answers")}

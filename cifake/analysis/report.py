@@ -138,7 +138,8 @@ def write_report(pred: Predictions, classes: Sequence[str], threshold: float, ou
                  explained: Explained | None = None, exclude: set[str] | None = None,
                  tta: dict[str, Any] | None = None, extra_figures: dict[str, Figure] | None = None,
                  extra_prefix: str = "eda", unsure: dict[str, Any] | None = None,
-                 temperature: float | None = None, compute: dict[str, Any] | None = None) -> dict[str, Any]:
+                 temperature: float | None = None, compute: dict[str, Any] | None = None,
+                 answers: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything an evaluation leaves, from ``pred`` alone: ``metrics.json``, ``predictions.csv``
     and (with ``settings["figures"]``) the figures as PNGs, logged to ``loggers`` under ``test/``
     too, with the Grad-CAM overlays of ``explained`` and ``extra_figures`` (under ``extra_prefix/``,
@@ -148,7 +149,7 @@ e.g. a forest's feature figures); with ``exclude`` (file paths as
     precision and device that computed it (``scoring``: :attr:`cifake.scoring.Scorer.computed`); with
     the ``temperature`` ``pred`` was calibrated with, the ECE before it goes in beside the ECE after
     (``temperature``) and into the reliability figure; ``compute``, the model's training compute and
-    this evaluation's, goes in as it is. Returns the metrics."""
+    this evaluation's, goes in as it is; so do the four-way ``answers``. Returns the metrics."""
     report = binary_report(torch.from_numpy(pred.p_real), torch.from_numpy(pred.labels), threshold, tuple(classes))
     report["tta"] = dict(tta) if tta else {"mode": "none"}
     report["scoring"] = dict(computed)
@@ -158,6 +159,11 @@ e.g. a forest's feature figures); with ``exclude`` (file paths as
         report["unsure"] = dict(unsure)
         log.info("Unsure band (%.4f, %.4f]: coverage %.4f, accuracy of the confident answers %s",
                  *unsure["band"], unsure["coverage"], confident_accuracy_text(unsure))
+    if answers is not None:  # cifake.analysis.calibration.answers_report: REAL, FAKE, UNSURE, OUT_OF_SCOPE
+        report["answers"] = dict(answers)
+        log.info("Answers: %s; accuracy on the %.1f%% answered with a class: %s",
+                 ", ".join(f"{100 * v:.1f}% {k}" for k, v in answers["shares"].items()), 100 * answers["answered"],
+                 "none" if answers.get("accuracy_answered") is None else f"{answers['accuracy_answered']:.4f}")
     bins = reliability_bins(pred.p_real, pred.labels, settings["calibration_bins"])
     report["ece"] = float(bins.ece)
     before = None

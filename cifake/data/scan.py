@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cifake.core.errors import DataError
+from cifake.core.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 KAGGLE_HINT = (
@@ -102,3 +102,17 @@ def scan_split(root: Path, split: str, classes: tuple[str, ...]) -> SplitListing
         files += class_files
         labels += [label] * len(class_files)
     return SplitListing(root, split, tuple(sorted(classes)), tuple(files), tuple(labels), skipped)
+
+
+def folder_files(folder: Path) -> list[Path]:
+    """Every file under ``folder`` (recursively, hidden files and folders left out), sorted."""
+    if not folder.is_dir():
+        raise ConfigError(f"folder={str(folder)!r} is not a folder; pass a folder of images of one class, e.g. "
+                          "folder=/tmp/photoset/report/whole/REAL folder_class=REAL")
+    files = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
+        files += [Path(dirpath) / f for f in sorted(filenames) if not is_hidden(f)]
+    if not files:
+        raise DataError(f"no file under {folder}; put the images of one class there")
+    return files

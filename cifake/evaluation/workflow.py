@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from tqdm.auto import tqdm
 
 from cifake.analysis.calibration import (
+    answers_report,
     apply_temperature,
     choose_threshold,
     choose_unsure_band,
@@ -31,7 +33,11 @@ from cifake.analysis.tta import view_count
 from cifake.audit import leaked_test_files
 from cifake.core.errors import ConfigError
 from cifake.data.datamodule import CIFAKEDataModule
+from cifake.models.scope import METHODS as SCOPE_METHODS
+from cifake.models.scope import RECORD_KEYS as SCOPE_RECORD_KEYS
+from cifake.models.scope import fit_mahalanobis, scope_record, threshold_for
 from cifake.scoring import Scorer, check_threshold
+from cifake.scoring.network import network_features, network_scope
 from cifake.scoring.scorer import with_temperature
 
 log = logging.getLogger(__name__)
@@ -155,6 +161,45 @@ def choose_on_validation(scorer: Scorer, datamodule: CIFAKEDataModule, cfg: Mapp
     return scorer, temperature, band
 
 
+def scope_on_training(scorer: Scorer, datamodule: CIFAKEDataModule, fit: Mapping[str, Any],
+                      limit: Limit = None) -> tuple[Scorer, dict[str, Any] | None]:
+    """With ``fit["method"]`` (``out_of_scope_fit``, conf/evaluation/default.yaml): the out-of-scope score
+    (:mod:`cifake.models.scope`) fitted on ``fit["images"]`` training images (a seeded sample, both
+    classes as they come, unaugmented), its threshold set so that a share ``fit["flagged"]`` of the
+    validation images lie above it. Returns ``scorer`` answering with it, and its record for the
+    checkpoint; ``(scorer, None)`` without a method."""
+    if not fit["method"]:
+        return scorer, None
+    if fit["method"] not in SCOPE_METHODS:
+        raise ConfigError(f"out_of_scope_fit.method={fit['method']!r}; choose one of {list(SCOPE_METHODS)} or null")
+    if not scorer.explainable:
+        kind = "a forest" if scorer.kind == "forest" else "an ONNX export"
+        raise ConfigError(f"out_of_scope_fit needs a network's features, and {scorer.source} is {kind}; fit it on "
+                          "the checkpoint (then export), or leave out_of_scope_fit.method=null")
+    if int(fit["images"]) < 2:
+        raise ConfigError(f"out_of_scope_fit.images={fit['images']}; fit the score on at least a few hundred images")
+    datamodule.setup("fit")
+    train = datamodule.train_set
+    generator = np.random.default_rng(0)  # the same sample for the same split, whatever the run's seed
+    rows = np.sort(generator.choice(np.asarray(train.indices), min(int(fit["images"]), len(train)), replace=False))
+    embed = network_features(scorer.model, scorer.device)
+    features = np.concatenate([embed(train.split.images[rows[i:i + datamodule.eval_batch]])
+                               for i in tqdm(range(0, len(rows), datamodule.eval_batch), desc="Features (train)",
+                                             unit="batch")])
+    head = fit_mahalanobis(features, train.split.labels[rows])
+    provisional = dataclasses.replace(scorer, scope=network_scope(scorer.model, head, scorer.device),
+                                      scope_settings=None)
+    val = datamodule.val_set
+    val_rows = np.sort(limited(np.asarray(val.indices), datamodule.eval_batch, limit))
+    scores = provisional.out_of_scope(val.split.images[val_rows], datamodule.eval_batch, progress="Out of scope (val)")
+    threshold = threshold_for(scores, float(fit["flagged"]))
+    record = scope_record(head, threshold, float(fit["flagged"]), len(rows))
+    log.info("Out-of-scope score fitted on %d training images (%s, %d features): threshold %.4f, above which %.1f%% "
+             "of the %d validation images lie (median %.3f)", len(rows), fit["method"], features.shape[1], threshold,
+             100 * float(np.mean(scores > threshold)), len(scores), float(np.median(scores)))
+    return dataclasses.replace(provisional, scope_settings={k: record[k] for k in SCOPE_RECORD_KEYS}), record
+
+
 def evaluate_run(scorer: Scorer, datamodule: CIFAKEDataModule, cfg: Mapping[str, Any], out_dir: Path, loggers: list,
                  step: int = 0, band: tuple[float, float] | None = None,
                  threshold_choice: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -231,10 +276,12 @@ def evaluate_model(scorer: Scorer, datamodule: CIFAKEDataModule, threshold: floa
         explained = explain(scorer, pred, threshold, settings)
         extra = forest_figures(scorer, datamodule, pred) if scorer.kind == "forest" else None
     unsure = unsure_report(pred.p_real, pred.labels, band) if band is not None else None
+    scope = scorer.out_of_scope(pred.images, datamodule.eval_batch, progress="Out of scope (test)")
+    answers = answers_report(pred.p_real, pred.labels, scorer.classes, threshold, band, scope, scorer.scope_threshold)
     report = write_report(pred, scorer.classes, threshold, out_dir, settings, loggers, step, source=scorer.source,
                           computed=scorer.computed, explained=explained, exclude=exclude, tta=dict(scorer.tta),
                           extra_figures=extra, unsure=unsure, temperature=scorer.temperature,
-                          compute=compute_record(scorer, len(pred.labels)))
+                          compute=compute_record(scorer, len(pred.labels)), answers=answers)
     if robustness:
         cfg = settings["robustness"]
         rows = robustness_table(scorer.score, pred.images, pred.labels, cfg["perturbations"], cfg["batch_size"],

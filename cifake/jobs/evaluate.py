@@ -13,8 +13,11 @@ from omegaconf import DictConfig
 
 from cifake.analysis.metrics import report_scalars
 from cifake.core import schemas  # noqa: F401  (registers the config schemas)
-from cifake.evaluation.workflow import choose_on_validation, evaluate_run
-from cifake.scoring import check_threshold, model_or_bundled, open_scorer, resolve_band
+from cifake.core.errors import ConfigError
+from cifake.evaluation.workflow import choose_on_validation, evaluate_run, scope_on_training
+from cifake.scoring import Scorer, check_threshold, choose_resample, model_or_bundled, open_scorer, resolve_band
+from cifake.scoring.network import record_in_checkpoint
+from cifake.scoring.scorer import resolve_scope
 from cifake.training.tracking import log_hparams, run_hparams
 from cifake.training.trainer import instantiate_all, silence_known_warnings
 
@@ -30,12 +33,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     check_threshold(cfg.threshold)
     scorer = open_scorer(ckpt_path, device=str(cfg.trainer.accelerator),
                          precision=cfg.scoring.precision, tta=cfg.tta, contract=cfg.contract)
+    if cfg.folder is not None:  # a folder of one class instead of the test split
+        return evaluate_folder(cfg, scorer)
     datamodule = instantiate(cfg.data, _convert_="all")
     loggers = instantiate_all(cfg.get("logger"))
-    # A temperature and a band chosen now on validation, as train.py would choose them (not stored).
-    scorer, _, band = choose_on_validation(scorer, datamodule, cfg, cfg.trainer.limit_predict_batches)
+    # A temperature, a band and an out-of-scope score chosen now, as train.py would choose them; stored in the
+    # checkpoint only with store=true.
+    scorer, temperature, band = choose_on_validation(scorer, datamodule, cfg, cfg.trainer.limit_predict_batches)
+    scorer, scope = scope_on_training(scorer, datamodule, cfg.out_of_scope_fit, cfg.trainer.limit_predict_batches)
+    if cfg.store:
+        store_choices(scorer, ckpt_path, band, temperature, scope)
     if band is None:
         band = resolve_band(cfg.unsure_band, scorer, cfg.threshold)
+    scorer = resolve_scope(cfg.out_of_scope, scorer)
     report = evaluate_run(scorer, datamodule, cfg, Path(cfg.paths.output_dir), loggers,
                           threshold_choice=cfg.threshold_choice, band=band)
     params = {"ckpt_path": ckpt_path, "threshold": cfg.threshold, **run_hparams(cfg, keys=("data", "seed"))}
@@ -43,3 +53,35 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for lg in loggers:
         lg.finalize("success")
     return report
+
+
+def store_choices(scorer: Scorer, ckpt_path: str, band: tuple[float, float] | None, temperature: float | None,
+                  scope: dict[str, Any] | None) -> None:
+    """``store=true``: what this evaluation chose (band, temperature, out-of-scope score) written into the
+    checkpoint, as train.py stores its own; refused for any other kind of model file."""
+    if scorer.kind != "checkpoint":
+        raise ConfigError(f"store=true writes into a train.py checkpoint, and {ckpt_path} is a {scorer.kind} file; "
+                          "store into the .ckpt, then export it again")
+    if band is None and temperature is None and scope is None:
+        raise ConfigError("store=true, but nothing was chosen to store: set unsure_precision, calibration.temperature"
+                          "=auto or out_of_scope_fit.method=mahalanobis")
+    record_in_checkpoint(ckpt_path, band, temperature, scope=scope)
+    log.info("Stored in %s:%s%s%s", ckpt_path, "" if band is None else f" unsure band {list(band)}",
+             "" if temperature is None else f" temperature {temperature:.4f}",
+             "" if scope is None else f" out-of-scope score (threshold {scope['threshold']:.4f})")
+
+
+def evaluate_folder(cfg: DictConfig, scorer: Scorer) -> dict[str, Any]:
+    """``folder=<dir> folder_class=<class>``: the four-way shares on a folder of images of one class
+    (:func:`cifake.evaluation.folder.score_folder`), with the model's stored band and out-of-scope score."""
+    from cifake.evaluation.folder import score_folder
+
+    if cfg.folder_class is None:
+        raise ConfigError(f"folder={cfg.folder} needs folder_class=<the class of every image in it>, one of "
+                          f"{list(scorer.classes)}")
+    resample = choose_resample(cfg.resample, scorer.resample, str(scorer.source))
+    band = resolve_band(cfg.unsure_band, scorer, cfg.threshold)
+    scorer = resolve_scope(cfg.out_of_scope, scorer)
+    return score_folder(scorer, Path(str(cfg.folder)).expanduser(), str(cfg.folder_class), resample,
+                        float(cfg.threshold), band, int(cfg.data.eval_batch_size),
+                        Path(cfg.paths.output_dir))

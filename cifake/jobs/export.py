@@ -25,11 +25,13 @@ from cifake.analysis.calibration import apply_temperature
 from cifake.core.errors import ConfigError, require
 from cifake.data.labels import CLASSES
 from cifake.models.classifier import Classifier
+from cifake.models.scope import RECORD_KEYS, ScopedNetwork, scope_from_record
 from cifake.scoring import check_threshold, choose_resample, model_kind
-from cifake.scoring.contract import CONTRACT_FORMAT, INPUT_NAME, OUTPUT_NAME, PIXEL_DIVISOR
+from cifake.scoring.contract import CONTRACT_FORMAT, INPUT_NAME, OUTPUT_NAME, PIXEL_DIVISOR, SCOPE_OUTPUT_NAME
 from cifake.scoring.network import (
     COMPUTE_KEY,
     RUN_COMPUTE_KEY,
+    SCOPE_KEY,
     TEMPERATURE_KEY,
     UNSURE_BAND_KEY,
     read_checkpoint,
@@ -54,14 +56,25 @@ class ProbabilityOfReal(nn.Module):
         return torch.sigmoid(self.net(images))
 
 
-def export_onnx(model: Classifier, path: Path, opset: int, dynamo: bool) -> None:
+def export_wrapper(model: Classifier, scope: dict[str, Any] | None) -> nn.Module:
+    """What the ONNX graph computes: p(REAL), and the out-of-scope score beside it where the
+    checkpoint stores one (``scope``, its :data:`SCOPE_KEY` record)."""
+    if scope is None:
+        return ProbabilityOfReal(model.net).eval()
+    head, _ = scope_from_record(scope)
+    return ScopedNetwork(model.net, head).eval()
+
+
+def export_onnx(model: Classifier, path: Path, opset: int, dynamo: bool, scope: dict[str, Any] | None = None) -> None:
     """Write ``model``'s network with the sigmoid as ONNX at ``path``: input ``images``
-    ``(batch, 3, S, S)`` float32, output ``p_real`` ``(batch,)``, any batch size."""
+    ``(batch, 3, S, S)`` float32, output ``p_real`` ``(batch,)`` (and ``out_of_scope`` ``(batch,)`` with a
+    ``scope``), any batch size."""
     size = int(model.hparams.image_size)
-    wrapper = ProbabilityOfReal(model.net).eval()
+    wrapper = export_wrapper(model, scope)
+    outputs = [OUTPUT_NAME] if scope is None else [OUTPUT_NAME, SCOPE_OUTPUT_NAME]
     # Two images, not one: a batch of one would let the tracer specialise the batch axis to 1.
     example = (torch.rand(2, 3, size, size),)
-    names = {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME], "opset_version": opset, "verbose": False}
+    names = {"input_names": [INPUT_NAME], "output_names": outputs, "opset_version": opset, "verbose": False}
     for name in ("onnxscript", "onnx_ir"):  # their optimiser passes log every step at INFO
         logging.getLogger(name).setLevel(logging.WARNING)
     with torch.no_grad():
@@ -74,11 +87,12 @@ def export_onnx(model: Classifier, path: Path, opset: int, dynamo: bool) -> None
             with warnings.catch_warnings():  # the deprecation notice is about the choice we made
                 warnings.simplefilter("ignore", DeprecationWarning)
                 torch.onnx.export(wrapper, example, str(path), dynamo=False,
-                                  dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, **names)
+                                  dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *outputs]}, **names)
 
 
 def contract(model: Classifier, onnx_file: str, source: str, resample: str, threshold: float, opset: int,
-             dynamo: bool, unsure_band: list[float] | None = None, temperature: float | None = None) -> dict[str, Any]:
+             dynamo: bool, unsure_band: list[float] | None = None, temperature: float | None = None,
+             scope: dict[str, Any] | None = None) -> dict[str, Any]:
     """``model.json``: everything a consumer needs to feed an image file to ``onnx_file`` and
     read its output, without this package."""
     size = int(model.hparams.image_size)
@@ -120,25 +134,34 @@ def contract(model: Classifier, onnx_file: str, source: str, resample: str, thre
         "decision": f"{classes[1]} when {OUTPUT_NAME} > threshold, else {classes[0]}"
                     + ("; UNSURE when unsure_band[0] < p_real <= unsure_band[1]" if unsure_band else ""),
         "unsure_band": None if unsure_band is None else [float(v) for v in unsure_band],
+        "out_of_scope": None if scope is None else {
+            "output": SCOPE_OUTPUT_NAME, **{key: scope[key] for key in RECORD_KEYS},
+            "meaning": "how unlike the training images the input is: sqrt(min over classes of the squared Mahalanobis "
+                       "distance of the network's penultimate features / their dimension), on the image as it is (no "
+                       "test-time views); OUT_OF_SCOPE when above threshold, before the unsure band and the threshold"},
         "opset": opset,
         "exporter": f"torch.onnx.export({'dynamo=True' if dynamo else 'dynamo=False (TorchScript)'})",
         "torch_version": torch.__version__,
     }
 
 
-def check_parity(model: Classifier, onnx_path: Path, batch_size: int, atol: float, seed: int) -> float:
+def check_parity(model: Classifier, onnx_path: Path, batch_size: int, atol: float, seed: int,
+                 scope: dict[str, Any] | None = None) -> float:
     """Run the exported file in onnxruntime and the network in PyTorch on the same random batch;
-    return the largest difference in p(REAL), or raise if it exceeds ``atol``."""
+    return the largest difference in p(REAL) (and in the out-of-scope score, with a ``scope``), or raise
+    if it exceeds ``atol``."""
     import onnxruntime as ort  # only the export and ONNX prediction need it
 
     size = int(model.hparams.image_size)
     images = torch.rand(batch_size, 3, size, size, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        expected = ProbabilityOfReal(model.net).eval()(images).numpy()
+        expected = export_wrapper(model, scope)(images)
+    expected = [t.numpy() for t in (expected if isinstance(expected, tuple) else (expected,))]
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0]
-    gap = float(np.max(np.abs(got - expected)))
-    if got.shape != expected.shape or not gap <= atol:
+    outputs = [OUTPUT_NAME] if scope is None else [OUTPUT_NAME, SCOPE_OUTPUT_NAME]
+    got = session.run(outputs, {INPUT_NAME: images.numpy()})
+    gap = max(float(np.max(np.abs(g - e))) for g, e in zip(got, expected, strict=True))
+    if any(g.shape != e.shape for g, e in zip(got, expected, strict=True)) or not gap <= atol:
         raise RuntimeError(f"{onnx_path}: onnxruntime and PyTorch differ by {gap:.2e} (> {atol:g}) on random "
                            "inputs; please report this as a bug")
     return gap
@@ -184,14 +207,15 @@ def export_safetensors(cfg: DictConfig, model: Classifier, raw: dict[str, Any], 
               "export_command": " ".join(["python export.py", *(HydraConfig.get().overrides.task
                                                                  if HydraConfig.initialized() else [])])}
     folder.mkdir(parents=True, exist_ok=True)
-    weights = write_weights(model.net, folder)
+    weights = write_weights(model.net, folder, raw.get(SCOPE_KEY))
     metrics = record["metrics"]
     tta = metrics["tta"] if metrics else {"mode": "none", "shift": 1, "padding": "reflect"}
     config = write_config(folder, weights, network_spec(model.hparams), model.hparams, resample, cfg.threshold,
                           raw.get(UNSURE_BAND_KEY), raw.get(TEMPERATURE_KEY), tta,
                           raw.get("datamodule_hyper_parameters"), recipe,
                           raw.get(RUN_COMPUTE_KEY) or raw.get(COMPUTE_KEY),
-                          data=(raw.get("CIFAKEDataModule") or {}).get("data"))  # what it trained on
+                          data=(raw.get("CIFAKEDataModule") or {}).get("data"),  # what it trained on
+                          scope=raw.get(SCOPE_KEY), metrics=record["metrics"])
     parameters = sum(p.numel() for p in model.net.parameters())
     card.parent.mkdir(parents=True, exist_ok=True)
     card.write_text(card_text(config, metrics, record["robustness"], parameters))
@@ -239,12 +263,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return export_safetensors(cfg, model, raw, path, resample, BUNDLED_DIR, Path(cfg.card.path))
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / "model.onnx"
-    export_onnx(model, onnx_path, cfg.opset, cfg.dynamo)
+    export_onnx(model, onnx_path, cfg.opset, cfg.dynamo, raw.get(SCOPE_KEY))
     terms = contract(model, onnx_path.name, str(ckpt_path), resample, cfg.threshold, cfg.opset, cfg.dynamo,
-                     raw.get(UNSURE_BAND_KEY), raw.get(TEMPERATURE_KEY))
+                     raw.get(UNSURE_BAND_KEY), raw.get(TEMPERATURE_KEY), raw.get(SCOPE_KEY))
     (out / "model.json").write_text(json.dumps(terms, indent=2) + "\n")
     if cfg.check.enabled:
-        gap = check_parity(model, onnx_path, cfg.check.batch_size, cfg.check.atol, cfg.check.seed)
+        gap = check_parity(model, onnx_path, cfg.check.batch_size, cfg.check.atol, cfg.check.seed, raw.get(SCOPE_KEY))
         log.info("onnxruntime matches PyTorch on %d random images (largest difference %.1e)", cfg.check.batch_size,
                  gap)
     log.info("Exported %s -> %s (%.1f MB) and its contract %s: input %s %s float32 in [0, 1], output %s",

@@ -33,10 +33,11 @@ from cifake.core.errors import ConfigError, DataError, require
 from cifake.data.decode import decode_image
 from cifake.data.scan import is_hidden
 from cifake.scoring import Scorer, check_threshold, choose_resample, model_or_bundled, open_scorer, resolve_band
+from cifake.scoring.scorer import OUT_OF_SCOPE, UNSURE, resolve_scope, scope_reason, verdicts
 
 log = logging.getLogger(__name__)
-FIELDS = ("path", "predicted", "p_fake", "p_real", "threshold", "error", "gradcam", "precision", "device")
-UNSURE = "UNSURE"  # the answer inside the unsure band
+FIELDS = ("path", "predicted", "p_fake", "p_real", "threshold", "error", "gradcam", "precision", "device",
+          "out_of_scope")
 RUN_SETTING = "hydra.run.dir (or paths.log_dir)"  # what moves predict.py's output folder
 
 
@@ -179,34 +180,39 @@ def predict_files(files: Sequence[Path], scorer: Scorer, resample: str, threshol
             chunk = files[start:start + batch_size]
             images, ok, bad = decode_all(chunk, scorer.image_size, resample, problems)
             p = scorer.p_real(images, batch_size)
+            scope = scorer.out_of_scope(images, batch_size)
             predicted = (p > threshold).astype(np.int64)  # as binary_report and metrics.json count
-            labels = [classes[int(c)] for c in predicted]
-            if band is not None:
-                labels = [UNSURE if band[0] < q <= band[1] else label for q, label in zip(p, labels, strict=True)]
+            labels = verdicts(p, classes, threshold, band, scope, scorer.scope_threshold)
             overlays = [""] * len(ok)
             if explainer is not None:  # named by row, so every file gets its own
                 names = [f"{start + i:06d}_{label}_{chunk[i].stem}.png" for i, label in zip(ok, labels, strict=True)]
                 overlays = explainer.write(images, predicted, names)
-            results = dict(zip(ok, zip(p.tolist(), labels, overlays, strict=True), strict=True))
+            distances = [None] * len(ok) if scope is None else scope.tolist()
+            results = dict(zip(ok, zip(p.tolist(), labels, overlays, distances, strict=True), strict=True))
             for i, path in enumerate(chunk):
-                p_real, label, overlay_png = results.get(i, (None, "", ""))
+                p_real, label, overlay_png, distance = results.get(i, (None, "", "", None))
                 row = {"path": str(path), "predicted": label, "p_fake": None if p_real is None else 1.0 - p_real,
                        "p_real": p_real, "threshold": float(threshold), "error": bad.get(i, ""),
-                       "gradcam": overlay_png, **{k: None if p_real is None else v for k, v in computed.items()}}
+                       "gradcam": overlay_png, **{k: None if p_real is None else v for k, v in computed.items()},
+                       "out_of_scope": distance}
+                if label == OUT_OF_SCOPE:
+                    row["reason"] = scope_reason(distance, scorer.scope_settings)
                 writer.writerow([row["path"], label, _number(row["p_fake"]), _number(p_real), f"{threshold:g}",
-                                 row["error"], overlay_png, row["precision"] or "", row["device"] or ""])
+                                 row["error"], overlay_png, row["precision"] or "", row["device"] or "",
+                                 _number(distance)])
                 jsonl_file.write(json.dumps(row) + "\n")
                 rows.append(row)
             bar.update(len(chunk))
     return rows
 
 
-def summarize(rows: Sequence[dict[str, Any]], classes: Sequence[str], show: int) -> dict[str, Any]:
-    """Images per predicted class (and UNSURE, if any) and the unreadable files (the first
-    ``show`` named)."""
+def summarize(rows: Sequence[dict[str, Any]], classes: Sequence[str], show: int,
+              possible: Sequence[str] = ()) -> dict[str, Any]:
+    """Images per answer (the classes; UNSURE and OUT_OF_SCOPE where given or ``possible``) and the
+    unreadable files (the first ``show`` named)."""
     counts = Counter(r["predicted"] for r in rows if not r["error"])
     unreadable = [(r["path"], r["error"]) for r in rows if r["error"]]
-    answers = [*classes, UNSURE] if counts.get(UNSURE) else list(classes)
+    answers = [*classes, *(extra for extra in (UNSURE, OUT_OF_SCOPE) if counts.get(extra) or extra in possible)]
     return {"files": len(rows), "predicted": {c: counts.get(c, 0) for c in answers},
             "unreadable": len(unreadable), "unreadable_examples": unreadable[:show]}
 
@@ -229,6 +235,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                           "version (model.image_size is recorded in every model file it writes)")
     resample = choose_resample(cfg.resample, scorer.resample, str(ckpt_path))
     band = resolve_band(cfg.unsure_band, scorer, cfg.threshold)
+    scorer = resolve_scope(cfg.out_of_scope, scorer)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     explainer = None
@@ -242,14 +249,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                   cfg.gradcam_scale, cfg.gradcam_alpha)
     log.info("Predicting %d files with %s (%dx%d input, %s resampling, REAL when p_real > %g, TTA %s%s)",
              len(files), ckpt_path, scorer.image_size, scorer.image_size, resample, cfg.threshold, scorer.tta["mode"],
-             f", UNSURE when {band[0]:.4f} < p_real <= {band[1]:.4f}" if band else "")
+             (f", UNSURE when {band[0]:.4f} < p_real <= {band[1]:.4f}" if band else "")
+             + (f", OUT_OF_SCOPE when its out-of-scope score > {scorer.scope_threshold:.4f}"
+                if scorer.scope_threshold is not None else ""))
     rows = predict_files(files, scorer, resample, cfg.threshold, cfg.batch_size, out, explainer,
                          cfg.progress_bar, band, problems)
-    summary = summarize(rows, scorer.classes, cfg.show_unreadable)
+    possible = [*([UNSURE] if band else []), *([OUT_OF_SCOPE] if scorer.scope_threshold is not None else [])]
+    summary = summarize(rows, scorer.classes, cfg.show_unreadable, possible)
     lines = [f"{summary['files']} files: " + ", ".join(f"{n} {c}" for c, n in summary["predicted"].items())
              + f", {summary['unreadable']} unreadable"]
     read = [r for r in rows if not r["error"]]
-    lines += [f"  {r['path']}: {r['predicted']} (p_real {r['p_real']:.4f})" for r in read[:cfg.show_verdicts]]
+    lines += [f"  {r['path']}: {r['predicted']} (p_real {r['p_real']:.4f}"
+              + ("" if r["out_of_scope"] is None else f", out of scope {r['out_of_scope']:.2f}") + ")"
+              for r in read[:cfg.show_verdicts]]
     if len(read) > cfg.show_verdicts:
         lines.append(f"  ... and {len(read) - cfg.show_verdicts} more in predictions.csv")
     lines += [f"  unreadable: {path}: {why}" for path, why in summary["unreadable_examples"]]

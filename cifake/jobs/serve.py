@@ -41,7 +41,8 @@ def model_settings(cfg: DictConfig) -> ModelSettings:
     return ModelSettings(path=str(ckpt_path), contract=None if cfg.contract is None else str(cfg.contract),
                          device=str(cfg.device), precision=str(cfg.scoring.precision), tta=_plain(cfg.tta),
                          resample=cfg.resample, threshold=float(cfg.threshold), unsure_band=_plain(cfg.unsure_band),
-                         batch_size=int(cfg.batch_size), gradcam=bool(cfg.gradcam), gradcam_layer=cfg.gradcam_layer,
+                         out_of_scope=_plain(cfg.out_of_scope), batch_size=int(cfg.batch_size),
+                         gradcam=bool(cfg.gradcam), gradcam_layer=cfg.gradcam_layer,
                          gradcam_scale=int(cfg.gradcam_scale), gradcam_alpha=float(cfg.gradcam_alpha))
 
 

@@ -29,12 +29,13 @@ from cifake.callbacks.preemption import Preemption, Stop
 from cifake.core import schemas  # noqa: F401  (registers the config schemas)
 from cifake.core.checkpoints import check_resumable
 from cifake.core.errors import ConfigError, friendly_errors
-from cifake.evaluation.workflow import choose_on_validation, evaluate_run
+from cifake.evaluation.workflow import choose_on_validation, evaluate_run, scope_on_training
 from cifake.models.arithmetic import float32_matmul, native_bf16
 from cifake.models.forest import ForestClassifier
 from cifake.scoring import open_scorer
 from cifake.scoring.network import record_in_checkpoint
-from cifake.scoring.scorer import device_name
+from cifake.scoring.open import network_weights
+from cifake.scoring.scorer import device_name, resolve_scope
 from cifake.training.sweep import RESULTS_FILE
 from cifake.training.tracking import log_hparams, run_hparams
 from cifake.training.trainer import build_trainer, instantiate_all, silence_known_warnings
@@ -66,6 +67,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         computed = {"training": dict(FOREST_COMPUTED)}
     else:
         resume = resume_checkpoint(cfg, out)  # refused before any data is generated or decoded
+        if cfg.init_from is not None:
+            start_from(model, cfg.init_from, resume)
         trainer = build_trainer(cfg, plugins=cluster_plugins(cfg))
         started = time.monotonic()
         with float32_matmul(cfg.float32_matmul_precision):  # for the fit only: scoring sets its own
@@ -75,7 +78,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         loggers, step, rank_zero = trainer.loggers, trainer.global_step, trainer.is_global_zero
         fast_dev_run = bool(trainer.fast_dev_run)
     # Every rank has the same best weights; one scores what follows alone (no collective calls).
-    chooses = cfg.unsure_precision or cfg.calibration.temperature is not None
+    chooses = bool(cfg.unsure_precision or cfg.calibration.temperature is not None or cfg.out_of_scope_fit.method)
     compute = getattr(model, "compute", None)  # a network's training compute (cifake.models.flops)
     if compute is not None:
         computed["training"].update(compute)
@@ -85,11 +88,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         scorer = open_scorer(best, device=str(cfg.trainer.accelerator),
                              precision=cfg.scoring.precision, tta=cfg.tta)
         if chooses and scorer.kind != "checkpoint":
-            raise ConfigError("unsure_precision and calibration.temperature are stored in a network's checkpoint; "
-                              "the forest has none: leave both null for model=rf")
+            raise ConfigError("unsure_precision, calibration.temperature and out_of_scope_fit are stored in a "
+                              "network's checkpoint; the forest has none: leave them null for model=rf")
         scorer, temperature, band = choose_on_validation(scorer, datamodule, cfg, cfg.trainer.limit_predict_batches)
+        scorer, scope = scope_on_training(scorer, datamodule, cfg.out_of_scope_fit, cfg.trainer.limit_predict_batches)
+        scorer = resolve_scope(cfg.out_of_scope, scorer)
         if chooses:
-            record_in_checkpoint(best, band, temperature)
+            record_in_checkpoint(best, band, temperature, scope=scope)
         if temperature is not None:
             metrics["temperature"] = temperature
         if cfg.evaluate:
@@ -105,6 +110,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         write_results(out, metrics, computed, made_by(computed["training"], commit))
         _print_outputs(out, best, loggers, bool(metrics.get("test")))
     return metrics
+
+
+def start_from(model: L.LightningModule, source: str, resume: str | None) -> None:
+    """``init_from``: the network's weights loaded from ``source`` before the fit; refused beside a resumed
+    run (whose checkpoint holds weights of its own) and for a network of other settings."""
+    if resume is not None:
+        raise ConfigError("init_from starts a new fit from a model's weights, and ckpt_path resumes a run with its "
+                          "own: set one of them")
+    weights = network_weights(source)
+    try:
+        model.net.load_state_dict(weights)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        raise ConfigError(f"init_from={source}: its network does not fit model.net ({first}); set model.net to the "
+                          "settings it was trained with (its config.json or checkpoint's hyper_parameters)") from None
+    log.info("Network weights loaded from %s (init_from): fine-tuning starts from them", source)
 
 
 def cluster_plugins(cfg: DictConfig) -> list[Any]:

@@ -210,6 +210,11 @@ class ResNet(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, 1))
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate features ``(N, D)`` of a float batch: what the last layer weighs (and what the
+        out-of-scope score measures, :mod:`cifake.models.scope`)."""
+        return self.head[:-1](self.stages(self.stem(self.input(x))))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map a float batch ``(N, C, H, W)`` in [0, 1] to logits of shape ``(N,)`` (REAL is 1)."""
-        return self.head(self.stages(self.stem(self.input(x)))).squeeze(1)
+        return self.head[-1](self.embed(x)).squeeze(1)

@@ -76,6 +76,11 @@ class VGG(nn.Module):
         head.append(nn.Linear(width_in, 1))
         self.head = nn.Sequential(*head)
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate features ``(N, D)`` of a float batch: what the last layer weighs (and what the
+        out-of-scope score measures, :mod:`cifake.models.scope`)."""
+        return self.head[:-1](self.features(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map a float batch ``(N, C, H, W)`` in [0, 1] to logits of shape ``(N,)`` (REAL is 1)."""
-        return self.head(self.features(x)).squeeze(1)
+        return self.head[-1](self.embed(x)).squeeze(1)

@@ -11,6 +11,7 @@ from cifake.core.errors import ModelFileError
 CONTRACT_FORMAT = "cifake-onnx-contract/1"
 INPUT_NAME = "images"
 OUTPUT_NAME = "p_real"
+SCOPE_OUTPUT_NAME = "out_of_scope"  # the second output of an export whose checkpoint stores the score
 PIXEL_DIVISOR = 255.0  # to_unit_float's scaling: uint8 / 255 in float32
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pickle
 from collections.abc import Callable, Mapping
@@ -17,6 +18,7 @@ from cifake.core.errors import ConfigError, ModelFileError
 from cifake.data.augment import to_unit_float
 from cifake.data.labels import CLASSES
 from cifake.models.arithmetic import float32_matmul, native_bf16
+from cifake.models.scope import Mahalanobis, scope_from_record
 from cifake.scoring.scorer import NO_TTA, Scorer, check_precision, with_temperature
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,7 @@ UNSURE_BAND_KEY = "unsure_band"  # the checkpoint entry holding (low, high)
 TEMPERATURE_KEY = "temperature"  # the checkpoint entry holding the temperature fitted on validation
 RUN_COMPUTE_KEY = "run_compute"  # best.ckpt's record of the whole run's training compute (train.py)
 COMPUTE_KEY = "compute"  # every checkpoint's record of the compute spent up to it (Classifier.on_save_checkpoint)
+SCOPE_KEY = "out_of_scope"  # the out-of-scope score fitted after training (cifake.models.scope.scope_record)
 
 
 def pick_device(device: str) -> torch.device:
@@ -106,6 +109,54 @@ def network_score(module: nn.Module, device: torch.device, precision: str = "32-
     return score
 
 
+def network_scope(module: nn.Module, head: nn.Module, device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 batch -> out-of-scope score: ``head`` (:class:`~cifake.models.scope.Mahalanobis`) over the
+    penultimate features of ``module.net``, on the images as they are, in true float32 (as the
+    score was fitted and as an export computes it)."""
+    @torch.no_grad()
+    def scope(images: np.ndarray) -> np.ndarray:
+        was_training = module.training
+        module.eval().to(device)
+        head.to(device)
+        try:
+            with float32_matmul("highest"):
+                x = to_unit_float(torch.from_numpy(np.asarray(images)).to(device))
+                return head(module.net.embed(x).float()).cpu().numpy()
+        finally:
+            module.train(was_training)
+
+    return scope
+
+
+def network_features(module: nn.Module, device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 batch -> the penultimate features ``(N, D)`` of ``module.net`` in true float32, what an
+    out-of-scope score is fitted on."""
+    @torch.no_grad()
+    def features(images: np.ndarray) -> np.ndarray:
+        was_training = module.training
+        module.eval().to(device)
+        try:
+            with float32_matmul("highest"):
+                x = to_unit_float(torch.from_numpy(np.asarray(images)).to(device))
+                return module.net.embed(x).float().cpu().numpy()
+        finally:
+            module.train(was_training)
+
+    return features
+
+
+def read_scope(raw: Mapping[str, Any], source: str) -> tuple[Mahalanobis | None, dict[str, Any] | None]:
+    """The out-of-scope score a checkpoint stores (``SCOPE_KEY``), or ``(None, None)``."""
+    record = raw.get(SCOPE_KEY)
+    if record is None:
+        return None, None
+    try:
+        return scope_from_record(record)
+    except ValueError as err:
+        raise ModelFileError(f"{source}: {err}; fit it again with evaluate.py out_of_scope_fit.method=mahalanobis "
+                             "store=true") from err
+
+
 def module_scorer(module: nn.Module, device: torch.device, precision: str = "32-true", source: str = "model",
                   resample: str | None = None, raw: Mapping[str, Any] | None = None) -> Scorer:
     """A :class:`Scorer` for a Classifier in memory (a checkpoint just loaded, or the module a
@@ -122,6 +173,9 @@ def module_scorer(module: nn.Module, device: torch.device, precision: str = "32-
                     unsure_band=None if band is None else (float(band[0]), float(band[1])),
                     training=raw.get("datamodule_hyper_parameters"),
                     compute=raw.get(RUN_COMPUTE_KEY) or raw.get(COMPUTE_KEY))
+    head, settings = read_scope(raw, source)
+    if head is not None:
+        scorer = dataclasses.replace(scorer, scope=network_scope(module, head, device), scope_settings=settings)
     return with_temperature(scorer, raw.get(TEMPERATURE_KEY))
 
 
@@ -143,12 +197,16 @@ def checkpoint_scorer(path: Path, device: str, precision: str, tta: Mapping[str,
 
 
 def record_in_checkpoint(path: str | Path, band: tuple[float, float] | None = None,
-                         temperature: float | None = None, run_compute: Mapping[str, Any] | None = None) -> None:
-    """Store what was chosen on validation after training (the unsure band, the temperature) and the
-    whole run's training compute in the checkpoint itself (Lightning ignores keys it does not know),
-    so evaluation, prediction and export find them with the weights; ``None`` leaves an entry as it is."""
+                         temperature: float | None = None, run_compute: Mapping[str, Any] | None = None,
+                         scope: Mapping[str, Any] | None = None) -> None:
+    """Store what was chosen after training (the unsure band and the temperature, on validation; the
+    out-of-scope score, :func:`cifake.models.scope.scope_record`) and the whole run's training compute
+    in the checkpoint itself (Lightning ignores keys it does not know), so evaluation, prediction and
+    export find them with the weights; ``None`` leaves an entry as it is."""
     path = Path(path)
     raw = torch.load(path, map_location="cpu", weights_only=True)
+    if scope is not None:
+        raw[SCOPE_KEY] = dict(scope)
     if band is not None:
         raw[UNSURE_BAND_KEY] = [float(band[0]), float(band[1])]
     if temperature is not None:

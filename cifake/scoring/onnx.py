@@ -50,9 +50,22 @@ def onnx_scorer(onnx_path: Path, contract_path: Path, tta: Mapping[str, Any]) ->
             as_tensor = lambda x: torch.from_numpy(run(x.numpy()))  # noqa: E731
             return uint8_mean_over_views(as_tensor, torch.from_numpy(images), mode, shift, padding).numpy()
 
+    scope, settings = None, terms.get("out_of_scope")
+    if settings is not None:
+        try:
+            scope_name, _ = settings["output"], float(settings["threshold"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ModelFileError(f"{contract_path}: its out_of_scope lacks {err}; export the checkpoint again") from err
+
+        def scope(images: np.ndarray) -> np.ndarray:
+            x = images.astype(np.float32) / divisor
+            return session.run([scope_name], {input_name: x})[0].astype(np.float32).reshape(-1)
+
+        settings = {key: settings[key] for key in settings if key not in ("output", "meaning")}
     scorer = Scorer(kind="onnx", source=str(onnx_path), score=score, classes=classes, image_size=size,
                     resample=inp.get("resample"), threshold=terms.get("threshold"),
                     unsure_band=tuple(terms["unsure_band"]) if terms.get("unsure_band") else None,
                     tta={"mode": mode, "shift": shift, "padding": padding}, model=session,
-                    device="cpu", precision="32-true")  # onnxruntime's CPU provider, in the graph's float32
+                    device="cpu", precision="32-true",  # onnxruntime's CPU provider, in the graph's float32
+                    scope=scope, scope_settings=settings)
     return with_temperature(scorer, terms.get("temperature"))

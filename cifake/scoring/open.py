@@ -130,3 +130,11 @@ def open_scorer(path: str | Path, *, precision: str, allowed: Sequence[str] = tu
     log.info("Scoring %s in %s on %s (scoring.precision=%s)", path.name, PRECISIONS[computed["precision"]],
              computed["device"], precision)
     return scorer
+
+
+def network_weights(path: str | Path, key: str = "init_from") -> dict[str, Any]:
+    """The network weights (``state_dict``) of a checkpoint or a safetensors export (``bundled``: the
+    package's model), on the CPU, to start a fit from."""
+    path = model_or_bundled(None) if str(path) == "bundled" else path
+    scorer = open_scorer(path, precision="32-true", allowed=("checkpoint", "safetensors"), device="cpu", key=key)
+    return {name: value.detach().clone() for name, value in scorer.model.net.state_dict().items()}

@@ -11,17 +11,33 @@ from typing import Any
 
 import yaml
 
+from cifake.analysis.metrics import headline
 from cifake.core.atomic import atomic_path
-from cifake.scoring.weights import CONFIG_FILE, CONFIG_FORMAT, METADATA, NETWORKS, WEIGHTS_FILE, sha256
+from cifake.models.scope import RECORD_KEYS
+from cifake.scoring.weights import (
+    CONFIG_FILE,
+    CONFIG_FORMAT,
+    METADATA,
+    NETWORKS,
+    SCOPE_PREFIX,
+    SCOPE_TENSORS,
+    WEIGHTS_FILE,
+    sha256,
+)
 
 CARD_METRICS = ("accuracy", "auroc")  # the model-index entries a re-evaluation is checked against
 
 
-def write_weights(net: Any, folder: Path) -> Path:
-    """``folder/model.safetensors``: the network's state dict as contiguous CPU tensors, written whole."""
+def write_weights(net: Any, folder: Path, scope: Mapping[str, Any] | None = None) -> Path:
+    """``folder/model.safetensors``: the network's state dict as contiguous CPU tensors, and the
+    out-of-scope score's (a checkpoint's :data:`~cifake.scoring.network.SCOPE_KEY` record) under
+    :data:`~cifake.scoring.weights.SCOPE_PREFIX`, written whole."""
     from safetensors.torch import save_file
 
     tensors = {name: value.detach().cpu().contiguous() for name, value in net.state_dict().items()}
+    if scope is not None:
+        tensors.update({f"{SCOPE_PREFIX}{name}": scope[name].detach().cpu().float().contiguous()
+                        for name in SCOPE_TENSORS})
     path = folder / WEIGHTS_FILE
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=dict(METADATA))
@@ -41,7 +57,8 @@ def network_spec(hparams: Mapping[str, Any]) -> dict[str, Any]:
 def write_config(folder: Path, weights: Path, spec: Mapping[str, Any], hparams: Mapping[str, Any], resample: str,
                  threshold: float, band: list[float] | None, temperature: float | None, tta: Mapping[str, Any],
                  training: Mapping[str, Any] | None, recipe: Mapping[str, Any],
-                 compute: Mapping[str, Any] | None = None, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                 compute: Mapping[str, Any] | None = None, data: Mapping[str, Any] | None = None,
+                 scope: Mapping[str, Any] | None = None, metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``folder/config.json``: the network, the input (size, resampling, scaling), the answer
     (classes, threshold, unsure band, temperature), the test-time augmentation its figures were
     measured with, the data settings it trained on, what that data was (``data``: the record its
@@ -61,12 +78,19 @@ def write_config(folder: Path, weights: Path, spec: Mapping[str, Any], hparams: 
         "temperature": None if temperature is None else float(temperature),
         "output": "p(REAL): the network's sigmoid, averaged over the test-time views when tta says so, then "
                   "calibrated as sigmoid(logit(p) / temperature); REAL when above threshold, UNSURE inside "
-                  "unsure_band",
+                  "unsure_band, OUT_OF_SCOPE where out_of_scope says",
         "tta": dict(tta),
+        "out_of_scope": None if scope is None else {
+            **{key: scope[key] for key in RECORD_KEYS},
+            "tensors": [f"{SCOPE_PREFIX}{name}" for name in SCOPE_TENSORS],
+            "meaning": "sqrt(min over classes of the squared Mahalanobis distance of the network's penultimate "
+                       "features / their dimension), on the image as it is (no test-time views); OUT_OF_SCOPE "
+                       "above threshold, before the unsure band and the threshold"},
         # What it trained on (augmentation, degradations: the robustness table's "trained on"), not where.
         "training": None if training is None else {k: v for k, v in training.items()
                                                     if k not in ("root", "cache_dir", "decode_workers")},
         "compute": None if compute is None else dict(compute),
+        "evaluation": None if metrics is None else headline(metrics),  # its test-split figures, as recorded
         "data": _data(data, training),
         "recipe": dict(recipe),
     }

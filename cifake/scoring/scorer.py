@@ -18,6 +18,8 @@ from cifake.data.decode import RESAMPLING
 log = logging.getLogger(__name__)
 
 NO_TTA: Mapping[str, Any] = {"mode": "none"}
+UNSURE = "UNSURE"  # the answer inside the unsure band
+OUT_OF_SCOPE = "OUT_OF_SCOPE"  # the answer for an image unlike the training data (cifake.models.scope)
 # What scoring.precision may be (conf/scoring/default.yaml), in Lightning's names.
 PRECISIONS: Mapping[str, str] = {"32-true": "float32", "bf16-mixed": "bf16 autocast"}
 
@@ -68,6 +70,10 @@ class Scorer:
     training: Mapping[str, Any] | None = None  # the data settings it was trained with (augmentation, degradations)
     temperature: float | None = None  # the temperature applied to its p(REAL) (see with_temperature), if any
     compute: Mapping[str, Any] | None = None  # its training compute, where recorded (cifake.models.flops)
+    # uint8 batch -> out-of-scope score (cifake.models.scope), on the images as they are (no TTA); None: the
+    # model file has none. scope_settings: its method, threshold, validation_flagged and fit_images.
+    scope: Callable[[np.ndarray], np.ndarray] | None = None
+    scope_settings: Mapping[str, Any] | None = None
 
     @property
     def explainable(self) -> bool:
@@ -83,16 +89,33 @@ class Scorer:
     def p_real(self, images: np.ndarray, batch_size: int = 512, progress: str | None = None) -> np.ndarray:
         """p(REAL) float32 for uint8 ``images`` ``(N, 3, S, S)``, ``batch_size`` at a time (a
         progress bar titled ``progress`` when given)."""
+        return self._batched(self.score, images, batch_size, progress, "probabilities")
+
+    def out_of_scope(self, images: np.ndarray, batch_size: int = 512,
+                     progress: str | None = None) -> np.ndarray | None:
+        """The out-of-scope score of each uint8 image (:mod:`cifake.models.scope`), ``None`` for a model
+        file that stores none."""
+        if self.scope is None:
+            return None
+        return self._batched(self.scope, images, batch_size, progress, "out-of-scope scores")
+
+    @property
+    def scope_threshold(self) -> float | None:
+        """The score above which an image is answered ``OUT_OF_SCOPE`` (``None``: never)."""
+        return None if self.scope is None or not self.scope_settings else float(self.scope_settings["threshold"])
+
+    def _batched(self, fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch_size: int,
+                 progress: str | None, what: str) -> np.ndarray:
         if batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}")
         starts = range(0, len(images), batch_size)
-        out = [np.asarray(self.score(np.ascontiguousarray(images[i:i + batch_size])), dtype=np.float32).reshape(-1)
+        out = [np.asarray(fn(np.ascontiguousarray(images[i:i + batch_size])), dtype=np.float32).reshape(-1)
                for i in tqdm(starts, desc=progress, unit="batch", disable=progress is None or len(starts) < 2)]
-        p = np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
-        if len(p) != len(images):
-            raise RuntimeError(f"{self.source} returned {len(p)} probabilities for {len(images)} images; "
+        values = np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+        if len(values) != len(images):
+            raise RuntimeError(f"{self.source} returned {len(values)} {what} for {len(images)} images; "
                                "please report this as a bug")
-        return p
+        return values
 
     def check_image_size(self, image_size: int, key: str = "data.image_size") -> None:
         """Refuse to score images of another size than the model was trained on."""
@@ -153,3 +176,47 @@ def choose_resample(configured: str | None, recorded: str | None, source: str) -
     if recorded and configured and configured != recorded:
         log.warning("resample=%s, but %s was trained on images resized with %s", configured, source, recorded)
     return choice
+
+
+def resolve_scope(setting: Any, scorer: Scorer) -> Scorer:
+    """``scorer`` answering out of scope as ``out_of_scope`` says (conf/scoring/default.yaml): ``auto``, with
+    the score and threshold stored in its model file (none if it has none); ``None``, never; a number, the
+    stored score with that threshold."""
+    if setting == "auto":
+        return scorer
+    if setting is None:
+        return dataclasses.replace(scorer, scope=None, scope_settings=None)
+    try:
+        threshold = float(setting)
+    except (TypeError, ValueError):
+        raise ConfigError(f"out_of_scope={setting!r}; use auto, null or a score threshold > 0") from None
+    if scorer.scope is None:
+        raise ConfigError(f"out_of_scope={setting!r}, but {scorer.source} stores no out-of-scope score; train it with "
+                          "out_of_scope_fit.method=mahalanobis, or leave out_of_scope=auto")
+    if not threshold > 0:
+        raise ConfigError(f"out_of_scope={setting!r}; a score threshold is > 0 (about 1 is a typical training image)")
+    return dataclasses.replace(scorer, scope_settings={**dict(scorer.scope_settings or {}), "threshold": threshold})
+
+
+def verdicts(p_real: np.ndarray, classes: tuple[str, ...] | list[str], threshold: float,
+             band: tuple[float, float] | None = None, scope: np.ndarray | None = None,
+             scope_threshold: float | None = None) -> list[str]:
+    """The answer for each image, as every job and the server give it: ``OUT_OF_SCOPE`` where its
+    out-of-scope score exceeds ``scope_threshold`` (whatever p(REAL) says: the model has no ground
+    there), else ``UNSURE`` inside the unsure ``band`` (low, high], else ``classes[1]`` when
+    p(REAL) > ``threshold`` and ``classes[0]`` otherwise."""
+    answers = [classes[1] if p > threshold else classes[0] for p in np.asarray(p_real).tolist()]
+    if band is not None:
+        answers = [UNSURE if band[0] < p <= band[1] else a for p, a in zip(np.asarray(p_real).tolist(), answers,
+                                                                             strict=True)]
+    if scope is not None and scope_threshold is not None:
+        answers = [OUT_OF_SCOPE if d > scope_threshold else a for d, a in zip(np.asarray(scope).tolist(), answers,
+                                                                               strict=True)]
+    return answers
+
+
+def scope_reason(score: float, settings: Mapping[str, Any]) -> str:
+    """Why an image was answered ``OUT_OF_SCOPE``, in one line."""
+    return (f"its features lie {score:.2f} from the training images' (out-of-scope score; above "
+            f"{float(settings['threshold']):.2f}, as only {100 * float(settings['validation_flagged']):.0f}% of CIFAKE "
+            "validation images do): the model was not trained on images like this one, so its p(REAL) means little")

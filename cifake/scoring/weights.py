@@ -24,6 +24,9 @@ CONFIG_FORMAT = "cifake-safetensors/1"
 NETWORKS = ("cifake.models.resnet.ResNet", "cifake.models.vgg.VGG")
 METADATA = {"format": "pt"}  # the only header metadata written and accepted
 MAX_HEADER = 1 << 20  # bytes; a network of this package has a header of a few kB
+# The out-of-scope score's tensors ride in model.safetensors beside the network's, under this prefix.
+SCOPE_PREFIX = "out_of_scope."
+SCOPE_TENSORS = ("means", "precision")
 
 
 def sha256(path: Path) -> str:
@@ -111,6 +114,9 @@ def load_detector(weights: Path) -> tuple[Any, dict[str, Any]]:
 
     config = read_config(weights.parent / CONFIG_FILE)
     tensors = read_weights(weights, (config.get("weights") or {}).get("sha256"))
+    scope = {name[len(SCOPE_PREFIX):]: tensors.pop(name) for name in list(tensors) if name.startswith(SCOPE_PREFIX)}
+    if scope:
+        config = {**config, "out_of_scope": {**(config.get("out_of_scope") or {}), **scope}}
     net = build_network(config["network"], weights.parent / CONFIG_FILE)
     expected = net.state_dict()
     missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
@@ -139,13 +145,23 @@ def weights_scorer(weights: Path, device: str, precision: str, tta: Mapping[str,
     target = pick_device(device)
     detector = detector.to(target).set_channels_last(channels_last_on("auto", target))
     band = config.get("unsure_band")
+    head, settings = None, None
+    if config.get("out_of_scope") is not None:
+        from cifake.models.scope import scope_from_record
+        from cifake.scoring.network import network_scope
+
+        try:
+            head, settings = scope_from_record(config["out_of_scope"])
+        except ValueError as err:
+            raise ModelFileError(f"{weights}: {err}; export the checkpoint again") from err
     scorer = Scorer(kind="safetensors", source=str(weights), score=network_score(detector, target, precision),
                     classes=tuple(config["classes"]), image_size=int(config["image_size"]),
                     resample=config.get("resample"), threshold=config.get("threshold"),
                     tta={"mode": detector.tta[0], "shift": detector.tta[1], "padding": detector.tta[2]},
                     model=detector, gradcam_layer=config.get("gradcam_layer"), device=target, precision=precision,
                     unsure_band=None if band is None else (float(band[0]), float(band[1])),
-                    training=config.get("training"), compute=config.get("compute"))
+                    training=config.get("training"), compute=config.get("compute"),
+                    scope=None if head is None else network_scope(detector, head, target), scope_settings=settings)
     return with_temperature(scorer, config.get("temperature"))
 
 

@@ -30,11 +30,11 @@ from starlette.responses import JSONResponse
 
 from cifake.scoring import Scorer, choose_resample, open_scorer, resolve_band
 from cifake.scoring.open import bundled_name, model_file
+from cifake.scoring.scorer import OUT_OF_SCOPE, resolve_scope, scope_reason, verdicts
 from cifake.scoring.weights import bundled_weights
 from cifake.serving.uploads import Decoded, Limits, Options, Rejected, WarnAt, decode, parse
 
 log = logging.getLogger(__name__)
-UNSURE = "UNSURE"  # the answer inside the unsure band, as predict.py gives it
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,7 @@ class ModelSettings:
     resample: str | None
     threshold: float
     unsure_band: Any  # auto, None or [low, high], as resolve_band takes it
+    out_of_scope: Any  # auto, None or a threshold, as resolve_scope takes it
     batch_size: int  # images per forward pass
     gradcam: bool  # the default when a request does not say
     gradcam_layer: str | None
@@ -62,7 +63,8 @@ def open_model(settings: ModelSettings, device: str) -> tuple[Scorer, str, tuple
     scorer = open_scorer(settings.path, device=device, precision=settings.precision, tta=settings.tta,
                          contract=settings.contract)
     resample = choose_resample(settings.resample, scorer.resample, settings.path)
-    return scorer, resample, resolve_band(settings.unsure_band, scorer, settings.threshold)
+    band = resolve_band(settings.unsure_band, scorer, settings.threshold)
+    return resolve_scope(settings.out_of_scope, scorer), resample, band
 
 
 def identity(scorer: Scorer, settings: ModelSettings, resample: str) -> dict[str, Any]:
@@ -76,7 +78,9 @@ def identity(scorer: Scorer, settings: ModelSettings, resample: str) -> dict[str
     return {"name": bundled_name() if is_bundled else path.name, "bundled": is_bundled,
             "file": path.name, "sha256": digest[:16], "kind": scorer.kind, "temperature": scorer.temperature,
             "image_size": scorer.image_size, "classes": list(scorer.classes), "resample": resample,
-            "tta": scorer.tta.get("mode", "none"), "explainable": scorer.explainable, **scorer.computed}
+            "tta": scorer.tta.get("mode", "none"), "explainable": scorer.explainable,
+            "out_of_scope": None if scorer.scope_threshold is None else dict(scorer.scope_settings or {}),
+            **scorer.computed}
 
 
 def quiet_shutdown() -> None:
@@ -160,17 +164,23 @@ class DetectorAPI(ls.LitAPI):
         good = [job for job in jobs if isinstance(job, Job)]
         images = [image for job in good for image in job.images]
         if images:
-            p_real = self.scorer.p_real(np.stack([image.pixels for image in images]), self.settings.batch_size)
+            pixels = np.stack([image.pixels for image in images])
+            p_real = self.scorer.p_real(pixels, self.settings.batch_size)
+            scope = self.scorer.out_of_scope(pixels, self.settings.batch_size)
             start = 0
             for job in good:
-                job.results = self.answer(job, p_real[start:start + len(job.images)])
-                start += len(job.images)
+                end = start + len(job.images)
+                job.results = self.answer(job, p_real[start:end], None if scope is None else scope[start:end])
+                start = end
         return jobs if isinstance(x, list) else jobs[0]
 
-    def answer(self, job: Job, p_real: np.ndarray) -> list[dict[str, Any]]:
-        """One result per image of ``job``: numbers and verdict counted as predict.py counts them."""
+    def answer(self, job: Job, p_real: np.ndarray, scope: np.ndarray | None = None) -> list[dict[str, Any]]:
+        """One result per image of ``job``: numbers and verdict counted as predict.py counts them
+        (``scope``: the images' out-of-scope scores, where the model has one)."""
         threshold = self.settings.threshold if job.options.threshold is None else job.options.threshold
         predicted = (p_real > threshold).astype(np.int64)
+        labels = verdicts(p_real, self.scorer.classes, threshold, self.band, scope, self.scorer.scope_threshold)
+        distances = [None] * len(job.images) if scope is None else scope.tolist()
         overlays: list[str | None] = [None] * len(job.images)
         notes: list[str] = []
         if job.options.gradcam and not self.scorer.explainable:
@@ -187,15 +197,16 @@ class DetectorAPI(ls.LitAPI):
                 log.exception("Grad-CAM failed")
                 notes.append(f"no Grad-CAM: it failed on the server ({type(err).__name__})")
         results = []
-        for image, p, c, overlay in zip(job.images, p_real.tolist(), predicted, overlays, strict=True):
-            label = self.scorer.classes[int(c)]
-            if self.band is not None and self.band[0] < p <= self.band[1]:
-                label = UNSURE
+        for image, p, label, distance, overlay in zip(job.images, p_real.tolist(), labels, distances, overlays,
+                                                      strict=True):
             size = int(self.scorer.image_size)
             resized = None if (image.width, image.height) == (size, size) else {
                 "from": [image.width, image.height], "to": [size, size], "resample": self.resample}
             results.append({"name": image.name, "label": label, "p_real": p, "p_fake": 1.0 - p,
                             "threshold": threshold, "unsure_band": None if self.band is None else list(self.band),
+                            "out_of_scope": distance, "out_of_scope_threshold": self.scorer.scope_threshold,
+                            "reason": scope_reason(distance, self.scorer.scope_settings)
+                            if label == OUT_OF_SCOPE else None,
                             "input": image.describe(), "resized": resized, "conversions": image.conversions,
                             "warnings": image.warnings + notes, "gradcam": overlay})
         return results
