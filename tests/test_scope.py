@@ -76,7 +76,16 @@ def test_the_score_survives_every_export_within_1e_5(tmp_path: Path) -> None:
     ckpt, images = scoped_checkpoint(tmp_path)
     assert SCOPE_KEY in read_checkpoint(ckpt)
     export_job.run(compose_job("export", tmp_path / "onnx", [f"ckpt_path={ckpt}"]))
+    # A folder scored with it beside the checkpoint (evaluate.py folder=... hydra.run.dir=<run>/folders/<name>):
+    # its shares go into the model card.
+    (tmp_path / "folders" / "photos").mkdir(parents=True)
+    (tmp_path / "folders" / "photos" / "folder.json").write_text(json.dumps({
+        "folder": "/photos/REAL", "class": "REAL", "n": 40,
+        "shares": {"FAKE": 0.025, "REAL": 0.6, "UNSURE": 0.275, "OUT_OF_SCOPE": 0.1}}))
     export_job.run(compose_job("export", tmp_path / "st", [f"ckpt_path={ckpt}", "format=safetensors"]))
+    card = (tmp_path / "st" / "README.md").read_text()
+    assert "| `/photos/REAL` | REAL | 40 | 60.0% | 2.5% | 27.5% | 10.0% |" in card
+    assert "Out of scope: a mahalanobis score" in card
     contract = json.loads((tmp_path / "onnx" / "model.json").read_text())
     config = json.loads((tmp_path / "st" / "config.json").read_text())
     assert contract["out_of_scope"]["output"] == "out_of_scope" and config["out_of_scope"]["method"] == "mahalanobis"

@@ -24,6 +24,7 @@ from torch import nn
 from cifake.analysis.calibration import apply_temperature
 from cifake.core.errors import ConfigError, require
 from cifake.data.labels import CLASSES
+from cifake.evaluation.folder import FOLDER_FILE
 from cifake.models.classifier import Classifier
 from cifake.models.scope import RECORD_KEYS, ScopedNetwork, scope_from_record
 from cifake.scoring import check_threshold, choose_resample, model_kind
@@ -173,7 +174,8 @@ FORMATS = ("onnx", "safetensors", "bundled")
 def run_record(run: Path) -> dict[str, Any]:
     """What a training run folder says about itself: its ``metrics.json`` (the test evaluation),
     ``results.json`` (``run``: commit, machine, wall time, when recorded), ``robustness.md``, the
-    experiment and the overrides it was started with."""
+    experiment and the overrides it was started with, and the folders of one class scored with it
+    (``folders/<name>/folder.json``: ``evaluate.py folder=... hydra.run.dir=<run>/folders/<name>``)."""
     def read(name: str) -> Any:
         path = run / name
         return json.loads(path.read_text()) if path.is_file() else None
@@ -184,7 +186,8 @@ def run_record(run: Path) -> dict[str, Any]:
     return {"metrics": read("metrics.json"), "results": read("results.json") or {},
             "robustness": robustness.read_text() if robustness.is_file() else None,
             "config": OmegaConf.load(config) if config.is_file() else None,
-            "overrides": [str(o) for o in OmegaConf.load(overrides)] if overrides.is_file() else None}
+            "overrides": [str(o) for o in OmegaConf.load(overrides)] if overrides.is_file() else None,
+            "folders": [json.loads(path.read_text()) for path in sorted(run.glob(f"folders/*/{FOLDER_FILE}"))]}
 
 
 def export_safetensors(cfg: DictConfig, model: Classifier, raw: dict[str, Any], path: Path, resample: str,
@@ -218,7 +221,7 @@ def export_safetensors(cfg: DictConfig, model: Classifier, raw: dict[str, Any], 
                           scope=raw.get(SCOPE_KEY), metrics=record["metrics"])
     parameters = sum(p.numel() for p in model.net.parameters())
     card.parent.mkdir(parents=True, exist_ok=True)
-    card.write_text(card_text(config, metrics, record["robustness"], parameters))
+    card.write_text(card_text(config, metrics, record["robustness"], parameters, record["folders"]))
     if metrics is None:
         log.warning("%s holds no metrics.json (train.py evaluate=true writes it): the model card has no figures", run)
     if cfg.check.enabled:  # the export, opened as every job opens it, against the checkpoint's own network

@@ -150,9 +150,11 @@ def _pct(value: Any) -> str:
 
 
 def card_text(config: Mapping[str, Any], metrics: Mapping[str, Any] | None, robustness_md: str | None,
-              parameters: int) -> str:
+              parameters: int, folders: list[Mapping[str, Any]] | None = None) -> str:
     """The model card (markdown with YAML metadata) of an export whose ``config.json`` is ``config``,
-    with the figures of the run's ``metrics.json`` and ``robustness.md`` when they are given."""
+    with the figures of the run's ``metrics.json`` and ``robustness.md`` when they are given, and the
+    four-way answers on folders of images from outside CIFAKE (``folders``: ``folder.json`` reports of
+    ``evaluate.py folder=...``)."""
     recipe = config["recipe"]
     weights = config["weights"]
     data = config.get("data")
@@ -193,6 +195,11 @@ def card_text(config: Mapping[str, Any], metrics: Mapping[str, Any] | None, robu
              f"threshold {config['threshold']}, unsure band "
              f"{'none' if config['unsure_band'] is None else [round(v, 4) for v in config['unsure_band']]}",
              f"- Test-time augmentation the figures below were measured with: `{config['tta']['mode']}`",
+             *([] if not config.get("out_of_scope") else [
+                 f"- Out of scope: a {config['out_of_scope']['method']} score of the penultimate features, fitted on "
+                 f"{config['out_of_scope']['fit_images']:,} training images; OUT_OF_SCOPE above "
+                 f"{config['out_of_scope']['threshold']:.4f}, where {config['out_of_scope']['validation_flagged']:.0%} "
+                 "of the validation images lie"]),
              "", "## Intended use", "",
              "- Telling CIFAKE-like 32x32 images (CIFAR-10-style photographs of its ten classes, and Stable Diffusion "
              "v1.4 renders of them) apart, as a baseline, a teaching tool and a starting point for fine-tuning.",
@@ -232,6 +239,11 @@ def card_text(config: Mapping[str, Any], metrics: Mapping[str, Any] | None, robu
             lines += [f"Unsure band {[round(v, 4) for v in unsure['band']]}: {unsure['coverage']:.1%} of the test "
                       f"images get a confident answer, {_pct(unsure['confident_accuracy'])} of those are right; "
                       f"{unsure['n_unsure']:,} are UNSURE.", ""]
+        answers = metrics.get("answers") or {}
+        if answers:
+            shares = ", ".join(f"{v:.1%} {k}" for k, v in answers["shares"].items())
+            lines += [f"The four answers on the test split: {shares}; {_pct(answers.get('accuracy_answered'))} of the "
+                      f"{answers['answered']:.1%} answered with a class are right.", ""]
         lines += [f"Scored in {metrics['scoring']['precision']} on {metrics['scoring']['device']}, threshold "
                   f"{metrics['threshold']}, test-time augmentation `{metrics['tta']['mode']}`.", ""]
     if robustness_md:
@@ -241,6 +253,19 @@ def card_text(config: Mapping[str, Any], metrics: Mapping[str, Any] | None, robu
                   "strength; `no`, held out (another implementation or filter). Coverage and confident accuracy "
                   "are those of the unsure band.", "",
                   robustness_md.strip(), ""]
+    if folders:
+        lines += ["## Images from outside CIFAKE", "",
+                  "Folders of one class scored as `cifake-predict` scores a file (`python evaluate.py "
+                  "ckpt_path=<model> folder=<folder> folder_class=<class>`; the photo set: `python -m "
+                  "cifake.tools.photos`, docs/photos.md). The share of each answer:", "",
+                  "| folder | class | images | REAL | FAKE | UNSURE | OUT_OF_SCOPE |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        for report in folders:
+            shares = report["shares"]
+            lines.append(f"| `{report['folder']}` | {report['class']} | {report['n']} | "
+                         + " | ".join(f"{shares.get(k, 0.0):.1%}" for k in ("REAL", "FAKE", "UNSURE", "OUT_OF_SCOPE"))
+                         + " |")
+        lines.append("")
     size = config["image_size"]
     lines += ["## Limitations", "",
               f"- {size}x{size} inputs only: whatever the size of the image given, it is resized to {size}x{size} "
