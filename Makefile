@@ -23,11 +23,12 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(PY) train.py experiment=demo
 
-# Two test processes (pytest-xdist; a file's tests stay in one), one math thread each: on 2 cores the suite takes
-# about 11 minutes instead of 17. PYTEST_WORKERS=0 runs it in this process.
+# Two test processes (pytest-xdist), one math thread each. loadgroup: a file whose tests share a module-scoped
+# fixture stays in one process, every other test goes where a process is free; tests/conftest.py orders them
+# longest first (SECONDS), so both processes end together. PYTEST_WORKERS=0 runs it in this process.
 PYTEST_WORKERS ?= 2
 test: setup
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 # The GPU check runs on a machine with no network: what its CUDA image lacks (Hydra, Grad-CAM, skops, ...) travels
 # as wheels for CPython 3.12 in $(DEVICE_BUNDLE), with the CIFAKE archive. It installs them with pip --no-index

@@ -3,6 +3,8 @@ that test files import, are in tests/helpers/."""
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -27,3 +29,94 @@ def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
                                      *overrides])
 
     return _compose
+
+
+@pytest.fixture(scope="session")
+def real_cifake_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real CIFAKE files (``CIFAKE_ROOT``; skipped without it) in CIFAKE's layout, fewer of them: the first
+    :data:`SUBSET_PER_CLASS` files by name of each class of each split, copied into one folder shared by the
+    session. For tests that need real CIFAKE's files and layout, not its size or its accuracy."""
+    import shutil
+
+    from tests.helpers.config import real_cifake_root
+
+    source = real_cifake_root()
+    root = tmp_path_factory.mktemp("real_cifake_subset")
+    for split, n in SUBSET_PER_CLASS.items():
+        for cls in ("FAKE", "REAL"):
+            (root / split / cls).mkdir(parents=True)
+            for path in sorted((source / split / cls).iterdir())[:n]:
+                shutil.copyfile(path, root / split / cls / path.name)
+    return root
+
+
+SUBSET_PER_CLASS = {"train": 2500, "test": 250}
+
+
+# Seconds the slowest tests take on a 2-core CI machine beside the other pytest worker (measured with
+# --durations; "file::test" without parameters, or "file" for each of its tests). Only for their order under
+# pytest-xdist (make test: --dist loadgroup --no-loadscope-reorder): longest first, so that the last tests
+# to start are short ones and both workers end together. A test not listed counts as DEFAULT_SECONDS.
+SECONDS = {
+    "test_cache.py::test_train_rebuilds_a_damaged_cache_and_its_numbers_equal_a_clean_run": 110,
+    "test_preemption.py::test_a_run_stopped_mid_epoch_by_sigterm_then_sigusr1_ends_where_an_unstopped_one_does": 90,
+    "test_weights.py::test_cards_say_what_the_model_was_trained_on_from_the_run": 80,
+    "test_scoring.py": 32,
+    "test_wheel.py": 28,
+    "test_serve_fuzz.py": 12,
+    "test_folder.py": 22,
+    "test_model_files.py": 10,
+    "test_forest_job.py": 9,
+    "test_distributed.py": 8,
+    "test_serve.py": 1.5,
+    "test_experiments.py::test_ddp_on_two_cpu_processes_trains_like_one_process_on_the_same_global_batch": 66,
+    "test_experiments.py::test_a_killed_run_resumes_from_its_last_checkpoint": 62,
+    "test_experiments.py::test_ddp_as_the_readme_types_it_runs_on_two_cpu_processes": 50,
+    "test_experiments.py::test_dropout_multirun_leaves_one_folder_per_job_and_a_summary": 40,
+    "test_experiments.py::test_optuna_search_runs_trials_and_writes_the_best_parameters": 38,
+    "test_experiments.py::test_local_submitit_launcher_runs_a_two_job_sweep": 22,
+    "test_locking.py::test_two_runs_with_other_image_sizes_on_real_cifake_decode_side_by_side": 60,
+    "test_locking.py::test_two_runs_with_other_image_sizes_on_one_root_decode_side_by_side": 65,
+    "test_locking.py::test_two_demo_runs_started_together_on_an_empty_cache_generate_and_decode_once": 54,
+    "test_locking.py::test_two_runs_reaching_an_archive_together_extract_and_decode_it_once": 47,
+    "test_locking.py::test_two_demo_runs_with_other_image_sizes_each_generate_their_own_folder": 35,
+    "test_gpu_check.py::test_the_rehearsal_runs_every_step_on_the_cpu_and_fills_every_row": 65,
+    "test_gpu_check.py::test_the_bundle_installs_offline_beside_the_image_torch": 42,
+    "test_disk_space.py::test_train_on_a_too_small_cache_disk_says_so_then_runs_on_a_larger_one": 43,
+    "test_disk_space.py::test_a_disk_that_fills_while_a_checkpoint_is_written_is_one_line_and_the_checkpoints_load": 25,
+    "test_model.py::test_a_bad_net_setting_on_the_command_line_is_one_clear_line": 28,
+    "test_jobs.py::test_missing_checkpoint_is_a_clear_error": 26,
+    "test_jobs.py::test_errors_raised_while_building_from_config_are_reported_plainly": 21,
+    "test_checkpoints.py::test_a_damaged_last_checkpoint_is_refused_in_one_line": 24,
+}
+DEFAULT_SECONDS = 3
+
+
+def _seconds(item: pytest.Item) -> float:
+    file = Path(item.fspath).name
+    test = re.sub(r"\[.*\]$", "", item.name)
+    return SECONDS.get(f"{file}::{test}", SECONDS.get(file, DEFAULT_SECONDS))
+
+
+def _shares_a_fixture(item: pytest.Item) -> bool:
+    """Whether ``item`` uses a fixture kept for its module (or class): its file's tests stay on one worker."""
+    info = getattr(item, "_fixtureinfo", None)
+    return info is not None and any(defs and defs[-1].scope in ("module", "class", "package")
+                                    for defs in info.name2fixturedefs.values())
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the xdist_group marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist: a file whose tests share a module-scoped fixture is one xdist_group (its fixture
+    is built once, on one worker); every other test is a unit of its own. Units run longest first."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return
+    grouped = {Path(item.fspath).name for item in items if _shares_a_fixture(item)}
+    units: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        file = Path(item.fspath).name
+        if file in grouped:
+            item.add_marker(pytest.mark.xdist_group(file))
+        units.setdefault(file if file in grouped else item.nodeid, []).append(item)
+    ordered = sorted(units.values(), key=lambda unit: -sum(map(_seconds, unit)))
+    items[:] = [item for unit in ordered for item in unit]
