@@ -115,3 +115,30 @@ def test_the_answers_come_out_of_scope_first_then_unsure_then_the_class() -> Non
     assert report["shares"] == {"FAKE": 0.2, "REAL": 0.2, "UNSURE": 0.4, "OUT_OF_SCOPE": 0.2}
     assert report["answered"] == pytest.approx(0.4) and report["accuracy_answered"] == 1.0
     assert report["by_class"]["REAL"]["OUT_OF_SCOPE"] == pytest.approx(1 / 3)
+
+
+def test_evaluate_stores_a_fitted_score_in_a_safetensors_export(tmp_path: Path) -> None:
+    """store=true on a safetensors folder: the score's tensors go into model.safetensors (its hash in config.json
+    anew) and its settings into config.json, and the folder then answers out of scope as a checkpoint does."""
+    from cifake.jobs import evaluate as evaluate_job
+    from tests.helpers.config import tiny_demo_overrides
+
+    data = [o for o in tiny_demo_overrides() if not o.startswith("model.")]  # evaluate.py has no model group
+    ckpt = make_checkpoint(tmp_path / "tiny.ckpt")
+    export_job.run(compose_job("export", tmp_path / "st", [f"ckpt_path={ckpt}", "format=safetensors"]))
+    before = open_scorer(tmp_path / "st", device="cpu", precision="32-true")
+    assert before.scope is None
+    evaluate_job.run(compose_job("evaluate", tmp_path / "eval", [
+        f"ckpt_path={tmp_path / 'st'}", *data, f"paths.cache_dir={tmp_path / 'cache'}",
+        "out_of_scope_fit.method=mahalanobis", "out_of_scope_fit.flagged=0.2", "store=true",
+        "report.figures=false"]))
+    config = json.loads((tmp_path / "st" / "config.json").read_text())
+    assert config["out_of_scope"]["validation_flagged"] == 0.2
+    after = open_scorer(tmp_path / "st", device="cpu", precision="32-true")  # the hash checked: it matches
+    images = np.random.default_rng(0).integers(0, 256, (8, 3, 32, 32), dtype=np.uint8)
+    np.testing.assert_allclose(after.p_real(images), before.p_real(images), atol=1e-7)
+    assert after.scope_threshold == config["out_of_scope"]["threshold"] and after.out_of_scope(images).shape == (8,)
+    with pytest.raises(ConfigError, match="nothing was chosen"):
+        evaluate_job.run(compose_job("evaluate", tmp_path / "eval2", [
+            f"ckpt_path={tmp_path / 'st'}", *data, f"paths.cache_dir={tmp_path / 'cache'}",
+            "store=true", "report.figures=false"]))

@@ -41,8 +41,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # checkpoint only with store=true.
     scorer, temperature, band = choose_on_validation(scorer, datamodule, cfg, cfg.trainer.limit_predict_batches)
     scorer, scope = scope_on_training(scorer, datamodule, cfg.out_of_scope_fit, cfg.trainer.limit_predict_batches)
-    if cfg.store:
-        store_choices(scorer, ckpt_path, band, temperature, scope)
+    if cfg.store:  # the whole temperature: one fitted now on a model that had one combines with it
+        store_choices(scorer, ckpt_path, band, None if temperature is None else scorer.temperature, scope)
     if band is None:
         band = resolve_band(cfg.unsure_band, scorer, cfg.threshold)
     scorer = resolve_scope(cfg.out_of_scope, scorer)
@@ -58,14 +58,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def store_choices(scorer: Scorer, ckpt_path: str, band: tuple[float, float] | None, temperature: float | None,
                   scope: dict[str, Any] | None) -> None:
     """``store=true``: what this evaluation chose (band, temperature, out-of-scope score) written into the
-    checkpoint, as train.py stores its own; refused for any other kind of model file."""
-    if scorer.kind != "checkpoint":
-        raise ConfigError(f"store=true writes into a train.py checkpoint, and {ckpt_path} is a {scorer.kind} file; "
-                          "store into the .ckpt, then export it again")
+    model file, as train.py stores its own: a checkpoint, or a safetensors export (its config.json and
+    weights file); refused for a forest or an ONNX export (store into the checkpoint, then export)."""
+    if scorer.kind not in ("checkpoint", "safetensors"):
+        raise ConfigError(f"store=true writes into a train.py checkpoint or a safetensors export, and {ckpt_path} is "
+                          f"a {scorer.kind} file; store into the .ckpt, then export it again")
     if band is None and temperature is None and scope is None:
         raise ConfigError("store=true, but nothing was chosen to store: set unsure_precision, calibration.temperature"
                           "=auto or out_of_scope_fit.method=mahalanobis")
-    record_in_checkpoint(ckpt_path, band, temperature, scope=scope)
+    if scorer.kind == "checkpoint":
+        record_in_checkpoint(ckpt_path, band, temperature, scope=scope)
+    else:
+        from cifake.scoring.publish import store_in_export
+
+        store_in_export(Path(scorer.source).parent, scorer.model.net, None if band is None else list(band),
+                        temperature, scope)
     log.info("Stored in %s:%s%s%s", ckpt_path, "" if band is None else f" unsure band {list(band)}",
              "" if temperature is None else f" temperature {temperature:.4f}",
              "" if scope is None else f" out-of-scope score (threshold {scope['threshold']:.4f})")

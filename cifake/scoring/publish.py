@@ -80,12 +80,7 @@ def write_config(folder: Path, weights: Path, spec: Mapping[str, Any], hparams: 
                   "calibrated as sigmoid(logit(p) / temperature); REAL when above threshold, UNSURE inside "
                   "unsure_band, OUT_OF_SCOPE where out_of_scope says",
         "tta": dict(tta),
-        "out_of_scope": None if scope is None else {
-            **{key: scope[key] for key in RECORD_KEYS},
-            "tensors": [f"{SCOPE_PREFIX}{name}" for name in SCOPE_TENSORS],
-            "meaning": "sqrt(min over classes of the squared Mahalanobis distance of the network's penultimate "
-                       "features / their dimension), on the image as it is (no test-time views); OUT_OF_SCOPE "
-                       "above threshold, before the unsure band and the threshold"},
+        "out_of_scope": None if scope is None else _scope_entry(scope),
         # What it trained on (augmentation, degradations: the robustness table's "trained on"), not where.
         "training": None if training is None else {k: v for k, v in training.items()
                                                     if k not in ("root", "cache_dir", "decode_workers")},
@@ -99,6 +94,37 @@ def write_config(folder: Path, weights: Path, spec: Mapping[str, Any], hparams: 
         tmp.write_text(json.dumps(config, indent=2) + "\n")
     path.chmod(0o644)
     return config
+
+
+def store_in_export(folder: Path, net: Any, band: list[float] | None, temperature: float | None,
+                    scope: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Store choices made after the export (an unsure band, a temperature, an out-of-scope score) in a
+    safetensors export's ``config.json`` (and the score's tensors in ``model.safetensors``, whose hash
+    the config records anew), as :func:`write_config` would have written them; ``None`` leaves an entry
+    as it is. Returns the config."""
+    path = folder / CONFIG_FILE
+    config = json.loads(path.read_text())
+    if scope is not None or not (folder / WEIGHTS_FILE).is_file():
+        weights = write_weights(net, folder, scope)
+        config["weights"] = {"file": weights.name, "sha256": sha256(weights), "bytes": weights.stat().st_size}
+    if scope is not None:
+        config["out_of_scope"] = _scope_entry(scope)
+    if band is not None:
+        config["unsure_band"] = [float(v) for v in band]
+    if temperature is not None:
+        config["temperature"] = float(temperature)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(config, indent=2) + "\n")
+    path.chmod(0o644)
+    return config
+
+
+def _scope_entry(scope: Mapping[str, Any]) -> dict[str, Any]:
+    return {**{key: scope[key] for key in RECORD_KEYS},
+            "tensors": [f"{SCOPE_PREFIX}{name}" for name in SCOPE_TENSORS],
+            "meaning": "sqrt(min over classes of the squared Mahalanobis distance of the network's penultimate "
+                       "features / their dimension), on the image as it is (no test-time views); OUT_OF_SCOPE "
+                       "above threshold, before the unsure band and the threshold"}
 
 
 def _data(data: Mapping[str, Any] | None, training: Mapping[str, Any] | None) -> dict[str, Any] | None:
