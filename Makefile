@@ -23,9 +23,9 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(PY) train.py experiment=demo
 
-# Two test processes (pytest-xdist), one math thread each. loadgroup: a file whose tests share a module-scoped
-# fixture stays in one process, every other test goes where a process is free; tests/conftest.py orders them
-# longest first (SECONDS), so both processes end together. PYTEST_WORKERS=0 runs it in this process.
+# Two test processes (pytest-xdist), one math thread each. --dist loadgroup is tests/conftest.py's scheduler: a
+# file whose tests share a module-scoped fixture stays in one process, every other test goes where a process is
+# free, longest first (conftest's SECONDS), so both end together. PYTEST_WORKERS=0 runs it in this process.
 PYTEST_WORKERS ?= 2
 test: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder

@@ -3,6 +3,7 @@ that test files import, are in tests/helpers/."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
+from tests.helpers import ROOT
 from tests.helpers.config import compose_config
 from tests.helpers.images import make_cifake_tree
 
@@ -55,8 +57,9 @@ SUBSET_PER_CLASS = {"train": 2500, "test": 250}
 
 # Seconds the slowest tests take on a 2-core CI machine beside the other pytest worker (measured with
 # --durations; "file::test" without parameters, or "file" for each of its tests). Only for their order under
-# pytest-xdist (make test: --dist loadgroup --no-loadscope-reorder): longest first, so that the last tests
-# to start are short ones and both workers end together. A test not listed counts as DEFAULT_SECONDS.
+# pytest-xdist (make test: --dist loadgroup --no-loadscope-reorder, pytest_xdist_make_scheduler below): longest
+# first, so that the last tests to start are short ones and both workers end together. A test not listed
+# counts as DEFAULT_SECONDS.
 SECONDS = {
     "test_cache.py::test_train_rebuilds_a_damaged_cache_and_its_numbers_equal_a_clean_run": 110,
     "test_preemption.py::test_a_run_stopped_mid_epoch_by_sigterm_then_sigusr1_ends_where_an_unstopped_one_does": 90,
@@ -98,25 +101,44 @@ def _seconds(item: pytest.Item) -> float:
     return SECONDS.get(f"{file}::{test}", SECONDS.get(file, DEFAULT_SECONDS))
 
 
-def _shares_a_fixture(item: pytest.Item) -> bool:
-    """Whether ``item`` uses a fixture kept for its module (or class): its file's tests stay on one worker."""
-    info = getattr(item, "_fixtureinfo", None)
-    return info is not None and any(defs and defs[-1].scope in ("module", "class", "package")
-                                    for defs in info.name2fixturedefs.values())
+SHARED_FIXTURE = re.compile(r"""@pytest\.fixture\([^)]*scope=["'](module|class|package)["']""")
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the xdist_group marks
+@functools.cache
+def _shares_a_fixture(file: str) -> bool:
+    """Whether the test file ``file`` (a path from the root) defines a fixture kept for its module or a class."""
+    return bool(SHARED_FIXTURE.search((ROOT / file).read_text()))
+
+
+def _unit(nodeid: str) -> str:
+    """What pytest-xdist hands a worker as one (make test's --dist loadgroup, below): the whole file when its
+    tests share a module-scoped fixture, which is then built once, on one worker; else the test alone."""
+    file = nodeid.split("::", 1)[0]
+    return file if _shares_a_fixture(file) else nodeid
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist: a file whose tests share a module-scoped fixture is one xdist_group (its fixture
-    is built once, on one worker); every other test is a unit of its own. Units run longest first."""
+    """Under pytest-xdist: the units of :func:`_unit` longest first (``SECONDS``), each file's in its order."""
     if "PYTEST_XDIST_WORKER" not in os.environ:
         return
-    grouped = {Path(item.fspath).name for item in items if _shares_a_fixture(item)}
     units: dict[str, list[pytest.Item]] = {}
     for item in items:
-        file = Path(item.fspath).name
-        if file in grouped:
-            item.add_marker(pytest.mark.xdist_group(file))
-        units.setdefault(file if file in grouped else item.nodeid, []).append(item)
+        units.setdefault(_unit(item.nodeid), []).append(item)
     ordered = sorted(units.values(), key=lambda unit: -sum(map(_seconds, unit)))
     items[:] = [item for unit in ordered for item in unit]
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):  # noqa: ANN201 (pytest-xdist's Scheduling)
+    """--dist loadgroup here hands out the units of :func:`_unit` in the workers' order (longest first, with
+    --no-loadscope-reorder). pytest-xdist's own loadgroup reads xdist_group marks through a node id that
+    pytest 9 no longer lets it change, so it would split every file, module-scoped fixtures and all; no test
+    here uses xdist_group."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFixture(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    return ByFixture(config, log)
