@@ -118,8 +118,10 @@ def test_ddp_as_the_readme_types_it_runs_on_two_cpu_processes(tmp_path: Path) ->
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    overrides = [*tiny_train_overrides(tmp_path), "data.demo.train_per_class=160", "trainer.max_epochs=6",
+    """Killed (SIGKILL) early in its second epoch of three, the run resumed with ckpt_path=last trains the
+    rest, from where its last checkpoint stood."""
+    run_dir, epochs = tmp_path / "run", 3
+    overrides = [*tiny_train_overrides(tmp_path), "data.demo.train_per_class=160", f"trainer.max_epochs={epochs}",
                  f"hydra.run.dir={run_dir}"]
     last = run_dir / "checkpoints" / "last.ckpt"
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *overrides], cwd=tmp_path,
@@ -135,12 +137,12 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
         proc.wait()
     killed_at = torch.load(last, weights_only=True)
     steps_per_epoch = 15  # 240 training images / 16
-    assert killed_at["epoch"] < 5 and killed_at["global_step"] == (killed_at["epoch"] + 1) * steps_per_epoch
+    assert killed_at["epoch"] < epochs - 1 and killed_at["global_step"] == (killed_at["epoch"] + 1) * steps_per_epoch
 
     before = set((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     check(run_python(str(ROOT / "train.py"), *overrides, "ckpt_path=last", cwd=tmp_path))
     final = torch.load(last, weights_only=True)
-    assert final["epoch"] == 5 and final["global_step"] == 6 * steps_per_epoch
+    assert final["epoch"] == epochs - 1 and final["global_step"] == epochs * steps_per_epoch
     resumed_events = sorted(set((run_dir / "tensorboard").glob("events.out.tfevents.*")) - before)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -148,7 +150,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     ea.Reload()
     steps = [e.step for e in ea.Scalars("train_step/loss")]
     assert min(steps) >= killed_at["global_step"] - 1  # continued, not restarted
-    assert max(steps) == 6 * steps_per_epoch - 1
+    assert max(steps) == epochs * steps_per_epoch - 1
 
 
 def test_resuming_without_a_checkpoint_says_where_it_looked(tmp_path: Path) -> None:
