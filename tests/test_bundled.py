@@ -63,7 +63,8 @@ def test_predict_without_ckpt_path_answers_with_the_bundled_model(tmp_path: Path
     assert proc.returncode == 0, output[-3000:]
     assert "No ckpt_path: using the bundled model" in output and "experiment=cpu_robust" in output
     verdicts = [line for line in output.splitlines() if line.strip().startswith(f"{image.name}:")]
-    assert len(verdicts) == 1 and any(v in verdicts[0] for v in ("REAL", "FAKE", "UNSURE")), output[-2000:]
+    # Pixel noise is nothing like a photograph or a render: the bundled model says it is out of its scope.
+    assert len(verdicts) == 1 and "OUT_OF_SCOPE" in verdicts[0], output[-2000:]
 
 
 def test_the_bundled_model_reproduces_its_card_on_real_cifake(tmp_path: Path) -> None:

@@ -301,12 +301,28 @@ def card_text(config: Mapping[str, Any], metrics: Mapping[str, Any] | None, robu
               "- Heavy blur, strong noise or downscaling below the training conditions destroy the evidence it uses "
               "(see Robustness); the held-out rows show how far it carries beyond training.",
               "- Probabilities are calibrated on the validation split named above; on other images they are not.",
+              *_outside_limits(folders or [], list(config["classes"])),
               "", "## How to use", "",
               "```bash", "cifake-predict photo.png                      # the bundled model when no ckpt_path is given",
               f"cifake-predict photo.png ckpt_path=<folder with {WEIGHTS_FILE} and {CONFIG_FILE}>",
               "cifake-serve                                  # the page and the API on http://127.0.0.1:8000",
               "```", ""]
     return "\n".join(lines)
+
+
+def _outside_limits(folders: list[Mapping[str, Any]], classes: list[str]) -> list[str]:
+    """The card's limitation lines that the folders from outside CIFAKE show: the worst share answered
+    with the wrong class, per true class."""
+    lines = []
+    for name in classes:
+        other = next(c for c in classes if c != name)
+        scored = [f for f in folders if f.get("class") == name]
+        if scored:
+            worst = max(scored, key=lambda f: f["shares"].get(other, 0.0))
+            lines.append(f"- Images of class {name} from outside CIFAKE are still answered {other} at times: up to "
+                         f"{worst['shares'].get(other, 0.0):.1%} of `{worst['folder']}` (Images from outside CIFAKE); "
+                         "the out-of-scope answer does not catch every image the model has no ground for.")
+    return lines
 
 
 def read_card_metrics(text: str) -> dict[str, float]:
