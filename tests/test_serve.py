@@ -480,3 +480,24 @@ def test_serve_py_reports_a_missing_model_in_one_line(tmp_path) -> None:
     busy = subprocess.run([sys.executable, str(ROOT / "serve.py"), "port=80000", f"hydra.run.dir={tmp_path / 'run2'}"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert busy.returncode == 2 and "error: port=80000" in busy.stderr and "Traceback" not in busy.stderr
+
+
+def test_the_bundled_model_answers_out_of_scope_with_its_reason(tmp_path) -> None:
+    """The bundled model stores an out-of-scope score: pixel noise is answered OUT_OF_SCOPE, with the score,
+    the threshold and why, and /info says where the threshold lies (the page shows both)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from cifake.scoring.weights import BUNDLED_DIR
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buffer, "PNG")
+    with serving(serve_cfg(tmp_path, BUNDLED_DIR, *SMALL)) as client:
+        info = ok(client.get("/info"))["model"]
+        threshold = info["model"]["out_of_scope"]["threshold"]
+        (result,) = ok(client.post("/predict", files=[("file", ("noise.png", buffer.getvalue(), "image/png"))]))[
+            "images"]
+    assert result["label"] == "OUT_OF_SCOPE" and result["out_of_scope"] > threshold
+    assert result["out_of_scope_threshold"] == threshold and "not trained on images like this one" in result["reason"]
