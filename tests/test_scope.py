@@ -142,3 +142,16 @@ def test_evaluate_stores_a_fitted_score_in_a_safetensors_export(tmp_path: Path) 
         evaluate_job.run(compose_job("evaluate", tmp_path / "eval2", [
             f"ckpt_path={tmp_path / 'st'}", *data, f"paths.cache_dir={tmp_path / 'cache'}",
             "store=true", "report.figures=false"]))
+
+
+@pytest.mark.parametrize(("setting", "named"), [("out_of_scope_fit.flagged=1.5", "share of validation images"),
+                                                ("out_of_scope_fit.method=energy", "choose one of"),
+                                                ("out_of_scope_fit.images=1", "at least a few hundred")])
+def test_bad_fit_settings_are_config_errors_before_any_feature(tmp_path: Path, setting: str, named: str) -> None:
+    from cifake.evaluation.workflow import scope_on_training
+    from tests.helpers.config import compose_config
+
+    scorer = open_scorer(make_checkpoint(tmp_path / "tiny.ckpt"), device="cpu", precision="32-true")
+    fit = compose_config("evaluate", ["out_of_scope_fit.method=mahalanobis", setting]).out_of_scope_fit
+    with pytest.raises(ConfigError, match=named):
+        scope_on_training(scorer, None, fit)  # refused before the data module is touched

@@ -178,6 +178,9 @@ def scope_on_training(scorer: Scorer, datamodule: CIFAKEDataModule, fit: Mapping
                           "the checkpoint (then export), or leave out_of_scope_fit.method=null")
     if int(fit["images"]) < 2:
         raise ConfigError(f"out_of_scope_fit.images={fit['images']}; fit the score on at least a few hundred images")
+    if not 0.0 < float(fit["flagged"]) < 1.0:
+        raise ConfigError(f"out_of_scope_fit.flagged={fit['flagged']} is the share of validation images above the "
+                          "threshold, in (0, 1): e.g. 0.04")
     datamodule.setup("fit")
     train = datamodule.train_set
     generator = np.random.default_rng(0)  # the same sample for the same split, whatever the run's seed
