@@ -77,10 +77,12 @@ def test_predict_prints_the_four_way_counts_and_says_why(scoped_run: Path, tmp_p
 def test_evaluate_scores_a_folder_of_one_class_with_the_cifake_figures_beside(scoped_run: Path,
                                                                               tmp_path: Path) -> None:
     folder = outside_images(tmp_path / "outside")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")  # listed with its reason, not fatal
     ckpt = scoped_run / "run" / "checkpoints" / "best.ckpt"
     proc = check(run_script("evaluate.py", tmp_path, f"ckpt_path={ckpt}", f"folder={folder}", "folder_class=REAL"))
     report = json.loads((tmp_path / "run" / "folder.json").read_text())
     assert report["n"] == 12 and report["class"] == "REAL" and sum(report["shares"].values()) == pytest.approx(1.0)
+    assert list(report["unreadable"]) == [str(folder / "broken.jpg")]
     said = [f["answer"] for f in report["files"]]
     assert report["shares"]["OUT_OF_SCOPE"] == pytest.approx(said.count("OUT_OF_SCOPE") / 12)
     metrics = json.loads((scoped_run / "run" / "metrics.json").read_text())

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
 from cifake.analysis.calibration import answers_report
@@ -57,7 +56,9 @@ def score_folder(scorer: Scorer, folder: Path, label: str, resample: str, thresh
         try:
             images.append(decode_image(path, size, resample)[0])
             kept.append(path)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        # Any file may turn up, and Pillow raises many kinds of error on hostile ones (SyntaxError, struct.error,
+        # DecompressionBombError...): one bad file is listed with its reason, never the end of the run.
+        except Exception as err:
             unreadable[str(path)] = f"{type(err).__name__}: {err}"
     if not kept:
         raise DataError(f"none of the {len(files)} files under {folder} could be read as an image")
