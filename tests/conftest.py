@@ -61,6 +61,9 @@ SUBSET_PER_CLASS = {"train": 2500, "test": 250}
 # first, so that the last tests to start are short ones and both workers end together. A test not listed
 # counts as DEFAULT_SECONDS.
 SECONDS = {
+    "test_real_data.py::test_default_vgg_learns_real_cifake_briefly": 280,
+    "test_bench.py::test_bench_compares_precisions_and_layouts_for_both_networks": 170,
+    "test_bundled.py::test_the_bundled_model_reproduces_its_card_on_real_cifake": 90,
     "test_cache.py::test_train_rebuilds_a_damaged_cache_and_its_numbers_equal_a_clean_run": 110,
     "test_preemption.py::test_a_run_stopped_mid_epoch_by_sigterm_then_sigusr1_ends_where_an_unstopped_one_does": 90,
     "test_weights.py::test_cards_say_what_the_model_was_trained_on_from_the_run": 80,
@@ -83,7 +86,7 @@ SECONDS = {
     "test_locking.py::test_two_demo_runs_started_together_on_an_empty_cache_generate_and_decode_once": 54,
     "test_locking.py::test_two_runs_reaching_an_archive_together_extract_and_decode_it_once": 47,
     "test_locking.py::test_two_demo_runs_with_other_image_sizes_each_generate_their_own_folder": 35,
-    "test_gpu_check.py::test_the_rehearsal_runs_every_step_on_the_cpu_and_fills_every_row": 65,
+    "test_gpu_check.py::test_the_rehearsal_runs_every_step_on_the_cpu_and_fills_every_row": 80,
     "test_gpu_check.py::test_the_bundle_installs_offline_beside_the_image_torch": 42,
     "test_disk_space.py::test_train_on_a_too_small_cache_disk_says_so_then_runs_on_a_larger_one": 43,
     "test_disk_space.py::test_a_disk_that_fills_while_a_checkpoint_is_written_is_one_line_and_the_checkpoints_load": 25,
