@@ -197,7 +197,10 @@ def test_the_console_scripts_train_and_predict(installed: Installed) -> None:
     (predicted,) = set((outputs / "predict" / "runs").iterdir())
     with (predicted / "predictions.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 4 and {r["predicted"] for r in rows} <= {"REAL", "FAKE"}
+    # The run fitted its out-of-scope score (experiment=demo does): every row has one, and pixel noise may be
+    # answered OUT_OF_SCOPE; no band was chosen, so never UNSURE.
+    assert len(rows) == 4 and {r["predicted"] for r in rows} <= {"REAL", "FAKE", "OUT_OF_SCOPE"}
+    assert all(float(r["out_of_scope"]) > 0 for r in rows)
     assert all(not r["error"] for r in rows)
     assert (predicted / "predict.log").is_file()
 

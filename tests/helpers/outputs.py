@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 METRIC_KEYS = {"accuracy", "auroc", "precision", "recall", "f1", "confusion_matrix", "n", "threshold", "ece", "tta",
-               "scoring", "compute"}  # compute: a network's training compute and the evaluation's (not an ONNX file's)
+               "scoring", "compute", "answers"}  # compute: a network's training compute and the evaluation's (not an
+# ONNX file's); answers: the four answers' shares
 PER_CLASS = [f"{m}_{c}" for m in ("precision", "recall", "f1") for c in ("fake", "real")]
 
 
@@ -17,6 +18,7 @@ def check_metrics_file(path: Path, n: int) -> dict:
     """metrics.json of an evaluation of ``n`` images: its keys, and numbers that agree with its confusion matrix."""
     report = json.loads(path.read_text())
     assert METRIC_KEYS - {"compute"} <= set(report) <= METRIC_KEYS  # a forest records no FLOPs
+    assert sum(report["answers"]["shares"].values()) == pytest.approx(1.0)
     if "compute" in report:
         assert report["compute"]["train_pflop"] > 0 and report["compute"]["evaluation_pflop"] > 0
     cm = report["confusion_matrix"]
