@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cifake.core.digest import file_sha256
 from cifake.jobs import evaluate as evaluate_job
 from cifake.scoring import open_scorer
 from cifake.scoring.publish import read_card_metrics
-from cifake.scoring.weights import BUNDLED_DIR, CONFIG_FILE, WEIGHTS_FILE, bundled_weights, sha256
+from cifake.scoring.weights import BUNDLED_DIR, CONFIG_FILE, WEIGHTS_FILE, bundled_weights
 from tests.helpers import ROOT
 from tests.helpers.config import compose_job, real_cifake_root
 from tests.helpers.images import write_image
@@ -31,7 +32,7 @@ def test_the_bundled_files_are_the_ones_the_card_describes() -> None:
     weights = bundled_weights()
     assert weights is not None, "cifake/bundled/ lacks its model: regenerate it (docs/model_card.md)"
     terms = config()
-    digest = sha256(weights)
+    digest = file_sha256(weights)
     assert terms["weights"]["sha256"] == digest and terms["weights"]["bytes"] == weights.stat().st_size
     assert weights.stat().st_size + (BUNDLED_DIR / CONFIG_FILE).stat().st_size <= LIMIT_BYTES
     card = CARD.read_text()

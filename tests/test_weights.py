@@ -12,11 +12,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from cifake.core.digest import file_sha256
 from cifake.core.errors import ModelFileError
 from cifake.jobs import export as export_job
 from cifake.scoring import open_scorer
 from cifake.scoring.publish import read_card_metrics
-from cifake.scoring.weights import CONFIG_FILE, WEIGHTS_FILE, sha256
+from cifake.scoring.weights import CONFIG_FILE, WEIGHTS_FILE
 from tests.helpers import ROOT
 from tests.helpers.config import compose_job
 from tests.helpers.models import make_checkpoint
@@ -34,7 +35,7 @@ def test_the_export_scores_as_the_checkpoint_and_says_what_it_is(tmp_path: Path)
     ckpt, folder = exported(tmp_path)
     assert {p.name for p in folder.iterdir()} >= {WEIGHTS_FILE, CONFIG_FILE, "README.md"}
     config = json.loads((folder / CONFIG_FILE).read_text())
-    assert config["weights"]["sha256"] == sha256(folder / WEIGHTS_FILE)
+    assert config["weights"]["sha256"] == file_sha256(folder / WEIGHTS_FILE)
     assert config["network"]["_target_"] == "cifake.models.vgg.VGG" and config["classes"] == ["FAKE", "REAL"]
     assert config["image_size"] == 32 and config["resample"] == "bicubic"
     images = np.random.default_rng(0).integers(0, 256, (20, 3, 32, 32), dtype=np.uint8)
@@ -68,7 +69,7 @@ def test_metadata_beyond_the_format_is_refused(tmp_path: Path) -> None:
     weights = folder / WEIGHTS_FILE
     rewrite_metadata(weights, {"format": "pt", "note": "__import__('os').system('id')"})
     config = json.loads((folder / CONFIG_FILE).read_text())
-    config["weights"]["sha256"] = sha256(weights)  # a consistent file, only its content is wrong
+    config["weights"]["sha256"] = file_sha256(weights)  # a consistent file, only its content is wrong
     (folder / CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(ModelFileError, match="metadata beside its tensors"):
         open_scorer(folder, device="cpu", precision="32-true")

@@ -40,6 +40,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from cifake.core.atomic import atomic_path, bytes_on_disk, check_space
+from cifake.core.digest import file_sha256
 from cifake.core.errors import ConfigError, DataError
 from cifake.data.scan import IMAGE_SUFFIXES
 
@@ -165,15 +166,6 @@ def draw_int(key: str, low: int, high: int) -> int:
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, hex."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def photo_id(package: SourcePackage, rel: str) -> str:

@@ -13,6 +13,7 @@ import yaml
 
 from cifake.analysis.metrics import headline
 from cifake.core.atomic import atomic_path
+from cifake.core.digest import file_sha256
 from cifake.models.scope import RECORD_KEYS
 from cifake.scoring.weights import (
     CONFIG_FILE,
@@ -22,7 +23,6 @@ from cifake.scoring.weights import (
     SCOPE_PREFIX,
     SCOPE_TENSORS,
     WEIGHTS_FILE,
-    sha256,
 )
 
 CARD_METRICS = ("accuracy", "auroc")  # the model-index entries a re-evaluation is checked against
@@ -66,7 +66,7 @@ def write_config(folder: Path, weights: Path, spec: Mapping[str, Any], hparams: 
     compute and the recipe that made it."""
     config = {
         "format": CONFIG_FORMAT,
-        "weights": {"file": weights.name, "sha256": sha256(weights), "bytes": weights.stat().st_size},
+        "weights": {"file": weights.name, "sha256": file_sha256(weights), "bytes": weights.stat().st_size},
         "network": dict(spec),
         "classes": list(hparams["classes"]),
         "image_size": int(hparams["image_size"]),
@@ -106,7 +106,7 @@ def store_in_export(folder: Path, net: Any, band: list[float] | None, temperatur
     config = json.loads(path.read_text())
     if scope is not None or not (folder / WEIGHTS_FILE).is_file():
         weights = write_weights(net, folder, scope)
-        config["weights"] = {"file": weights.name, "sha256": sha256(weights), "bytes": weights.stat().st_size}
+        config["weights"] = {"file": weights.name, "sha256": file_sha256(weights), "bytes": weights.stat().st_size}
     if scope is not None:
         config["out_of_scope"] = _scope_entry(scope)
     if band is not None:

@@ -4,7 +4,6 @@ unpickled, no Lightning and no scikit-learn."""
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import struct
@@ -12,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cifake.core.digest import file_sha256
 from cifake.core.errors import ModelFileError
 from cifake.scoring.contract import read_export_json
 from cifake.scoring.scorer import NO_TTA, Scorer, check_precision, with_temperature
@@ -27,15 +27,6 @@ MAX_HEADER = 1 << 20  # bytes; a network of this package has a header of a few k
 # The out-of-scope score's tensors ride in model.safetensors beside the network's, under this prefix.
 SCOPE_PREFIX = "out_of_scope."
 SCOPE_TENSORS = ("means", "precision")
-
-
-def sha256(path: Path) -> str:
-    """The hex SHA-256 of the file at ``path``."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -83,7 +74,7 @@ def read_weights(path: Path, expected_sha256: str | None) -> dict[str, Any]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    if expected_sha256 is not None and sha256(path) != expected_sha256:
+    if expected_sha256 is not None and file_sha256(path) != expected_sha256:
         raise ModelFileError(f"{path} is not the file its {CONFIG_FILE} describes (SHA-256 differs): damaged or "
                              "replaced; export the checkpoint again")
     check_header(path)

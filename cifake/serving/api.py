@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import atexit
 import base64
-import hashlib
 import io
 import logging
 import multiprocessing
@@ -28,6 +27,7 @@ import numpy as np
 from PIL import Image
 from starlette.responses import JSONResponse
 
+from cifake.core.digest import file_sha256
 from cifake.scoring import Scorer, choose_resample, open_scorer, resolve_band
 from cifake.scoring.open import bundled_name, model_file
 from cifake.scoring.scorer import OUT_OF_SCOPE, resolve_scope, scope_reason, verdicts
@@ -72,7 +72,7 @@ def identity(scorer: Scorer, settings: ModelSettings, resample: str) -> dict[str
     start of its sha256), kind, input size, classes, resampling, test-time augmentation, the
     temperature, and the precision and device that compute its answers."""
     path = model_file(settings.path)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = file_sha256(path)
     bundled = bundled_weights()
     is_bundled = bundled is not None and path.resolve() == bundled.resolve()
     return {"name": bundled_name() if is_bundled else path.name, "bundled": is_bundled,
