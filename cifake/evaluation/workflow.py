@@ -35,7 +35,7 @@ from cifake.core.errors import ConfigError
 from cifake.data.datamodule import CIFAKEDataModule
 from cifake.models.scope import METHODS as SCOPE_METHODS
 from cifake.models.scope import RECORD_KEYS as SCOPE_RECORD_KEYS
-from cifake.models.scope import fit_mahalanobis, scope_record, threshold_for
+from cifake.models.scope import fit_mahalanobis, fit_rows, scope_record, threshold_for
 from cifake.scoring import Scorer, check_threshold
 from cifake.scoring.network import network_features, network_scope
 from cifake.scoring.scorer import with_temperature
@@ -183,8 +183,7 @@ def scope_on_training(scorer: Scorer, datamodule: CIFAKEDataModule, fit: Mapping
                           "threshold, in (0, 1): e.g. 0.04")
     datamodule.setup("fit")
     train = datamodule.train_set
-    generator = np.random.default_rng(0)  # the same sample for the same split, whatever the run's seed
-    rows = np.sort(generator.choice(np.asarray(train.indices), min(int(fit["images"]), len(train)), replace=False))
+    rows = fit_rows(train.indices, fit["images"])
     embed = network_features(scorer.model, scorer.device)
     features = np.concatenate([embed(train.split.images[rows[i:i + datamodule.eval_batch]])
                                for i in tqdm(range(0, len(rows), datamodule.eval_batch), desc="Features (train)",

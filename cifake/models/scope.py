@@ -58,6 +58,13 @@ def fit_mahalanobis(features: np.ndarray, labels: np.ndarray) -> Mahalanobis:
     return Mahalanobis(torch.from_numpy(means), torch.from_numpy((precision + precision.T) / 2))
 
 
+def fit_rows(indices: np.ndarray, images: int) -> np.ndarray:
+    """The rows a score is fitted on: ``images`` of ``indices`` (all, if fewer), a sample seeded apart
+    from the run's seed, so the same split always gives the same sample; sorted."""
+    indices = np.asarray(indices)
+    return np.sort(np.random.default_rng(0).choice(indices, min(int(images), len(indices)), replace=False))
+
+
 def threshold_for(scores: np.ndarray, flagged: float) -> float:
     """The score above which a share ``flagged`` of ``scores`` lies (validation images: the share of
     in-scope images the answer gives up)."""

@@ -109,25 +109,6 @@ def network_score(module: nn.Module, device: torch.device, precision: str = "32-
     return score
 
 
-def network_scope(module: nn.Module, head: nn.Module, device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
-    """uint8 batch -> out-of-scope score: ``head`` (:class:`~cifake.models.scope.Mahalanobis`) over the
-    penultimate features of ``module.net``, on the images as they are, in true float32 (as the
-    score was fitted and as an export computes it)."""
-    @torch.no_grad()
-    def scope(images: np.ndarray) -> np.ndarray:
-        was_training = module.training
-        module.eval().to(device)
-        head.to(device)
-        try:
-            with float32_matmul("highest"):
-                x = to_unit_float(torch.from_numpy(np.asarray(images)).to(device))
-                return head(module.net.embed(x).float()).cpu().numpy()
-        finally:
-            module.train(was_training)
-
-    return scope
-
-
 def network_features(module: nn.Module, device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
     """uint8 batch -> the penultimate features ``(N, D)`` of ``module.net`` in true float32, what an
     out-of-scope score is fitted on."""
@@ -143,6 +124,21 @@ def network_features(module: nn.Module, device: torch.device) -> Callable[[np.nd
             module.train(was_training)
 
     return features
+
+
+def network_scope(module: nn.Module, head: nn.Module, device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 batch -> out-of-scope score: ``head`` (:class:`~cifake.models.scope.Mahalanobis`) over
+    :func:`network_features`, on the images as they are, in true float32 (as the score was fitted and as
+    an export computes it)."""
+    features = network_features(module, device)
+
+    @torch.no_grad()
+    def scope(images: np.ndarray) -> np.ndarray:
+        head.to(device)
+        with float32_matmul("highest"):
+            return head(torch.from_numpy(features(images)).to(device)).cpu().numpy()
+
+    return scope
 
 
 def read_scope(raw: Mapping[str, Any], source: str) -> tuple[Mahalanobis | None, dict[str, Any] | None]:

@@ -3,7 +3,7 @@
 
     python -m cifake.tools.scope [--model <.ckpt or safetensors folder; default: the bundled model>]
         --data <cifake root> --outside /tmp/photoset/choose/whole/REAL /tmp/photoset/choose/tiles/REAL
-        [--fit-images 20000] [--flagged 0.04] [--knn 50]
+        [--fit-images N] [--flagged share] [--knn 50]   (defaults: conf's out_of_scope_fit)
 
 Methods (all on the penultimate features, fitted on the same seeded sample of training images):
 ``mahalanobis`` (class means and a Ledoit-Wolf shared precision, Lee et al. 2018: what the package
@@ -29,7 +29,7 @@ from sklearn.metrics import roc_auc_score
 from cifake.core import schemas  # noqa: F401  (registers the config schemas)
 from cifake.core.configs import CONF_DIR
 from cifake.data.scan import folder_files
-from cifake.models.scope import fit_mahalanobis, threshold_for
+from cifake.models.scope import fit_mahalanobis, fit_rows, threshold_for
 from cifake.scoring import model_or_bundled, open_scorer
 from cifake.scoring.network import network_features
 
@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="a .ckpt or safetensors folder (default: the bundled model)")
     parser.add_argument("--data", required=True, help="the CIFAKE root (train/ and test/)")
     parser.add_argument("--outside", nargs="+", required=True, help="folders of images from outside CIFAKE")
-    parser.add_argument("--fit-images", type=int, default=20000)
-    parser.add_argument("--flagged", type=float, default=0.04)
+    parser.add_argument("--fit-images", type=int, default=None, help="default: out_of_scope_fit.images")
+    parser.add_argument("--flagged", type=float, default=None, help="default: out_of_scope_fit.flagged")
     parser.add_argument("--knn", type=int, default=50)
     args = parser.parse_args(argv)
 
@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                          allowed=("checkpoint", "safetensors"))
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"data.root={args.data}"])
+    fit = cfg.out_of_scope_fit  # conf/evaluation/default.yaml, as train.py fits the shipped score
+    flagged = args.flagged or fit.flagged
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup("fit")
     embed = network_features(scorer.model, scorer.device)
@@ -80,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             return head_weights(torch.from_numpy(f)).squeeze(1).numpy()
 
     train = datamodule.train_set
-    rows = np.sort(np.random.default_rng(0).choice(np.asarray(train.indices), min(args.fit_images, len(train)),
-                                                   replace=False))
+    rows = fit_rows(train.indices, args.fit_images or fit.images)
     train_f = features(train.split.images[rows])
     head = fit_mahalanobis(train_f, train.split.labels[rows])
     val_f = features(datamodule.val_set.split.images[np.sort(np.asarray(datamodule.val_set.indices))])
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
     size, resample = int(scorer.image_size), str(scorer.resample)
     print(f"{len(val_f)} validation images in scope; fitted on {len(rows)} training images; threshold flags "
-          f"{100 * args.flagged:g}% of validation")
+          f"{100 * flagged:g}% of validation")
     print("| outside folder | images | method | AUROC | flagged |")
     print("|---|---:|---|---:|---:|")
     for folder in args.outside:
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         for method, values in outside.items():
             auroc = roc_auc_score(np.r_[np.zeros(len(inside[method])), np.ones(len(values))],
                                   np.r_[inside[method], values])
-            flagged = float(np.mean(values > threshold_for(inside[method], args.flagged)))
+            flagged = float(np.mean(values > threshold_for(inside[method], flagged)))
             print(f"| {folder} | {len(values)} | {method} | {auroc:.3f} | {100 * flagged:.1f}% |")
     return 0
 
