@@ -95,11 +95,11 @@ def test_bad_settings_are_refused_by_name(kwargs: dict, message: str) -> None:
 
 
 def test_the_readmes_override_whitens_a_training_run(compose_cfg, caplog) -> None:
-    """train.py with the override exactly as the README's table gives it, on the tiny demo data."""
+    """train.py with the override exactly as docs/configuration.md's table gives it, on the tiny demo data."""
     from cifake.jobs import train as train_job
     from tests.helpers import ROOT
 
-    (override,) = re.findall(r"`(\+callbacks\.whiten=[^`]+)`", (ROOT / "README.md").read_text())
+    (override,) = re.findall(r"`(\+callbacks\.whiten=[^`]+)`", (ROOT / "docs" / "configuration.md").read_text())
     cfg = compose_cfg("train", [*tiny_resnet_overrides(), "model.net.stem=[32]", "trainer.max_epochs=1", override])
     with caplog.at_level("INFO", logger="cifake.callbacks.whiten"):
         train_job.run(cfg)

@@ -21,6 +21,7 @@ from cifake.core.errors import ConfigError, DataError
 from cifake.data.decode import decode_image
 from cifake.data.scan import folder_files
 from cifake.scoring import Scorer
+from cifake.scoring.scorer import verdicts  # the same answers as predict.py and the server give
 
 log = logging.getLogger(__name__)
 FOLDER_FILE = "folder.json"
@@ -67,8 +68,6 @@ def score_folder(scorer: Scorer, folder: Path, label: str, resample: str, thresh
     scope = scorer.out_of_scope(pixels, batch_size)
     labels = np.full(len(kept), scorer.classes.index(label))
     answers = answers_report(p_real, labels, scorer.classes, threshold, band, scope, scorer.scope_threshold)
-    from cifake.scoring.scorer import verdicts  # the same answers as predict.py and the server give
-
     said = verdicts(p_real, scorer.classes, threshold, band, scope, scorer.scope_threshold)
     report = {"folder": str(folder), "class": label, "model": scorer.source, "threshold": threshold,
               "unsure_band": None if band is None else list(band), "tta": dict(scorer.tta),
