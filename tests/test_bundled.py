@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from cifake.core.digest import file_sha256
+from cifake.export.safetensors import read_card_metrics
 from cifake.jobs import evaluate as evaluate_job
 from cifake.scoring import open_scorer
-from cifake.scoring.publish import read_card_metrics
 from cifake.scoring.weights import BUNDLED_DIR, CONFIG_FILE, WEIGHTS_FILE, bundled_weights
 from tests.helpers import ROOT
 from tests.helpers.config import compose_job, real_cifake_root

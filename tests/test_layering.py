@@ -34,9 +34,10 @@ ALLOWED: dict[str, set[str]] = {
     "callbacks": {"core", "data", "analysis", "models", "scoring"},  # what runs inside fit and test
     "evaluation": {"core", "data", "audit", "analysis", "models", "training", "scoring"},  # a Scorer over a split
     "serving": {"core", "data", "analysis", "scoring", "evaluation"},  # serve.py's API and server
+    "export": {"core", "data", "analysis", "models", "scoring", "evaluation"},  # ONNX and safetensors exports
     "jobs": {"core", "data", "audit", "analysis", "models", "training", "scoring", "callbacks", "evaluation",
-             "serving"},                              # one module per entry script; never one another
-    "tools": {"core", "data", "analysis", "models", "training", "scoring", "callbacks"},  # python -m developer tools
+             "serving", "export"},                              # one module per entry script; never one another
+    "tools": {"core", "data", "analysis", "models", "training", "scoring", "callbacks", "export"},  # python -m tools
     ENTRY: {"core", "jobs"},                          # cli.py: the Hydra apps the entry and console scripts run
 }
 

@@ -1,4 +1,4 @@
-"""Safetensors exports (cifake/scoring/weights.py, publish.py, export.py format=safetensors): they score
+"""Safetensors exports (cifake/scoring/weights.py, cifake/export/safetensors.py, export.py format=safetensors): they score
 as the checkpoint does, and anything that is not plain tensors matching their config is refused."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from safetensors.torch import save_file
 
 from cifake.core.digest import file_sha256
 from cifake.core.errors import ModelFileError
+from cifake.export.safetensors import read_card_metrics
 from cifake.jobs import export as export_job
 from cifake.scoring import open_scorer
-from cifake.scoring.publish import read_card_metrics
 from cifake.scoring.weights import CONFIG_FILE, WEIGHTS_FILE
 from tests.helpers import ROOT
 from tests.helpers.config import compose_job

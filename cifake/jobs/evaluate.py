@@ -69,7 +69,7 @@ def store_choices(scorer: Scorer, ckpt_path: str, band: tuple[float, float] | No
     if scorer.kind == "checkpoint":
         record_in_checkpoint(ckpt_path, band, temperature, scope=scope)
     else:
-        from cifake.scoring.publish import store_in_export
+        from cifake.export.safetensors import store_in_export
 
         store_in_export(Path(scorer.source).parent, scorer.model.net, None if band is None else list(band),
                         temperature, scope)

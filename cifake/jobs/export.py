@@ -28,7 +28,6 @@ from cifake.evaluation.folder import FOLDER_FILE
 from cifake.models.classifier import Classifier
 from cifake.models.scope import RECORD_KEYS, ScopedNetwork, scope_from_record
 from cifake.scoring import check_threshold, choose_resample, model_kind
-from cifake.scoring.contract import CONTRACT_FORMAT, INPUT_NAME, OUTPUT_NAME, PIXEL_DIVISOR, SCOPE_OUTPUT_NAME
 from cifake.scoring.network import (
     COMPUTE_KEY,
     RUN_COMPUTE_KEY,
@@ -39,6 +38,7 @@ from cifake.scoring.network import (
     rebuild_classifier,
     trained_resample,
 )
+from cifake.scoring.onnx_contract import CONTRACT_FORMAT, INPUT_NAME, OUTPUT_NAME, PIXEL_DIVISOR, SCOPE_OUTPUT_NAME
 from cifake.scoring.weights import BUNDLED_DIR, CARD_FILE
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ def export_safetensors(cfg: DictConfig, model: Classifier, raw: dict[str, Any], 
     """``model.safetensors`` and ``config.json`` in ``folder`` and the model card at ``card``, with the
     figures and the recipe of the run folder the checkpoint lies in; the export scored against the
     checkpoint on random images (``cfg.check``). Returns the config."""
-    from cifake.scoring.publish import card_text, network_spec, write_config, write_weights
+    from cifake.export.safetensors import card_text, network_spec, write_config, write_weights
     from cifake.scoring.weights import weights_scorer
 
     run = path.resolve().parent.parent if path.resolve().parent.name == "checkpoints" else path.resolve().parent

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from cifake.core.errors import ModelFileError
-from cifake.scoring.contract import read_contract
+from cifake.scoring.onnx_contract import read_contract
 from cifake.scoring.scorer import Scorer, with_temperature
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from cifake.core.digest import file_sha256
 from cifake.core.errors import ModelFileError
-from cifake.scoring.contract import read_export_json
+from cifake.scoring.onnx_contract import read_export_json
 from cifake.scoring.scorer import NO_TTA, Scorer, check_precision, with_temperature
 
 WEIGHTS_FILE = "model.safetensors"

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from cifake.scoring.publish import card_text
+from cifake.export.safetensors import card_text
 from cifake.scoring.weights import CONFIG_FILE, WEIGHTS_FILE
 
 

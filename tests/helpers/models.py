@@ -90,7 +90,7 @@ def tiny_onnx(folder: Path) -> Path:
     import onnx
     from onnx import TensorProto, helper
 
-    from cifake.scoring.contract import CONTRACT_FORMAT
+    from cifake.scoring.onnx_contract import CONTRACT_FORMAT
 
     images = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 32, 32])
     p_real = helper.make_tensor_value_info("p_real", TensorProto.FLOAT, ["batch"])
