@@ -8,8 +8,8 @@ import torch
 
 from cifake.core.errors import ConfigError
 from cifake.data.datamodule import CIFAKEDataModule
-from cifake.data.degrade import check_degradations, degrade, is_active
-from cifake.data.perturb import RERENDER_DOWN, RERENDER_UP, gaussian_blur, jpeg, pil_rescale, rerender, rescale
+from cifake.data.degradations import RERENDER_DOWN, RERENDER_UP, gaussian_blur, jpeg, pil_rescale, rerender, rescale
+from cifake.data.training_degradations import check_degradations, degrade, is_active
 from tests.helpers.config import conf_args
 
 OFF = {"scale": {"p": 0.0, "range": [0.5, 0.95]}, "blur": {"p": 0.0, "range": [0.2, 1.2]},

@@ -14,7 +14,7 @@ from cifake.analysis.explain import gradcam
 from cifake.core.errors import ConfigError
 from cifake.data.augment import random_hflip
 from cifake.jobs import train as train_job
-from cifake.models import arithmetic
+from cifake.models import precision as arithmetic
 from cifake.scoring.network import module_scorer
 from cifake.training.trainer import build_trainer, resolve_precision
 from tests.helpers.config import conf_args, conf_node, tiny_demo_overrides

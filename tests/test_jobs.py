@@ -11,8 +11,8 @@ import torch
 from cifake.core.errors import ConfigError
 from cifake.jobs import evaluate as evaluate_job
 from cifake.jobs import train as train_job
-from cifake.models.arithmetic import cpu_has_fast_bf16
 from cifake.models.classifier import Classifier
+from cifake.models.precision import cpu_has_fast_bf16
 from tests.helpers import ROOT
 from tests.helpers.config import tiny_demo_overrides
 from tests.helpers.outputs import check_metrics_file

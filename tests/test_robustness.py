@@ -15,7 +15,7 @@ from cifake.analysis.metrics import binary_report
 from cifake.analysis.plots import robustness_figure
 from cifake.analysis.robustness import conditions, robustness_table, write_robustness
 from cifake.core.errors import ConfigError
-from cifake.data.perturb import DEFAULT_PERTURBATIONS, gaussian_blur, gaussian_noise, hflip, jpeg, perturb, rescale
+from cifake.data.degradations import DEFAULT_PERTURBATIONS, gaussian_blur, gaussian_noise, hflip, jpeg, perturb, rescale
 
 
 def noise_batch(n: int = 4, size: int = 32, seed: int = 0) -> torch.Tensor:

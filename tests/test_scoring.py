@@ -13,8 +13,8 @@ from cifake.core.errors import ConfigError
 from cifake.data.features import extract_features
 from cifake.jobs import evaluate as evaluate_job
 from cifake.jobs import predict as predict_job
-from cifake.models.arithmetic import cpu_has_fast_bf16
 from cifake.models.forest import ForestClassifier
+from cifake.models.precision import cpu_has_fast_bf16
 from cifake.scoring import open_scorer
 from tests.helpers import ROOT
 from tests.helpers.config import RESNET, compose_job, tiny_demo_overrides

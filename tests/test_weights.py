@@ -1,4 +1,4 @@
-"""Safetensors exports (cifake/scoring/weights.py, cifake/export/safetensors.py, export.py format=safetensors): they score
+"""Safetensors exports (scoring/weights.py, export/safetensors.py, export.py format=safetensors): they score
 as the checkpoint does, and anything that is not plain tensors matching their config is refused."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The evaluation report: binary metrics of p(REAL) against labels, as ``metrics.json`` holds them."""
+"""Binary metrics of p(REAL) against labels, as ``metrics.json`` holds them (the evaluation report that writes
+them is :mod:`cifake.analysis.report`)."""
 
 from __future__ import annotations
 

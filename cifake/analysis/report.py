@@ -23,7 +23,6 @@ from cifake.analysis.calibration import (
     reliability_bins,
 )
 from cifake.analysis.explain import pick_per_class
-from cifake.analysis.figure_log import log_figure, tensorboard_writers
 from cifake.analysis.metrics import binary_report, format_report, report_scalars
 from cifake.analysis.plots import (
     confusion_figure,
@@ -35,6 +34,7 @@ from cifake.analysis.plots import (
     roc_figure,
 )
 from cifake.analysis.robustness import robustness_markdown, write_robustness
+from cifake.analysis.tensorboard_figures import log_figure, tensorboard_writers
 from cifake.data.cache import DecodedSplit
 
 log = logging.getLogger(__name__)

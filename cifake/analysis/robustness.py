@@ -1,4 +1,4 @@
-"""How well a classifier holds up when its test images are degraded (:mod:`cifake.data.perturb`:
+"""How well a classifier holds up when its test images are degraded (:mod:`cifake.data.degradations`:
 JPEG re-compression, blur, down-and-up scaling, noise, mirroring), each at a few strengths,
 against the clean baseline. A fake detector that keys on high-frequency artefacts tends to lose
 them to exactly these operations, which images on the web go through all the time.
@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from cifake.analysis.calibration import unsure_report
 from cifake.analysis.metrics import binary_report
 from cifake.core.errors import ConfigError
-from cifake.data.perturb import BASELINE, DEFAULT_PERTURBATIONS, Strength, perturb
+from cifake.data.degradations import BASELINE, DEFAULT_PERTURBATIONS, Strength, perturb
 
 
 def conditions(perturbations: Mapping[str, Sequence[Strength]]) -> list[tuple[str, Strength]]:

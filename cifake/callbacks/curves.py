@@ -10,8 +10,8 @@ import torch
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryConfusionMatrix, BinaryPrecisionRecallCurve, BinaryROC
 
-from cifake.analysis.figure_log import log_figure, tensorboard_writers
 from cifake.analysis.plots import confusion_figure, pr_figure, roc_figure
+from cifake.analysis.tensorboard_figures import log_figure, tensorboard_writers
 from cifake.callbacks.base import FigureCallback
 from cifake.data.labels import CLASSES
 

@@ -49,7 +49,7 @@ class DataSchema:
     num_workers: int = MISSING
     on_device: Any = MISSING  # auto, true or false
     demo: Optional[DemoSchema] = MISSING  # noqa: UP045
-    degrade: Optional[dict[str, Any]] = MISSING  # noqa: UP045  (checked by cifake.data.degrade)
+    degrade: Optional[dict[str, Any]] = MISSING  # noqa: UP045  (checked by cifake.data.training_degradations)
 
 
 @dataclass

@@ -22,10 +22,10 @@ from cifake.data.augment import (
     to_unit_float,
 )
 from cifake.data.cache import DecodedSplit, load_or_decode
-from cifake.data.degrade import check_degradations, degrade, is_active
 from cifake.data.demo import generate_demo
 from cifake.data.scan import KAGGLE_HINT, resolve_layout_root, scan_split
 from cifake.data.split import stratified_split
+from cifake.data.training_degradations import check_degradations, degrade, is_active
 
 log = logging.getLogger(__name__)
 

@@ -30,11 +30,11 @@ from cifake.core import schemas  # noqa: F401  (registers the config schemas)
 from cifake.core.checkpoints import check_resumable
 from cifake.core.errors import ConfigError, friendly_errors
 from cifake.evaluation.workflow import choose_on_validation, evaluate_run, scope_on_training
-from cifake.models.arithmetic import float32_matmul, native_bf16
 from cifake.models.forest import ForestClassifier
+from cifake.models.precision import float32_matmul, native_bf16
 from cifake.scoring import open_scorer
 from cifake.scoring.network import record_in_checkpoint
-from cifake.scoring.open import network_weights
+from cifake.scoring.open_model_file import network_weights
 from cifake.scoring.scorer import device_name, resolve_scope
 from cifake.training.sweep import RESULTS_FILE
 from cifake.training.tracking import log_hparams, run_hparams

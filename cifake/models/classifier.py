@@ -17,8 +17,8 @@ from torchmetrics import MetricCollection
 from cifake.analysis.metrics import classification_metrics, two_class_probs
 from cifake.analysis.tta import check_tta, mean_over_views
 from cifake.core.errors import ConfigError
-from cifake.models.arithmetic import channels_last_on
 from cifake.models.flops import forward_flops, train_pflop
+from cifake.models.precision import channels_last_on
 from cifake.models.resnet import upgrade_arguments
 
 log = logging.getLogger(__name__)

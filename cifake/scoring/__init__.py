@@ -7,7 +7,7 @@ callback scores through it. Importing this package loads neither torch nor sciki
 kind of file pulls in only what it needs when it is opened, so predicting from ONNX stays light.
 """
 
-from cifake.scoring.open import MODEL_KINDS, model_kind, model_or_bundled, open_scorer
+from cifake.scoring.open_model_file import MODEL_KINDS, model_kind, model_or_bundled, open_scorer
 from cifake.scoring.scorer import Scorer, check_threshold, choose_resample, resolve_band
 
 __all__ = ["MODEL_KINDS", "Scorer", "check_threshold", "choose_resample", "model_kind", "model_or_bundled",

@@ -17,7 +17,7 @@ from cifake.core.atomic import atomic_path
 from cifake.core.errors import ConfigError, ModelFileError
 from cifake.data.augment import to_unit_float
 from cifake.data.labels import CLASSES
-from cifake.models.arithmetic import float32_matmul, native_bf16
+from cifake.models.precision import float32_matmul, native_bf16
 from cifake.models.scope import Mahalanobis, scope_from_record
 from cifake.scoring.scorer import NO_TTA, Scorer, check_precision, with_temperature
 

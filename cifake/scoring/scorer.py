@@ -54,7 +54,7 @@ class Scorer:
     module Grad-CAM explains, at ``gradcam_layer`` by default.
     """
 
-    kind: str  # "checkpoint", "safetensors", "forest" or "onnx" (see cifake.scoring.open.MODEL_KINDS)
+    kind: str  # "checkpoint", "safetensors", "forest" or "onnx" (see cifake.scoring.open_model_file.MODEL_KINDS)
     source: str  # the file it was opened from
     score: Callable[[np.ndarray], np.ndarray]
     classes: tuple[str, ...]

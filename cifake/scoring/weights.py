@@ -126,7 +126,7 @@ def load_detector(weights: Path) -> tuple[Any, dict[str, Any]]:
 def weights_scorer(weights: Path, device: str, precision: str, tta: Mapping[str, Any] | None = None) -> Scorer:
     """A safetensors export on ``device`` (``auto``: CUDA where there is one) at ``precision``, with
     the temperature and unsure band its config records."""
-    from cifake.models.arithmetic import channels_last_on
+    from cifake.models.precision import channels_last_on
     from cifake.scoring.network import network_score, pick_device
 
     check_precision(precision)

@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse
 
 from cifake.core.digest import file_sha256
 from cifake.scoring import Scorer, choose_resample, open_scorer, resolve_band
-from cifake.scoring.open import bundled_name, model_file
+from cifake.scoring.open_model_file import bundled_name, model_file
 from cifake.scoring.scorer import OUT_OF_SCOPE, resolve_scope, scope_reason, verdicts
 from cifake.scoring.weights import bundled_weights
 from cifake.serving.uploads import Decoded, Limits, Options, Rejected, WarnAt, decode, parse

@@ -57,8 +57,8 @@ from torch.utils.data import DataLoader
 from cifake.core import schemas  # noqa: F401  (registers the config schemas)
 from cifake.core.configs import CONF_DIR
 from cifake.data.augment import random_shear, to_unit_float
-from cifake.models.arithmetic import channels_last_on, float32_matmul
 from cifake.models.flops import TRAIN_MULTIPLIER, forward_flops
+from cifake.models.precision import channels_last_on, float32_matmul
 from cifake.training.trainer import build_trainer, resolve_precision, uses_cuda
 
 

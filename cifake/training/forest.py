@@ -17,7 +17,6 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig
 from sklearn.metrics import log_loss
 
-from cifake.analysis.figure_log import log_figure, tensorboard_writers
 from cifake.analysis.metrics import binary_report, report_scalars
 from cifake.analysis.plots import (
     class_balance_figure,
@@ -26,10 +25,11 @@ from cifake.analysis.plots import (
     importance_figure,
 )
 from cifake.analysis.report import Predictions, curve_figures, example_figures, write_figures
+from cifake.analysis.tensorboard_figures import log_figure, tensorboard_writers
 from cifake.data.cache import DecodedSplit
 from cifake.data.datamodule import CIFAKEDataModule
-from cifake.data.degrade import is_active
 from cifake.data.features import cached_features
+from cifake.data.training_degradations import is_active
 from cifake.models.forest import ForestClassifier
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The Lightning Trainer built from the config (callbacks, loggers, whole-file checkpoints), and the device and
 precision rules of training (``trainer.precision=auto``, the CPU core count); the arithmetic rules it shares with
-scoring (native bf16, TF32 for a block) live in :mod:`cifake.models.arithmetic`."""
+scoring (native bf16, TF32 for a block) live in :mod:`cifake.models.precision`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from cifake.core.checkpoints import WholeFileCheckpointIO
 from cifake.core.errors import ConfigError
-from cifake.models.arithmetic import native_bf16
+from cifake.models.precision import native_bf16
 
 log = logging.getLogger("cifake")
 

@@ -1,7 +1,7 @@
 """Image degradations on uint8 batches: JPEG re-compression, blur, down-and-up scaling (in torch
 or with Pillow's filters), up-and-down re-rendering, noise and mirroring, each at a strength. The robustness table
 (:mod:`cifake.analysis.robustness`) applies them to test images; training-time degradations
-(:mod:`cifake.data.degrade`) to a share of each training batch.
+(:mod:`cifake.data.training_degradations`) to a share of each training batch.
 
 Every perturbation maps a uint8 batch ``(N, C, H, W)`` to a new uint8 batch of the same shape and
 never changes its input.

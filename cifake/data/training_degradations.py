@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from cifake.core.errors import ConfigError
-from cifake.data.perturb import perturb
+from cifake.data.degradations import perturb
 
-# family -> the strength's meaning (the perturbation of cifake.data.perturb of the same name).
+# family -> the strength's meaning (the perturbation of cifake.data.degradations of the same name).
 FAMILIES: dict[str, str] = {
     "scale": "down-and-up factor in (0, 1] (torch, bilinear, antialiased)",
     "blur": "Gaussian sigma in pixels",
