@@ -6,18 +6,17 @@ the package), so both spellings take the same config, overrides, ``--help``, ``-
 ``--config-dir``, and write the same run folders.
 
 Light on purpose: a job's module (and with it torch, Lightning, ...) is imported only when the job
-runs, so ``--help`` and ``--cfg`` answer at once and ``cifake-predict`` loads only what
-:mod:`cifake.jobs.predict` needs.
+runs, inside the function below that names it (``import cifake.jobs.train``), so ``--help`` and
+``--cfg`` answer at once and ``cifake-predict`` loads only what :mod:`cifake.jobs.predict` needs.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import signal
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -62,15 +61,15 @@ except KeyboardInterrupt:  # Ctrl+C while the command starts: it stops, without 
     raise SystemExit(INTERRUPTED) from None
 
 
-def _launch(job: str, entry: str = "run") -> None:
-    """Run ``cifake.jobs.<job>.<entry>(cfg)`` as a Hydra app on ``<job>.yaml``, a
-    :class:`~cifake.core.errors.CifakeError` reported as one line (exit status 2)."""
+def _launch(job: str, load: Callable[[], Callable[[DictConfig], Any]]) -> None:
+    """Run the job ``load()`` returns (its module imported only then: :func:`train` and the others) as a Hydra
+    app on ``<job>.yaml``, a :class:`~cifake.core.errors.CifakeError` reported as one line (exit status 2)."""
 
     def task(cfg: DictConfig) -> Any:
         with ctrl_c_after_imports():  # the job's module brings torch, Lightning, numpy, ...
-            module = importlib.import_module(f"cifake.jobs.{job}")
+            entry = load()
         one_console_copy()
-        return friendly_errors(getattr(module, entry))(cfg)
+        return friendly_errors(entry)(cfg)
 
     # Hydra names the job (hydra.job.name: the run's <job>.log, the app named by --help) after the last
     # dotted part of the task function's module (after the file for a script run as __main__). Named as
@@ -176,12 +175,22 @@ def writable_folder(folder: str, key: str) -> None:
 def train() -> None:
     """``cifake-train`` (``python train.py``): fit on ``train.yaml``; under a sweeper (``-m
     hparams_search=...``) each run returns ``optimized_metric`` to it."""
-    _launch("train", "objective")
+    def job() -> Callable[[DictConfig], Any]:
+        import cifake.jobs.train
+
+        return cifake.jobs.train.objective
+
+    _launch("train", job)
 
 
 def evaluate() -> None:
     """``cifake-evaluate`` (``python evaluate.py``): score a checkpoint on the test split."""
-    _launch("evaluate")
+    def job() -> Callable[[DictConfig], Any]:
+        import cifake.jobs.evaluate
+
+        return cifake.jobs.evaluate.run
+
+    _launch("evaluate", job)
 
 
 # Hydra's options that take the next word as their value (``--info`` takes one of its topics, if given).
@@ -222,19 +231,39 @@ def predict() -> None:
     """``cifake-predict`` (``python predict.py``): REAL or FAKE for image files (``cifake-predict photo.png``
     or ``inputs=...``), from the bundled model or any model file (``ckpt_path=...``)."""
     sys.argv[1:] = positional_inputs(sys.argv[1:])
-    _launch("predict")
+    def job() -> Callable[[DictConfig], Any]:
+        import cifake.jobs.predict
+
+        return cifake.jobs.predict.run
+
+    _launch("predict", job)
 
 
 def export() -> None:
     """``cifake-export`` (``python export.py``): a checkpoint to ``model.onnx`` and ``model.json``."""
-    _launch("export")
+    def job() -> Callable[[DictConfig], Any]:
+        import cifake.jobs.export
+
+        return cifake.jobs.export.run
+
+    _launch("export", job)
 
 
 def audit() -> None:
     """``cifake-audit`` (``python audit.py``): duplicates and train/test leaks in the data set."""
-    _launch("audit")
+    def job() -> Callable[[DictConfig], Any]:
+        import cifake.jobs.audit
+
+        return cifake.jobs.audit.run
+
+    _launch("audit", job)
 
 
 def serve() -> None:
     """``cifake-serve`` (``python serve.py``): a LitServe server and web page for any model file."""
-    _launch("serve")
+    def job() -> Callable[[DictConfig], Any]:
+        import cifake.jobs.serve
+
+        return cifake.jobs.serve.run
+
+    _launch("serve", job)
