@@ -20,7 +20,7 @@ from cifake.audit.hashes import perceptual_hashes
 from cifake.audit.near import chunk_spans, components, near_pairs
 from cifake.core.errors import ConfigError
 from cifake.data.datamodule import CIFAKEDataModule
-from cifake.data.features import grayscale
+from cifake.data.decode import grayscale
 from cifake.jobs.audit import check_settings, run
 from tests.helpers import ROOT
 from tests.helpers.config import conf_args, real_cifake_root

@@ -15,9 +15,9 @@ from cifake.audit.hashes import cache_path as hashes_path
 from cifake.audit.hashes import split_hashes
 from cifake.core.errors import DataError
 from cifake.data.cache import DecodedSplit, load_or_decode
-from cifake.data.features import cache_path as features_path
-from cifake.data.features import cached_features
 from cifake.data.scan import scan_split
+from cifake.models.forest.features import cache_path as features_path
+from cifake.models.forest.features import cached_features
 
 
 @pytest.fixture

@@ -115,7 +115,7 @@ def test_a_full_disk_during_extraction_leaves_no_partial_folder(tmp_path, monkey
 
 def test_feature_and_hash_files_are_not_written_without_room(cifake_tree, tmp_path, monkeypatch) -> None:
     from cifake.audit.hashes import split_hashes
-    from cifake.data.features import cached_features
+    from cifake.models.forest.features import cached_features
 
     split = load_or_decode(scan_split(cifake_tree, "train", CLASSES), tmp_path / "c", 32, workers=1)
     before = sorted(p.name for p in split.cache_dir.iterdir())

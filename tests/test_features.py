@@ -5,9 +5,9 @@ import pytest
 from PIL import Image
 
 from cifake.core.errors import ConfigError
-from cifake.data import features as feat
 from cifake.data.cache import DecodedSplit
-from cifake.data.features import FEATURE_SETS, cached_features, extract_features, feature_names, grayscale
+from cifake.models.forest import features as feat
+from cifake.models.forest.features import FEATURE_SETS, cached_features, extract_features, feature_names, grayscale
 
 
 def gray_images(*planes: np.ndarray) -> np.ndarray:

@@ -84,7 +84,7 @@ def test_other_bad_forest_settings_are_config_errors(compose_cfg, tmp_path: Path
 
 def test_the_forest_names_the_augmentation_it_never_sees(tmp_path: Path) -> None:
     from cifake.data.datamodule import CIFAKEDataModule
-    from cifake.training.forest import unused_augmentation
+    from cifake.models.forest.fit import unused_augmentation
     from tests.helpers.config import conf_args
 
     def unused(**data: object) -> list[str]:

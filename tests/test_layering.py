@@ -28,11 +28,11 @@ ALLOWED: dict[str, set[str]] = {
     "data": {"core"},                                 # files -> checked listing -> decoded cache -> DataModule
     "audit": {"core", "data"},                        # duplicates and leaks between the splits
     "analysis": {"core", "data"},                     # numbers, figures, reports from arrays
-    "models": {"core", "data", "analysis"},           # networks, the LightningModule, the forest
-    "training": {"core", "data", "analysis", "models"},  # the Trainer, device rules, sweeps, tracking, forest fit
+    "models": {"core", "data", "analysis"},           # networks, the LightningModule, the forest (all of it)
+    "training": {"core", "models"},                   # the Trainer, device rules, sweeps, tracking
     "scoring": {"core", "data", "analysis", "models"},  # model file -> Scorer (no Lightning for a safetensors file)
     "callbacks": {"core", "data", "analysis", "models", "scoring"},  # what runs inside fit and test
-    "evaluation": {"core", "data", "audit", "analysis", "models", "training", "scoring"},  # a Scorer over a split
+    "evaluation": {"core", "data", "audit", "analysis", "models", "scoring"},  # a Scorer over a split
     "serving": {"core", "data", "analysis", "scoring", "evaluation"},  # serve.py's API and server
     "export": {"core", "data", "analysis", "models", "scoring", "evaluation"},  # ONNX and safetensors exports
     "jobs": {"core", "data", "audit", "analysis", "models", "training", "scoring", "callbacks", "evaluation",

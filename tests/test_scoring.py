@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from cifake.core.errors import ConfigError
-from cifake.data.features import extract_features
 from cifake.jobs import evaluate as evaluate_job
 from cifake.jobs import predict as predict_job
 from cifake.models.forest import ForestClassifier
+from cifake.models.forest.features import extract_features
 from cifake.models.precision import cpu_has_fast_bf16
 from cifake.scoring import open_scorer
 from tests.helpers import ROOT

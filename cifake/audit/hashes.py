@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from cifake.core.atomic import atomic_path, bytes_on_disk, check_space, space_errors
 from cifake.core.errors import ConfigError, DataError
 from cifake.data.cache import DecodedSplit
-from cifake.data.features import grayscale
+from cifake.data.decode import grayscale
 
 log = logging.getLogger(__name__)
 

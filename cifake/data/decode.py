@@ -63,3 +63,9 @@ def decode_into(
         converted.update(conversions)
     out.flush()
     return len(files), bad, converted
+
+
+def grayscale(images: np.ndarray) -> np.ndarray:
+    """``(N, 3, H, W)`` uint8 RGB -> ``(N, H, W)`` uint8 luma, bit-identical to Pillow's ``convert("L")``."""
+    rgb = images.astype(np.uint32)
+    return ((rgb[:, 0] * 19595 + rgb[:, 1] * 38470 + rgb[:, 2] * 7471 + 0x8000) >> 16).astype(np.uint8)

@@ -236,7 +236,7 @@ def explain(scorer: Scorer, pred: Predictions, threshold: float, settings: dict[
 
 def forest_figures(scorer: Scorer, datamodule: CIFAKEDataModule, pred: Predictions) -> dict[str, Figure]:
     """A forest's exploratory figures of the test split's features (``test_*``)."""
-    from cifake.training.forest import eda_figures, split_features  # the forest's own figures
+    from cifake.models.forest.fit import eda_figures, split_features  # the forest's own figures
 
     split = datamodule.test_set.split
     features = split_features(scorer.model, split)[np.sort(datamodule.test_set.indices)]

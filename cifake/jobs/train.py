@@ -58,8 +58,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data, _convert_="all")
     model: L.LightningModule | ForestClassifier = instantiate(cfg.model, _convert_="all")
     if isinstance(model, ForestClassifier):
-        from cifake.scoring.forest import FOREST_COMPUTED
-        from cifake.training.forest import fit_forest  # scikit-learn: only for the forest
+        from cifake.models.forest import FOREST_COMPUTED
+        from cifake.models.forest.fit import fit_forest  # scikit-learn: only for the forest
 
         loggers = instantiate_all(cfg.get("logger"))
         metrics, best = fit_forest(cfg, datamodule, model, loggers)

@@ -113,12 +113,16 @@ def open_scorer(path: str | Path, *, precision: str, allowed: Sequence[str] = tu
 
         scorer = weights_scorer(path, device, precision, tta)
     elif kind == "forest":
-        from cifake.scoring.forest import forest_scorer  # scikit-learn: only for forests
+        from cifake.models.forest import FOREST_COMPUTED, ForestClassifier, forest_score  # scikit-learn: forests only
 
         if tta.get("mode", "none") != "none":
             raise ConfigError("tta averages a network's predictions over flipped and shifted views; a forest of "
                               "image statistics would score every view alike: leave tta.mode=none for .skops")
-        scorer = forest_scorer(path)
+        # Read by skops, which builds only trusted types (ForestClassifier.load); it records the resampling its
+        # training images were resized with.
+        forest = ForestClassifier.load(path)
+        scorer = Scorer(kind="forest", source=str(path), score=forest_score(forest), classes=tuple(forest.classes),
+                        image_size=forest.image_size, resample=forest.resample, model=forest, **FOREST_COMPUTED)
     else:
         from cifake.scoring.onnx import onnx_scorer
 

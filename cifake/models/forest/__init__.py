@@ -1,11 +1,14 @@
-"""The random-forest baseline on image-statistics features (:mod:`cifake.data.features`), as a
-plain class: configured from dicts, checked before any feature is computed, saved with skops."""
+"""The random-forest baseline, all of it in this folder: the image-statistics features it reads
+(:mod:`cifake.models.forest.features`), the model here (a plain class: configured from dicts, checked before
+any feature is computed, saved with skops, scoring uint8 images), and its fit with a network run's dashboards
+(:mod:`cifake.models.forest.fit`, ``python train.py model=rf``). :func:`cifake.scoring.open_scorer` opens a saved
+``.skops`` file as a Scorer."""
 
 from __future__ import annotations
 
 import json
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +21,16 @@ from sklearn.model_selection import GridSearchCV
 
 from cifake.core.atomic import atomic_path
 from cifake.core.errors import ConfigError, DataError
-from cifake.data.features import feature_names, feature_params
+from cifake.models.forest.features import extract_features, feature_names, feature_params
 
 FORMAT_VERSION = 1  # of the saved file; bump when its layout or metadata change
 META_MEMBER = "cifake-forest.json"  # the metadata's entry in the skops zip archive
 # Module roots whose types load() accepts beyond skops' defaults (a fitted forest needs
 # sklearn.tree._tree.Tree). Anything else in a file is refused before it is loaded.
 TRUSTED_MODULES = ("sklearn", "numpy")
+# What a forest computes in, fitted or scoring: scikit-learn's trees compare float32 features with float32
+# thresholds, on the CPU (scoring.precision does not change it).
+FOREST_COMPUTED = {"precision": "32-true", "device": "cpu"}
 
 
 def _check_estimator(estimator: RandomForestClassifier, where: str) -> None:
@@ -217,3 +223,13 @@ class ForestClassifier:
                               f"computes differently; retrain the forest")
         model.forest, model.best_params, model._fitted = forest, meta["best_params"], True
         return model
+
+
+def forest_score(model: ForestClassifier) -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 batch -> p(REAL): the forest's features of the images, then its probabilities."""
+
+    def score(images: np.ndarray) -> np.ndarray:
+        features = extract_features(np.asarray(images), model.feature_set, **model.feature_params)
+        return model.predict_proba_real(features).astype(np.float32)
+
+    return score

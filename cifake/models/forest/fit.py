@@ -28,9 +28,9 @@ from cifake.analysis.report import Predictions, curve_figures, example_figures, 
 from cifake.analysis.tensorboard_figures import log_figure, tensorboard_writers
 from cifake.data.cache import DecodedSplit
 from cifake.data.datamodule import CIFAKEDataModule
-from cifake.data.features import cached_features
 from cifake.data.training_degradations import is_active
 from cifake.models.forest import ForestClassifier
+from cifake.models.forest.features import cached_features
 
 log = logging.getLogger(__name__)
 

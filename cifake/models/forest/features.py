@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from cifake.core.atomic import atomic_path, bytes_on_disk, check_space, space_errors
 from cifake.core.errors import ConfigError
 from cifake.data.cache import DecodedSplit, npy_problem
+from cifake.data.decode import grayscale
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +89,6 @@ def feature_names(feature_set: str, **params: Any) -> list[str]:
 
 # Each set's columns with its default parameters (use feature_names for other parameters).
 FEATURE_SETS: dict[str, tuple[str, ...]] = {name: tuple(feature_names(name)) for name in FEATURE_PARAMS}
-
-
-def grayscale(images: np.ndarray) -> np.ndarray:
-    """``(N, 3, H, W)`` uint8 RGB -> ``(N, H, W)`` uint8 luma, bit-identical to Pillow's ``convert("L")``."""
-    rgb = images.astype(np.uint32)
-    return ((rgb[:, 0] * 19595 + rgb[:, 1] * 38470 + rgb[:, 2] * 7471 + 0x8000) >> 16).astype(np.uint8)
 
 
 def _sorted_stats(values: np.ndarray) -> dict[str, np.ndarray]:
