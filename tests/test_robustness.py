@@ -13,7 +13,7 @@ import torch
 
 from cifake.analysis.metrics import binary_report
 from cifake.analysis.plots import robustness_figure
-from cifake.analysis.robustness import conditions, robustness_table, write_robustness
+from cifake.analysis.robustness import RobustnessSettings, conditions, robustness_table, write_robustness
 from cifake.core.errors import ConfigError
 from cifake.data.degradations import DEFAULT_PERTURBATIONS, gaussian_blur, gaussian_noise, hflip, jpeg, perturb, rescale
 
@@ -115,6 +115,12 @@ def brightness_data(n: int = 24, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     return images, labels
 
 
+def battery(perturbations: dict | None = None, batch_size: int = 512) -> RobustnessSettings:
+    """The robustness settings of these tests: ``perturbations`` (every default one unless given), seed 0."""
+    return RobustnessSettings(perturbations=DEFAULT_PERTURBATIONS if perturbations is None else perturbations,
+                              options={}, seed=0, batch_size=batch_size)
+
+
 def mean_brightness(batch: np.ndarray) -> np.ndarray:
     """A scorer's ``score``: uint8 batch -> p(REAL)."""
     return (batch.astype(np.float32).mean(axis=(1, 2, 3)) / 255.0).astype(np.float32)
@@ -122,7 +128,7 @@ def mean_brightness(batch: np.ndarray) -> np.ndarray:
 
 def test_robustness_table_rows_and_files(tmp_path: Path) -> None:
     images, labels = brightness_data()
-    rows = robustness_table(mean_brightness, images, labels, batch_size=7, threshold=0.45, progress=None)
+    rows = robustness_table(mean_brightness, images, labels, battery(batch_size=7), threshold=0.45, progress=None)
     assert len(rows) == 1 + sum(len(s) for s in DEFAULT_PERTURBATIONS.values())
     assert rows[0]["perturbation"] == "none" and rows[0]["strength"] is None
     for r in rows:
@@ -133,7 +139,7 @@ def test_robustness_table_rows_and_files(tmp_path: Path) -> None:
     flipped = next(r for r in rows if r["perturbation"] == "hflip")
     assert flipped["accuracy"] == rows[0]["accuracy"]  # mean brightness ignores a mirror
     # Seeded: the same call gives the same table.
-    again = robustness_table(mean_brightness, images, labels, batch_size=7, threshold=0.45, progress=None)
+    again = robustness_table(mean_brightness, images, labels, battery(batch_size=7), threshold=0.45, progress=None)
     assert again == rows
 
     written = write_robustness(rows, tmp_path / "out")
@@ -158,11 +164,11 @@ def test_robustness_table_checks_its_settings_before_predicting() -> None:
         return mean_brightness(batch)
 
     with pytest.raises(ConfigError, match="quality"):
-        robustness_table(predictor, images, labels, {"hflip": [None], "jpeg": [101]}, progress=None)
+        robustness_table(predictor, images, labels, battery({"hflip": [None], "jpeg": [101]}), 0.5, progress=None)
     with pytest.raises(ConfigError, match="list of strengths"):
-        robustness_table(predictor, images, labels, {"blur": 1.0}, progress=None)
+        robustness_table(predictor, images, labels, battery({"blur": 1.0}), 0.5, progress=None)
     assert calls == []
-    rows = robustness_table(predictor, images, labels, {"noise": [4]}, batch_size=4, progress=None)
+    rows = robustness_table(predictor, images, labels, battery({"noise": [4]}, batch_size=4), 0.5, progress=None)
     assert [r["perturbation"] for r in rows] == ["none", "noise"] and calls == [4, 2, 4, 2]
     with pytest.raises(ValueError, match="returned 1 probabilities"):
-        robustness_table(lambda b: np.zeros(1, dtype=np.float32), images, labels, {}, progress=None)
+        robustness_table(lambda b: np.zeros(1, dtype=np.float32), images, labels, battery({}), 0.5, progress=None)

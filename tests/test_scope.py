@@ -148,10 +148,9 @@ def test_evaluate_stores_a_fitted_score_in_a_safetensors_export(tmp_path: Path) 
                                                 ("out_of_scope_fit.method=energy", "choose one of"),
                                                 ("out_of_scope_fit.images=1", "at least a few hundred")])
 def test_bad_fit_settings_are_config_errors_before_any_feature(tmp_path: Path, setting: str, named: str) -> None:
-    from cifake.evaluation.workflow import scope_on_training
+    from cifake.evaluation.settings import EvaluationSettings
     from tests.helpers.config import compose_config
 
-    scorer = open_scorer(make_checkpoint(tmp_path / "tiny.ckpt"), device="cpu", precision="32-true")
-    fit = compose_config("evaluate", ["out_of_scope_fit.method=mahalanobis", setting]).out_of_scope_fit
+    cfg = compose_config("evaluate", ["out_of_scope_fit.method=mahalanobis", setting])
     with pytest.raises(ConfigError, match=named):
-        scope_on_training(scorer, None, fit)  # refused before the data module is touched
+        EvaluationSettings.from_config(cfg)  # refused where the settings are read, before a model or data is touched

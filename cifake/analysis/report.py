@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,11 +33,70 @@ from cifake.analysis.plots import (
     robustness_figure,
     roc_figure,
 )
-from cifake.analysis.robustness import robustness_markdown, write_robustness
+from cifake.analysis.robustness import RobustnessSettings, robustness_markdown, write_robustness
 from cifake.analysis.tensorboard_figures import log_figure, tensorboard_writers
 from cifake.data.cache import DecodedSplit
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """What an evaluation's report holds (``report``, conf/report/default.yaml): the figures or not,
+    images per class in the prediction grid (``examples_per_class``, ``ncols`` a row), Grad-CAM's images per
+    class (``gradcam_per_class``, ``pairs_per_row`` a row) at ``gradcam_layer`` (``None``: the model's own),
+    the reliability bins, and the robustness battery."""
+
+    figures: bool
+    examples_per_class: int
+    ncols: int
+    gradcam_per_class: int
+    pairs_per_row: int
+    gradcam_layer: str | None
+    calibration_bins: int
+    robustness: RobustnessSettings
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> ReportSettings:
+        """The settings of the composed ``report`` node."""
+        return cls(figures=bool(cfg["figures"]), examples_per_class=int(cfg["examples_per_class"]),
+                   ncols=int(cfg["ncols"]), gradcam_per_class=int(cfg["gradcam_per_class"]),
+                   pairs_per_row=int(cfg["pairs_per_row"]),
+                   gradcam_layer=None if cfg["gradcam_layer"] is None else str(cfg["gradcam_layer"]),
+                   calibration_bins=int(cfg["calibration_bins"]),
+                   robustness=RobustnessSettings.from_config(cfg["robustness"]))
+
+
+@dataclass(frozen=True)
+class ScoredBy:
+    """What scored a set of predictions, as ``metrics.json`` records it: the model file (``source``) and its
+    ``classes``; the precision and device that computed the scores (``computed``:
+    :attr:`cifake.scoring.Scorer.computed`); the test-time augmentation (``tta``); the ``temperature`` the
+    scores were calibrated with, if any; the model's training compute and this evaluation's (``compute``),
+    where recorded."""
+
+    source: str
+    classes: tuple[str, ...]
+    computed: Mapping[str, str]
+    tta: Mapping[str, Any]
+    temperature: float | None
+    compute: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Findings:
+    """What an evaluation adds to its predictions' report, each optional: Grad-CAM overlays (``explained``),
+    figures of the model's own (``extra_figures``, under ``extra_prefix/``), the files whose metrics also go in
+    without them (``exclude``: ``leak_free``), the unsure band's coverage (``unsure``:
+    :func:`cifake.analysis.calibration.unsure_report`) and the four-way answers (``answers``:
+    :func:`cifake.analysis.calibration.answers_report`)."""
+
+    explained: Explained | None = None
+    extra_figures: dict[str, Figure] | None = None
+    extra_prefix: str = "eda"
+    exclude: set[str] | None = None
+    unsure: dict[str, Any] | None = None
+    answers: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -101,15 +160,15 @@ def curve_figures(pred: Predictions, confusion: Sequence[Sequence[int]], classes
     return figures
 
 
-def example_figures(pred: Predictions, classes: Sequence[str], threshold: float, settings: dict[str, Any],
+def example_figures(pred: Predictions, classes: Sequence[str], threshold: float, settings: ReportSettings,
                     title: str, explained: Explained | None = None) -> dict[str, Figure]:
     """The prediction grid and, with ``explained``, its Grad-CAM overlays (computed by the caller:
     this module draws, it does not run models)."""
-    grid = pick_per_class(pred.labels, settings["examples_per_class"])
+    grid = pick_per_class(pred.labels, settings.examples_per_class)
     figures = {"predictions": prediction_grid_figure(pred.images[grid], pred.p_real[grid], pred.labels[grid],
-                                                     classes, threshold, settings["ncols"], f"Predictions ({title})")}
+                                                     classes, threshold, settings.ncols, f"Predictions ({title})")}
     if explained is not None:
-        figures["gradcam"] = gradcam_figure(explained.sections, classes, threshold, settings["pairs_per_row"],
+        figures["gradcam"] = gradcam_figure(explained.sections, classes, threshold, settings.pairs_per_row,
                                             f"Grad-CAM at {explained.layer} for the predicted class ({title})")
     return figures
 
@@ -133,28 +192,23 @@ def write_figures(figures: dict[str, Figure], out_dir: Path, writers: list, step
     return written
 
 
-def write_report(pred: Predictions, classes: Sequence[str], threshold: float, out_dir: Path,
-                 settings: dict[str, Any], loggers: list, step: int, source: str, computed: dict[str, str],
-                 explained: Explained | None = None, exclude: set[str] | None = None,
-                 tta: dict[str, Any] | None = None, extra_figures: dict[str, Figure] | None = None,
-                 extra_prefix: str = "eda", unsure: dict[str, Any] | None = None,
-                 temperature: float | None = None, compute: dict[str, Any] | None = None,
-                 answers: dict[str, Any] | None = None) -> dict[str, Any]:
+def write_report(pred: Predictions, threshold: float, out_dir: Path, settings: ReportSettings, loggers: list,
+                 step: int, scored: ScoredBy, findings: Findings) -> dict[str, Any]:
     """Everything an evaluation leaves, from ``pred`` alone: ``metrics.json``, ``predictions.csv``
-    and (with ``settings["figures"]``) the figures as PNGs, logged to ``loggers`` under ``test/``
-    too, with the Grad-CAM overlays of ``explained`` and ``extra_figures`` (under ``extra_prefix/``,
-e.g. a forest's feature figures); with ``exclude`` (file paths as
-    in ``pred.files``) the metrics without those images go in as ``leak_free``; ``tta``, the
-    test-time augmentation ``pred`` was scored with, is recorded as given, and so is ``computed``, the
-    precision and device that computed it (``scoring``: :attr:`cifake.scoring.Scorer.computed`); with
-    the ``temperature`` ``pred`` was calibrated with, the ECE before it goes in beside the ECE after
-    (``temperature``) and into the reliability figure; ``compute``, the model's training compute and
-    this evaluation's, goes in as it is; so do the four-way ``answers``. Returns the metrics."""
+    and (with ``settings.figures``) the figures as PNGs, logged to ``loggers`` under ``test/``
+    too, with the Grad-CAM overlays and the model's own figures of ``findings``; with
+    ``findings.exclude`` (file paths as in ``pred.files``) the metrics without those images go in as
+    ``leak_free``; what ``scored`` says of the scores (the TTA, the precision and device, the compute) is
+    recorded as given; with the temperature ``pred`` was calibrated with, the ECE before it goes in beside
+    the ECE after (``temperature``) and into the reliability figure; so do the unsure band's coverage and
+    the four-way answers of ``findings``. Returns the metrics."""
+    classes, computed, temperature = scored.classes, scored.computed, scored.temperature
+    unsure, answers, exclude = findings.unsure, findings.answers, findings.exclude
     report = binary_report(torch.from_numpy(pred.p_real), torch.from_numpy(pred.labels), threshold, tuple(classes))
-    report["tta"] = dict(tta) if tta else {"mode": "none"}
+    report["tta"] = dict(scored.tta) if scored.tta else {"mode": "none"}
     report["scoring"] = dict(computed)
-    if compute is not None:
-        report["compute"] = dict(compute)
+    if scored.compute is not None:
+        report["compute"] = dict(scored.compute)
     if unsure is not None:  # cifake.analysis.calibration.unsure_report: coverage and confident accuracy
         report["unsure"] = dict(unsure)
         log.info("Unsure band (%.4f, %.4f]: coverage %.4f, accuracy of the confident answers %s",
@@ -164,12 +218,12 @@ e.g. a forest's feature figures); with ``exclude`` (file paths as
         log.info("Answers: %s; accuracy on the %.1f%% answered with a class: %s",
                  ", ".join(f"{100 * v:.1f}% {k}" for k, v in answers["shares"].items()), 100 * answers["answered"],
                  "none" if answers.get("accuracy_answered") is None else f"{answers['accuracy_answered']:.4f}")
-    bins = reliability_bins(pred.p_real, pred.labels, settings["calibration_bins"])
+    bins = reliability_bins(pred.p_real, pred.labels, settings.calibration_bins)
     report["ece"] = float(bins.ece)
     before = None
     if temperature is not None:  # the scores as the network gave them: the temperature inverted
         before = reliability_bins(apply_temperature(pred.p_real, 1.0 / temperature), pred.labels,
-                                  settings["calibration_bins"])
+                                  settings.calibration_bins)
         report["temperature"] = {"value": float(temperature), "ece_before": float(before.ece),
                                  "ece_after": float(bins.ece), "fitted_on": "validation"}
         log.info("Temperature %.4f (fitted on validation): test ECE %.4f before, %.4f after", temperature,
@@ -178,7 +232,7 @@ e.g. a forest's feature figures); with ``exclude`` (file paths as
         keep = np.array([f not in exclude for f in pred.files], dtype=bool)
         subset = binary_report(torch.from_numpy(pred.p_real[keep]), torch.from_numpy(pred.labels[keep]), threshold,
                                tuple(classes))
-        subset["ece"] = expected_calibration_error(pred.p_real[keep], pred.labels[keep], settings["calibration_bins"])
+        subset["ece"] = expected_calibration_error(pred.p_real[keep], pred.labels[keep], settings.calibration_bins)
         report["leak_free"] = {**subset, "excluded": int((~keep).sum())}
         log.info("Without the %d leaking test images:\n%s", (~keep).sum(), format_report(subset, tuple(classes)))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -187,20 +241,21 @@ e.g. a forest's feature figures); with ``exclude`` (file paths as
     for lg in loggers:
         lg.log_metrics(report_scalars(report), step=step)
     written = ["metrics.json", "predictions.csv"]
-    if settings["figures"]:
+    if settings.figures:
         writers = tensorboard_writers(loggers)
         figures = curve_figures(pred, report["confusion_matrix"], classes, "test")
         figures["reliability"] = reliability_figure(bins.edges, bins.count, bins.confidence, bins.accuracy, bins.ece,
                                                     before=before)
-        figures.update(example_figures(pred, classes, threshold, settings, "test", explained))
+        figures.update(example_figures(pred, classes, threshold, settings, "test", findings.explained))
         # The counts travel inside the PNG too, so a figure can be checked against metrics.json.
         counts = {"confusion_matrix": {"confusion_matrix": json.dumps(report["confusion_matrix"])}}
         written += [p.name for p in write_figures(figures, out_dir, writers, step, metadata=counts)]
         log_pr_curve(writers, "test/pr_curve", pred, step)
-        if extra_figures:
-            written += [p.name for p in write_figures(extra_figures, out_dir, writers, step, prefix=extra_prefix)]
-    log.info("Test split, %s (%s on %s):\n%s\nWritten to %s: %s", source, computed["precision"], computed["device"],
-             format_report(report, tuple(classes)), out_dir, ", ".join(written))
+        if findings.extra_figures:
+            written += [p.name for p in write_figures(findings.extra_figures, out_dir, writers, step,
+                                                      prefix=findings.extra_prefix)]
+    log.info("Test split, %s (%s on %s):\n%s\nWritten to %s: %s", scored.source, computed["precision"],
+             computed["device"], format_report(report, tuple(classes)), out_dir, ", ".join(written))
     return report
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,25 @@ from tqdm.auto import tqdm
 from cifake.analysis.calibration import unsure_report
 from cifake.analysis.metrics import binary_report
 from cifake.core.errors import ConfigError
-from cifake.data.degradations import BASELINE, DEFAULT_PERTURBATIONS, Strength, perturb
+from cifake.data.degradations import BASELINE, Strength, perturb
+
+
+@dataclass(frozen=True)
+class RobustnessSettings:
+    """How the robustness battery runs (``report.robustness``, conf/report/default.yaml): each
+    perturbation's strengths (``{name: [strength, ...]}``), ``options[name]`` (extra keyword arguments of a
+    perturbation), the noise ``seed`` and the images per ``batch_size``."""
+
+    perturbations: Mapping[str, Sequence[Strength]]
+    options: Mapping[str, Mapping[str, Any]]
+    seed: int
+    batch_size: int
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> RobustnessSettings:
+        """The settings of a ``report.robustness`` node (a DictConfig or a plain mapping)."""
+        return cls(perturbations=dict(cfg["perturbations"]), options=dict(cfg["options"] or {}),
+                   seed=int(cfg["seed"]), batch_size=int(cfg["batch_size"]))
 
 
 def conditions(perturbations: Mapping[str, Sequence[Strength]]) -> list[tuple[str, Strength]]:
@@ -33,19 +52,17 @@ def conditions(perturbations: Mapping[str, Sequence[Strength]]) -> list[tuple[st
 
 
 def robustness_table(score: Callable[[np.ndarray], np.ndarray], images: np.ndarray, labels: np.ndarray,
-                     perturbations: Mapping[str, Sequence[Strength]] | None = None, batch_size: int = 512,
-                     threshold: float = 0.5, seed: int = 0, options: Mapping[str, Mapping[str, Any]] | None = None,
-                     progress: str | None = "Robustness",
+                     settings: RobustnessSettings, threshold: float, progress: str | None = "Robustness",
                      band: Sequence[float] | None = None) -> list[dict[str, Any]]:
     """Accuracy and AUROC of ``score`` on ``images`` ``(N, 3, H, W)`` uint8 under each
-    perturbation and strength, plus the ``none`` baseline first.
+    perturbation and strength of ``settings``, plus the ``none`` baseline first.
 
     ``score`` takes a uint8 numpy batch and returns p(REAL) per image (a
     :class:`~cifake.scoring.Scorer`'s ``score``); it is called under ``torch.inference_mode``.
     Predictions count as REAL when ``p_real > threshold``, as in ``metrics.json``.
-    ``options[name]`` holds extra keyword arguments of a perturbation. Each condition's noise comes
-    from its own generator seeded with ``seed``, so the table does not depend on which other
-    conditions are listed. Rows: ``{perturbation, strength, accuracy, auroc, n}``, and with an
+    ``settings.options[name]`` holds extra keyword arguments of a perturbation. Each condition's noise
+    comes from its own generator seeded with ``settings.seed``, so the table does not depend on which
+    other conditions are listed. Rows: ``{perturbation, strength, accuracy, auroc, n}``, and with an
     unsure ``band`` (low, high) also ``coverage`` and ``confident_accuracy``
     (:func:`cifake.analysis.calibration.unsure_report`).
     """
@@ -53,10 +70,10 @@ def robustness_table(score: Callable[[np.ndarray], np.ndarray], images: np.ndarr
     if images.ndim != 4 or images.dtype != np.uint8 or len(images) != len(labels) or len(images) == 0:
         raise ValueError(f"need uint8 images (N, C, H, W) and N labels, got {images.dtype} {images.shape} "
                          f"and {labels.shape}")
+    batch_size, seed, options = settings.batch_size, settings.seed, settings.options
     if batch_size < 1:
         raise ConfigError(f"robustness batch_size must be >= 1, got {batch_size}")
-    pairs = conditions(DEFAULT_PERTURBATIONS if perturbations is None else perturbations)
-    options = options or {}
+    pairs = conditions(settings.perturbations)
     # Fail on a bad name, strength or option now, not after minutes of predictions.
     probe = torch.tensor(images[:1])
     for name, strength in pairs:

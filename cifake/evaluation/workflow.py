@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +25,25 @@ from cifake.analysis.calibration import (
     unsure_report,
 )
 from cifake.analysis.explain import explained_sections, explanation_sets
-from cifake.analysis.report import Explained, Predictions, write_report, write_robustness_report
+from cifake.analysis.report import (
+    Explained,
+    Findings,
+    Predictions,
+    ReportSettings,
+    ScoredBy,
+    write_report,
+    write_robustness_report,
+)
 from cifake.analysis.robustness import condition_scores, robustness_table, trained_with
 from cifake.analysis.robustness import conditions as robustness_conditions
 from cifake.analysis.tta import view_count
 from cifake.audit import leaked_test_files
 from cifake.core.errors import ConfigError
 from cifake.data.datamodule import CIFAKEDataModule
-from cifake.models.scope import METHODS as SCOPE_METHODS
+from cifake.evaluation.settings import EvaluationSettings, Limit, ScopeFit, ThresholdChoice
 from cifake.models.scope import RECORD_KEYS as SCOPE_RECORD_KEYS
 from cifake.models.scope import fit_mahalanobis, fit_rows, scope_record, threshold_for
-from cifake.scoring import Scorer, check_threshold
+from cifake.scoring import Scorer
 from cifake.scoring.network import network_features, network_scope
 from cifake.scoring.scorer import with_temperature
 
@@ -48,9 +55,6 @@ def leaking_test_files(datamodule: CIFAKEDataModule, near_distance: int | None) 
     :class:`~cifake.analysis.report.Predictions` names them, for ``write_report(exclude=...)``."""
     root = datamodule.decoded(datamodule.hparams.test_split).root
     return {str(root / path) for path in leaked_test_files(datamodule, near_distance)}
-
-
-Limit = int | float | None
 
 
 def limited(indices: np.ndarray, batch: int, limit: Limit) -> np.ndarray:
@@ -77,45 +81,40 @@ def score_split(scorer: Scorer, datamodule: CIFAKEDataModule, stage: str, limit:
     return Predictions.of_rows(images.split, rows, p_real)
 
 
-def threshold_on_validation(scorer: Scorer, datamodule: CIFAKEDataModule, choice: dict[str, Any],
+def threshold_on_validation(scorer: Scorer, datamodule: CIFAKEDataModule, choice: ThresholdChoice,
                             limit: Limit = None) -> float:
-    """The threshold ``choice["method"]`` picks on the validation split (see
+    """The threshold ``choice.method`` picks on the validation split (see
     :func:`cifake.analysis.calibration.choose_threshold`), to be used on the test split."""
     val = score_split(scorer, datamodule, "validate", limit)
-    threshold = choose_threshold(val.p_real, val.labels, choice["method"], choice.get("target_precision"),
-                                 choice.get("positive", scorer.classes[1]), scorer.classes)
-    log.info("Threshold chosen on the validation split (%d images, %s): %.4f", len(val.labels), choice["method"],
+    threshold = choose_threshold(val.p_real, val.labels, choice.method, choice.target_precision, choice.positive,
+                                 scorer.classes)
+    log.info("Threshold chosen on the validation split (%d images, %s): %.4f", len(val.labels), choice.method,
              threshold)
     return float(threshold)
 
 
-UNSURE_CONDITIONS = ("clean", "trained")
-
-
-def unsure_band_on_validation(scorer: Scorer, datamodule: CIFAKEDataModule, threshold: float,
-                              target_precision: float, conditions: str, settings: dict[str, Any],
-                              limit: Limit = None, val: Predictions | None = None) -> tuple[float, float]:
-    """The narrowest band around ``threshold`` outside which both classes' validation answers reach
-    ``target_precision`` (:func:`cifake.analysis.calibration.choose_unsure_band`). ``conditions="trained"``:
-    on the clean validation images and under every condition of the robustness battery
-    (``settings["robustness"]``) the model trained on (``trained_with == "yes"``), the widest of
-    those bands, so the confident answers hold up on images degraded as in training; conditions
+def unsure_band_on_validation(scorer: Scorer, datamodule: CIFAKEDataModule, settings: EvaluationSettings,
+                              val: Predictions | None = None) -> tuple[float, float]:
+    """The narrowest band around ``settings.threshold`` outside which both classes' validation answers reach
+    ``settings.unsure_precision`` (:func:`cifake.analysis.calibration.choose_unsure_band`).
+    ``settings.unsure_conditions="trained"``: on the clean validation images and under every condition of the
+    robustness battery (``settings.report.robustness``) the model trained on (``trained_with == "yes"``), the
+    widest of those bands, so the confident answers hold up on images degraded as in training; conditions
     the model never trained on stay out of the choice, to be measured, not fitted. ``val``: ``scorer``'s
     validation predictions, when they are already at hand."""
-    if conditions not in UNSURE_CONDITIONS:
-        raise ConfigError(f"unsure_conditions={conditions!r}; choose one of {list(UNSURE_CONDITIONS)}")
+    threshold, target_precision = settings.threshold, settings.unsure_precision
+    assert target_precision is not None, "called only with unsure_precision set"
     if val is None:
-        val = score_split(scorer, datamodule, "validate", limit)
+        val = score_split(scorer, datamodule, "validate", settings.limit)
     pairs: list[tuple[str, Any]] = [("none", None)]
-    cfg = settings["robustness"]
-    if conditions == "trained":
-        pairs += [(name, strength) for name, strength in robustness_conditions(cfg["perturbations"])
+    battery = settings.report.robustness
+    if settings.unsure_conditions == "trained":
+        pairs += [(name, strength) for name, strength in robustness_conditions(battery.perturbations)
                   if trained_with(name, strength, scorer.training) == "yes"]
     bands = []
     for name, strength in pairs:
         p = val.p_real if name == "none" else condition_scores(
-            scorer.score, val.images, name, strength, (cfg["options"] or {}).get(name),
-            datamodule.eval_batch, cfg["seed"])
+            scorer.score, val.images, name, strength, battery.options.get(name), datamodule.eval_batch, battery.seed)
         bands.append(choose_unsure_band(p, val.labels, threshold, target_precision, scorer.classes))
     band = (min(b[0] for b in bands), max(b[1] for b in bands))
     report = unsure_report(val.p_real, val.labels, band)
@@ -136,54 +135,43 @@ def temperature_on_validation(val: Predictions) -> float:
     return temperature
 
 
-def choose_on_validation(scorer: Scorer, datamodule: CIFAKEDataModule, cfg: Mapping[str, Any],
-                         limit: Limit = None) -> tuple[Scorer, float | None, tuple[float, float] | None]:
+def choose_on_validation(scorer: Scorer, datamodule: CIFAKEDataModule,
+                         settings: EvaluationSettings) -> tuple[Scorer, float | None, tuple[float, float] | None]:
     """What ``train.py`` and ``evaluate.py`` choose on the validation split before the test split is
     scored, in this order (conf/evaluation/default.yaml): the temperature (``calibration.temperature``:
     ``auto`` fits one, a number is taken as it is, ``null`` keeps the model's own), then the unsure
     band on the calibrated scores (``unsure_precision``, ``unsure_conditions``). Returns the calibrated
     scorer, the temperature chosen now (``None`` if none) and the band (``None`` if not asked for).
     The validation split is scored once for both: the band's scores are the fitted ones, calibrated."""
-    setting, temperature, band, val = cfg["calibration"]["temperature"], None, None, None
-    if setting == "auto":
-        val = score_split(scorer, datamodule, "validate", limit)
+    temperature, band, val = None, None, None
+    if settings.temperature == "auto":
+        val = score_split(scorer, datamodule, "validate", settings.limit)
         temperature = temperature_on_validation(val)
         val = dataclasses.replace(val, p_real=apply_temperature(val.p_real, temperature))
-    elif setting is not None:
-        try:
-            temperature = float(setting)
-        except (TypeError, ValueError):
-            raise ConfigError(f"calibration.temperature={setting!r}; use null, auto or a number > 0") from None
+    elif settings.temperature is not None:
+        temperature = float(settings.temperature)
     scorer = with_temperature(scorer, temperature)
-    if cfg["unsure_precision"]:
-        band = unsure_band_on_validation(scorer, datamodule, cfg["threshold"], cfg["unsure_precision"],
-                                         cfg["unsure_conditions"], cfg["report"], limit, val)
+    if settings.unsure_precision:
+        band = unsure_band_on_validation(scorer, datamodule, settings, val)
     return scorer, temperature, band
 
 
-def scope_on_training(scorer: Scorer, datamodule: CIFAKEDataModule, fit: Mapping[str, Any],
+def scope_on_training(scorer: Scorer, datamodule: CIFAKEDataModule, fit: ScopeFit,
                       limit: Limit = None) -> tuple[Scorer, dict[str, Any] | None]:
-    """With ``fit["method"]`` (``out_of_scope_fit``, conf/evaluation/default.yaml): the out-of-scope score
-    (:mod:`cifake.models.scope`) fitted on ``fit["images"]`` training images (a seeded sample, both
-    classes as they come, unaugmented), its threshold set so that a share ``fit["flagged"]`` of the
+    """With ``fit.method`` (``out_of_scope_fit``, conf/evaluation/default.yaml): the out-of-scope score
+    (:mod:`cifake.models.scope`) fitted on ``fit.images`` training images (a seeded sample, both
+    classes as they come, unaugmented), its threshold set so that a share ``fit.flagged`` of the
     validation images lie above it. Returns ``scorer`` answering with it, and its record for the
     checkpoint; ``(scorer, None)`` without a method."""
-    if not fit["method"]:
+    if fit.method is None:
         return scorer, None
-    if fit["method"] not in SCOPE_METHODS:
-        raise ConfigError(f"out_of_scope_fit.method={fit['method']!r}; choose one of {list(SCOPE_METHODS)} or null")
     if not scorer.explainable:
         kind = "a forest" if scorer.kind == "forest" else "an ONNX export"
         raise ConfigError(f"out_of_scope_fit needs a network's features, and {scorer.source} is {kind}; fit it on "
                           "the checkpoint (then export), or leave out_of_scope_fit.method=null")
-    if int(fit["images"]) < 2:
-        raise ConfigError(f"out_of_scope_fit.images={fit['images']}; fit the score on at least a few hundred images")
-    if not 0.0 < float(fit["flagged"]) < 1.0:
-        raise ConfigError(f"out_of_scope_fit.flagged={fit['flagged']} is the share of validation images above the "
-                          "threshold, in (0, 1): e.g. 0.04")
     datamodule.setup("fit")
     train = datamodule.train_set
-    rows = fit_rows(train.indices, fit["images"])
+    rows = fit_rows(train.indices, fit.images)
     embed = network_features(scorer.model, scorer.device)
     features = np.concatenate([embed(train.split.images[rows[i:i + datamodule.eval_batch]])
                                for i in tqdm(range(0, len(rows), datamodule.eval_batch), desc="Features (train)",
@@ -194,31 +182,27 @@ def scope_on_training(scorer: Scorer, datamodule: CIFAKEDataModule, fit: Mapping
     val = datamodule.val_set
     val_rows = np.sort(limited(np.asarray(val.indices), datamodule.eval_batch, limit))
     scores = provisional.out_of_scope(val.split.images[val_rows], datamodule.eval_batch, progress="Out of scope (val)")
-    threshold = threshold_for(scores, float(fit["flagged"]))
-    record = scope_record(head, threshold, float(fit["flagged"]), len(rows))
+    threshold = threshold_for(scores, fit.flagged)
+    record = scope_record(head, threshold, fit.flagged, len(rows))
     log.info("Out-of-scope score fitted on %d training images (%s, %d features): threshold %.4f, above which %.1f%% "
-             "of the %d validation images lie (median %.3f)", len(rows), fit["method"], features.shape[1], threshold,
+             "of the %d validation images lie (median %.3f)", len(rows), fit.method, features.shape[1], threshold,
              100 * float(np.mean(scores > threshold)), len(scores), float(np.median(scores)))
     return dataclasses.replace(provisional, scope_settings={k: record[k] for k in SCOPE_RECORD_KEYS}), record
 
 
-def evaluate_run(scorer: Scorer, datamodule: CIFAKEDataModule, cfg: Mapping[str, Any], out_dir: Path, loggers: list,
-                 step: int = 0, band: tuple[float, float] | None = None,
-                 threshold_choice: dict[str, Any] | None = None) -> dict[str, Any]:
+def evaluate_run(scorer: Scorer, datamodule: CIFAKEDataModule, settings: EvaluationSettings, out_dir: Path,
+                 loggers: list, step: int = 0, band: tuple[float, float] | None = None) -> dict[str, Any]:
     """The test-split evaluation of ``train.py evaluate=true`` and ``evaluate.py``, as their shared
-    settings say (conf/scoring/default.yaml and conf/evaluation/default.yaml: ``threshold``,
-    ``exclude_leaks``, ``leak_near_distance``, ``robustness``, ``report``; ``trainer.limit_predict_batches``):
-    :func:`evaluate_model` with the leaking test files left out of ``leak_free``. Returns the metrics."""
-    exclude = leaking_test_files(datamodule, cfg["leak_near_distance"]) if cfg["exclude_leaks"] else None
-    return evaluate_model(scorer, datamodule, cfg["threshold"], out_dir, cfg["report"], loggers, step,
-                          threshold_choice=threshold_choice, robustness=bool(cfg["robustness"]), exclude=exclude,
-                          band=band, limit=cfg["trainer"]["limit_predict_batches"])
+    ``settings`` say: :func:`evaluate_model` with the leaking test files left out of ``leak_free``
+    (``exclude_leaks``, ``leak_near_distance``). Returns the metrics."""
+    exclude = leaking_test_files(datamodule, settings.leak_near_distance) if settings.exclude_leaks else None
+    return evaluate_model(scorer, datamodule, settings, out_dir, loggers, step, band, exclude)
 
 
-def explain(scorer: Scorer, pred: Predictions, threshold: float, settings: dict[str, Any]) -> Explained | None:
+def explain(scorer: Scorer, pred: Predictions, threshold: float, settings: ReportSettings) -> Explained | None:
     """Grad-CAM overlays of correctly and wrongly classified test images of each class, for the
     report; ``None`` (with the reason logged) where the model has no layer to explain."""
-    layer = settings["gradcam_layer"] or scorer.gradcam_layer
+    layer = settings.gradcam_layer or scorer.gradcam_layer
     if not scorer.explainable:
         log.info("Grad-CAM skipped: %s is a%s, which has no layer to explain", scorer.source,
                  " random forest on image statistics" if scorer.kind == "forest" else "n ONNX export")
@@ -228,7 +212,7 @@ def explain(scorer: Scorer, pred: Predictions, threshold: float, settings: dict[
         return None
     predicted = pred.predicted(threshold)
     # The prediction grid already shows the first images; a report explains right and wrong calls.
-    sets = explanation_sets(pred.labels, predicted, settings["gradcam_per_class"])
+    sets = explanation_sets(pred.labels, predicted, settings.gradcam_per_class)
     sets = {"correct": sets["correct"], "wrong": sets["wrong"]}
     return Explained(layer, explained_sections(scorer.model, pred.images, pred.labels, pred.p_real, predicted, sets,
                                                layer, scorer.device))
@@ -256,38 +240,36 @@ def compute_record(scorer: Scorer, n_scored: int) -> dict[str, Any] | None:
     return {**scorer.compute, "evaluation_pflop": evaluation, "evaluation_views": views}
 
 
-def evaluate_model(scorer: Scorer, datamodule: CIFAKEDataModule, threshold: float, out_dir: Path,
-                   settings: dict[str, Any], loggers: list, step: int = 0,
-                   threshold_choice: dict[str, Any] | None = None, robustness: bool = False,
-                   exclude: set[str] | None = None, band: tuple[float, float] | None = None,
-                   limit: Limit = None) -> dict[str, Any]:
-    """Score ``scorer`` on the test split and write the report (:func:`cifake.analysis.report.write_report`).
-    With ``threshold_choice["method"]`` the threshold is chosen on the validation split first;
-    with ``robustness`` the test split is scored again under perturbations; ``exclude``: files
+def evaluate_model(scorer: Scorer, datamodule: CIFAKEDataModule, settings: EvaluationSettings, out_dir: Path,
+                   loggers: list, step: int = 0, band: tuple[float, float] | None = None,
+                   exclude: set[str] | None = None) -> dict[str, Any]:
+    """Score ``scorer`` on the test split and write the report (:func:`cifake.analysis.report.write_report`)
+    as ``settings`` say. With ``settings.threshold_choice`` the threshold is chosen on the validation split
+    first; with ``settings.robustness`` the test split is scored again under perturbations; ``exclude``: files
     whose metrics also go in without them (``leak_free``); with an unsure ``band``, coverage and the
-    accuracy of the confident answers go in as ``unsure`` (and into the robustness rows); ``limit``:
+    accuracy of the confident answers go in as ``unsure`` (and into the robustness rows); ``settings.limit``:
     score only the first batches of each set (``trainer.limit_predict_batches``). Returns the
     metrics."""
-    check_threshold(threshold)
+    threshold, limit, report_settings = settings.threshold, settings.limit, settings.report
     scorer.check_image_size(datamodule.hparams.image_size)
-    if threshold_choice and threshold_choice.get("method"):
-        threshold = threshold_on_validation(scorer, datamodule, threshold_choice, limit)
+    if settings.threshold_choice is not None:
+        threshold = threshold_on_validation(scorer, datamodule, settings.threshold_choice, limit)
     pred = score_split(scorer, datamodule, "test", limit)
     explained, extra = None, None
-    if settings["figures"]:
-        explained = explain(scorer, pred, threshold, settings)
+    if report_settings.figures:
+        explained = explain(scorer, pred, threshold, report_settings)
         extra = forest_figures(scorer, datamodule, pred) if scorer.kind == "forest" else None
     unsure = unsure_report(pred.p_real, pred.labels, band) if band is not None else None
     scope = scorer.out_of_scope(pred.images, datamodule.eval_batch, progress="Out of scope (test)")
     answers = answers_report(pred.p_real, pred.labels, scorer.classes, threshold, band, scope, scorer.scope_threshold)
-    report = write_report(pred, scorer.classes, threshold, out_dir, settings, loggers, step, source=scorer.source,
-                          computed=scorer.computed, explained=explained, exclude=exclude, tta=dict(scorer.tta),
-                          extra_figures=extra, unsure=unsure, temperature=scorer.temperature,
-                          compute=compute_record(scorer, len(pred.labels)), answers=answers)
-    if robustness:
-        cfg = settings["robustness"]
-        rows = robustness_table(scorer.score, pred.images, pred.labels, cfg["perturbations"], cfg["batch_size"],
-                                threshold, cfg["seed"], cfg["options"], band=band)
+    scored = ScoredBy(source=scorer.source, classes=tuple(scorer.classes), computed=scorer.computed,
+                      tta=dict(scorer.tta), temperature=scorer.temperature,
+                      compute=compute_record(scorer, len(pred.labels)))
+    findings = Findings(explained=explained, extra_figures=extra, exclude=exclude, unsure=unsure, answers=answers)
+    report = write_report(pred, threshold, out_dir, report_settings, loggers, step, scored, findings)
+    if settings.robustness:
+        rows = robustness_table(scorer.score, pred.images, pred.labels, report_settings.robustness, threshold,
+                                band=band)
         for row in rows:
             row["trained"] = trained_with(row["perturbation"], row["strength"], scorer.training)
         write_robustness_report(rows, out_dir, loggers, step)

@@ -14,8 +14,9 @@ from omegaconf import DictConfig
 from cifake.analysis.metrics import report_scalars
 from cifake.core import schemas  # noqa: F401  (registers the config schemas)
 from cifake.core.errors import ConfigError
+from cifake.evaluation.settings import EvaluationSettings
 from cifake.evaluation.workflow import choose_on_validation, evaluate_run, scope_on_training
-from cifake.scoring import Scorer, check_threshold, choose_resample, model_or_bundled, open_scorer, resolve_band
+from cifake.scoring import Scorer, choose_resample, model_or_bundled, open_scorer
 from cifake.scoring.network import record_in_checkpoint
 from cifake.scoring.scorer import resolve_scope
 from cifake.training.tracking import log_hparams, run_hparams
@@ -30,25 +31,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.seed is not None:
         L.seed_everything(cfg.seed, workers=True)
     silence_known_warnings()
-    check_threshold(cfg.threshold)
+    settings = EvaluationSettings.from_config(cfg)
     scorer = open_scorer(ckpt_path, device=str(cfg.trainer.accelerator),
-                         precision=cfg.scoring.precision, tta=cfg.tta, contract=cfg.contract)
+                         precision=settings.precision, tta=settings.tta, contract=cfg.contract)
     if cfg.folder is not None:  # a folder of one class instead of the test split
-        return evaluate_folder(cfg, scorer)
+        return evaluate_folder(cfg, settings, scorer)
     datamodule = instantiate(cfg.data, _convert_="all")
     loggers = instantiate_all(cfg.get("logger"))
     # A temperature, a band and an out-of-scope score chosen now, as train.py would choose them; stored in the
     # checkpoint only with store=true.
-    scorer, temperature, band = choose_on_validation(scorer, datamodule, cfg, cfg.trainer.limit_predict_batches)
-    scorer, scope = scope_on_training(scorer, datamodule, cfg.out_of_scope_fit, cfg.trainer.limit_predict_batches)
+    scorer, temperature, band = choose_on_validation(scorer, datamodule, settings)
+    scorer, scope = scope_on_training(scorer, datamodule, settings.scope_fit, settings.limit)
     if cfg.store:  # the whole temperature: one fitted now on a model that had one combines with it
         store_choices(scorer, ckpt_path, band, None if temperature is None else scorer.temperature, scope)
     if band is None:
-        band = resolve_band(cfg.unsure_band, scorer, cfg.threshold)
-    scorer = resolve_scope(cfg.out_of_scope, scorer)
-    report = evaluate_run(scorer, datamodule, cfg, Path(cfg.paths.output_dir), loggers,
-                          threshold_choice=cfg.threshold_choice, band=band)
-    params = {"ckpt_path": ckpt_path, "threshold": cfg.threshold, **run_hparams(cfg, keys=("data", "seed"))}
+        band = settings.band_for(scorer)
+    scorer = resolve_scope(settings.out_of_scope, scorer)
+    report = evaluate_run(scorer, datamodule, settings, Path(cfg.paths.output_dir), loggers, band=band)
+    params = {"ckpt_path": ckpt_path, "threshold": settings.threshold, **run_hparams(cfg, keys=("data", "seed"))}
     log_hparams(loggers, params, report_scalars(report))
     for lg in loggers:
         lg.finalize("success")
@@ -78,7 +78,7 @@ def store_choices(scorer: Scorer, ckpt_path: str, band: tuple[float, float] | No
              "" if scope is None else f" out-of-scope score (threshold {scope['threshold']:.4f})")
 
 
-def evaluate_folder(cfg: DictConfig, scorer: Scorer) -> dict[str, Any]:
+def evaluate_folder(cfg: DictConfig, settings: EvaluationSettings, scorer: Scorer) -> dict[str, Any]:
     """``folder=<dir> folder_class=<class>``: the four-way shares on a folder of images of one class
     (:func:`cifake.evaluation.folder.score_folder`), with the model's stored band and out-of-scope score."""
     from cifake.evaluation.folder import score_folder
@@ -87,8 +87,8 @@ def evaluate_folder(cfg: DictConfig, scorer: Scorer) -> dict[str, Any]:
         raise ConfigError(f"folder={cfg.folder} needs folder_class=<the class of every image in it>, one of "
                           f"{list(scorer.classes)}")
     resample = choose_resample(cfg.resample, scorer.resample, str(scorer.source))
-    band = resolve_band(cfg.unsure_band, scorer, cfg.threshold)
-    scorer = resolve_scope(cfg.out_of_scope, scorer)
+    band = settings.band_for(scorer)
+    scorer = resolve_scope(settings.out_of_scope, scorer)
     return score_folder(scorer, Path(str(cfg.folder)).expanduser(), str(cfg.folder_class), resample,
-                        float(cfg.threshold), band, int(cfg.data.eval_batch_size),
+                        settings.threshold, band, int(cfg.data.eval_batch_size),
                         Path(cfg.paths.output_dir))

@@ -29,6 +29,7 @@ from cifake.callbacks.preemption import Preemption, Stop
 from cifake.core import schemas  # noqa: F401  (registers the config schemas)
 from cifake.core.checkpoints import check_resumable
 from cifake.core.errors import ConfigError, friendly_errors
+from cifake.evaluation.settings import EvaluationSettings
 from cifake.evaluation.workflow import choose_on_validation, evaluate_run, scope_on_training
 from cifake.models.forest import ForestClassifier
 from cifake.models.precision import float32_matmul, native_bf16
@@ -54,6 +55,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.seed is not None:
         L.seed_everything(cfg.seed, workers=True)
     silence_known_warnings()
+    settings = EvaluationSettings.from_config(cfg)  # checked before anything trains
     out = Path(cfg.paths.output_dir)
     datamodule = instantiate(cfg.data, _convert_="all")
     model: L.LightningModule | ForestClassifier = instantiate(cfg.model, _convert_="all")
@@ -78,27 +80,27 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         loggers, step, rank_zero = trainer.loggers, trainer.global_step, trainer.is_global_zero
         fast_dev_run = bool(trainer.fast_dev_run)
     # Every rank has the same best weights; one scores what follows alone (no collective calls).
-    chooses = bool(cfg.unsure_precision or cfg.calibration.temperature is not None or cfg.out_of_scope_fit.method)
+    chooses = settings.chooses
     compute = getattr(model, "compute", None)  # a network's training compute (cifake.models.flops)
     if compute is not None:
         computed["training"].update(compute)
     if rank_zero and not fast_dev_run and best and compute is not None:
         record_in_checkpoint(best, run_compute=compute)  # the whole run's, beside the best weights
     if rank_zero and not fast_dev_run and best and (cfg.evaluate or chooses):
-        scorer = open_scorer(best, device=str(cfg.trainer.accelerator),
-                             precision=cfg.scoring.precision, tta=cfg.tta)
+        scorer = open_scorer(best, device=str(cfg.trainer.accelerator), precision=settings.precision,
+                             tta=settings.tta)
         if chooses and scorer.kind != "checkpoint":
             raise ConfigError("unsure_precision, calibration.temperature and out_of_scope_fit are stored in a "
                               "network's checkpoint; the forest has none: leave them null for model=rf")
-        scorer, temperature, band = choose_on_validation(scorer, datamodule, cfg, cfg.trainer.limit_predict_batches)
-        scorer, scope = scope_on_training(scorer, datamodule, cfg.out_of_scope_fit, cfg.trainer.limit_predict_batches)
-        scorer = resolve_scope(cfg.out_of_scope, scorer)
+        scorer, temperature, band = choose_on_validation(scorer, datamodule, settings)
+        scorer, scope = scope_on_training(scorer, datamodule, settings.scope_fit, settings.limit)
+        scorer = resolve_scope(settings.out_of_scope, scorer)
         if chooses:
             record_in_checkpoint(best, band, temperature, scope=scope)
         if temperature is not None:
             metrics["temperature"] = temperature
         if cfg.evaluate:
-            metrics["test"] = evaluate_run(scorer, datamodule, cfg, out, loggers, step, band)
+            metrics["test"] = evaluate_run(scorer, datamodule, settings, out, loggers, step, band)
             computed["test"] = scorer.computed
     elif cfg.evaluate and not fast_dev_run and rank_zero:
         raise ConfigError("evaluate=true needs the model_checkpoint callback to know the best weights")

@@ -139,21 +139,34 @@ def with_temperature(scorer: Scorer, temperature: float | None) -> Scorer:
     return dataclasses.replace(scorer, score=score, temperature=(scorer.temperature or 1.0) * temperature)
 
 
+def check_band(band: tuple[float, float] | None, threshold: float) -> tuple[float, float] | None:
+    """``band`` as floats if it contains ``threshold`` within [0, 1] (``None``: no band); a
+    :class:`ConfigError` otherwise."""
+    if band is not None and not 0.0 <= band[0] <= threshold <= band[1] <= 1.0:
+        raise ConfigError(f"unsure band {list(band)} must satisfy 0 <= low <= threshold ({threshold}) <= high <= 1")
+    return None if band is None else (float(band[0]), float(band[1]))
+
+
+def parse_band(setting: Any, threshold: float) -> str | tuple[float, float] | None:
+    """An ``unsure_band`` setting, checked: ``auto`` (the band recorded with the model, whatever it is),
+    ``None`` (no band) or ``[low, high]``, which must contain ``threshold``."""
+    if setting == "auto" or setting is None:
+        return setting
+    try:
+        band = (float(setting[0]), float(setting[1]))
+    except (TypeError, ValueError, IndexError, KeyError):
+        raise ConfigError(f"unsure_band={setting!r}; use auto, null or [low, high]") from None
+    return check_band(band, threshold)
+
+
 def resolve_band(setting: Any, scorer: Scorer, threshold: float) -> tuple[float, float] | None:
     """The unsure band to answer with: ``auto``, the one recorded with the model (none if it has
     none); ``None``, no band; ``[low, high]``, that band. It must contain ``threshold``."""
     if setting == "auto":
-        band = scorer.unsure_band
-    elif setting is None:
-        band = None
-    else:
-        try:
-            band = (float(setting[0]), float(setting[1]))
-        except (TypeError, ValueError, IndexError, KeyError):
-            raise ConfigError(f"unsure_band={setting!r}; use auto, null or [low, high]") from None
-    if band is not None and not 0.0 <= band[0] <= threshold <= band[1] <= 1.0:
-        raise ConfigError(f"unsure band {list(band)} must satisfy 0 <= low <= threshold ({threshold}) <= high <= 1")
-    return None if band is None else (float(band[0]), float(band[1]))
+        return check_band(scorer.unsure_band, threshold)
+    band = parse_band(setting, threshold)
+    assert not isinstance(band, str)
+    return band
 
 
 def check_threshold(threshold: float) -> None:
