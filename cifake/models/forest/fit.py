@@ -24,7 +24,7 @@ from cifake.analysis.plots import (
     feature_distributions_figure,
     importance_figure,
 )
-from cifake.analysis.report import Predictions, curve_figures, example_figures, write_figures
+from cifake.analysis.report import Predictions, ReportSettings, curve_figures, example_figures, write_figures
 from cifake.analysis.tensorboard_figures import log_figure, tensorboard_writers
 from cifake.data.cache import DecodedSplit
 from cifake.data.datamodule import CIFAKEDataModule
@@ -120,7 +120,8 @@ def fit_forest(cfg: DictConfig, datamodule: CIFAKEDataModule, model: ForestClass
 
     val_pred = Predictions.of_rows(val_set.split, val_set.indices, p_val)
     for name, fig in {**curve_figures(val_pred, val_report["confusion_matrix"], classes, "validation"),
-                      **example_figures(val_pred, classes, threshold, cfg.report, "validation")}.items():
+                      **example_figures(val_pred, classes, threshold, ReportSettings.from_config(cfg.report),
+                                       "validation")}.items():
         log_figure(writers, f"val/{name}", fig, step=0)
     counts = {"train": _counts(y_train, classes), "validation": _counts(y_val, classes)}
     eda = eda_figures(x_train, y_train, model, counts, "train")
