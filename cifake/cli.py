@@ -13,7 +13,6 @@ runs, inside the function below that names it (``import cifake.jobs.train``), so
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -21,31 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-INTERRUPTED = 130  # the exit status of a command stopped by Ctrl+C (128 + SIGINT), as shells report it
-
-
-@contextmanager
-def ctrl_c_after_imports() -> Iterator[None]:
-    """Hold a Ctrl+C (SIGINT) that comes while the block imports modules until the block ends, then raise
-    it as ``KeyboardInterrupt``. An import cut in the middle can leave a library half loaded (numpy without
-    its C core), and a later import then fails with an error that hides the Ctrl+C. Where SIGINT is ignored
-    (a background job) or cannot be handled (not the main thread), the block runs as it is."""
-    pressed: list[int] = []
-    previous = signal.getsignal(signal.SIGINT)
-    held = previous not in (signal.SIG_IGN, None)  # None: a handler set outside Python, left alone
-    if held:
-        try:
-            signal.signal(signal.SIGINT, lambda signum, _frame: pressed.append(signum))
-        except ValueError:  # not the main thread
-            held = False
-    try:
-        yield
-    finally:
-        if held:
-            signal.signal(signal.SIGINT, previous)
-    if pressed:
-        raise KeyboardInterrupt
-
+from cifake.core.signals import INTERRUPTED, ctrl_c_after_imports
 
 try:
     with ctrl_c_after_imports():

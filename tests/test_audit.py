@@ -18,10 +18,11 @@ from cifake.audit import hashes as hashes_module
 from cifake.audit import leaked_test_files
 from cifake.audit.hashes import perceptual_hashes
 from cifake.audit.near import chunk_spans, components, near_pairs
+from cifake.audit.report import check_settings
 from cifake.core.errors import ConfigError
 from cifake.data.datamodule import CIFAKEDataModule
 from cifake.data.decode import grayscale
-from cifake.jobs.audit import check_settings, run
+from cifake.jobs.audit import run
 from tests.helpers import ROOT
 from tests.helpers.config import conf_args, real_cifake_root
 from tests.helpers.images import make_cifake_tree

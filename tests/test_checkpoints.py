@@ -18,7 +18,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 
 from cifake.core.checkpoints import PARTIAL_PREFIX, WholeFileCheckpointIO, check_resumable, checkpoint_problem
 from cifake.core.errors import ModelFileError
-from cifake.jobs.train import cluster_plugins
+from cifake.training.fit import cluster_plugins
 from cifake.training.trainer import build_trainer
 from tests.helpers.config import tiny_demo_overrides
 from tests.helpers.runner import one_error_line, run_script

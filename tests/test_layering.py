@@ -29,9 +29,9 @@ ALLOWED: dict[str, set[str]] = {
     "audit": {"core", "data"},                        # duplicates and leaks between the splits
     "analysis": {"core", "data"},                     # numbers, figures, reports from arrays
     "models": {"core", "data", "analysis"},           # networks, the LightningModule, the forest (all of it)
-    "training": {"core", "models"},                   # the Trainer, device rules, sweeps, tracking
     "scoring": {"core", "data", "analysis", "models"},  # model file -> Scorer (no Lightning for a safetensors file)
     "callbacks": {"core", "data", "analysis", "models", "scoring"},  # what runs inside fit and test
+    "training": {"core", "analysis", "models", "scoring", "callbacks"},  # the Trainer, the fit, provenance, sweeps
     "evaluation": {"core", "data", "audit", "analysis", "models", "scoring"},  # a Scorer over a split
     "serving": {"core", "data", "analysis", "scoring", "evaluation"},  # serve.py's API and server
     "export": {"core", "data", "analysis", "models", "scoring", "evaluation"},  # ONNX and safetensors exports

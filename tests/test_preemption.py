@@ -20,7 +20,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from cifake.callbacks.preemption import Preemption, Stop, last_checkpoint, parse_signals
 from cifake.core.errors import ConfigError
-from cifake.jobs.train import run_overrides, stopped_line
+from cifake.training.fit import stopped_line
+from cifake.training.provenance import run_overrides
 from tests.helpers import ROOT
 from tests.helpers.config import tiny_train_overrides
 from tests.helpers.runner import check, run_python

@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from cifake.core.errors import ConfigError
+from cifake.core.signals import parse_signals
 
 
 @dataclass(frozen=True)
@@ -38,16 +39,6 @@ class Stop:
             return f"the end of epoch {self.epochs_done}"
         of = f" of {self.batches:.0f}" if self.batches != float("inf") else ""
         return f"epoch {self.epochs_done + 1}, after batch {self.batch}{of}"
-
-
-def parse_signals(names: Sequence[str]) -> list[signal.Signals]:
-    """``["SIGUSR1", ...]`` as signals; a :class:`ConfigError` names one this system lacks."""
-    known = {s.name for s in signal.Signals}
-    unknown = [name for name in names if name not in known]
-    if unknown:
-        raise ConfigError(f"callbacks.preemption.signals: {unknown} are not signals here; choose from "
-                          f"{sorted(known)}, e.g. [SIGUSR1] for SLURM's --signal=USR1@90")
-    return [signal.Signals[name] for name in names]
 
 
 class Preemption(L.Callback):

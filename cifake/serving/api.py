@@ -10,14 +10,10 @@ would take its neighbours down with it.
 
 from __future__ import annotations
 
-import atexit
 import base64
 import io
 import logging
 import multiprocessing
-import os
-import signal
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +24,7 @@ from PIL import Image
 from starlette.responses import JSONResponse
 
 from cifake.core.digest import file_sha256
+from cifake.core.signals import quiet_shutdown
 from cifake.scoring import Scorer, choose_resample, open_scorer, resolve_band
 from cifake.scoring.open_model_file import bundled_name, model_file
 from cifake.scoring.scorer import OUT_OF_SCOPE, resolve_scope, scope_reason, verdicts
@@ -81,29 +78,6 @@ def identity(scorer: Scorer, settings: ModelSettings, resample: str) -> dict[str
             "tta": scorer.tta.get("mode", "none"), "explainable": scorer.explainable,
             "out_of_scope": None if scorer.scope_threshold is None else dict(scorer.scope_settings or {}),
             **scorer.computed}
-
-
-def quiet_shutdown() -> None:
-    """Let SIGTERM, with which the server's main process stops this inference worker, end it as a
-    finished process ends, running multiprocessing's finalizers: killed by the signal, it would leave
-    the semaphore it made (tqdm's lock) for the resource tracker to warn about. (SIGINT, which Ctrl+C
-    sends to every process of the terminal, the worker ignores from its start: the serving job,
-    :mod:`cifake.jobs.serve`, starts it so.)"""
-
-    def leave(signum: int, frame: Any) -> None:
-        atexit.register(_exit_now)  # the last registered runs first: after multiprocessing's clean-up
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, leave)
-
-
-def _exit_now() -> None:
-    # The interpreter's own teardown of torch and the rest takes seconds, longer than LitServe waits for a
-    # worker on a busy machine (5 s, then SIGKILL): nothing in it matters once the logs are flushed.
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
 
 
 @dataclass
