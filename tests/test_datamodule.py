@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from cifake.core.errors import ConfigError
+from cifake.core.errors import ConfigError, DataError
 from cifake.data.datamodule import CIFAKEDataModule
 from tests.helpers.config import conf_args
-from tests.helpers.images import make_cifake_tree
+from tests.helpers.images import make_cifake_tree, write_image
 
 
 def make_dm(root: Path, tmp_path: Path, **kw) -> CIFAKEDataModule:
@@ -59,3 +59,41 @@ def test_each_stage_decodes_only_the_splits_it_reads(tmp_path: Path) -> None:
     on_test = CIFAKEDataModule(**conf_args("data", root=str(root), cache_dir=str(tmp_path / "cache"),
                                              validate_on="test"))
     assert on_test.splits_for("fit") == ("train", "test")
+
+
+def test_extra_train_joins_training_only(tmp_path: Path) -> None:
+    """data.extra_train: its images join the training set with their class's label, the validation split
+    is the one drawn without them, and larger images are resized like any other file."""
+    root = make_cifake_tree(tmp_path / "d", n_per_class=20)
+    plain = make_dm(root, tmp_path, val_fraction=0.25)
+    plain.setup("fit")
+    extra = tmp_path / "extra"
+    rng = np.random.default_rng(3)
+    for k in range(7):
+        write_image(extra / "REAL" / f"photo_{k}.png", rng, size=64)
+    (extra / "REAL" / ".DS_Store").write_bytes(b"\0")
+    dm = make_dm(root, tmp_path, val_fraction=0.25, extra_train=str(extra))
+    dm.setup("fit")
+    assert np.array_equal(dm.val_set.indices, plain.val_set.indices)
+    val_images = dm.val_set.split.images[dm.val_set.indices]
+    assert np.array_equal(val_images, plain.val_set.split.images[plain.val_set.indices])
+    added = dm.train_set.indices[len(plain.train_set):]
+    assert len(dm.train_set) == len(plain.train_set) + 7 and np.intersect1d(added, dm.val_set.indices).size == 0
+    assert dm.train_set.split.labels[added].tolist() == [dm.classes.index("REAL")] * 7
+    assert dm.train_set.split.images[added].shape == (7, 3, 32, 32)
+    assert dm.data_record()["splits"]["train"] == {"FAKE": 15, "REAL": 22}
+    assert dm.data_record()["extra_train"] == str(extra) and "extra_train" not in plain.data_record()
+    on_test = make_dm(root, tmp_path, validate_on="test", extra_train=str(extra))
+    on_test.setup("fit")
+    assert len(on_test.train_set) == 47
+
+
+@pytest.mark.parametrize("make", ["missing", "no_class"])
+def test_extra_train_errors_say_what_to_give(tmp_path: Path, make: str) -> None:
+    root = make_cifake_tree(tmp_path / "d", n_per_class=10)
+    extra = tmp_path / "extra"
+    if make == "no_class":
+        (extra / "photos").mkdir(parents=True)
+    dm = make_dm(root, tmp_path, extra_train=str(extra))
+    with pytest.raises(DataError, match="extra_train"):
+        dm.setup("fit")

@@ -50,6 +50,7 @@ class DataSchema:
     on_device: Any = MISSING  # auto, true or false
     demo: Optional[DemoSchema] = MISSING  # noqa: UP045
     degrade: Optional[dict[str, Any]] = MISSING  # noqa: UP045  (checked by cifake.data.training_degradations)
+    extra_train: Optional[str] = MISSING  # noqa: UP045
 
 
 @dataclass

@@ -114,6 +114,7 @@ class CIFAKEDataModule(L.LightningDataModule):
         on_device: bool | str,
         demo: dict[str, Any] | None,
         degrade: dict[str, Any] | None,
+        extra_train: str | None,
     ) -> None:
         super().__init__()
         if validate_on not in VALIDATE_ON:
@@ -170,6 +171,31 @@ class CIFAKEDataModule(L.LightningDataModule):
             )
         return self._splits[split]
 
+    def with_extra_train(self, train: DecodedSplit) -> tuple[DecodedSplit, np.ndarray]:
+        """``train`` with the images of ``extra_train`` appended (a folder holding ``REAL/``, ``FAKE/`` or
+        both), and the rows they took: images that only ever join the training set, never validation or
+        test. Without ``extra_train``: ``train`` and no rows."""
+        hp = self.hparams
+        if hp.extra_train is None:
+            return train, np.zeros(0, dtype=np.int64)
+        folder = Path(hp.extra_train).expanduser()
+        if not folder.is_dir():
+            raise DataError(f"data.extra_train={str(folder)!r} is not a folder: give a folder holding REAL/ and/or "
+                            f"FAKE/ (python -m cifake.tools.photos --train-extra <folder> writes one), or null")
+        present = tuple(c for c in self.classes if (folder / c).is_dir())
+        if not present:
+            raise DataError(f"data.extra_train={str(folder)!r} holds none of the class folders {list(self.classes)}")
+        listing = scan_split(folder.parent, folder.name, present)
+        extra = load_or_decode(listing, Path(hp.cache_dir).expanduser(), hp.image_size, hp.resample,
+                               hp.skip_bad_files, hp.decode_workers)
+        labels = np.asarray([self.classes.index(present[i]) for i in extra.labels], dtype=train.labels.dtype)
+        log.info("extra training images from %s: %s", folder,
+                 ", ".join(f"{c}={int(np.sum(labels == self.classes.index(c)))}" for c in present))
+        merged = DecodedSplit(np.concatenate([train.images, extra.images]), np.concatenate([train.labels, labels]),
+                              train.files + tuple(f"{folder}/{f}" for f in extra.files), train.classes, train.root,
+                              train.cache_dir)
+        return merged, np.arange(len(train), len(merged))
+
     def splits_for(self, stage: str | None) -> tuple[str, ...]:
         """The splits a stage reads: fit/validate need train (and test when validating on it),
         test/predict only test, ``None`` both."""
@@ -195,11 +221,15 @@ class CIFAKEDataModule(L.LightningDataModule):
             train = self.decoded(hp.train_split)
             if hp.validate_on == "test":
                 test = self.decoded(hp.test_split)
-                self.train_set = DecodedImages(train, resident=self._resident(train))
+                train, added = self.with_extra_train(train)
+                self.train_set = DecodedImages(train, np.r_[np.arange(len(train) - len(added)), added],
+                                               self._resident(train))
                 self.val_set = DecodedImages(test, rng.permutation(len(test)), self._resident(test))
             else:
+                # the split is drawn on the training split alone, so extra images never change it
                 train_idx, val_idx = stratified_split(train.labels, hp.val_fraction, hp.split_seed)
-                self.train_set = DecodedImages(train, train_idx, self._resident(train))
+                train, added = self.with_extra_train(train)
+                self.train_set = DecodedImages(train, np.r_[train_idx, added], self._resident(train))
                 self.val_set = DecodedImages(train, rng.permutation(val_idx), self._resident(train))
             log.info("train: %s; validation (%s): %s", self._describe(self.train_set),
                      hp.validate_on, self._describe(self.val_set))
@@ -254,9 +284,12 @@ class CIFAKEDataModule(L.LightningDataModule):
         splits = {"train": self._counts(self.train_set), "validation": self._counts(self.val_set)}
         if self.test_set is not None:
             splits["test"] = self._counts(self.test_set)
-        return {"kind": kind, "name": DATA_KINDS[kind], "validate_on": hp.validate_on,
-                "val_fraction": hp.val_fraction if hp.validate_on == "holdout" else None,
-                "image_size": hp.image_size, "splits": splits}
+        record = {"kind": kind, "name": DATA_KINDS[kind], "validate_on": hp.validate_on,
+                  "val_fraction": hp.val_fraction if hp.validate_on == "holdout" else None,
+                  "image_size": hp.image_size, "splits": splits}
+        if hp.extra_train is not None:  # a record without the key is a run on CIFAKE alone
+            record["extra_train"] = str(hp.extra_train)
+        return record
 
     def state_dict(self) -> dict[str, Any]:
         """Saved in each checkpoint: :meth:`data_record`, which the model card quotes (``export.py``)."""
