@@ -235,7 +235,7 @@ def _build(
         reserve(npy, folder.parent, what)  # the decoders write through memory maps: a full disk there is a SIGBUS
         with space_errors(folder.parent, needed, what):
             bad, converted = _decode_all(listing, npy, size, resample, workers)
-            _finish(listing, tmp, npy, fingerprint, size, bad, converted, skip_bad, what)
+            _finish(listing, tmp, fingerprint, size, bad, converted, skip_bad, what)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -245,10 +245,11 @@ def _build(
     tmp.rename(folder)
 
 
-def _finish(listing: SplitListing, tmp: Path, npy: Path, fingerprint: str, size: int,
-            bad: list[tuple[int, str]], converted: Counter, skip_bad: bool, what: str) -> None:
-    """Write ``images.npy`` (the decoded rows, less the bad ones), ``labels.npy`` and the record."""
-    n = len(listing.files)
+def _finish(listing: SplitListing, tmp: Path, fingerprint: str, size: int, bad: list[tuple[int, str]],
+            converted: Counter, skip_bad: bool, what: str) -> None:
+    """Write ``images.npy`` (the rows decoded into ``tmp/all.npy``, less the bad ones), ``labels.npy`` and the
+    record."""
+    n, npy = len(listing.files), tmp / "all.npy"
     if bad and not skip_bad:
         lines = "\n".join(f"  {listing.root / listing.files[i]}: {why}" for i, why in bad)
         raise DataError(

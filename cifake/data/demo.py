@@ -13,6 +13,8 @@ import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -106,13 +108,15 @@ def generate_demo(
         if done():
             log.info("Reusing the demo dataset in %s (another process generated it meanwhile)", folder)
         else:
-            _write_demo(folder, params, train_per_class, test_per_class, seed, image_size, upsample_factor, noise,
-                        jpeg_quality)
+            draw = partial(render, size=image_size, factor=upsample_factor, noise=noise)
+            _write_demo(folder, params, train_per_class, test_per_class, seed, draw, jpeg_quality)
     return folder
 
 
-def _write_demo(root: Path, params: str, train_per_class: int, test_per_class: int, seed: int, image_size: int,
-                upsample_factor: int, noise: float, jpeg_quality: int) -> None:
+def _write_demo(root: Path, params: str, train_per_class: int, test_per_class: int, seed: int,
+                draw: Callable[[np.random.Generator, bool], np.ndarray], jpeg_quality: int) -> None:
+    """Write the images into ``root`` (its record ``params`` last); ``draw(rng, fake)`` renders one
+    (:func:`render` at the setting's size, upsampling factor and noise)."""
     # Under the build lock. A folder here without its record is no finished copy, so nobody reads it:
     # left by an interrupted rename or by hand.
     shutil.rmtree(root, ignore_errors=True)
@@ -127,7 +131,7 @@ def _write_demo(root: Path, params: str, train_per_class: int, test_per_class: i
                 folder.mkdir(parents=True)
                 rng = np.random.default_rng([seed, split_idx, class_idx])
                 for i in range(n):
-                    pixels = render(rng, name == "FAKE", image_size, upsample_factor, noise)
+                    pixels = draw(rng, name == "FAKE")
                     Image.fromarray(pixels).save(folder / f"{i:04d}.jpg", quality=jpeg_quality)
                     bar.update()
     (tmp / _DONE).write_text(params)  # the record, last: only a whole folder carries it

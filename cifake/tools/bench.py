@@ -44,6 +44,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -332,11 +333,21 @@ PRECISIONS = {"float32 NCHW": ["trainer.precision=32-true", "model.channels_last
               "bf16-mixed NHWC": ["trainer.precision=bf16-mixed", "model.channels_last=true"]}
 
 
-def precision_rows(rows: list[str], runs_log: list[str], overrides: list[str], tmp: str, steps: int,
-                   warmup: int, repeats: int, flush: Callable[[], None] | None = None,
-                   nets: Sequence[str] = tuple(PRECISION_NETS)) -> None:
+@dataclass(frozen=True)
+class Timing:
+    """How each path of a measurement is timed: ``steps`` timed batches after ``warmup`` untimed ones, in
+    ``repeats`` alternating runs per path (the command line's ``--steps``, ``--warmup``, ``--repeats``)."""
+
+    steps: int
+    warmup: int
+    repeats: int
+
+
+def precision_rows(rows: list[str], runs_log: list[str], overrides: list[str], tmp: str, timing: Timing,
+                   flush: Callable[[], None] | None = None, nets: Sequence[str] = tuple(PRECISION_NETS)) -> None:
     """Section (d): the ``nets`` of ``PRECISION_NETS`` at every setting of ``PRECISIONS``, on the
     command line's device (``overrides`` start with its ``trainer.accelerator``)."""
+    steps, warmup, repeats = timing.steps, timing.warmup, timing.repeats
     for net, net_overrides in (PRECISION_NETS[name] for name in nets):
         configs = {name: _compose([*net_overrides, *overrides, *extra], tmp) for name, extra in PRECISIONS.items()}
         reference = next(iter(PRECISIONS))
@@ -353,10 +364,11 @@ DEGRADE_RECIPES = {"cpu_fast (clean)": ["experiment=cpu_fast"],
                    "cpu_robust (data.degrade on)": ["experiment=cpu_robust"]}
 
 
-def degrade_rows(rows: list[str], runs_log: list[str], overrides: list[str], tmp: str, steps: int, warmup: int,
-                 repeats: int, flush: Callable[[], None] | None = None) -> None:
+def degrade_rows(rows: list[str], runs_log: list[str], overrides: list[str], tmp: str, timing: Timing,
+                 flush: Callable[[], None] | None = None) -> None:
     """Section (e): train.py's training throughput of the same network without and with the
     training-time degradations (``data.degrade``) of ``experiment=cpu_robust``."""
+    steps, warmup, repeats = timing.steps, timing.warmup, timing.repeats
     configs = {name: _compose([*extra, *overrides], tmp) for name, extra in DEGRADE_RECIPES.items()}
     _compare(rows, "(e) training, degradations off vs on", {
         name: lambda c=c: lightning_train_rate(c, steps, warmup) for name, c in configs.items()
@@ -466,9 +478,9 @@ def main(argv: list[str] | None = None) -> str:
         # command line runs (its own trainer.accelerator, given later, still wins).
         on_device = [f"trainer.accelerator={_accelerator(cfg)}", *overrides]
         if "precision" in sections:
-            precision_rows(rows, runs_log, on_device, tmp, s, w, r, flush, nets)
+            precision_rows(rows, runs_log, on_device, tmp, Timing(steps=s, warmup=w, repeats=r), flush, nets)
         if "degrade" in sections:
-            degrade_rows(rows, runs_log, on_device, tmp, s, w, r, flush)
+            degrade_rows(rows, runs_log, on_device, tmp, Timing(steps=s, warmup=w, repeats=r), flush)
     text = table()
     args.out.write_text(text + "\n")
     print(text)
