@@ -261,7 +261,7 @@ def cut_tile(image: Image.Image, box: tuple[int, int, int, int], settings: TileS
     return image.crop(box).resize((settings.size, settings.size), _FILTERS[settings.resample])
 
 
-def _open_photo(path: Path) -> Image.Image:
+def open_photo(path: Path) -> Image.Image:
     try:
         with Image.open(path) as im:
             im.load()
@@ -305,7 +305,7 @@ def _write_photos(out: Path, packages: Sequence[tuple[SourcePackage, Source, boo
                              "reason": f"the same bytes as {seen[digest]}"})
             continue
         seen[digest] = pid
-        image = _open_photo(path)
+        image = open_photo(path)
         whole = Path(part) / "whole" / REAL_CLASS / f"{pid}{path.suffix.lower()}"
         (out / whole).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, out / whole)  # unchanged: bytes, metadata and all, as a user would pass it

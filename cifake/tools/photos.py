@@ -4,6 +4,10 @@ fakes re-rendered as photos. Nothing of it is committed: it goes to ``--out``, o
 
     python -m cifake.tools.photos --out /tmp/photoset [--cifake ROOT] [--fakes 2000] [--seed 0]
                                   [--debs DIR] [--no-extra]
+    python -m cifake.tools.photos --train-extra /tmp/photo_train [--seed 0] [--debs DIR]
+
+``--train-extra`` writes instead the tiles to train on (``data.extra_train``) from other packages
+(:mod:`cifake.data.train_photos`).
 
 Without ``--debs`` it downloads the packages with ``apt-get download`` into a temporary folder;
 either way it extracts them with ``dpkg -x`` there. The selection, split, tiling and re-rendering
@@ -25,6 +29,7 @@ from pathlib import Path
 from cifake.core.errors import ConfigError, DataError, report, user_message
 from cifake.data import photos
 from cifake.data.photos import EXTRA_PACKAGES, PACKAGES, Source
+from cifake.data.train_photos import TRAIN_PACKAGES, build_train_extra
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 
@@ -83,7 +88,10 @@ def extract(deb: Path, folder: Path) -> Source:
 def main(argv: Sequence[str] | None = None) -> dict:
     """Parse the command line, fetch and extract the packages, build the set and print its counts."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="a new folder outside the checkout")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", type=Path, help="the photo set: a new folder outside the checkout")
+    target.add_argument("--train-extra", type=Path,
+                        help="instead, the tiles to train on (data.extra_train): a new folder outside the checkout")
     parser.add_argument("--debs", type=Path, help="a folder with the .deb files already downloaded")
     parser.add_argument("--cifake", type=Path, default=os.environ.get("CIFAKE_ROOT") or None,
                         help="the extracted CIFAKE folder (default: $CIFAKE_ROOT); without it, no re-rendered fakes")
@@ -92,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--no-extra", action="store_true",
                         help=f"leave out the held-out package ({', '.join(p.name for p in EXTRA_PACKAGES)})")
     args = parser.parse_args(argv)
+    if args.train_extra is not None:
+        return _train_extra(args)
     fakes = args.fakes
     if args.cifake is None and fakes:
         print("no --cifake and no CIFAKE_ROOT: building without re-rendered fakes")
@@ -117,6 +127,30 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print("\n".join(photos.summary_lines(manifest)))
     print(f"wrote {args.out} in {done - start:.1f} s ({'read' if args.debs else 'download'} {fetched - start:.1f} s, "
           f"extract {extracted - fetched:.1f} s, build {done - extracted:.1f} s)")
+    return manifest
+
+
+def _fetch(names: Sequence[str], debs_folder: Path | None, tmp: Path) -> dict[str, Source]:
+    """Each package of ``names`` from ``debs_folder`` (or downloaded into ``tmp``), extracted under ``tmp``."""
+    if debs_folder is not None:
+        debs = find_debs(names, debs_folder)
+    else:
+        print(f"downloading {', '.join(names)} ...")
+        debs = download(names, tmp)
+    return {name: extract(deb, tmp / "x" / name) for name, deb in zip(names, debs, strict=True)}
+
+
+def _train_extra(args: argparse.Namespace) -> dict:
+    photos.check_out(args.train_extra, CHECKOUT)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="cifake-photos-") as tmp:
+        sources = _fetch([p.name for p in TRAIN_PACKAGES], args.debs, Path(tmp))
+        manifest = build_train_extra(args.train_extra, sources, seed=args.seed, checkout=CHECKOUT)
+    for name, source in sources.items():
+        print(f"{name} {source.version} ({source.deb})")
+    print(f"wrote {manifest['counts']['tiles']} tiles of {manifest['counts']['photos']} photos to "
+          f"{args.train_extra / photos.REAL_CLASS} in {time.perf_counter() - start:.1f} s; train with "
+          f"data.extra_train={args.train_extra}")
     return manifest
 
 

@@ -1,0 +1,131 @@
+"""Real photographs from outside CIFAR-10 to train on (``data.extra_train``, issue 39): 32x32 tiles cut
+from the camera photographs of Debian packages that the photo set (:mod:`cifake.data.photos`) does not
+use, so that no photograph is both trained on and measured on.
+
+CIFAKE's REAL class is CIFAR-10 alone; a network trained on it learns CIFAR-10's content and its one path
+to 32x32, and calls other photographs of smooth skies or saturated colours FAKE. These tiles show it
+other real photographs reaching 32x32 the way CIFAR-sized images are made (a square crop, shrunk with an
+antialiasing filter), at more scales and positions than the photo set cuts, since they are training data.
+Built by ``python -m cifake.tools.photos --train-extra <folder>``; written as ``<folder>/REAL/<id>_s<d>_<k>.png``
+with a manifest, never into the checkout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from cifake.core.atomic import atomic_path
+from cifake.core.digest import file_sha256
+from cifake.core.errors import DataError
+from cifake.data.photos import (
+    MANIFEST,
+    REAL_CLASS,
+    Source,
+    SourcePackage,
+    TileSettings,
+    check_out,
+    cut_tile,
+    open_photo,
+    photo_id,
+    select_photos,
+    tile_boxes,
+)
+
+BUILDER_VERSION = 1
+
+# Every image under each folder was looked at; the kept ones are camera photographs in colour. The
+# photo set's packages (mate-backgrounds, lomiri-wallpapers-16.04, plasma-workspace-wallpapers) are not
+# among these, and no kept file has the bytes of one of theirs (checked when the set was made).
+TRAIN_PACKAGES: tuple[SourcePackage, ...] = (
+    SourcePackage(
+        name="opencv-doc", short="opencv", folder="usr/share/doc/opencv-doc/examples",
+        kept=("alphamat/input_images/plant.jpg", "data/aero1.jpg", "data/aero3.jpg", "data/aloeL.jpg",
+              "data/apple.jpg", "data/baboon.jpg", "data/board.jpg", "data/building.jpg", "data/butterfly.jpg",
+              "data/ela_original.jpg", "data/fruits.jpg", "data/graf1.png", "data/home.jpg", "data/left.jpg",
+              "data/leuvenA.jpg", "data/messi5.jpg", "data/orange.jpg", "data/right.jpg", "data/rubberwhale1.png",
+              "data/squirrel_cls.jpg", "data/stuff.jpg", "dnn_superres/butterfly.png", "hfs/data/000.jpg",
+              "hfs/data/001.jpg", "hfs/data/002.jpg", "reg/home.png", "text/scenetext01.jpg",
+              "text/scenetext02.jpg", "text/scenetext03.jpg", "text/scenetext04.jpg", "text/scenetext05.jpg",
+              "text/scenetext06.jpg", "text/scenetext_segmented_word01.jpg", "text/scenetext_segmented_word02.jpg",
+              "text/scenetext_segmented_word03.jpg", "text/scenetext_segmented_word04.jpg",
+              "text/scenetext_segmented_word05.jpg"),
+        excluded={
+            "data/aloeR.jpg": "the other view of a stereo pair (aloeL is kept)",
+            "data/leuvenB.jpg": "the same street as leuvenA, moved a step",
+            "data/rubberwhale2.png": "the next frame of rubberwhale1",
+            "data/ela_modified.jpg": "ela_original with a figure pasted in",
+            "data/graf3.png": "graf1 seen from another angle",
+            "data/licenseplate_motion.jpg": "synthetic motion blur",
+            "*": "not a colour camera photograph (renders, logos, drawings, test patterns, grey-level and chessboard "
+                 "calibration images, pages of text, tutorial figures), or smaller than 200 px",
+        },
+    ),
+    SourcePackage(
+        name="lomiri-wallpapers-20.04", short="lomiri20", folder="usr/share/backgrounds",
+        kept=("Kleiber_by_Lukas_Baubkus.jpg",),
+        excluded={
+            "Fossa_by_Jasper_Roks.jpg": "render: a drawn fox over gradients",
+            "Infinite-Sea_by_Aury88.jpg": "a heavily edited night-sky composite",
+            "Painting-Colors_by__herobrine7gamer.jpg": "render: coloured bands",
+        },
+    ),
+)
+
+# Many crops per photo at six scales: about 230 tiles from a large photo, 8.6k from these 38.
+TRAIN_TILES = TileSettings(divisors=(1, 2, 3, 4, 6, 8), counts=(1, 8, 16, 32, 64, 96))
+
+
+def build_train_extra(out: Path, sources: Mapping[str, Source], *, seed: int,
+                      checkout: Path | None = None) -> dict[str, Any]:
+    """Write the tiles of :data:`TRAIN_PACKAGES` (``sources``: each package's extracted folder) into
+    ``out/REAL/`` (whole: into ``<out>.partial``, renamed at the end) and return the manifest."""
+    out = Path(out)
+    check_out(out, checkout)
+    missing = [pkg.name for pkg in TRAIN_PACKAGES if pkg.name not in sources]
+    if missing:
+        raise DataError(f"no source for {', '.join(missing)}: pass its .deb with --debs, or let the tool download it")
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists():  # left by an interrupted build of this same folder
+        shutil.rmtree(partial)
+    (partial / REAL_CLASS).mkdir(parents=True)
+    try:
+        photos, excluded, unreviewed = [], [], []
+        jobs = []
+        for pkg in TRAIN_PACKAGES:
+            selection = select_photos(sources[pkg.name].root, pkg)
+            excluded += selection.excluded
+            unreviewed += [f"{pkg.name}/{pkg.folder}/{rel}" for rel in selection.unreviewed]
+            jobs += [(pkg, rel) for rel in selection.kept]
+        for pkg, rel in tqdm(jobs, desc="photos", unit="photo", mininterval=1):
+            path = Path(sources[pkg.name].root) / pkg.folder / rel
+            pid = photo_id(pkg, rel)
+            image = open_photo(path)
+            tiles = tile_boxes(image.width, image.height, pid, seed, TRAIN_TILES)
+            for divisor, k, box in tiles:
+                cut_tile(image, box, TRAIN_TILES).save(partial / REAL_CLASS / f"{pid}_s{divisor}_{k}.png", format="PNG")
+            photos.append({"id": pid, "package": pkg.name, "path": f"{pkg.folder}/{rel}", "sha256": file_sha256(path),
+                           "width": image.width, "height": image.height, "tiles": len(tiles)})
+        manifest = {
+            "builder": {"module": __name__, "version": BUILDER_VERSION, "seed": seed, "tiles": asdict(TRAIN_TILES)},
+            "packages": {pkg.name: {"version": sources[pkg.name].version, "deb": sources[pkg.name].deb}
+                         for pkg in TRAIN_PACKAGES},
+            "photos": photos, "excluded": excluded, "unreviewed": unreviewed,
+            "counts": {"photos": len(photos), "tiles": sum(p["tiles"] for p in photos)},
+        }
+        with atomic_path(partial / MANIFEST) as tmp:
+            tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+        if out.exists():
+            out.rmdir()  # empty (check_out): replaced by the finished folder
+        os.replace(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return manifest
