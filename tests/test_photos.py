@@ -23,6 +23,8 @@ from cifake.data.photos import (
     PACKAGES,
     REPORT,
     FakeSettings,
+    Packages,
+    Rendering,
     Source,
     SourcePackage,
     TileSettings,
@@ -96,7 +98,7 @@ def sources(tmp_path: Path) -> dict[str, Source]:
 
 
 def _build(out: Path, sources: dict[str, Source], **kwargs) -> dict:
-    return build_set(out, sources, packages=(PACKAGE_A, PACKAGE_B), extra=(EXTRA,), **kwargs)
+    return build_set(out, sources, packages=Packages(chosen=(PACKAGE_A, PACKAGE_B), heldout=(EXTRA,)), **kwargs)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -221,8 +223,8 @@ def test_a_photo_in_two_packages_is_used_once(tmp_path: Path, sources) -> None:
 
 def test_rerendered_fakes_are_photo_sized_jpegs_and_deterministic(tmp_path: Path, sources) -> None:
     root = _cifake_root(tmp_path / "cifake")
-    first = _build(tmp_path / "one", sources, cifake_root=root, fakes=5, fake_settings=SMALL_FAKES)
-    second = _build(tmp_path / "two", sources, cifake_root=root, fakes=5, fake_settings=SMALL_FAKES)
+    first = _build(tmp_path / "one", sources, cifake_root=root, fakes=5, rendering=Rendering(fakes=SMALL_FAKES))
+    second = _build(tmp_path / "two", sources, cifake_root=root, fakes=5, rendering=Rendering(fakes=SMALL_FAKES))
     fakes = first[photos.FAKES_FOLDER]
     assert fakes["count"] == first["counts"]["fakes"] == 5
     assert tuple(fakes["settings"]["sides"]) == (64, 96)
@@ -263,7 +265,8 @@ def test_missing_or_empty_sources_are_told_clearly(tmp_path: Path, sources) -> N
         _build(tmp_path / "set", sources)
     assert not (tmp_path / "set").exists() and not (tmp_path / "set.partial").exists()
     with pytest.raises(DataError, match="no source for pkg-b"):
-        build_set(tmp_path / "set", {"pkg-a": sources["pkg-a"]}, packages=(PACKAGE_A, PACKAGE_B), extra=())
+        build_set(tmp_path / "set", {"pkg-a": sources["pkg-a"]},
+                  packages=Packages(chosen=(PACKAGE_A, PACKAGE_B), heldout=()))
 
 
 def test_bad_cifake_and_out_folders_are_told_clearly(tmp_path: Path, sources) -> None:

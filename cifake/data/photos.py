@@ -151,6 +151,23 @@ class FakeSettings:
     qualities: tuple[int, int] = (85, 95)
 
 
+@dataclass(frozen=True)
+class Packages:
+    """The packages a set is built from: ``chosen``, whose photos split into the ``choose`` and ``report``
+    parts, and ``heldout``, whose photos are all ``heldout`` (never used for choices)."""
+
+    chosen: Sequence[SourcePackage] = PACKAGES
+    heldout: Sequence[SourcePackage] = EXTRA_PACKAGES
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """How a set's images are made: the tiles cut from each photo, and the fakes re-rendered as photos."""
+
+    tiles: TileSettings = TileSettings()
+    fakes: FakeSettings = FakeSettings()
+
+
 _FILTERS = {"bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
             "bilinear": Image.Resampling.BILINEAR, "box": Image.Resampling.BOX}
 
@@ -401,26 +418,25 @@ def check_out(out: Path, checkout: Path | None) -> None:
 
 
 def build_set(out: Path, sources: Mapping[str, Source], *, seed: int = 0, cifake_root: Path | None = None,
-              fakes: int = 0, packages: Sequence[SourcePackage] = PACKAGES,
-              extra: Sequence[SourcePackage] = EXTRA_PACKAGES, tiles: TileSettings | None = None,
-              fake_settings: FakeSettings | None = None, checkout: Path | None = None) -> dict[str, Any]:
+              fakes: int = 0, packages: Packages = Packages(), rendering: Rendering = Rendering(),
+              checkout: Path | None = None) -> dict[str, Any]:
     """Build the photo set into ``out`` (written whole: into ``<out>.partial``, renamed at the end) and
-    return its manifest. ``sources`` maps each package name of ``packages`` and ``extra`` to its
-    extracted folder; a package of ``extra`` not in ``sources`` is left out. ``fakes`` CIFAKE
-    ``test/FAKE`` images of ``cifake_root`` are re-rendered (none when 0 or no root)."""
-    tiles = tiles or TileSettings()
-    fake_settings = fake_settings or FakeSettings()
+    return its manifest. ``sources`` maps each package name of ``packages`` (chosen and held out) to its
+    extracted folder; a held-out package not in ``sources`` is left out. ``fakes`` CIFAKE
+    ``test/FAKE`` images of ``cifake_root`` are re-rendered (none when 0 or no root), as ``rendering.fakes``
+    says; tiles are cut as ``rendering.tiles`` says."""
+    tiles, fake_settings = rendering.tiles, rendering.fakes
     out = Path(out)
     check_out(out, checkout)
-    missing = [pkg.name for pkg in packages if pkg.name not in sources]
+    missing = [pkg.name for pkg in packages.chosen if pkg.name not in sources]
     if missing:
         raise DataError(f"no source for {', '.join(missing)}: pass its .deb with --debs, or let the tool download it")
     if fakes < 0:
         raise ConfigError(f"--fakes {fakes}: pass 0 (no re-rendered fakes) or more")
     if fakes and cifake_root is None:
         raise ConfigError(f"--fakes {fakes} needs CIFAKE: pass --cifake <the extracted folder> (or --fakes 0)")
-    chosen = [(pkg, sources[pkg.name], False) for pkg in packages]
-    chosen += [(pkg, sources[pkg.name], True) for pkg in extra if pkg.name in sources]
+    chosen = [(pkg, sources[pkg.name], False) for pkg in packages.chosen]
+    chosen += [(pkg, sources[pkg.name], True) for pkg in packages.heldout if pkg.name in sources]
     if fakes:
         cifake_fakes(cifake_root)  # a wrong --cifake fails now, not after the photos
     partial = out.with_name(out.name + ".partial")
