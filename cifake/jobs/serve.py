@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from cifake.core.errors import ConfigError
 from cifake.core.signals import Stops, hold_stops_while_forking, stop_children, workers_ignore_sigint
 from cifake.scoring import check_threshold
-from cifake.serving import DetectorAPI, WarnAt, build_server, identity, open_model
+from cifake.serving import DetectorAPI, GuardSettings, WarnAt, build_server, identity, open_model
 from cifake.serving.settings import accelerator, api_key, check_port_free, check_server, limits, model_settings
 
 log = logging.getLogger(__name__)
@@ -59,10 +59,10 @@ def build(cfg: DictConfig) -> Any:
     del scorer
     gc.collect()
     api = DetectorAPI(settings, upload_limits, warn_at, int(cfg.max_batch_size), float(cfg.batch_timeout))
+    guard = GuardSettings(max_bytes=int(float(cfg.max_upload_mb) * 2**20), max_json_depth=int(cfg.max_json_depth),
+                          api_key=key, api_key_header=str(cfg.api_key_header))
     server = build_server(api, accelerator=target, workers=int(cfg.workers), request_timeout=float(cfg.request_timeout),
-                          max_upload_bytes=int(float(cfg.max_upload_mb) * 2**20),
-                          max_json_depth=int(cfg.max_json_depth), api_key=key,
-                          api_key_header=str(cfg.api_key_header), metadata=metadata)
+                          guard_settings=guard, metadata=metadata)
     # Opened on the CPU above; /info names the devices LitServe's workers score on (each answer names its worker's).
     server.model_metadata["model"]["device"] = ", ".join(str(d) for d in _flat(server.devices))
     return server

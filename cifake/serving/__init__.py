@@ -8,7 +8,9 @@ with the page (``page.html``, package data). The job that starts it: :mod:`cifak
 """
 
 from cifake.serving.api import DetectorAPI, ModelSettings, identity, open_model
+from cifake.serving.guard import GuardSettings
 from cifake.serving.server import build_server
 from cifake.serving.uploads import Limits, Rejected, WarnAt
 
-__all__ = ["DetectorAPI", "Limits", "ModelSettings", "Rejected", "WarnAt", "build_server", "identity", "open_model"]
+__all__ = ["DetectorAPI", "GuardSettings", "Limits", "ModelSettings", "Rejected", "WarnAt", "build_server", "identity",
+           "open_model"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,17 @@ FORM_LIMITS = {"max_files": 1000, "max_fields": 1000}
 STEPS = np.zeros(256, dtype=np.int8)
 STEPS[list(b"[{")], STEPS[list(b"]}")] = 1, -1
 CHUNK = 2**20  # bytes counted at a time: a few MB of scratch memory for any body
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    """What :class:`RequestGuard` holds a request to: at most ``max_bytes`` of body, JSON nested at most
+    ``max_json_depth`` deep, and the API key (``None``: none asked for) in the ``api_key_header`` header."""
+
+    max_bytes: int
+    max_json_depth: int
+    api_key: str | None
+    api_key_header: str
 
 
 def error(status: int, reason: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -4,6 +4,7 @@ and every refusal as ``{"error": reason}``."""
 
 from __future__ import annotations
 
+import dataclasses
 from importlib.resources import files
 from typing import Any
 
@@ -14,7 +15,7 @@ from starlette.formparsers import MultiPartParser
 from starlette.responses import HTMLResponse, JSONResponse
 
 from cifake.serving.api import DetectorAPI
-from cifake.serving.guard import RequestGuard
+from cifake.serving.guard import GuardSettings, RequestGuard
 
 PAGE = "page.html"  # package data beside this module: one static page, no build step, nothing fetched from elsewhere
 # LitServe's own wording for its errors, said so that a client knows what to do.
@@ -34,12 +35,12 @@ async def as_error(request: Request, exc: HTTPException) -> JSONResponse:
                         headers=getattr(exc, "headers", None))
 
 
-def build_server(api: DetectorAPI, *, accelerator: str, workers: int, request_timeout: float, max_upload_bytes: int,
-                 max_json_depth: int, api_key: str | None, api_key_header: str,
-                 metadata: dict[str, Any]) -> ls.LitServer:
-    """A LitServer for ``api`` (not started: ``server.run(...)``, or LitServe's test utilities)."""
-    guard = {"path": api.api_path, "max_bytes": max_upload_bytes, "max_json_depth": max_json_depth,
-             "api_key": api_key, "api_key_header": api_key_header}
+def build_server(api: DetectorAPI, *, accelerator: str, workers: int, request_timeout: float,
+                 guard_settings: GuardSettings, metadata: dict[str, Any]) -> ls.LitServer:
+    """A LitServer for ``api`` (not started: ``server.run(...)``, or LitServe's test utilities), its
+    ``POST`` requests checked by :class:`~cifake.serving.guard.RequestGuard` as ``guard_settings`` say."""
+    max_upload_bytes = guard_settings.max_bytes
+    guard = {"path": api.api_path, **dataclasses.asdict(guard_settings)}
     # LitServe pickles the parsed form to hand it to the inference worker, and Starlette spools a file part
     # past 1 MB to a temporary file, which cannot be pickled (a 500 for any photo over 1 MB). The guard has
     # held the whole body in memory already, up to the cap: parts that fit under it stay in memory too.
