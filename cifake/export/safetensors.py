@@ -15,6 +15,7 @@ from cifake.analysis.metrics import headline
 from cifake.core.atomic import atomic_path
 from cifake.core.digest import file_sha256
 from cifake.models.scope import RECORD_KEYS
+from cifake.scoring.network import Answering, TrainingRecord
 from cifake.scoring.weights import (
     CONFIG_FILE,
     CONFIG_FORMAT,
@@ -54,26 +55,27 @@ def network_spec(hparams: Mapping[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def write_config(folder: Path, weights: Path, spec: Mapping[str, Any], hparams: Mapping[str, Any], resample: str,
-                 threshold: float, band: list[float] | None, temperature: float | None, tta: Mapping[str, Any],
-                 training: Mapping[str, Any] | None, recipe: Mapping[str, Any],
-                 compute: Mapping[str, Any] | None = None, data: Mapping[str, Any] | None = None,
-                 scope: Mapping[str, Any] | None = None, metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """``folder/config.json``: the network, the input (size, resampling, scaling), the answer
-    (classes, threshold, unsure band, temperature), the test-time augmentation its figures were
-    measured with, the data settings it trained on, what that data was (``data``: the record its
-    checkpoint keeps, :meth:`cifake.data.datamodule.CIFAKEDataModule.data_record`), its training
-    compute and the recipe that made it."""
+def write_config(folder: Path, weights: Path, hparams: Mapping[str, Any], resample: str, answering: Answering,
+                 trained: TrainingRecord, recipe: Mapping[str, Any],
+                 metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``folder/config.json``: the network (:func:`network_spec` of ``hparams``), the input (size, resampling,
+    scaling), the answer (classes, threshold, unsure band, temperature, out-of-scope score), the test-time
+    augmentation its figures (``metrics``, as recorded) were measured with, the data settings it trained on,
+    what that data was (``trained.data``: the record its checkpoint keeps,
+    :meth:`cifake.data.datamodule.CIFAKEDataModule.data_record`), its training compute and the recipe that
+    made it."""
+    band, temperature, scope, training = answering.band, answering.temperature, answering.scope, trained.settings
+    tta = metrics["tta"] if metrics else {"mode": "none", "shift": 1, "padding": "reflect"}
     config = {
         "format": CONFIG_FORMAT,
         "weights": {"file": weights.name, "sha256": file_sha256(weights), "bytes": weights.stat().st_size},
-        "network": dict(spec),
+        "network": network_spec(hparams),
         "classes": list(hparams["classes"]),
         "image_size": int(hparams["image_size"]),
         "input": "RGB, resized to image_size x image_size with Pillow's `resample` filter, float32 pixel / 255, NCHW",
         "resample": resample,
         "gradcam_layer": hparams.get("gradcam_layer"),
-        "threshold": float(threshold),
+        "threshold": answering.threshold,
         "unsure_band": None if band is None else [float(v) for v in band],
         "temperature": None if temperature is None else float(temperature),
         "output": "p(REAL): the network's sigmoid, averaged over the test-time views when tta says so, then "
@@ -84,9 +86,9 @@ def write_config(folder: Path, weights: Path, spec: Mapping[str, Any], hparams: 
         # What it trained on (augmentation, degradations: the robustness table's "trained on"), not where.
         "training": None if training is None else {k: v for k, v in training.items()
                                                     if k not in ("root", "cache_dir", "decode_workers")},
-        "compute": None if compute is None else dict(compute),
+        "compute": None if trained.compute is None else dict(trained.compute),
         "evaluation": None if metrics is None else headline(metrics),  # its test-split figures, as recorded
-        "data": _data(data, training),
+        "data": _data(trained.data, training),
         "recipe": dict(recipe),
     }
     path = folder / CONFIG_FILE

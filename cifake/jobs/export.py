@@ -29,11 +29,10 @@ from cifake.models.classifier import Classifier
 from cifake.models.scope import RECORD_KEYS, ScopedNetwork, scope_from_record
 from cifake.scoring import check_threshold, choose_resample, model_kind
 from cifake.scoring.network import (
-    COMPUTE_KEY,
-    RUN_COMPUTE_KEY,
     SCOPE_KEY,
     TEMPERATURE_KEY,
-    UNSURE_BAND_KEY,
+    Answering,
+    TrainingRecord,
     read_checkpoint,
     rebuild_classifier,
     trained_resample,
@@ -91,11 +90,12 @@ def export_onnx(model: Classifier, path: Path, opset: int, dynamo: bool, scope: 
                                   dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *outputs]}, **names)
 
 
-def contract(model: Classifier, onnx_file: str, source: str, resample: str, threshold: float, opset: int,
-             dynamo: bool, unsure_band: list[float] | None = None, temperature: float | None = None,
-             scope: dict[str, Any] | None = None) -> dict[str, Any]:
+def contract(model: Classifier, onnx_file: str, source: str, resample: str, answering: Answering, opset: int,
+             dynamo: bool) -> dict[str, Any]:
     """``model.json``: everything a consumer needs to feed an image file to ``onnx_file`` and
-    read its output, without this package."""
+    read its output, without this package, answering as ``answering`` says."""
+    threshold, unsure_band, temperature, scope = (answering.threshold, answering.band, answering.temperature,
+                                                  answering.scope)
     size = int(model.hparams.image_size)
     classes = list(model.hparams.get("classes", CLASSES))
     return {
@@ -195,7 +195,7 @@ def export_safetensors(cfg: DictConfig, model: Classifier, raw: dict[str, Any], 
     """``model.safetensors`` and ``config.json`` in ``folder`` and the model card at ``card``, with the
     figures and the recipe of the run folder the checkpoint lies in; the export scored against the
     checkpoint on random images (``cfg.check``). Returns the config."""
-    from cifake.export.safetensors import card_text, network_spec, write_config, write_weights
+    from cifake.export.safetensors import card_text, write_config, write_weights
     from cifake.scoring.weights import weights_scorer
 
     run = path.resolve().parent.parent if path.resolve().parent.name == "checkpoints" else path.resolve().parent
@@ -212,13 +212,8 @@ def export_safetensors(cfg: DictConfig, model: Classifier, raw: dict[str, Any], 
     folder.mkdir(parents=True, exist_ok=True)
     weights = write_weights(model.net, folder, raw.get(SCOPE_KEY))
     metrics = record["metrics"]
-    tta = metrics["tta"] if metrics else {"mode": "none", "shift": 1, "padding": "reflect"}
-    config = write_config(folder, weights, network_spec(model.hparams), model.hparams, resample, cfg.threshold,
-                          raw.get(UNSURE_BAND_KEY), raw.get(TEMPERATURE_KEY), tta,
-                          raw.get("datamodule_hyper_parameters"), recipe,
-                          raw.get(RUN_COMPUTE_KEY) or raw.get(COMPUTE_KEY),
-                          data=(raw.get("CIFAKEDataModule") or {}).get("data"),  # what it trained on
-                          scope=raw.get(SCOPE_KEY), metrics=record["metrics"])
+    config = write_config(folder, weights, model.hparams, resample, Answering.of_checkpoint(raw, cfg.threshold),
+                          TrainingRecord.of_checkpoint(raw), recipe, metrics=metrics)
     parameters = sum(p.numel() for p in model.net.parameters())
     card.parent.mkdir(parents=True, exist_ok=True)
     card.write_text(card_text(config, metrics, record["robustness"], parameters, record["folders"]))
@@ -267,8 +262,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / "model.onnx"
     export_onnx(model, onnx_path, cfg.opset, cfg.dynamo, raw.get(SCOPE_KEY))
-    terms = contract(model, onnx_path.name, str(ckpt_path), resample, cfg.threshold, cfg.opset, cfg.dynamo,
-                     raw.get(UNSURE_BAND_KEY), raw.get(TEMPERATURE_KEY), raw.get(SCOPE_KEY))
+    terms = contract(model, onnx_path.name, str(ckpt_path), resample, Answering.of_checkpoint(raw, cfg.threshold),
+                     cfg.opset, cfg.dynamo)
     (out / "model.json").write_text(json.dumps(terms, indent=2) + "\n")
     if cfg.check.enabled:
         gap = check_parity(model, onnx_path, cfg.check.batch_size, cfg.check.atol, cfg.check.seed, raw.get(SCOPE_KEY))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import errno
 import json
 import logging
@@ -21,7 +22,7 @@ import stat
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -80,7 +81,14 @@ def _key(path: Path) -> Path:
         return path.absolute()
 
 
-def find_files(inputs: str | Sequence[str]) -> tuple[list[Path], dict[Path, str]]:
+class Found(NamedTuple):
+    """What :func:`find_files` found: the ``files``, and why some of them cannot be read (``problems``)."""
+
+    files: list[Path]
+    problems: dict[Path, str]
+
+
+def find_files(inputs: str | Sequence[str]) -> Found:
     """Every file named in ``inputs`` or under a folder named there (recursively; hidden files and
     folders such as ``.DS_Store`` left out), each folder's files sorted, each file once; and why some
     of them cannot be read at all (:func:`entry_problem`; folders that cannot be listed are listed
@@ -112,7 +120,7 @@ def find_files(inputs: str | Sequence[str]) -> tuple[list[Path], dict[Path, str]
     if not files:
         raise DataError(f"no file found under {[str(i) for i in items]}; put the images to classify there "
                         "(JPEG, PNG, WebP, GIF, ... of any size)")
-    return files, problems
+    return Found(files, problems)
 
 
 def unreadable_reason(err: Exception, path: Path) -> str:
@@ -151,16 +159,15 @@ def _number(value: float | None) -> str:
     return "" if value is None else f"{value:.6f}"
 
 
-def predict_files(files: Sequence[Path], scorer: Scorer, resample: str, threshold: float, batch_size: int,
-                  out_dir: Path, explainer: Any = None, progress: bool = True,
-                  band: tuple[float, float] | None = None,
-                  problems: Mapping[Path, str] | None = None) -> list[dict[str, Any]]:
-    """Predict every file in batches, writing ``predictions.csv`` and ``predictions.jsonl`` in
-    ``out_dir`` row by row as they come (into ``.partial`` files, renamed into place when whole);
-    with an unsure ``band`` (low, high), p(REAL) in
+def predict_files(found: Found, scorer: Scorer, resample: str, threshold: float, batch_size: int, out_dir: Path,
+                  explainer: Any = None, progress: bool = True) -> list[dict[str, Any]]:
+    """Predict every file :func:`find_files` found in batches, writing ``predictions.csv`` and
+    ``predictions.jsonl`` in ``out_dir`` row by row as they come (into ``.partial`` files, renamed into
+    place when whole); with the scorer's unsure band (low, high) (``scorer.unsure_band``), p(REAL) in
     ``(low, high]`` is answered ``UNSURE``. Each scored row names the precision and device that
-    computed it (:attr:`Scorer.computed`); ``problems`` (:func:`find_files`) are rows with their reason.
+    computed it (:attr:`Scorer.computed`); ``found.problems`` are rows with their reason.
     Returns the rows."""
+    files, problems, band = found.files, found.problems, scorer.unsure_band
     classes = scorer.classes
     computed = scorer.computed
     rows: list[dict[str, Any]] = []
@@ -227,7 +234,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {cfg.batch_size}")
     inputs = OmegaConf.to_container(inputs) if OmegaConf.is_config(inputs) else inputs
-    files, problems = find_files(inputs)  # before loading the model: a mistyped path fails at once
+    found = find_files(inputs)  # before loading the model: a mistyped path fails at once
+    files = found.files
     scorer = open_scorer(ckpt_path, device=cfg.device, precision=cfg.scoring.precision, tta=cfg.tta,
                          contract=cfg.contract)
     if scorer.image_size is None:
@@ -235,7 +243,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                           "version (model.image_size is recorded in every model file it writes)")
     resample = choose_resample(cfg.resample, scorer.resample, str(ckpt_path))
     band = resolve_band(cfg.unsure_band, scorer, cfg.threshold)
-    scorer = resolve_scope(cfg.out_of_scope, scorer)
+    scorer = resolve_scope(cfg.out_of_scope, dataclasses.replace(scorer, unsure_band=band))  # answering with them
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     explainer = None
@@ -252,8 +260,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
              (f", UNSURE when {band[0]:.4f} < p_real <= {band[1]:.4f}" if band else "")
              + (f", OUT_OF_SCOPE when its out-of-scope score > {scorer.scope_threshold:.4f}"
                 if scorer.scope_threshold is not None else ""))
-    rows = predict_files(files, scorer, resample, cfg.threshold, cfg.batch_size, out, explainer,
-                         cfg.progress_bar, band, problems)
+    rows = predict_files(found, scorer, resample, cfg.threshold, cfg.batch_size, out, explainer, cfg.progress_bar)
     possible = [*([UNSURE] if band else []), *([OUT_OF_SCOPE] if scorer.scope_threshold is not None else [])]
     summary = summarize(rows, scorer.classes, cfg.show_unreadable, possible)
     lines = [f"{summary['files']} files: " + ", ".join(f"{n} {c}" for c, n in summary["predicted"].items())

@@ -30,6 +30,43 @@ COMPUTE_KEY = "compute"  # every checkpoint's record of the compute spent up to 
 SCOPE_KEY = "out_of_scope"  # the out-of-scope score fitted after training (cifake.models.scope.scope_record)
 
 
+@dataclasses.dataclass(frozen=True)
+class Answering:
+    """How an exported model answers: REAL above ``threshold``; with what its checkpoint stores beside the
+    weights, ``UNSURE`` inside the unsure ``band``, p(REAL) calibrated by ``temperature`` and ``OUT_OF_SCOPE``
+    above the out-of-scope score's threshold (``scope``: :func:`cifake.models.scope.scope_record`)."""
+
+    threshold: float
+    band: list[float] | None
+    temperature: float | None
+    scope: Mapping[str, Any] | None
+
+    @classmethod
+    def of_checkpoint(cls, raw: Mapping[str, Any], threshold: float) -> Answering:
+        """``threshold`` with the band, temperature and out-of-scope score the checkpoint ``raw`` stores (each
+        ``None`` where it stores none)."""
+        return cls(threshold=float(threshold), band=raw.get(UNSURE_BAND_KEY), temperature=raw.get(TEMPERATURE_KEY),
+                   scope=raw.get(SCOPE_KEY))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingRecord:
+    """What a checkpoint records of the model's training: the data module's ``settings`` (augmentation,
+    degradations), what that ``data`` was (:meth:`cifake.data.datamodule.CIFAKEDataModule.data_record`) and
+    its training ``compute`` (the whole run's where recorded); each ``None`` where it records none."""
+
+    settings: Mapping[str, Any] | None
+    data: Mapping[str, Any] | None
+    compute: Mapping[str, Any] | None
+
+    @classmethod
+    def of_checkpoint(cls, raw: Mapping[str, Any]) -> TrainingRecord:
+        """The record in the checkpoint ``raw``."""
+        return cls(settings=raw.get("datamodule_hyper_parameters"),
+                   data=(raw.get("CIFAKEDataModule") or {}).get("data"),
+                   compute=raw.get(RUN_COMPUTE_KEY) or raw.get(COMPUTE_KEY))
+
+
 def pick_device(device: str) -> torch.device:
     """``auto``: CUDA where there is one, else the CPU; ``gpu`` is CUDA, as Lightning names it."""
     if device == "auto":
