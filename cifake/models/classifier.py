@@ -15,8 +15,8 @@ from torch import nn
 from torchmetrics import MetricCollection
 
 from cifake.analysis.metrics import classification_metrics, two_class_probs
-from cifake.analysis.tta import check_tta, mean_over_views
 from cifake.core.errors import ConfigError
+from cifake.models.detector import ScoresWithTTA
 from cifake.models.flops import forward_flops, train_pflop
 from cifake.models.precision import channels_last_on
 from cifake.models.resnet import upgrade_arguments
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 COMPUTE_KEY = "compute"  # the checkpoint entry holding Classifier.compute (as cifake.scoring.network reads it)
 
 
-class Classifier(L.LightningModule):
+class Classifier(ScoresWithTTA, L.LightningModule):
     """Real-vs-fake classifier; the logit is positive for the class with label 1 (REAL).
 
     Every argument is a plain container (as Hydra configs resolve to) and is stored with
@@ -53,8 +53,8 @@ class Classifier(L.LightningModule):
         label_smoothing: training targets become ``y * (1 - e) + e / 2``, so the net is not pushed
             towards infinite logits on easy images; validation and test losses use the true labels.
 
-    Test-time augmentation (:meth:`set_tta`) is a setting of evaluation, not of the model: it is
-    not stored in checkpoints, and ``predict_step`` and :meth:`p_real` apply it.
+    Test-time augmentation (:meth:`set_tta`, :class:`~cifake.models.detector.ScoresWithTTA`) is a setting of
+    evaluation, not of the model: it is not stored in checkpoints, and ``predict_step`` and :meth:`p_real` apply it.
     """
 
     def __init__(
@@ -85,7 +85,6 @@ class Classifier(L.LightningModule):
         self._compiled: nn.Module | None = None  # kept out of the module tree and the state dict
         self._eager = False
         self._channels_last: bool | None = None  # decided in setup() or set_channels_last()
-        self.tta: tuple[str, int, str] = ("none", 1, "reflect")  # mode, shift in pixels, padding
         # Each stage's (p(REAL), labels) of the epoch so far, on the device (a few MB per epoch).
         self._epoch_outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         # The cost of one image, counted once (a budget any machine can check: cifake.models.flops), and the
@@ -141,17 +140,6 @@ class Classifier(L.LightningModule):
             images = images.contiguous(memory_format=torch.channels_last)
         net = self.net if self._compiled is None or self._eager else self._compiled
         return net(images)
-
-    def set_tta(self, mode: str = "none", pixels: int = 1, padding: str = "reflect") -> Classifier:
-        """Average p(REAL) over views of each image in ``predict_step`` and :meth:`p_real`
-        (``none``, ``flip`` or ``flip_shift``: see :mod:`cifake.analysis.tta`)."""
-        check_tta(mode, pixels)
-        self.tta = (mode, pixels, padding)
-        return self
-
-    def p_real(self, images: torch.Tensor) -> torch.Tensor:
-        """p(REAL) in float32 for float images in [0, 1], averaged over the TTA views if set."""
-        return mean_over_views(lambda x: torch.sigmoid(self(x).float()), images, *self.tta)
 
     def _metrics(self, stage: str) -> MetricCollection:
         return getattr(self, f"{stage}_metrics")
