@@ -10,11 +10,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from cifake.analysis.report import ReportSettings
 from cifake.analysis.tta import check_tta
 from cifake.core.errors import ConfigError
+from cifake.models.precision import check_scoring_precision
 from cifake.models.scope import METHODS as SCOPE_METHODS
-from cifake.scoring.scorer import Scorer, check_band, check_precision, check_threshold, parse_band
+from cifake.scoring.scorer import Scorer, check_band, check_threshold, parse_band
 
 Limit = int | float | None  # trainer.limit_predict_batches: a share of the batches, a number of them, or all
 UNSURE_CONDITIONS = ("clean", "trained")
@@ -22,8 +25,6 @@ UNSURE_CONDITIONS = ("clean", "trained")
 
 def _plain(value: Any) -> Any:
     """A config node as plain Python (lists and dicts), anything else as it is."""
-    from omegaconf import OmegaConf
-
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
@@ -114,7 +115,7 @@ class EvaluationSettings:
         band = parse_band(_plain(cfg.get("unsure_band")), threshold)
         choice = cfg.get("threshold_choice")
         unsure_precision = cfg["unsure_precision"]
-        return cls(threshold=threshold, tta=tta, precision=check_precision(str(cfg["scoring"]["precision"])),
+        return cls(threshold=threshold, tta=tta, precision=check_scoring_precision(str(cfg["scoring"]["precision"])),
                    out_of_scope=_plain(cfg["out_of_scope"]), unsure_band=band, temperature=temperature,
                    unsure_precision=None if unsure_precision is None else float(unsure_precision),
                    unsure_conditions=conditions, scope_fit=ScopeFit.from_config(cfg["out_of_scope_fit"]),
