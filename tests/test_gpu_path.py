@@ -15,8 +15,9 @@ from cifake.core.errors import ConfigError
 from cifake.data.augment import random_hflip
 from cifake.jobs import train as train_job
 from cifake.models import precision as arithmetic
+from cifake.models.precision import resolve_precision
 from cifake.scoring.network import module_scorer
-from cifake.training.trainer import build_trainer, resolve_precision
+from cifake.training.trainer import build_trainer
 from tests.helpers.config import conf_args, conf_node, tiny_demo_overrides
 
 

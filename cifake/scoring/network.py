@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import pickle
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -17,11 +16,9 @@ from cifake.core.atomic import atomic_path
 from cifake.core.errors import ConfigError, ModelFileError
 from cifake.data.augment import to_unit_float
 from cifake.data.labels import CLASSES
-from cifake.models.precision import float32_matmul, native_bf16
+from cifake.models.precision import check_scoring_precision, float32_matmul, scoring_arithmetic, warn_if_emulated
 from cifake.models.scope import Mahalanobis, scope_from_record
-from cifake.scoring.scorer import NO_TTA, Scorer, check_precision, with_temperature
-
-log = logging.getLogger(__name__)
+from cifake.scoring.scorer import NO_TTA, Scorer, with_temperature
 
 UNSURE_BAND_KEY = "unsure_band"  # the checkpoint entry holding (low, high)
 TEMPERATURE_KEY = "temperature"  # the checkpoint entry holding the temperature fitted on validation
@@ -125,19 +122,18 @@ def trained_resample(raw: Mapping[str, Any]) -> str | None:
 def network_score(module: nn.Module, device: torch.device, precision: str = "32-true") -> Callable[
         [np.ndarray], np.ndarray]:
     """uint8 batch -> p(REAL) through ``module.p_real`` (which applies its test-time augmentation),
-    scaled as training scales its inputs, on ``device``: under bf16 autocast for ``bf16-mixed``, in
-    true float32 for ``32-true`` (no TF32 on CUDA, whatever PyTorch's default or a training run set,
-    so the numbers are those of every other device and of an ONNX export). The module is put in eval
-    mode for the call and given back in the mode it was in; it is moved to ``device`` at each call,
-    as a trainer's teardown may have moved it back."""
-    bf16 = check_precision(str(precision)) == "bf16-mixed"
+    scaled as training scales its inputs, on ``device``, in ``precision``
+    (:func:`cifake.models.precision.scoring_arithmetic`: true float32, or bf16 autocast for ``bf16-mixed``).
+    The module is put in eval mode for the call and given back in the mode it was in; it is moved to
+    ``device`` at each call, as a trainer's teardown may have moved it back."""
+    precision = check_scoring_precision(str(precision))
 
     @torch.no_grad()
     def score(images: np.ndarray) -> np.ndarray:
         was_training = module.training
         module.eval().to(device)
         try:
-            with float32_matmul("highest"), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            with scoring_arithmetic(precision, device):
                 p = module.p_real(to_unit_float(torch.from_numpy(np.asarray(images)).to(device)))
         finally:
             module.train(was_training)
@@ -215,15 +211,13 @@ def module_scorer(module: nn.Module, device: torch.device, precision: str = "32-
 def checkpoint_scorer(path: Path, device: str, precision: str, tta: Mapping[str, Any] | None = None) -> Scorer:
     """A train.py checkpoint on ``device`` (``auto``: CUDA where there is one), in eval mode, at
     ``precision`` (``scoring.precision``: ``32-true`` or ``bf16-mixed``; NHWC where that is faster)."""
-    check_precision(precision)
+    check_scoring_precision(precision)
     raw = read_checkpoint(path)
     model = rebuild_classifier(raw, path)
     tta = dict(tta or NO_TTA)
     model.set_tta(tta.get("mode", "none"), tta.get("shift", 1), tta.get("padding", "reflect"))
     target = pick_device(device)
-    if precision == "bf16-mixed" and not native_bf16(target):
-        log.warning("scoring.precision=bf16-mixed on %s, which has no native bf16: it is emulated there, slower than "
-                    "float32 (scoring.precision=32-true)", target)
+    warn_if_emulated(precision, target)
     model = model.to(target).eval()
     model.set_channels_last(model.uses_channels_last(target))
     return module_scorer(model, target, precision, str(path), trained_resample(raw), raw)

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from cifake.core.errors import ConfigError, ModelFileError
-from cifake.scoring.scorer import NO_TTA, PRECISIONS, Scorer, check_precision
+from cifake.models.precision import SCORING_PRECISIONS, check_scoring_precision
+from cifake.scoring.scorer import NO_TTA, Scorer
 from cifake.scoring.weights import WEIGHTS_FILE, bundled_weights
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def open_scorer(path: str | Path, *, precision: str, allowed: Sequence[str] = tu
     ``contract``: an ONNX file's ``model.json`` (default: beside it). A safetensors export (its
     folder or its ``model.safetensors``) runs like a checkpoint, without Lightning. The precision and
     device that will compute the scores are logged (and recorded by :attr:`Scorer.computed`)."""
-    check_precision(precision)
+    check_scoring_precision(precision)
     kind = model_kind(path, allowed, key)
     path = model_file(path)
     tta = dict(tta or NO_TTA)
@@ -129,9 +130,10 @@ def open_scorer(path: str | Path, *, precision: str, allowed: Sequence[str] = tu
         scorer = onnx_scorer(path, Path(contract).expanduser() if contract else path.with_suffix(".json"), tta)
     if scorer.precision != precision:
         log.warning("scoring.precision=%s applies to PyTorch networks; %s is %s, which computes in %s", precision,
-                    path.name, "a forest" if kind == "forest" else "an ONNX export", PRECISIONS[scorer.precision])
+                    path.name, "a forest" if kind == "forest" else "an ONNX export",
+                    SCORING_PRECISIONS[scorer.precision])
     computed = scorer.computed
-    log.info("Scoring %s in %s on %s (scoring.precision=%s)", path.name, PRECISIONS[computed["precision"]],
+    log.info("Scoring %s in %s on %s (scoring.precision=%s)", path.name, SCORING_PRECISIONS[computed["precision"]],
              computed["device"], precision)
     return scorer
 

@@ -20,17 +20,6 @@ log = logging.getLogger(__name__)
 NO_TTA: Mapping[str, Any] = {"mode": "none"}
 UNSURE = "UNSURE"  # the answer inside the unsure band
 OUT_OF_SCOPE = "OUT_OF_SCOPE"  # the answer for an image unlike the training data (cifake.models.scope)
-# What scoring.precision may be (conf/scoring/default.yaml), in Lightning's names.
-PRECISIONS: Mapping[str, str] = {"32-true": "float32", "bf16-mixed": "bf16 autocast"}
-
-
-def check_precision(precision: str) -> str:
-    """``precision`` if ``scoring.precision`` may be it; a :class:`ConfigError` that says what it may be otherwise."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"scoring.precision={precision!r}; choose 32-true (float32 on every device: the same "
-                          "numbers on every machine and in an ONNX export) or bf16-mixed (bf16 autocast: faster "
-                          "where bf16 is native, p(REAL) within about 1e-2 of float32)")
-    return precision
 
 
 def device_name(device: Any) -> str:
@@ -65,7 +54,8 @@ class Scorer:
     model: Any = None  # what was loaded: a Classifier, a ForestClassifier or an onnxruntime session
     gradcam_layer: str | None = None
     device: Any = None  # where it runs: a torch.device for a network, "cpu" for a forest or an ONNX export
-    precision: str | None = None  # what its scores are computed in, as scoring.precision names it (see PRECISIONS)
+    # What its scores are computed in, as scoring.precision names it (cifake.models.precision.SCORING_PRECISIONS).
+    precision: str | None = None
     unsure_band: tuple[float, float] | None = None  # (low, high): UNSURE when low < p(REAL) <= high
     training: Mapping[str, Any] | None = None  # the data settings it was trained with (augmentation, degradations)
     temperature: float | None = None  # the temperature applied to its p(REAL) (see with_temperature), if any

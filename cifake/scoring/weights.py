@@ -14,7 +14,7 @@ from typing import Any
 from cifake.core.digest import file_sha256
 from cifake.core.errors import ModelFileError
 from cifake.scoring.onnx_contract import read_export_json
-from cifake.scoring.scorer import NO_TTA, Scorer, check_precision, with_temperature
+from cifake.scoring.scorer import NO_TTA, Scorer, with_temperature
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -126,10 +126,10 @@ def load_detector(weights: Path) -> tuple[Any, dict[str, Any]]:
 def weights_scorer(weights: Path, device: str, precision: str, tta: Mapping[str, Any] | None = None) -> Scorer:
     """A safetensors export on ``device`` (``auto``: CUDA where there is one) at ``precision``, with
     the temperature and unsure band its config records."""
-    from cifake.models.precision import channels_last_on
+    from cifake.models.precision import channels_last_on, check_scoring_precision
     from cifake.scoring.network import network_score, pick_device
 
-    check_precision(precision)
+    check_scoring_precision(precision)
     detector, config = load_detector(weights)
     tta = dict(tta or NO_TTA)
     detector.set_tta(tta.get("mode", "none"), tta.get("shift", 1), tta.get("padding", "reflect"))

@@ -59,8 +59,8 @@ from cifake.core import schemas  # noqa: F401  (registers the config schemas)
 from cifake.core.configs import CONF_DIR
 from cifake.data.augment import random_shear, to_unit_float
 from cifake.models.flops import TRAIN_MULTIPLIER, forward_flops
-from cifake.models.precision import channels_last_on, float32_matmul
-from cifake.training.trainer import build_trainer, resolve_precision, uses_cuda
+from cifake.models.precision import autocast, channels_last_on, float32_matmul, resolve_precision, uses_cuda
+from cifake.training.trainer import build_trainer
 
 
 def _accelerator(cfg: DictConfig) -> str:
@@ -203,17 +203,6 @@ def _float32_arithmetic(cfg: DictConfig) -> contextlib.AbstractContextManager:
     return float32_matmul(_float32_matmul_precision(cfg))
 
 
-def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """The autocast Lightning's mixed precision runs the forward pass (and loss) under."""
-    if precision == "32-true":
-        return contextlib.nullcontext()
-    if precision in ("bf16-mixed", "16-mixed"):
-        dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float16
-        return torch.autocast(device.type, dtype=dtype)
-    raise ValueError(f"the bare loops reproduce trainer.precision 32-true, bf16-mixed and 16-mixed, not {precision}: "
-                     "pass one of those")
-
-
 class _BareData:
     """The decoded split as the DataModule serves it: on the device once (``data.on_device``) or
     indexed from the memory-mapped cache and moved batch by batch."""
@@ -279,7 +268,7 @@ def bare_train_rate(cfg: DictConfig, steps: int, warmup: int) -> float:
             images, labels = data.batch(torch.randint(len(data), (batch,), device=data.index_device))
             images = _layout(data.augment(images), channels_last)
             optimizer.zero_grad(set_to_none=True)
-            with _autocast(precision, device):
+            with autocast(precision, device):
                 logits = net(images)
             scaler.scale(loss_fn(logits.float(), labels.float())).backward()
             scaler.step(optimizer)
@@ -314,7 +303,7 @@ def bare_eval_rate(cfg: DictConfig, steps: int, warmup: int) -> float:
         while True:
             for start in range(0, len(data) - batch + 1, batch):
                 images, _labels = data.batch(torch.arange(start, start + batch, device=data.index_device))
-                with _autocast(precision, device):
+                with autocast(precision, device):
                     torch.sigmoid(net(_layout(to_unit_float(images), channels_last)).float())
                 yield batch
 

@@ -1,10 +1,9 @@
-"""The Lightning Trainer built from the config (callbacks, loggers, whole-file checkpoints), and the device and
-precision rules of training (``trainer.precision=auto``, the CPU core count); the arithmetic rules it shares with
-scoring (native bf16, TF32 for a block) live in :mod:`cifake.models.precision`."""
+"""The Lightning Trainer built from the config (callbacks, loggers, whole-file checkpoints) and the device count
+training may ask of the CPU; the precision it trains in (``trainer.precision=auto``) follows the rules of
+:mod:`cifake.models.precision`."""
 
 from __future__ import annotations
 
-import logging
 import os
 import warnings
 from typing import Any
@@ -16,9 +15,7 @@ from omegaconf import DictConfig
 
 from cifake.core.checkpoints import WholeFileCheckpointIO
 from cifake.core.errors import ConfigError
-from cifake.models.precision import native_bf16
-
-log = logging.getLogger("cifake")
+from cifake.models.precision import resolve_precision, uses_cuda
 
 
 def instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -54,11 +51,6 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[Any] | None = None, **o
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
 
 
-def uses_cuda(accelerator: str) -> bool:
-    """Whether Lightning will run on a CUDA device for ``trainer.accelerator=accelerator``."""
-    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-
-
 def cpu_cores() -> int:
     """The cores this process may run on (its affinity mask, which a container or ``taskset`` narrows)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -81,25 +73,6 @@ def check_devices(devices: Any, accelerator: str) -> None:
             f"trainer.devices={devices} would start {wanted} training processes on the CPU, but this machine has "
             f"{cores} core(s){no_gpu}: pass trainer.devices={cores} or fewer, or run on a machine with {wanted} GPUs"
         )
-
-
-def resolve_precision(precision: Any, accelerator: str) -> Any:
-    """Training's ``trainer.precision``. ``auto``: bf16 mixed precision where the CUDA device computes
-    bf16 natively (Ampere and newer; not a V100 or T4, which only emulate it), or where the CPU does
-    (:func:`cpu_has_fast_bf16`); full float32 elsewhere. Batch-norm and the loss stay in float32 under
-    autocast. Other values pass through. The choice and its reason are logged. (Scoring does not
-    follow it: ``scoring.precision``.)"""
-    if precision != "auto":
-        return precision
-    if uses_cuda(accelerator):
-        chosen, why = ("bf16-mixed", "the CUDA device computes bf16 natively") if native_bf16(torch.device("cuda")) \
-            else ("32-true", "the CUDA device has no native bf16 (it would only emulate it)")
-    elif native_bf16(torch.device("cpu")):
-        chosen, why = "bf16-mixed", "the CPU has native bf16 (AVX512_BF16/AMX)"
-    else:
-        chosen, why = "32-true", "the CPU has no native bf16 (no AVX512_BF16/AMX)"
-    log.info("trainer.precision=auto -> %s: %s (set trainer.precision=32-true to force float32)", chosen, why)
-    return chosen
 
 
 def silence_known_warnings() -> None:
