@@ -71,7 +71,7 @@ def test_a_fit_and_test_with_every_dashboard_on_device_resident_data(compose_cfg
     validation figures (curves, prediction grid, Grad-CAM) and a test run."""
     _stand_in_resident(monkeypatch)
     cfg = compose_cfg("train", [*tiny_demo_overrides(), "data.on_device=true", "trainer.max_epochs=1"])
-    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule = CIFAKEDataModule.from_config(cfg.data)
     model = instantiate(cfg.model, _convert_="all")
     trainer: L.Trainer = build_trainer(cfg)
     trainer.fit(model, datamodule=datamodule)
@@ -176,7 +176,7 @@ def test_no_host_reads_in_a_training_step(compose_cfg, monkeypatch, recipe: list
     reads = HostReads()
     spy = StepReads(reads)
     trainer = build_trainer(cfg, extra_callbacks=[spy])
-    model, datamodule = instantiate(cfg.model, _convert_="all"), instantiate(cfg.data, _convert_="all")
+    model, datamodule = instantiate(cfg.model, _convert_="all"), CIFAKEDataModule.from_config(cfg.data)
     with reads.counting(monkeypatch):
         trainer.fit(model, datamodule=datamodule)
     assert len(spy.per_step) == 20
@@ -238,7 +238,7 @@ def fit_under_sync_window(cfg, window: SyncWindow, model: L.LightningModule | No
     """Fit ``cfg`` (its model, or ``model``) with ``window`` watching the training steps."""
     trainer = build_trainer(cfg, extra_callbacks=[*extra_callbacks, window])
     try:
-        trainer.fit(model or instantiate(cfg.model, _convert_="all"), datamodule=instantiate(cfg.data, _convert_="all"))
+        trainer.fit(model or instantiate(cfg.model, _convert_="all"), datamodule=CIFAKEDataModule.from_config(cfg.data))
     finally:
         window.disarm()
     return trainer

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from cifake.data.datamodule import CIFAKEDataModule
 from cifake.jobs import train as train_job
 from cifake.models.flops import forward_flops, train_pflop
 from tests.helpers.config import tiny_demo_overrides, tiny_resnet_overrides
@@ -45,7 +46,7 @@ def test_a_run_records_its_training_compute(compose_cfg, tmp_path: Path) -> None
     training = results["computed"]["training"]
     from hydra.utils import instantiate
 
-    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule = CIFAKEDataModule.from_config(cfg.data)
     datamodule.setup("fit")
     per_epoch = sum(len(batch[1]) for batch in datamodule.train_dataloader())
     assert training["images_seen"] == 2 * per_epoch

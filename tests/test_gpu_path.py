@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 
 from cifake.analysis.explain import gradcam
 from cifake.core.errors import ConfigError
+from cifake.data.datamodule import CIFAKEDataModule
 from cifake.data.augment import random_hflip
 from cifake.jobs import train as train_job
 from cifake.models import precision as arithmetic
@@ -162,7 +163,7 @@ def test_data_on_the_device_gives_the_same_batches(compose_cfg) -> None:
     for on_device in (False, True):
         cfg = compose_cfg("train", [*tiny_demo_overrides(), f"data.on_device={str(on_device).lower()}",
                                     "data.num_workers=2"])
-        dm = instantiate(cfg.data, _convert_="all")
+        dm = CIFAKEDataModule.from_config(cfg.data)
         dm.prepare_data()
         dm.setup("fit")
         loader = dm.val_dataloader()
@@ -186,6 +187,6 @@ def test_one_cycle_schedule_gets_its_length_from_the_trainer(compose_cfg) -> Non
                                 "max_lr:0.01}", "model.scheduler_interval=step", "callbacks.gradcam=null"])
     trainer = build_trainer(cfg)
     model = instantiate(cfg.model, _convert_="all")
-    trainer.fit(model, datamodule=instantiate(cfg.data, _convert_="all"))
+    trainer.fit(model, datamodule=CIFAKEDataModule.from_config(cfg.data))
     scheduler = trainer.lr_scheduler_configs[0].scheduler
     assert scheduler.total_steps == 6 and trainer.lr_scheduler_configs[0].interval == "step"

@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from cifake.callbacks.whiten import PatchWhitening, first_conv, whitening_filters
 from cifake.core.errors import ConfigError
 from cifake.data.augment import to_unit_float
+from cifake.data.datamodule import CIFAKEDataModule
 from tests.helpers.config import compose_job, tiny_resnet_overrides
 
 
@@ -58,7 +59,7 @@ def _fit_start(overrides: list[str], tmp_path, seed: int | None = 0,
     its first convolution's weights before, and the training images."""
     cfg = compose_job("train", tmp_path, [*tiny_resnet_overrides(), f"paths.cache_dir={tmp_path / 'cache'}",
                                           *overrides])
-    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule = CIFAKEDataModule.from_config(cfg.data)
     datamodule.setup("fit")
     model = instantiate(cfg.model, _convert_="all")
     callback = PatchWhitening(images=10_000, eps=1e-9, seed=seed)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cifake.core.errors import ConfigError, DataError
+from cifake.core.nodes import fill, flat, node_values
 from cifake.data.archive import extract_archive, is_archive
 from cifake.data.augment import (
     TRANSLATE_PADDING,
@@ -37,6 +40,79 @@ DATA_KINDS = {  # what a run's data is, as its model card names it
     "demo": "the built-in generated demo data (data=demo, cifake/data/demo.py), not CIFAKE",
     "subset": "a folder in CIFAKE's layout with fewer or other images than CIFAKE (a subset, or other data)",
 }
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where the images come from (``data.*``, conf/data/cifake.yaml): ``root`` (an extracted folder or an
+    archive, extracted once under ``cache_dir``), the ``classes`` by label, the ``train_split`` and
+    ``test_split`` folders, the generated ``demo`` data's settings (``None``: none) and an ``extra_train``
+    folder whose images join the training set only (``None``: none)."""
+
+    root: str
+    cache_dir: str
+    classes: Sequence[str]
+    train_split: str
+    test_split: str
+    demo: dict[str, Any] | None
+    extra_train: str | None
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How files become the cached uint8 arrays: resized to ``image_size`` with Pillow's ``resample``,
+    undecodable files left out or refused (``skip_bad_files``), by ``decode_workers`` processes."""
+
+    image_size: int
+    resample: str
+    skip_bad_files: bool
+    decode_workers: int | None
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Which images validate: a seeded (``split_seed``), stratified ``val_fraction`` of train
+    (``validate_on="holdout"``) or the test split (``"test"``)."""
+
+    val_fraction: float
+    validate_on: str
+    split_seed: int
+
+
+@dataclass(frozen=True)
+class Loading:
+    """How batches are served: ``batch_size`` for training, ``eval_batch_size`` (``None``: the same) for
+    scoring, ``num_workers`` loader processes, and the arrays ``on_device`` (``auto``: on CUDA)."""
+
+    batch_size: int
+    eval_batch_size: int | None
+    num_workers: int
+    on_device: bool | str
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """What is done to each training batch on the device: a shear of up to ``shear`` degrees, a shift of up
+    to ``translate`` whole pixels (border as ``translate_padding``), a random ``crop`` (``None``: whole
+    images), a mirror with probability ``hflip``, and the degradations ``degrade``
+    (:mod:`cifake.data.training_degradations`)."""
+
+    shear: float
+    hflip: float
+    translate: int
+    translate_padding: str
+    crop: int | None
+    degrade: dict[str, Any] | None
+
+
+SETTINGS = (DataSource, Decoding, Validation, Loading, Augmentation)  # the data module's, in __init__'s order
+# The keys as data.* declares them (conf/data/cifake.yaml), in the order every checkpoint records them
+# (datamodule_hyper_parameters).
+KEYS = ("root", "cache_dir", "classes", "train_split", "test_split", "image_size", "resample", "batch_size",
+        "eval_batch_size", "val_fraction", "validate_on", "split_seed", "shear", "hflip", "translate",
+        "translate_padding", "crop", "skip_bad_files", "decode_workers", "num_workers", "on_device", "demo",
+        "degrade", "extra_train")
+TARGET = "cifake.data.datamodule.CIFAKEDataModule"  # data._target_
 
 
 class DecodedImages(Dataset):
@@ -89,34 +165,12 @@ class CIFAKEDataModule(L.LightningDataModule):
     :func:`cifake.data.demo.generate_demo`).
     """
 
-    def __init__(
-        self,
-        root: str,
-        cache_dir: str,
-        classes: tuple[str, ...],
-        train_split: str,
-        test_split: str,
-        image_size: int,
-        resample: str,
-        batch_size: int,
-        eval_batch_size: int | None,
-        val_fraction: float,
-        validate_on: str,
-        split_seed: int,
-        shear: float,
-        hflip: float,
-        translate: int,
-        translate_padding: str,
-        crop: int | None,
-        skip_bad_files: bool,
-        decode_workers: int | None,
-        num_workers: int,
-        on_device: bool | str,
-        demo: dict[str, Any] | None,
-        degrade: dict[str, Any] | None,
-        extra_train: str | None,
-    ) -> None:
+    def __init__(self, source: DataSource, decoding: Decoding, validation: Validation, loading: Loading,
+                 augmentation: Augmentation) -> None:
         super().__init__()
+        validate_on, batch_size, image_size = validation.validate_on, loading.batch_size, decoding.image_size
+        shear, hflip, translate = augmentation.shear, augmentation.hflip, augmentation.translate
+        translate_padding, crop, on_device = augmentation.translate_padding, augmentation.crop, loading.on_device
         if validate_on not in VALIDATE_ON:
             raise ConfigError(f"data.validate_on={validate_on!r}; choose one of {list(VALIDATE_ON)}")
         if batch_size < 1:
@@ -134,14 +188,23 @@ class CIFAKEDataModule(L.LightningDataModule):
                               f"(data.image_size), or null for whole images; got {crop}")
         if on_device not in (True, False, "auto"):
             raise ConfigError(f"data.on_device is auto, true or false, got {on_device!r}")
-        self.degradations = check_degradations(degrade)
-        self.save_hyperparameters(logger=False)
-        self.classes = tuple(sorted(classes))
+        self.degradations = check_degradations(augmentation.degrade)
+        # Flat, as data.* declares them: what checkpoints record (datamodule_hyper_parameters) and this class reads.
+        self.save_hyperparameters(flat(KEYS, source, decoding, validation, loading, augmentation), logger=False)
+        self.classes = tuple(sorted(source.classes))
         self._splits: dict[str, DecodedSplit] = {}
         self._layout_root: Path | None = None
         self.train_set: DecodedImages | None = None
         self.val_set: DecodedImages | None = None
         self.test_set: DecodedImages | None = None
+
+    @classmethod
+    def from_config(cls, node: Mapping[str, Any], **overrides: Any) -> CIFAKEDataModule:
+        """The data module a ``data`` config node describes (its ``_target_``, if given, must name this class),
+        with ``overrides`` of some of its keys: each key goes to its typed group."""
+        values = node_values(node, TARGET, KEYS, "data", overrides)
+        groups = [fill(group, values) for group in SETTINGS]
+        return cls(*groups)
 
     # -- locating and decoding ---------------------------------------------------------------
     def layout_root(self) -> Path:

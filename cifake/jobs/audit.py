@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from cifake.audit.duplicates import (
@@ -32,6 +31,7 @@ from cifake.audit.report import (
 )
 from cifake.core import schemas  # noqa: F401  (registers the config schemas)
 from cifake.core.errors import ConfigError
+from cifake.data.datamodule import CIFAKEDataModule
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     settings = check_settings(cfg.audit)
     started = time.perf_counter()
     # Undecodable files are listed in the report instead of stopping the audit at them.
-    datamodule = instantiate(cfg.data, skip_bad_files=True, _convert_="all")
+    datamodule = CIFAKEDataModule.from_config(cfg.data, skip_bad_files=True)
     hp = datamodule.hparams
     names = (hp.train_split, hp.test_split)
     if names[0] == names[1]:

@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from cifake.analysis.metrics import report_scalars
 from cifake.core import schemas  # noqa: F401  (registers the config schemas)
 from cifake.core.errors import ConfigError
+from cifake.data.datamodule import CIFAKEDataModule
 from cifake.evaluation.settings import EvaluationSettings
 from cifake.evaluation.workflow import choose_on_validation, evaluate_run, scope_on_training
 from cifake.scoring import Scorer, choose_resample, model_or_bundled, open_scorer
@@ -36,7 +36,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                          precision=settings.precision, tta=settings.tta, contract=cfg.contract)
     if cfg.folder is not None:  # a folder of one class instead of the test split
         return evaluate_folder(cfg, settings, scorer)
-    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule = CIFAKEDataModule.from_config(cfg.data)
     loggers = instantiate_all(cfg.get("logger"))
     # A temperature, a band and an out-of-scope score chosen now, as train.py would choose them; stored in the
     # checkpoint only with store=true.

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from cifake.analysis.metrics import flat_metrics
 from cifake.core import schemas  # noqa: F401  (registers the config schemas)
 from cifake.core.errors import ConfigError, friendly_errors
+from cifake.data.datamodule import CIFAKEDataModule
 from cifake.evaluation.settings import EvaluationSettings
 from cifake.evaluation.workflow import choose_on_validation, evaluate_run, scope_on_training
 from cifake.models.forest import ForestClassifier
@@ -40,7 +41,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     silence_known_warnings()
     settings = EvaluationSettings.from_config(cfg)  # checked before anything trains
     out = Path(cfg.paths.output_dir)
-    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule = CIFAKEDataModule.from_config(cfg.data)
     model: L.LightningModule | ForestClassifier = instantiate(cfg.model, _convert_="all")
     if isinstance(model, ForestClassifier):
         from cifake.models.forest import FOREST_COMPUTED

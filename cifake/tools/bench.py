@@ -58,6 +58,7 @@ from torch.utils.data import DataLoader
 from cifake.core import schemas  # noqa: F401  (registers the config schemas)
 from cifake.core.configs import CONF_DIR
 from cifake.data.augment import random_shear, to_unit_float
+from cifake.data.datamodule import CIFAKEDataModule
 from cifake.models.flops import TRAIN_MULTIPLIER, forward_flops
 from cifake.models.precision import autocast, channels_last_on, float32_matmul, resolve_precision, uses_cuda
 from cifake.training.trainer import build_trainer
@@ -95,7 +96,7 @@ def _rate(batches: Iterator[int], steps: int, warmup: int) -> float:
 # -- (a) data path ---------------------------------------------------------------------------
 def cached_data_rate(cfg: DictConfig, steps: int, warmup: int) -> float:
     """The project's path: index the decoded uint8 cache, move, scale and shear on the device."""
-    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule = CIFAKEDataModule.from_config(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
     device, shear = _device(cfg), cfg.data.shear
@@ -113,7 +114,7 @@ def naive_data_rate(cfg: DictConfig, steps: int, warmup: int, workers: int) -> f
     """The conventional path: decode every JPEG with PIL each time, shear with ``RandomAffine``."""
     from torchvision import datasets, transforms
 
-    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule = CIFAKEDataModule.from_config(cfg.data)
     root = datamodule.layout_root() / cfg.data.train_split
     transform = transforms.Compose([transforms.RandomAffine(degrees=0, shear=cfg.data.shear), transforms.ToTensor()])
     loader = DataLoader(datasets.ImageFolder(str(root), transform=transform), batch_size=cfg.data.batch_size,
@@ -171,7 +172,7 @@ def lightning_train_rate(cfg: DictConfig, steps: int, warmup: int) -> float:
     timer = _StepTimer(warmup)
     trainer = build_trainer(cfg, [timer], max_epochs=1, limit_train_batches=warmup + steps, limit_val_batches=0)
     with _float32_arithmetic(cfg):
-        trainer.fit(instantiate(cfg.model, _convert_="all"), datamodule=instantiate(cfg.data, _convert_="all"))
+        trainer.fit(instantiate(cfg.model, _convert_="all"), datamodule=CIFAKEDataModule.from_config(cfg.data))
     return timer.rate()
 
 
@@ -208,7 +209,7 @@ class _BareData:
     indexed from the memory-mapped cache and moved batch by batch."""
 
     def __init__(self, cfg: DictConfig, split_name: str) -> None:
-        datamodule = instantiate(cfg.data, _convert_="all")
+        datamodule = CIFAKEDataModule.from_config(cfg.data)
         datamodule.prepare_data()
         self.datamodule, self.device = datamodule, _device(cfg)
         self.split = datamodule.decoded(split_name)
@@ -286,7 +287,7 @@ def lightning_eval_rate(cfg: DictConfig, steps: int, warmup: int) -> float:
     timer = _StepTimer(warmup)
     trainer = build_trainer(cfg, [timer], limit_predict_batches=warmup + steps)
     with _float32_arithmetic(cfg):
-        trainer.predict(instantiate(cfg.model, _convert_="all"), datamodule=instantiate(cfg.data, _convert_="all"))
+        trainer.predict(instantiate(cfg.model, _convert_="all"), datamodule=CIFAKEDataModule.from_config(cfg.data))
     return timer.rate()
 
 

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from PIL import Image
 
 from cifake.core import schemas  # noqa: F401  (registers the config schemas)
 from cifake.core.configs import CONF_DIR
 from cifake.core.errors import ConfigError, DataError, report, user_message
+from cifake.data.datamodule import CIFAKEDataModule
 from cifake.data.decode import decode_image, to_model_input
 from cifake.data.photos import FakeSettings, rerender
 from cifake.data.scan import folder_files
@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"data.root={args.data}"])
-    datamodule = instantiate(cfg.data, _convert_="all")  # CIFAKE alone: the split every model validated on
+    datamodule = CIFAKEDataModule.from_config(cfg.data)  # CIFAKE alone: the split every model validated on
     datamodule.setup("fit")
     classes = datamodule.classes
     val = datamodule.val_set

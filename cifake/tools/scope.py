@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from sklearn.metrics import roc_auc_score
 
 from cifake.core import schemas  # noqa: F401  (registers the config schemas)
 from cifake.core.configs import CONF_DIR
+from cifake.data.datamodule import CIFAKEDataModule
 from cifake.data.scan import folder_files
 from cifake.models.scope import fit_mahalanobis, fit_rows, threshold_for
 from cifake.scoring import model_or_bundled, open_scorer
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = compose("train", overrides=[f"data.root={args.data}"])
     fit = cfg.out_of_scope_fit  # conf/evaluation/default.yaml, as train.py fits the shipped score
     flagged = args.flagged or fit.flagged
-    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule = CIFAKEDataModule.from_config(cfg.data)
     datamodule.setup("fit")
     embed = network_features(scorer.model, scorer.device)
     head_weights = scorer.model.net.head[-1]

@@ -1,0 +1,47 @@
+"""Config nodes read into typed settings. A class that conf/ names in a node's ``_target_`` (the data module,
+the classifier, its networks) takes its settings as a few typed groups instead of one keyword per key;
+its ``from_config`` reads the node here (:func:`node_values`) and fills each group (:func:`fill`). The
+node's keys and ``_target_`` stay as conf/ declares them, and checkpoints keep recording them flat."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+from omegaconf import OmegaConf
+
+from cifake.core.errors import ConfigError
+
+HYDRA_KEYS = ("_target_", "_recursive_", "_convert_", "_partial_")  # Hydra's own keys: none is a setting
+Group = TypeVar("Group")
+
+
+def node_values(node: Mapping[str, Any], target: str, keys: Sequence[str], where: str,
+                overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The settings of a config ``node`` (a DictConfig, resolved, or a plain mapping) as plain values, with
+    ``overrides`` of some of them: exactly ``keys``, or a :class:`ConfigError` naming the missing and unknown
+    ones (``where``: the node's name, e.g. ``data``). A ``_target_``, if given, must be ``target``."""
+    values = dict(OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node)
+    named = values.get("_target_", target)
+    if named != target:
+        raise ConfigError(f"{where}._target_={named!r}; this builds {target}")
+    values = {k: v for k, v in values.items() if k not in HYDRA_KEYS}
+    values.update(overrides or {})
+    missing, unknown = [k for k in keys if k not in values], sorted(set(values) - set(keys))
+    if missing or unknown:
+        problems = [*(f"missing {k}" for k in missing), *(f"unknown key {k}" for k in unknown)]
+        raise ConfigError(f"{where}: {', '.join(problems)}; its keys are {list(keys)}")
+    return values
+
+
+def fill(group: type[Group], values: Mapping[str, Any]) -> Group:
+    """The dataclass ``group`` with each of its fields taken from ``values`` by name."""
+    return group(**{f.name: values[f.name] for f in dataclasses.fields(group)})  # type: ignore[arg-type]
+
+
+def flat(keys: Sequence[str], *groups: Any, **plain: Any) -> dict[str, Any]:
+    """The fields of ``groups`` (dataclasses) and the ``plain`` settings as one mapping in the order of
+    ``keys``: the settings as the config node and a checkpoint's hyper-parameters hold them."""
+    values = {**plain, **{f.name: getattr(group, f.name) for group in groups for f in dataclasses.fields(group)}}
+    return {key: values[key] for key in keys}
