@@ -10,12 +10,12 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from cifake.analysis.explain import gradcam
 from cifake.core.errors import ConfigError
 from cifake.data.datamodule import CIFAKEDataModule
 from cifake.data.augment import random_hflip
 from cifake.jobs import train as train_job
 from cifake.models import precision as arithmetic
+from cifake.models.gradcam import gradcam
 from cifake.models.precision import resolve_precision
 from cifake.scoring.network import module_scorer
 from cifake.training.trainer import build_trainer

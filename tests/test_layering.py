@@ -33,7 +33,7 @@ ALLOWED: dict[str, set[str]] = {
     "callbacks": {"core", "data", "analysis", "models", "scoring"},  # what runs inside fit and test
     "training": {"core", "analysis", "models", "scoring", "callbacks"},  # the Trainer, the fit, provenance, sweeps
     "evaluation": {"core", "data", "audit", "analysis", "models", "scoring"},  # a Scorer over a split
-    "serving": {"core", "data", "analysis", "scoring", "evaluation"},  # serve.py's API and server
+    "serving": {"core", "data", "analysis", "models", "scoring"},  # serve.py's API and server
     "export": {"core", "data", "analysis", "models", "scoring", "evaluation"},  # ONNX and safetensors exports
     "jobs": {"core", "data", "audit", "analysis", "models", "training", "scoring", "callbacks", "evaluation",
              "serving", "export"},                              # one module per entry script; never one another

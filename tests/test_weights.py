@@ -49,7 +49,7 @@ def test_the_export_scores_as_the_checkpoint_and_says_what_it_is(tmp_path: Path)
 
 
 def test_grad_cam_explains_an_export_at_the_checkpoints_layer(tmp_path: Path) -> None:
-    from cifake.analysis.explain import gradcam
+    from cifake.models.gradcam import gradcam
 
     _, folder = exported(tmp_path)
     scorer = open_scorer(folder, device="cpu", precision="32-true")

@@ -1,5 +1,5 @@
 """Figures of a binary real-vs-fake classifier: ROC, precision-recall, confusion matrix, prediction
-grids and Grad-CAM overlays.
+grids (and which examples they show) and the Grad-CAM figure of maps :mod:`cifake.models.gradcam` computed.
 
 Every function takes arrays that were already computed (curves, counts, probabilities) and returns
 a matplotlib :class:`~matplotlib.figure.Figure`; nothing here runs a model. Figures are built with
@@ -122,6 +122,16 @@ def prediction_grid_figure(images: np.ndarray, p_real: np.ndarray, labels: np.nd
     wrong = sum(int(float(p) > threshold) != int(y) for p, y in zip(p_real, labels, strict=True))
     fig.suptitle(f"{title}: {n - wrong} of {n} right (green: right, red: wrong)", fontsize=10)
     return fig
+
+
+def pick_per_class(labels: np.ndarray, per_class: int, mask: np.ndarray | None = None,
+                   num_classes: int = 2) -> np.ndarray:
+    """Positions of the first ``per_class`` items of each class (optionally only where ``mask``),
+    classes in label order; fewer where a class has fewer."""
+    labels = np.asarray(labels)
+    keep = np.ones(len(labels), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    chosen = [np.flatnonzero((labels == c) & keep)[:per_class] for c in range(num_classes)]
+    return np.concatenate(chosen).astype(np.int64)
 
 
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:

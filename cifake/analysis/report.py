@@ -22,11 +22,11 @@ from cifake.analysis.calibration import (
     expected_calibration_error,
     reliability_bins,
 )
-from cifake.analysis.explain import pick_per_class
 from cifake.analysis.metrics import binary_report, format_report, report_scalars
 from cifake.analysis.plots import (
     confusion_figure,
     gradcam_figure,
+    pick_per_class,
     pr_figure,
     prediction_grid_figure,
     reliability_figure,
@@ -101,7 +101,7 @@ class Findings:
 
 @dataclass(frozen=True)
 class Explained:
-    """Grad-CAM overlays to draw: ``sections`` as :func:`cifake.analysis.explain.explained_sections` makes
+    """Grad-CAM overlays to draw: ``sections`` as :func:`cifake.models.gradcam.explained_sections` makes
     them, computed at ``layer``."""
 
     layer: str

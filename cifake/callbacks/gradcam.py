@@ -6,11 +6,11 @@ import lightning as L
 import numpy as np
 import torch
 
-from cifake.analysis.explain import explained_sections, explanation_sets
 from cifake.analysis.plots import gradcam_figure
 from cifake.analysis.tensorboard_figures import log_figure, tensorboard_writers
 from cifake.callbacks.base import FigureCallback, dataset_examples
 from cifake.data.labels import CLASSES
+from cifake.models.gradcam import explained_sections, explanation_sets
 from cifake.scoring.network import module_scorer
 
 

@@ -6,8 +6,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from cifake.analysis.explain import pick_per_class
-from cifake.analysis.plots import prediction_grid_figure
+from cifake.analysis.plots import pick_per_class, prediction_grid_figure
 from cifake.analysis.tensorboard_figures import log_figure, tensorboard_writers
 from cifake.callbacks.base import FigureCallback, dataset_examples
 from cifake.data.labels import CLASSES

@@ -1,2 +1,2 @@
 """Scoring a test split or single images with a Scorer: the evaluation shared by train.py evaluate=true and
-evaluate.py (workflow.py), Grad-CAM overlays for predict.py and the server (overlays.py)."""
+evaluate.py (workflow.py), predict.py's Grad-CAM PNG files (overlays.py)."""

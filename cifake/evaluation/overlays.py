@@ -1,4 +1,5 @@
-"""Grad-CAM overlays of single images: PNG files for ``predict.py gradcam=true``, images for the server."""
+"""``predict.py gradcam=true``'s PNG files: each image beside its Grad-CAM map (drawn by
+:func:`cifake.models.gradcam.overlay_images`), one file per image while the limit lasts."""
 
 from __future__ import annotations
 
@@ -6,13 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image
 
-from cifake.analysis.explain import gradcam
-from cifake.analysis.plots import overlay
 from cifake.core.errors import ConfigError
-from cifake.data.augment import to_unit_float
+from cifake.models.gradcam import overlay_images
 from cifake.scoring import Scorer
 
 
@@ -47,18 +44,3 @@ class GradcamWriter:
             self.left -= n
         return written + [""] * (len(images) - n)
 
-
-def overlay_images(model: torch.nn.Module, device: torch.device, layer: str, images: np.ndarray, predicted: np.ndarray,
-                   scale: int, alpha: float) -> list[Image.Image]:
-    """Grad-CAM of the ``predicted`` class for uint8 ``images`` ``(N, 3, S, S)``: per image, the
-    image as the model saw it beside its heat map (``alpha`` over it), enlarged ``scale`` times."""
-    if len(images) == 0:
-        return []
-    maps = gradcam(model, to_unit_float(torch.from_numpy(images).to(device)), predicted, layer)
-    pictures = []
-    for image, cam in zip(images, maps, strict=True):
-        both = np.concatenate([np.transpose(image, (1, 2, 0)) / 255.0, overlay(image, cam, alpha)], axis=1)
-        picture = Image.fromarray(np.clip(both * 255.0 + 0.5, 0, 255).astype(np.uint8))
-        # Nearest neighbour: every model pixel stays a sharp square, nothing is invented between them.
-        pictures.append(picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST))
-    return pictures

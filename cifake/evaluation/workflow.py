@@ -24,7 +24,6 @@ from cifake.analysis.calibration import (
     fit_temperature,
     unsure_report,
 )
-from cifake.analysis.explain import explained_sections, explanation_sets
 from cifake.analysis.report import (
     Explained,
     Findings,
@@ -41,6 +40,7 @@ from cifake.audit import leaked_test_files
 from cifake.core.errors import ConfigError
 from cifake.data.datamodule import CIFAKEDataModule
 from cifake.evaluation.settings import EvaluationSettings, Limit, ScopeFit, ThresholdChoice
+from cifake.models.gradcam import explained_sections, explanation_sets
 from cifake.models.scope import RECORD_KEYS as SCOPE_RECORD_KEYS
 from cifake.models.scope import fit_mahalanobis, fit_rows, scope_record, threshold_for
 from cifake.scoring import Scorer

@@ -40,7 +40,7 @@ def build(cfg: DictConfig) -> Any:
         raise ConfigError("gradcam=true, but the checkpoint names no model.gradcam_layer; set gradcam_layer=<a "
                           "layer>, e.g. net.features.1.3")
     if scorer.explainable and layer is not None:  # a mistyped layer: one line now, not a 500 per request later
-        from cifake.analysis.explain import resolve_layer  # torch and Grad-CAM: a checkpoint has loaded torch already
+        from cifake.models.gradcam import resolve_layer  # torch and Grad-CAM: a checkpoint has loaded torch already
 
         resolve_layer(scorer.model, layer)
     if settings.gradcam and not scorer.explainable:

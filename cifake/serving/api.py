@@ -187,9 +187,7 @@ class DetectorAPI(ls.LitAPI):
 
     def overlays(self, pixels: np.ndarray, predicted: np.ndarray) -> list[str | None]:
         """Grad-CAM overlays of the predicted class as PNG data URLs, drawn as predict.py draws them."""
-        from cifake.evaluation.overlays import (
-            overlay_images,  # torch and Grad-CAM: a checkpoint has loaded torch already
-        )
+        from cifake.models.gradcam import overlay_images  # torch and Grad-CAM: a checkpoint has loaded torch already
 
         pictures = overlay_images(self.scorer.model, self.scorer.device, self.layer, pixels, predicted,
                                   self.settings.gradcam_scale, self.settings.gradcam_alpha)

@@ -1,5 +1,7 @@
-"""Grad-CAM heat maps that leave the model exactly as they found it, and the choice of which
-images to explain."""
+"""Grad-CAM, all of it but its figure: the layer a model is explained at, heat maps that leave the model exactly
+as they found it, which images to explain, and each image beside its map as a picture (for predict.py's PNG
+files and the server's answers). The report's and the dashboards' figure of these maps is
+:func:`cifake.analysis.plots.gradcam_figure`, drawn from arrays with the other figures."""
 
 from __future__ import annotations
 
@@ -8,12 +10,15 @@ from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
+from PIL import Image
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 from torch import nn
 
+from cifake.analysis.plots import overlay, pick_per_class
 from cifake.core.errors import ConfigError
 from cifake.data.augment import to_unit_float
+from cifake.models.precision import autocast
 
 
 def resolve_layer(model: nn.Module, name: str) -> nn.Module:
@@ -60,25 +65,14 @@ def gradcam(model: nn.Module, images: torch.Tensor, target_classes: Sequence[int
         return np.zeros((0, *images.shape[2:]), dtype=np.float32)
     target_layer = resolve_layer(model, layer)
     targets = [BinaryClassifierOutputTarget(int(c)) for c in target_classes]
-    device_type = images.device.type
     eager = getattr(model, "eager", None)  # a compiled module would bypass the hooks
     with (preserved_state(model), torch.inference_mode(False), torch.enable_grad(),
-          torch.autocast(device_type=device_type, enabled=False), eager() if eager else nullcontext()):
+          autocast("32-true", images.device), eager() if eager else nullcontext()):
         # A clone made outside inference mode is an ordinary tensor that autograd can use.
         x = images.detach().clone().float()
         with GradCAM(model=model, target_layers=[target_layer]) as cam:
             maps = cam(input_tensor=x, targets=targets)
     return np.asarray(maps, dtype=np.float32)
-
-
-def pick_per_class(labels: np.ndarray, per_class: int, mask: np.ndarray | None = None,
-                   num_classes: int = 2) -> np.ndarray:
-    """Positions of the first ``per_class`` items of each class (optionally only where ``mask``),
-    classes in label order; fewer where a class has fewer."""
-    labels = np.asarray(labels)
-    keep = np.ones(len(labels), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
-    chosen = [np.flatnonzero((labels == c) & keep)[:per_class] for c in range(num_classes)]
-    return np.concatenate(chosen).astype(np.int64)
 
 
 def explanation_sets(labels: np.ndarray, predicted: np.ndarray, per_class: int) -> dict[str, np.ndarray]:
@@ -109,3 +103,19 @@ def explained_sections(model: nn.Module, images: np.ndarray, labels: np.ndarray,
         sections[name] = (np.asarray(images)[idx], cams[part], np.asarray(p_real)[idx], np.asarray(labels)[idx])
         start += len(idx)
     return sections
+
+
+def overlay_images(model: torch.nn.Module, device: torch.device, layer: str, images: np.ndarray, predicted: np.ndarray,
+                   scale: int, alpha: float) -> list[Image.Image]:
+    """Grad-CAM of the ``predicted`` class for uint8 ``images`` ``(N, 3, S, S)``: per image, the
+    image as the model saw it beside its heat map (``alpha`` over it), enlarged ``scale`` times."""
+    if len(images) == 0:
+        return []
+    maps = gradcam(model, to_unit_float(torch.from_numpy(images).to(device)), predicted, layer)
+    pictures = []
+    for image, cam in zip(images, maps, strict=True):
+        both = np.concatenate([np.transpose(image, (1, 2, 0)) / 255.0, overlay(image, cam, alpha)], axis=1)
+        picture = Image.fromarray(np.clip(both * 255.0 + 0.5, 0, 255).astype(np.uint8))
+        # Nearest neighbour: every model pixel stays a sharp square, nothing is invented between them.
+        pictures.append(picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST))
+    return pictures

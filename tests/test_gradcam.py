@@ -7,8 +7,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cifake.analysis.explain import explanation_sets, gradcam, pick_per_class
+from cifake.analysis.plots import pick_per_class
 from cifake.core.errors import ConfigError
+from cifake.models.gradcam import explanation_sets, gradcam
 from tests.helpers.config import CONF_DIR
 from tests.helpers.models import tiny_classifier
 
