@@ -90,7 +90,7 @@ SECONDS = {
     "test_gpu_check.py::test_the_bundle_installs_offline_beside_the_image_torch": 42,
     "test_disk_space.py::test_train_on_a_too_small_cache_disk_says_so_then_runs_on_a_larger_one": 43,
     "test_disk_space.py::test_a_disk_that_fills_while_a_checkpoint_is_written_is_one_line_and_the_checkpoints_load": 25,
-    "test_model.py::test_a_bad_net_setting_on_the_command_line_is_one_clear_line": 28,
+    "test_vgg.py::test_a_bad_net_setting_on_the_command_line_is_one_clear_line": 28,
     "test_jobs.py::test_missing_checkpoint_is_a_clear_error": 26,
     "test_jobs.py::test_errors_raised_while_building_from_config_are_reported_plainly": 21,
     "test_checkpoints.py::test_a_damaged_last_checkpoint_is_refused_in_one_line": 24,

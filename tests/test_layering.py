@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -161,6 +162,22 @@ def test_contributing_states_each_folders_rule() -> None:
     section = text[text.index("## Where things live"):]
     section = section[:section.index("\n## ", 1)]
     assert [f for f in ALLOWED if f != ENTRY and f"cifake/{f}/" not in section] == []
+
+
+def test_every_test_file_is_named_after_a_module_a_job_or_a_listed_behaviour() -> None:
+    # CONTRIBUTING.md's rule: test_<module>.py (a file or folder of cifake/, or a script; test_<folder>_<module>.py
+    # where the name alone is taken), test_<job>.py, or one of the behaviour files it lists.
+    text = (ROOT / "CONTRIBUTING.md").read_text()
+    rule = text[text.index("Test files are named after what they test"):]
+    listed = rule[rule.index("behaviour files:"):rule.index("A new behaviour")]
+    behaviours = set(re.findall(r"`(test_\w+)\.py`", listed))
+    sources = [*PACKAGE.rglob("*.py"), *(ROOT / "scripts").glob("*.py")]
+    modules = {p.stem for p in sources} | {p.name for p in PACKAGE.rglob("*") if p.is_dir() and p.name != "__pycache__"}
+    modules |= {f"{p.parent.name}_{p.stem}" for p in PACKAGE.rglob("*.py")}
+    files = {p.stem for p in (ROOT / "tests").glob("test_*.py")}
+    assert sorted(f for f in files if f.removeprefix("test_") not in modules and f not in behaviours) == []
+    assert sorted(behaviours - files) == []  # the list names no file that is gone
+    assert sorted(b for b in behaviours if b.removeprefix("test_") in modules) == []  # nor one a module names
 
 
 def is_job(name: str) -> bool:
