@@ -7,7 +7,6 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from cifake.core.errors import ConfigError
-from cifake.models.networks import build_network
 from cifake.models.vgg import VGG
 from tests.helpers import ROOT
 from tests.helpers.config import conf_args
@@ -27,7 +26,7 @@ REPORT_NET_PARAMS = (
 
 def test_default_config_builds_the_report_net(compose_cfg) -> None:
     cfg = compose_cfg("train")
-    net = build_network(cfg.model.net)
+    net = instantiate(cfg.model.net)
     assert sum(p.numel() for p in net.parameters()) == REPORT_NET_PARAMS == 21_836_185
     convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [64, 64, 128, 128, 256, 256, 256, 512, 512, 512]
@@ -45,7 +44,7 @@ def test_default_config_builds_the_report_net(compose_cfg) -> None:
 
 def vgg(**kw) -> VGG:
     """conf/model/vgg.yaml's network with ``kw`` replacing some of its settings."""
-    return VGG.from_config(conf_args("model.net", **kw))
+    return VGG(**conf_args("model.net", **kw))
 
 
 def test_every_size_is_configurable() -> None:
