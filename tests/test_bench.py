@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from cifake.models.networks import build_network
 from cifake.tools import bench
 from tests.helpers.config import tiny_demo_overrides
 
@@ -41,13 +42,12 @@ def test_bench_compares_precisions_and_layouts_for_both_networks(tmp_path: Path)
     assert all(float(r[2].replace(",", "")) > 0 for r in rows)
     assert all(float(r[3]) == 1.00 for r in rows[::4])  # float32 NCHW is each group's reference
     # GFLOP/s achieved: images/s x the FLOPs one image costs (3 x forward for training, forward for evaluation).
-    from hydra.utils import instantiate
 
     from cifake.models.flops import forward_flops
     from tests.helpers.config import compose_config
 
     for i, net in enumerate(bench.PRECISION_NETS):
-        forward = forward_flops(instantiate(compose_config("train", bench.PRECISION_NETS[net][1]).model.net), 32)
+        forward = forward_flops(build_network(compose_config("train", bench.PRECISION_NETS[net][1]).model.net), 32)
         for k, cost in ((8 * i, 3 * forward), (8 * i + 4, forward)):
             rate, achieved = float(rows[k][2].replace(",", "")), float(rows[k][4].replace(",", ""))
             assert achieved == pytest.approx(rate * cost / 1e9, rel=0.01, abs=0.1)

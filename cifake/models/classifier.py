@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -16,69 +17,84 @@ from torchmetrics import MetricCollection
 
 from cifake.analysis.metrics import classification_metrics, two_class_probs
 from cifake.core.errors import ConfigError
+from cifake.core.nodes import fill, flat, node_values
 from cifake.models.detector import ScoresWithTTA
 from cifake.models.flops import forward_flops, train_pflop
+from cifake.models.networks import build_network
 from cifake.models.precision import channels_last_on
-from cifake.models.resnet import upgrade_arguments
 
 log = logging.getLogger(__name__)
 
 
 COMPUTE_KEY = "compute"  # the checkpoint entry holding Classifier.compute (as cifake.scoring.network reads it)
+TARGET = "cifake.models.classifier.Classifier"  # model._target_
+# model's keys (conf/model/*.yaml), in the order every checkpoint records them (hyper_parameters)
+KEYS = ("net", "optimizer", "scheduler", "scheduler_interval", "classes", "image_size", "num_thresholds",
+        "gradcam_layer", "channels_last", "compile", "label_smoothing")
+
+
+@dataclass(frozen=True)
+class Optimization:
+    """How the network is trained: the ``optimizer`` (a Hydra config with ``_partial_: true``), the LR
+    ``scheduler`` (the same, or ``None``) stepping every ``scheduler_interval`` (``epoch`` or ``step``), and
+    ``label_smoothing`` of the training targets."""
+
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any] | None
+    scheduler_interval: str
+    label_smoothing: float
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How the network runs: NHWC convolutions (``channels_last``: true, false or ``auto``) and
+    ``torch.compile`` (``compile``)."""
+
+    channels_last: bool | str
+    compile: bool
 
 
 class Classifier(ScoresWithTTA, L.LightningModule):
     """Real-vs-fake classifier; the logit is positive for the class with label 1 (REAL).
 
-    Every argument is a plain container (as Hydra configs resolve to) and is stored with
-    ``save_hyperparameters``, so a checkpoint rebuilds the model on its own and loads with
-    ``torch.load(..., weights_only=True)``.
+    Every setting is a plain container (as Hydra configs resolve to) and is stored with
+    ``save_hyperparameters``, flat, as the ``model`` node declares it, so a checkpoint rebuilds the model on
+    its own (:meth:`from_config`) and loads with ``torch.load(..., weights_only=True)``.
 
     Logged: ``train_step/loss`` every ``log_every_n_steps``; ``{train,val,test}/*`` once per epoch
     with the same names across stages (``loss``, ``acc``, ``auroc``, ``precision_fake``, ...).
 
     Args:
-        net: Hydra config of the network (``_target_`` and its arguments).
-        optimizer: Hydra config of the optimizer with ``_partial_: true``.
-        scheduler: optional Hydra config of an LR scheduler with ``_partial_: true``.
-        scheduler_interval: ``"epoch"`` or ``"step"``, when the scheduler steps.
+        net: Hydra config of the network (``_target_`` and its arguments: :mod:`cifake.models.networks`).
+        optimization: the optimizer, the LR scheduler and label smoothing (:class:`Optimization`).
+        execution: NHWC layout and ``torch.compile`` (:class:`Execution`).
         classes: class names by label (FAKE=0, REAL=1).
         image_size: side of the square input, recorded for evaluation and prediction.
         num_thresholds: bins of the logged AUROC.
         gradcam_layer: the module Grad-CAM explains by default (a name such as ``net.features.1.3``).
-        channels_last: NHWC memory layout for the convolutions (``auto``: on CUDA, where tensor
-            cores want it; the numbers are the same).
-        compile: run the network through ``torch.compile`` (the stored weights stay those of the
-            plain module, so checkpoints load anywhere; Grad-CAM runs the plain module).
-        label_smoothing: training targets become ``y * (1 - e) + e / 2``, so the net is not pushed
-            towards infinite logits on easy images; validation and test losses use the true labels.
+
+    ``execution.channels_last``: NHWC memory layout for the convolutions (``auto``: on CUDA, where tensor
+    cores want it; the numbers are the same). ``execution.compile``: run the network through
+    ``torch.compile`` (the stored weights stay those of the plain module, so checkpoints load anywhere;
+    Grad-CAM runs the plain module). ``optimization.label_smoothing``: training targets become
+    ``y * (1 - e) + e / 2``, so the net is not pushed towards infinite logits on easy images; validation
+    and test losses use the true labels.
 
     Test-time augmentation (:meth:`set_tta`, :class:`~cifake.models.detector.ScoresWithTTA`) is a setting of
     evaluation, not of the model: it is not stored in checkpoints, and ``predict_step`` and :meth:`p_real` apply it.
     """
 
-    def __init__(
-        self,
-        net: dict[str, Any],
-        optimizer: dict[str, Any],
-        scheduler: dict[str, Any] | None,
-        scheduler_interval: str,
-        classes: tuple[str, ...],
-        image_size: int,
-        num_thresholds: int,
-        gradcam_layer: str | None,
-        channels_last: bool | str,
-        compile: bool,
-        label_smoothing: float,
-    ) -> None:
+    def __init__(self, net: dict[str, Any], optimization: Optimization, execution: Execution,
+                 classes: tuple[str, ...], image_size: int, num_thresholds: int, gradcam_layer: str | None) -> None:
         super().__init__()
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ConfigError(f"model.label_smoothing must lie in [0, 1), got {label_smoothing}")
-        for name, value in (("net", net), ("optimizer", optimizer), ("scheduler", scheduler)):
+        if not 0.0 <= optimization.label_smoothing < 1.0:
+            raise ConfigError(f"model.label_smoothing must lie in [0, 1), got {optimization.label_smoothing}")
+        for name, value in (("net", net), ("optimizer", optimization.optimizer), ("scheduler", optimization.scheduler)):
             if value is not None and not isinstance(value, dict):
                 raise ConfigError(f"model.{name} must be a mapping with a _target_, got {type(value).__name__}")
-        self.save_hyperparameters()
-        self.net: nn.Module = instantiate(upgrade_arguments(net))  # a checkpoint of an older version too
+        self.save_hyperparameters(flat(KEYS, optimization, execution, net=net, classes=classes, image_size=image_size,
+                                       num_thresholds=num_thresholds, gradcam_layer=gradcam_layer))
+        self.net: nn.Module = build_network(net)  # a checkpoint of an older version too
         self.loss = nn.BCEWithLogitsLoss()
         metrics = classification_metrics(tuple(classes), num_thresholds)
         # One collection per stage, registered as submodules so they follow the model's device.
@@ -98,6 +114,14 @@ class Classifier(ScoresWithTTA, L.LightningModule):
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+
+    @classmethod
+    def from_config(cls, node: Mapping[str, Any]) -> Classifier:
+        """The classifier a ``model`` node describes (conf/model/vgg.yaml, resnet.yaml), or a checkpoint's
+        ``hyper_parameters``, which hold the same keys."""
+        values = node_values(node, TARGET, KEYS, "model")
+        return cls(values["net"], fill(Optimization, values), fill(Execution, values), values["classes"],
+                   values["image_size"], values["num_thresholds"], values["gradcam_layer"])
 
     def uses_channels_last(self, device: torch.device | None = None) -> bool:
         """Whether the convolutions run in NHWC layout on ``device`` (default: the module's).

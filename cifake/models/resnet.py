@@ -8,7 +8,8 @@ logit. Every size is an argument (``conf/model/resnet.yaml``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifake.core.errors import ConfigError
+from cifake.core.nodes import fill, node_values
 
 
 def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
@@ -138,6 +140,25 @@ def upgrade_arguments(spec: dict[str, Any]) -> dict[str, Any]:
     return upgraded
 
 
+TARGET = "cifake.models.resnet.ResNet"  # model.net._target_
+KEYS = ("stem", "widths", "blocks", "dropout", "se", "block", "expansion", "inputs", "in_channels",
+        "image_size")  # model.net's keys (conf/model/resnet.yaml)
+
+
+@dataclass(frozen=True)
+class ResNetBody:
+    """The convolutions (see :class:`ResNet`): the ``stem`` widths at full resolution, then one stage per
+    width of ``widths`` with ``blocks[i]`` residual blocks of kind ``block`` (``basic``, gated by
+    squeeze-and-excitation of reduction ``se``, 0: none; or ``inverted``, ``expansion`` times wider inside)."""
+
+    stem: Sequence[int]
+    widths: Sequence[int]
+    blocks: Sequence[int]
+    block: str
+    expansion: int
+    se: int
+
+
 class ResNet(nn.Module):
     """Full-resolution stem -> residual stages (each after a 2x2 max-pool) -> global average
     pooling -> dropout -> one logit (REAL is positive; no sigmoid: that lives in the loss/metrics).
@@ -159,20 +180,11 @@ class ResNet(nn.Module):
         image_size: side of the square input; must be divisible by ``2 ** len(widths)``.
     """
 
-    def __init__(
-        self,
-        stem: Sequence[int],
-        widths: Sequence[int],
-        blocks: Sequence[int],
-        dropout: float,
-        se: int,
-        block: str,
-        expansion: int,
-        inputs: Sequence[str],
-        in_channels: int,
-        image_size: int,
-    ) -> None:
+    def __init__(self, body: ResNetBody, dropout: float, inputs: Sequence[str], in_channels: int,
+                 image_size: int) -> None:
         super().__init__()
+        stem, widths, blocks, block, expansion, se = (body.stem, body.widths, body.blocks, body.block, body.expansion,
+                                                      body.se)
         if not stem:
             raise ConfigError("model.net.stem needs at least one width (the full-resolution convolutions)")
         if len(widths) != len(blocks):
@@ -209,6 +221,14 @@ class ResNet(nn.Module):
             stages.append(nn.Sequential(*stage))
         self.stages = nn.Sequential(*stages)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, 1))
+
+    @classmethod
+    def from_config(cls, node: Mapping[str, Any]) -> ResNet:
+        """The network a ``model.net`` node of conf/model/resnet.yaml describes (its keys, as a checkpoint
+        records them too; an older checkpoint's through :func:`upgrade_arguments` first)."""
+        values = node_values(node, TARGET, KEYS, "model.net")
+        return cls(fill(ResNetBody, values), values["dropout"], values["inputs"], values["in_channels"],
+                   values["image_size"])
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """The penultimate features ``(N, D)`` of a float batch: what the last layer weighs (and what the

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from cifake.core.errors import ConfigError
+from cifake.core.nodes import fill, node_values
+
+TARGET = "cifake.models.vgg.VGG"  # model.net._target_
+KEYS = ("filters", "convs", "dropouts", "dense", "kernel_size", "dense_dropout", "in_channels", "image_size",
+        "batch_norm")  # model.net's keys (conf/model/vgg.yaml)
 
 
 def _check_lengths(**lists: Sequence) -> None:
@@ -16,6 +23,28 @@ def _check_lengths(**lists: Sequence) -> None:
         raise ConfigError(
             f"VGG needs one entry per block in each of {', '.join(lengths)}; got lengths {lengths}"
         )
+
+
+@dataclass(frozen=True)
+class VGGBlocks:
+    """The convolution blocks: block ``i`` is ``convs[i]`` same-padded ``kernel_size`` ReLU convolutions of
+    ``filters[i]`` channels, a 2x2 max-pool, batch-norm (an identity without ``batch_norm``) and dropout at
+    ``dropouts[i]`` (or one rate for every block)."""
+
+    filters: Sequence[int]
+    convs: Sequence[int]
+    dropouts: Sequence[float] | float
+    kernel_size: int
+    batch_norm: bool
+
+
+@dataclass(frozen=True)
+class VGGHead:
+    """The MLP after the blocks: ReLU layers of the ``dense`` widths, each followed by dropout at
+    ``dense_dropout`` (0: none), then one logit."""
+
+    dense: Sequence[int]
+    dense_dropout: float
 
 
 class VGG(nn.Module):
@@ -28,19 +57,11 @@ class VGG(nn.Module):
     indices, and so Grad-CAM layer names, stay the same).
     """
 
-    def __init__(
-        self,
-        filters: Sequence[int],
-        convs: Sequence[int],
-        dropouts: Sequence[float] | float,
-        dense: Sequence[int],
-        kernel_size: int,
-        dense_dropout: float,
-        in_channels: int,
-        image_size: int,
-        batch_norm: bool,
-    ) -> None:
+    def __init__(self, blocks: VGGBlocks, head_settings: VGGHead, in_channels: int, image_size: int) -> None:
         super().__init__()
+        filters, convs, dropouts = blocks.filters, blocks.convs, blocks.dropouts
+        kernel_size, batch_norm = blocks.kernel_size, blocks.batch_norm
+        dense, dense_dropout = head_settings.dense, head_settings.dense_dropout
         if isinstance(dropouts, (int, float)):  # one rate for every block
             dropouts = [float(dropouts)] * len(filters)
         _check_lengths(filters=filters, convs=convs, dropouts=dropouts)
@@ -75,6 +96,13 @@ class VGG(nn.Module):
             width_in = width
         head.append(nn.Linear(width_in, 1))
         self.head = nn.Sequential(*head)
+
+    @classmethod
+    def from_config(cls, node: Mapping[str, Any]) -> VGG:
+        """The network a ``model.net`` node of conf/model/vgg.yaml describes (its keys, as a checkpoint records
+        them too)."""
+        values = node_values(node, TARGET, KEYS, "model.net")
+        return cls(fill(VGGBlocks, values), fill(VGGHead, values), values["in_channels"], values["image_size"])
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """The penultimate features ``(N, D)`` of a float batch: what the last layer weighs (and what the

@@ -4,7 +4,6 @@ unpickled, no Lightning and no scikit-learn."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import struct
 from collections.abc import Mapping
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cifake.core.digest import file_sha256
-from cifake.core.errors import ModelFileError
+from cifake.core.errors import ConfigError, ModelFileError
 from cifake.scoring.onnx_contract import read_export_json
 from cifake.scoring.scorer import NO_TTA, Scorer, with_temperature
 
@@ -86,14 +85,12 @@ def read_weights(path: Path, expected_sha256: str | None) -> dict[str, Any]:
 
 def build_network(spec: Mapping[str, Any], source: Path) -> Any:
     """The network ``spec`` describes (``_target_``, one of :data:`NETWORKS`, and its arguments, as an
-    older version may have written them)."""
-    from cifake.models.resnet import upgrade_arguments
+    older version may have written them: :func:`cifake.models.networks.build_network`)."""
+    from cifake.models.networks import build_network as network_of
 
-    kwargs = {k: v for k, v in upgrade_arguments(dict(spec)).items() if k != "_target_"}
-    module_name, _, class_name = str(spec["_target_"]).rpartition(".")
     try:
-        return getattr(importlib.import_module(module_name), class_name)(**kwargs)
-    except (TypeError, ValueError) as err:
+        return network_of(spec)
+    except (TypeError, ValueError, ConfigError) as err:
         raise ModelFileError(f"{source}: its network cannot be built from its config ({err}); export the "
                              "checkpoint again with this version") from err
 

@@ -59,7 +59,9 @@ from cifake.core import schemas  # noqa: F401  (registers the config schemas)
 from cifake.core.configs import CONF_DIR
 from cifake.data.augment import random_shear, to_unit_float
 from cifake.data.datamodule import CIFAKEDataModule
+from cifake.models.classifier import Classifier
 from cifake.models.flops import TRAIN_MULTIPLIER, forward_flops
+from cifake.models.networks import build_network
 from cifake.models.precision import autocast, channels_last_on, float32_matmul, resolve_precision, uses_cuda
 from cifake.training.trainer import build_trainer
 
@@ -172,7 +174,7 @@ def lightning_train_rate(cfg: DictConfig, steps: int, warmup: int) -> float:
     timer = _StepTimer(warmup)
     trainer = build_trainer(cfg, [timer], max_epochs=1, limit_train_batches=warmup + steps, limit_val_batches=0)
     with _float32_arithmetic(cfg):
-        trainer.fit(instantiate(cfg.model, _convert_="all"), datamodule=CIFAKEDataModule.from_config(cfg.data))
+        trainer.fit(Classifier.from_config(cfg.model), datamodule=CIFAKEDataModule.from_config(cfg.data))
     return timer.rate()
 
 
@@ -237,7 +239,7 @@ class _BareData:
 
 def _bare_net(cfg: DictConfig) -> torch.nn.Module:
     L.seed_everything(0)
-    net = instantiate(cfg.model.net).to(_device(cfg))
+    net = build_network(cfg.model.net).to(_device(cfg))
     return net.to(memory_format=torch.channels_last) if numerics(cfg)[1] else net
 
 
@@ -245,7 +247,7 @@ def image_flops(cfg: DictConfig, training: bool = False) -> float:
     """Forward FLOPs of one image through the config's network (cifake.models.flops): a whole image,
     or with ``training`` what one training image costs (its ``data.crop``, if set)."""
     size = cfg.data.crop if training and cfg.data.crop is not None else cfg.data.image_size
-    return float(forward_flops(instantiate(cfg.model.net), int(size)))  # counted on the CPU
+    return float(forward_flops(build_network(cfg.model.net), int(size)))  # counted on the CPU
 
 
 def _layout(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -287,7 +289,7 @@ def lightning_eval_rate(cfg: DictConfig, steps: int, warmup: int) -> float:
     timer = _StepTimer(warmup)
     trainer = build_trainer(cfg, [timer], limit_predict_batches=warmup + steps)
     with _float32_arithmetic(cfg):
-        trainer.predict(instantiate(cfg.model, _convert_="all"), datamodule=CIFAKEDataModule.from_config(cfg.data))
+        trainer.predict(Classifier.from_config(cfg.model), datamodule=CIFAKEDataModule.from_config(cfg.data))
     return timer.rate()
 
 
