@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from cifake.core.errors import ConfigError
+from cifake.export.onnx import check_parity, export_onnx
 from cifake.jobs import export as export_job
 from cifake.scoring import choose_resample
 from cifake.scoring.network import load_classifier
@@ -162,5 +163,5 @@ def test_detection_resnets_blocks_export_to_the_same_probabilities(tmp_path, blo
         head.bias.sub_(logits.mean()).div_(logits.std())
         assert 0.5 < model.net(images).std() < 2.0
     path = tmp_path / "model.onnx"
-    export_job.export_onnx(model, path, opset=20, dynamo=True)
-    assert export_job.check_parity(model, path, batch_size=7, atol=1e-4, seed=0) <= 1e-4  # as export.py checks
+    export_onnx(model, path, opset=20, dynamo=True)
+    assert check_parity(model, path, batch_size=7, atol=1e-4, seed=0) <= 1e-4  # as export.py checks

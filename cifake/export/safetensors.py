@@ -11,11 +11,12 @@ from typing import Any
 
 import yaml
 
+from cifake.analysis.calibration import apply_temperature
 from cifake.analysis.metrics import headline
 from cifake.core.atomic import atomic_path
 from cifake.core.digest import file_sha256
 from cifake.models.scope import RECORD_KEYS
-from cifake.scoring.network import Answering, TrainingRecord
+from cifake.scoring.network import SCOPE_KEY, Answering, TrainingRecord
 from cifake.scoring.weights import (
     CONFIG_FILE,
     CONFIG_FORMAT,
@@ -24,6 +25,7 @@ from cifake.scoring.weights import (
     SCOPE_PREFIX,
     SCOPE_TENSORS,
     WEIGHTS_FILE,
+    weights_scorer,
 )
 
 CARD_METRICS = ("accuracy", "auroc")  # the model-index entries a re-evaluation is checked against
@@ -119,6 +121,44 @@ def store_in_export(folder: Path, net: Any, band: list[float] | None, temperatur
         tmp.write_text(json.dumps(config, indent=2) + "\n")
     path.chmod(0o644)
     return config
+
+
+def write_safetensors_export(model: Any, raw: Mapping[str, Any], threshold: float, resample: str,
+                             record: Mapping[str, Any], recipe: Mapping[str, Any], folder: Path,
+                             card: Path) -> tuple[Path, dict[str, Any]]:
+    """``model.safetensors`` and ``config.json`` in ``folder`` and the model card at ``card`` for the
+    classifier ``model`` and its checkpoint ``raw`` (its band, temperature, out-of-scope score and training
+    record), with the figures of its run folder (``record``: :func:`cifake.export.run_folder.run_record`) and
+    the ``recipe`` that made it. Returns the weights file and the config."""
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = write_weights(model.net, folder, raw.get(SCOPE_KEY))
+    metrics = record["metrics"]
+    config = write_config(folder, weights, model.hparams, resample, Answering.of_checkpoint(raw, threshold),
+                          TrainingRecord.of_checkpoint(raw), recipe, metrics=metrics)
+    parameters = sum(p.numel() for p in model.net.parameters())
+    card.parent.mkdir(parents=True, exist_ok=True)
+    card.write_text(card_text(config, metrics, record["robustness"], parameters, record["folders"]))
+    return weights, config
+
+
+def check_weights(model: Any, weights: Path, temperature: float | None, batch_size: int, atol: float,
+                  seed: int) -> float:
+    """The export at ``weights``, opened as every job opens it, against the checkpoint's own network
+    (``model``, its p(REAL) calibrated by the checkpoint's ``temperature``) on the same random images; the
+    largest difference in p(REAL), or raise if it exceeds ``atol``."""
+    import torch
+
+    size = int(model.hparams.image_size)
+    images = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(seed)).numpy()
+    exported = weights_scorer(weights, "cpu", "32-true").score(images)
+    with torch.no_grad():
+        expected = torch.sigmoid(model.net(torch.from_numpy(images).float() / 255.0)).numpy()
+    gap = float(abs(apply_temperature(expected, temperature or 1.0) - exported).max())
+    if not gap <= atol:
+        raise RuntimeError(f"{weights}: the export and the checkpoint differ by {gap:.2e} (> {atol:g}) "
+                           "on random images; please report this as a bug")
+    return gap
 
 
 def _scope_entry(scope: Mapping[str, Any]) -> dict[str, Any]:
