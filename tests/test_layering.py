@@ -33,12 +33,12 @@ ALLOWED: dict[str, set[str]] = {
     "scoring": {"core", "data", "analysis", "models"},  # model file -> Scorer (no Lightning for a safetensors file)
     "callbacks": {"core", "data", "analysis", "models", "scoring"},  # what runs inside fit and test
     "training": {"core", "analysis", "models", "scoring", "callbacks"},  # the Trainer, the fit, provenance, sweeps
-    "evaluation": {"core", "data", "audit", "analysis", "models", "scoring"},  # a Scorer over a split
-    "serving": {"core", "data", "analysis", "models", "scoring"},  # serve.py's API and server
+    "evaluation": {"core", "data", "audit", "analysis", "models", "scoring"},  # a Scorer over a split or files
+    "serving": {"core", "data", "models", "scoring"},  # serve.py's API and server
     "export": {"core", "data", "analysis", "models", "scoring", "evaluation"},  # ONNX and safetensors exports
-    "jobs": {"core", "data", "audit", "analysis", "models", "training", "scoring", "callbacks", "evaluation",
-             "serving", "export"},                              # one module per entry script; never one another
-    "tools": {"core", "data", "analysis", "models", "training", "scoring", "callbacks", "export"},  # python -m tools
+    "jobs": {"core", "data", "audit", "analysis", "models", "training", "scoring", "evaluation", "serving",
+             "export"},                                         # one module per entry script; never one another
+    "tools": {"core", "data", "models", "training", "scoring", "export"},  # python -m tools
     ENTRY: {"core", "jobs"},                          # cli.py: the Hydra apps the entry and console scripts run
 }
 

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from cifake.core.errors import ConfigError, DataError
+from cifake.data.inputs import find_files
 from cifake.jobs import predict as predict_job
 from tests.helpers import ROOT
 from tests.helpers.config import compose_job
@@ -243,7 +244,7 @@ def test_a_folder_that_cannot_be_listed_is_a_row_with_its_reason(tmp_path, monke
         return scandir(path)
 
     monkeypatch.setattr(os, "scandir", refusing)
-    files, problems = predict_job.find_files(str(tmp_path / "photos"))
+    files, problems = find_files(str(tmp_path / "photos"))
     assert files == [tmp_path / "photos" / "a.jpg", tmp_path / "photos" / "locked"]
     assert problems == {tmp_path / "photos" / "locked":
                         "folder cannot be listed (PermissionError: Permission denied): nothing under it was read"}

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from cifake.core.errors import ConfigError
+from cifake.evaluation.file_predictions import FIELDS
 from cifake.jobs import evaluate as evaluate_job
 from cifake.jobs import predict as predict_job
 from cifake.models.forest import ForestClassifier
@@ -88,7 +89,7 @@ def test_predict_writes_the_same_columns_for_every_kind_of_model(models, tmp_pat
         assert summary["files"] == 4 and summary["unreadable"] == 0
         tables[kind] = read_csv(out / "predictions.csv")
     columns = {kind: list(rows[0]) for kind, rows in tables.items()}
-    assert columns["ckpt"] == columns["onnx"] == columns["forest"] == list(predict_job.FIELDS)
+    assert columns["ckpt"] == columns["onnx"] == columns["forest"] == list(FIELDS)
     p = {kind: np.array([float(r["p_real"]) for r in rows]) for kind, rows in tables.items()}
     assert np.abs(p["ckpt"] - p["onnx"]).max() < 1e-4
     assert all(r["predicted"] in ("FAKE", "REAL") for r in tables["forest"])

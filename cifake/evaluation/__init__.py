@@ -1,2 +1,3 @@
-"""Scoring a test split or single images with a Scorer: the evaluation shared by train.py evaluate=true and
-evaluate.py (workflow.py), predict.py's Grad-CAM PNG files (overlays.py)."""
+"""Scoring a test split or image files with a Scorer: the evaluation shared by train.py evaluate=true and
+evaluate.py (workflow.py), a folder of one class (folder.py), predict.py's files and their output
+(file_predictions.py)."""

@@ -1,12 +1,13 @@
 """Grad-CAM, all of it but its figure: the layer a model is explained at, heat maps that leave the model exactly
 as they found it, which images to explain, and each image beside its map as a picture (for predict.py's PNG
-files and the server's answers). The report's and the dashboards' figure of these maps is
-:func:`cifake.analysis.plots.gradcam_figure`, drawn from arrays with the other figures."""
+files, written by :class:`GradcamWriter`, and the server's answers). The report's and the dashboards' figure
+of these maps is :func:`cifake.analysis.plots.gradcam_figure`, drawn from arrays with the other figures."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -119,3 +120,36 @@ def overlay_images(model: torch.nn.Module, device: torch.device, layer: str, ima
         # Nearest neighbour: every model pixel stays a sharp square, nothing is invented between them.
         pictures.append(picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST))
     return pictures
+
+
+class GradcamWriter:
+    """``predict.py gradcam=true``'s PNG files: Grad-CAM overlays of the predicted class, one PNG per image
+    while the limit lasts, the image (as the model saw it) beside its heat map, both enlarged ``scale``
+    times (:func:`overlay_images`), under ``folder``."""
+
+    def __init__(self, model: nn.Module, device: torch.device, layer: str | None, folder: Path, limit: int | None,
+                 scale: int, alpha: float) -> None:
+        self.model = model
+        self.device = device
+        self.layer = layer or self.model.hparams.get("gradcam_layer")
+        if self.layer is None:
+            raise ConfigError("gradcam=true, but the checkpoint names no model.gradcam_layer; set "
+                              "gradcam_layer=<a layer>, e.g. net.features.1.3")
+        self.folder, self.left, self.scale, self.alpha = folder, limit, scale, alpha
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def write(self, images: np.ndarray, predicted: np.ndarray, names: Sequence[str]) -> list[str]:
+        """Overlays for the first images of a batch while the limit lasts; the file written for each
+        image ("" where none)."""
+        n = len(images) if self.left is None else min(len(images), self.left)
+        if n == 0:
+            return [""] * len(images)
+        pictures = overlay_images(self.model, self.device, self.layer, images[:n], predicted[:n], self.scale,
+                                  self.alpha)
+        written = []
+        for picture, name in zip(pictures, names[:n], strict=True):
+            picture.save(self.folder / name)
+            written.append(str(self.folder / name))
+        if self.left is not None:
+            self.left -= n
+        return written + [""] * (len(images) - n)
