@@ -71,3 +71,13 @@ def test_a_used_folder_is_refused(tmp_path: Path) -> None:
 
 def test_tile_settings_cut_many_scales() -> None:
     assert isinstance(TRAIN_TILES, TileSettings) and len(tile_boxes(4000, 3000, "p", 0, TRAIN_TILES)) == 217
+
+
+def test_a_full_disk_is_told_before_any_tile(tmp_path: Path, monkeypatch) -> None:
+    from cifake.core import atomic
+    from cifake.core.errors import DiskSpaceError
+
+    monkeypatch.setattr(atomic, "free_bytes", lambda folder: 10_000)
+    with pytest.raises(DiskSpaceError, match="--train-extra"):
+        build_train_extra(tmp_path / "out", _sources(tmp_path / "src"), seed=0)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()

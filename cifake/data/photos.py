@@ -31,7 +31,8 @@ import re
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -417,6 +418,30 @@ def check_out(out: Path, checkout: Path | None) -> None:
         raise ConfigError(f"--out {out} already exists and is not empty: pass a new folder or remove it")
 
 
+@contextmanager
+def written_whole(out: Path) -> Iterator[Path]:
+    """A folder written whole: built in ``<out>.partial`` (one left by an interrupted build is removed
+    first), renamed to ``out`` (absent or empty: :func:`check_out`) when the block ends, removed when it fails."""
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    try:
+        yield partial
+        if out.exists():
+            out.rmdir()
+        os.replace(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
+def write_manifest(folder: Path, manifest: Mapping[str, Any]) -> None:
+    """``folder/manifest.json``, written atomically."""
+    with atomic_path(folder / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+
+
 def build_set(out: Path, sources: Mapping[str, Source], *, seed: int = 0, cifake_root: Path | None = None,
               fakes: int = 0, packages: Packages = Packages(), rendering: Rendering = Rendering(),
               checkout: Path | None = None) -> dict[str, Any]:
@@ -439,11 +464,7 @@ def build_set(out: Path, sources: Mapping[str, Source], *, seed: int = 0, cifake
     chosen += [(pkg, sources[pkg.name], True) for pkg in packages.heldout if pkg.name in sources]
     if fakes:
         cifake_fakes(cifake_root)  # a wrong --cifake fails now, not after the photos
-    partial = out.with_name(out.name + ".partial")
-    if partial.exists():  # left by an interrupted build of this same folder
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
-    try:
+    with written_whole(out) as partial:
         sizes = _estimate_bytes(chosen, fakes, tiles, fake_settings)
         check_space(partial, bytes_on_disk(sizes, partial), "the photo set", OUT_SETTING, files=len(sizes))
         manifest: dict[str, Any] = {
@@ -463,14 +484,7 @@ def build_set(out: Path, sources: Mapping[str, Source], *, seed: int = 0, cifake
             seconds["fakes"] = round(time.perf_counter() - started, 1)
         manifest["seconds"] = seconds
         manifest["counts"] = counts(manifest)
-        with atomic_path(partial / MANIFEST) as tmp:
-            tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-        if out.exists():
-            out.rmdir()  # empty (check_out): replaced by the finished set
-        os.replace(partial, out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+        write_manifest(partial, manifest)
     return manifest
 
 

@@ -12,9 +12,6 @@ with a manifest, never into the checkout.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -22,11 +19,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from cifake.core.atomic import atomic_path
+from cifake.core.atomic import bytes_on_disk, check_space
 from cifake.core.digest import file_sha256
 from cifake.core.errors import DataError
 from cifake.data.photos import (
-    MANIFEST,
     REAL_CLASS,
     Source,
     SourcePackage,
@@ -37,9 +33,13 @@ from cifake.data.photos import (
     photo_id,
     select_photos,
     tile_boxes,
+    write_manifest,
+    written_whole,
 )
 
 BUILDER_VERSION = 1
+TRAIN_SETTING = "--train-extra"
+TILE_BYTES = 3_400
 
 # Every image under each folder was looked at; the kept ones are camera photographs in colour. The
 # photo set's packages (mate-backgrounds, lomiri-wallpapers-16.04, plasma-workspace-wallpapers) are not
@@ -92,11 +92,8 @@ def build_train_extra(out: Path, sources: Mapping[str, Source], *, seed: int,
     missing = [pkg.name for pkg in TRAIN_PACKAGES if pkg.name not in sources]
     if missing:
         raise DataError(f"no source for {', '.join(missing)}: pass its .deb with --debs, or let the tool download it")
-    partial = out.with_name(out.name + ".partial")
-    if partial.exists():  # left by an interrupted build of this same folder
-        shutil.rmtree(partial)
-    (partial / REAL_CLASS).mkdir(parents=True)
-    try:
+    with written_whole(out) as partial:
+        (partial / REAL_CLASS).mkdir()
         photos, excluded, unreviewed = [], [], []
         jobs = []
         for pkg in TRAIN_PACKAGES:
@@ -104,6 +101,10 @@ def build_train_extra(out: Path, sources: Mapping[str, Source], *, seed: int,
             excluded += selection.excluded
             unreviewed += [f"{pkg.name}/{pkg.folder}/{rel}" for rel in selection.unreviewed]
             jobs += [(pkg, rel) for rel in selection.kept]
+        # at most every scale's tiles of every photo, each a 32x32 RGB PNG of at most 3 kB of pixels plus headers
+        tiles_at_most = len(jobs) * sum(TRAIN_TILES.counts)
+        check_space(partial, bytes_on_disk([TILE_BYTES] * tiles_at_most, partial), "the training tiles", TRAIN_SETTING,
+                    files=tiles_at_most)
         for pkg, rel in tqdm(jobs, desc="photos", unit="photo", mininterval=1):
             path = Path(sources[pkg.name].root) / pkg.folder / rel
             pid = photo_id(pkg, rel)
@@ -120,12 +121,5 @@ def build_train_extra(out: Path, sources: Mapping[str, Source], *, seed: int,
             "photos": photos, "excluded": excluded, "unreviewed": unreviewed,
             "counts": {"photos": len(photos), "tiles": sum(p["tiles"] for p in photos)},
         }
-        with atomic_path(partial / MANIFEST) as tmp:
-            tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-        if out.exists():
-            out.rmdir()  # empty (check_out): replaced by the finished folder
-        os.replace(partial, out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+        write_manifest(partial, manifest)
     return manifest
