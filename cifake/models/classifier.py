@@ -123,6 +123,19 @@ class Classifier(ScoresWithTTA, L.LightningModule):
         return cls(values["net"], fill(Optimization, values), fill(Execution, values), values["classes"],
                    values["image_size"], values["num_thresholds"], values["gradcam_layer"])
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, strict: bool = True,
+                             **_: Any) -> Classifier:
+        """Lightning's way back from a checkpoint, kept for those who use it: the checkpoint's flat
+        ``hyper_parameters`` go through :meth:`from_config` (the constructor takes them grouped), then its
+        weights. Lightning's other arguments (``hparams_file``, overrides) are not supported."""
+        from lightning.fabric.utilities.cloud_io import _load as pl_load
+
+        checkpoint = pl_load(checkpoint_path, map_location=map_location or "cpu", weights_only=False)
+        model = cls.from_config(checkpoint["hyper_parameters"])
+        model.load_state_dict(checkpoint["state_dict"], strict=strict)
+        return model
+
     def uses_channels_last(self, device: torch.device | None = None) -> bool:
         """Whether the convolutions run in NHWC layout on ``device`` (default: the module's).
         ``auto``: on CUDA (tensor cores want it) and on a CPU, where oneDNN's kernels measured
