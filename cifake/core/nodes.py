@@ -6,6 +6,7 @@ node's keys and ``_target_`` stay as conf/ declares them, and checkpoints keep r
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -29,9 +30,15 @@ def node_values(node: Mapping[str, Any], target: str, keys: Sequence[str], where
     values = {k: v for k, v in values.items() if k not in HYDRA_KEYS}
     values.update(overrides or {})
     missing, unknown = [k for k in keys if k not in values], sorted(set(values) - set(keys))
-    if missing or unknown:
-        problems = [*(f"missing {k}" for k in missing), *(f"unknown key {k}" for k in unknown)]
-        raise ConfigError(f"{where}: {', '.join(problems)}; its keys are {list(keys)}")
+    if unknown:  # told as a refused keyword was when Hydra built the class: the nearest real names
+        refused = []
+        for key in unknown:
+            nearest = difflib.get_close_matches(key, list(keys), n=3)
+            refused.append(f"'{key}'" + (f": did you mean {' or '.join(nearest)}?" if nearest else ""))
+        raise ConfigError(f"{target.rpartition('.')[2]} takes no setting {'; nor '.join(refused)} ({where}). Fix the "
+                          "key's name, or drop the override that added it (+...); --cfg job prints the composed config")
+    if missing:
+        raise ConfigError(f"{where}: missing {', '.join(missing)}; its keys are {list(keys)}")
     return values
 
 
