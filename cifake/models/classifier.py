@@ -132,6 +132,11 @@ class Classifier(ScoresWithTTA, L.LightningModule):
         from lightning.fabric.utilities.cloud_io import _load as pl_load
 
         checkpoint = pl_load(checkpoint_path, map_location=map_location or "cpu", weights_only=False)
+        return cls.from_checkpoint(checkpoint, strict)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Mapping[str, Any], strict: bool = True) -> Classifier:
+        """The classifier a loaded checkpoint's contents describe: its flat ``hyper_parameters``, then its weights."""
         model = cls.from_config(checkpoint["hyper_parameters"])
         model.load_state_dict(checkpoint["state_dict"], strict=strict)
         return model

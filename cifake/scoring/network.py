@@ -105,8 +105,7 @@ def rebuild_classifier(raw: Mapping[str, Any], path: Path) -> Any:
     from cifake.models.classifier import Classifier
 
     try:
-        model = Classifier.from_config(raw["hyper_parameters"])
-        model.load_state_dict(raw["state_dict"])
+        model = Classifier.from_checkpoint(raw)
     except (TypeError, KeyError, RuntimeError, ConfigError) as err:
         raise ModelFileError(f"{path} is a checkpoint this version cannot rebuild ({err}); retrain, or use the "
                              "version that wrote it") from err

@@ -5,7 +5,8 @@ re-rendered as photographs, and folders of real photographs from outside CIFAKE 
     python -m cifake.tools.outside --data <cifake root> --models bundled /tmp/runs/x/checkpoints/best.ckpt
         --photos /tmp/photoset/choose/whole/REAL /tmp/photoset/choose/tiles/REAL [--fakes 800] [--seed 0]
 
-For each model, at threshold 0.5 with no band and no out-of-scope answer (the model's raw call), and then
+For each model, at the configured threshold (conf/scoring: 0.5) with no band and no out-of-scope answer
+(the model's raw call), and then
 answered four ways with what the model stores (band, temperature, out-of-scope score) as every scorer
 answers: validation accuracy; the share of re-rendered validation fakes answered FAKE (the same path as
 the photo set's re-rendered test fakes: :func:`cifake.data.photos.rerender`); for each photo folder the
@@ -48,14 +49,15 @@ def rerendered_validation_fakes(datamodule, n: int, seed: int, size: int, resamp
     return np.stack(out)
 
 
-def shares(scorer: Scorer, images: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
-    """Raw call at 0.5 and the four-way answers with what the model stores."""
+def shares(scorer: Scorer, images: np.ndarray, labels: np.ndarray, classes: Sequence[str],
+           threshold: float) -> dict[str, float]:
+    """Raw call at ``threshold`` and the four-way answers with what the model stores."""
     p = scorer.p_real(images)
-    raw = np.where(p > 0.5, "REAL", "FAKE")
-    band = resolve_band("auto", scorer, 0.5)
+    raw = np.where(p > threshold, "REAL", "FAKE")
+    band = resolve_band("auto", scorer, threshold)
     scoped = resolve_scope("auto", scorer)
     oos = scoped.out_of_scope(images)
-    answers = np.asarray(verdicts(p, classes, 0.5, band, oos, scoped.scope_threshold))
+    answers = np.asarray(verdicts(p, classes, threshold, band, oos, scoped.scope_threshold))
     truth = np.asarray(classes)[labels]
     answered = np.isin(answers, classes)
     return {"raw_acc": float(np.mean(raw == truth)), "raw_fake": float(np.mean(raw == "FAKE")),
@@ -91,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             images = np.stack([decode_image(p, size, resample)[0] for p in folder_files(Path(folder))])
             sets[folder] = (images, np.full(len(images), classes.index("REAL")))
         for label, (images, labels) in sets.items():
-            s = shares(scorer, images, labels, classes)
+            s = shares(scorer, images, labels, classes, float(cfg.threshold))  # conf/scoring: 0.5
             print(f"| {name} | {label} | {len(images)} | {s['raw_acc']:.4f} | {100 * s['raw_fake']:.1f}% | "
                   f"{100 * s['fake']:.1f}% | {100 * s['real']:.1f}% | {s['answered_acc']:.4f} |", flush=True)
     return 0
