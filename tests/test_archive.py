@@ -34,7 +34,7 @@ def test_archives_are_extracted_once_and_used_as_root(tmp_path: Path, kind: str)
     else:
         _tar(path, src, {"tar": "w", "tar.gz": "w:gz", "tar.xz": "w:xz"}[kind])
     cache = tmp_path / "cache"
-    dm = CIFAKEDataModule.from_config(conf_args("data", root=str(path), cache_dir=str(cache), val_fraction=0.5,
+    dm = CIFAKEDataModule(**conf_args("data", root=str(path), cache_dir=str(cache), val_fraction=0.5,
                                         decode_workers=1))
     dm.prepare_data()
     dm.setup("fit")

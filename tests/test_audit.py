@@ -206,7 +206,7 @@ def test_leaked_test_files_reads_the_cached_hashes_the_second_time(planted: Path
     (planted / "test/REAL/broken.jpg").unlink()
     cache = tmp_path / "cache"
     exact = {"test/FAKE/leak-c.jpg", "test/REAL/leak-d1.jpg", "test/REAL/leak-d2.jpg"}
-    data = CIFAKEDataModule.from_config(conf_args("data", root=str(planted), cache_dir=str(cache)))
+    data = CIFAKEDataModule(**conf_args("data", root=str(planted), cache_dir=str(cache)))
     assert leaked_test_files(data) == exact
     assert len(list(cache.glob("decoded/*/hashes-v*.npz"))) == 2
 
@@ -253,6 +253,6 @@ def test_real_cifake_duplicates_and_leaks(compose_cfg, tmp_path: Path) -> None:
     # Near duplicates contain the exact ones.
     assert near["groups"] <= exact["distinct"] and near["test_leaks"]["exact"] == 378
     assert near["test_leaks"]["total"] >= 378
-    data = CIFAKEDataModule.from_config(conf_args("data", root=str(root), cache_dir=cache))
+    data = CIFAKEDataModule(**conf_args("data", root=str(root), cache_dir=cache))
     leaked = leaked_test_files(data)
     assert len(leaked) == 378 and leaked <= leaked_test_files(data, near_distance=NEAR)

@@ -70,7 +70,7 @@ def test_rescale_to_unit_interval() -> None:
 
 
 def test_datamodule_shears_only_while_training(tmp_path) -> None:
-    dm = CIFAKEDataModule.from_config(conf_args("data", root=str(tmp_path), cache_dir=str(tmp_path), shear=45.0))
+    dm = CIFAKEDataModule(**conf_args("data", root=str(tmp_path), cache_dir=str(tmp_path), shear=45.0))
     images = torch.full((4, 3, 32, 32), 0, dtype=torch.uint8)
     images[..., 16] = 255
     batch = (images, torch.zeros(4, dtype=torch.long), torch.arange(4))

@@ -8,10 +8,10 @@ import re
 
 import numpy as np
 import pytest
+from hydra.utils import instantiate
 
 from cifake.data.split import stratified_split
 from cifake.models.flops import forward_flops, train_pflop
-from cifake.models.networks import build_network
 from tests.helpers import ROOT
 from tests.helpers.config import compose_config
 
@@ -48,7 +48,7 @@ def recorded_budget(experiment: str) -> float:
     else:
         per_epoch = len(stratified_split(labels, cfg.data.val_fraction, cfg.data.split_seed)[0])
     size = cfg.data.crop or cfg.data.image_size
-    net = build_network(cfg.model.net)
+    net = instantiate(cfg.model.net, _convert_="all")
     return train_pflop(forward_flops(net, size), per_epoch * cfg.trainer.max_epochs)
 
 
@@ -70,5 +70,5 @@ def test_validating_on_test_trains_on_all_of_train() -> None:
     """The reference recipe validates on test, as the report did: 100,000 training images an epoch, not 90,000."""
     cfg = compose_config("train", ["experiment=reference", "paths.output_dir=/nonexistent"])
     assert cfg.data.validate_on == "test"
-    flops = forward_flops(build_network(cfg.model.net), 32)
+    flops = forward_flops(instantiate(cfg.model.net, _convert_="all"), 32)
     assert recorded_budget("reference") == pytest.approx(3 * flops * 100_000 * 350 / 1e15)

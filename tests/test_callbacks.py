@@ -15,8 +15,6 @@ from torchmetrics.classification import BinaryPrecisionRecallCurve
 from cifake.callbacks import CurvesCallback, GradCAMCallback
 from cifake.callbacks.curves import log_pr_curve_counts
 from cifake.core.errors import ConfigError
-from cifake.data.datamodule import CIFAKEDataModule
-from cifake.models.classifier import Classifier
 from cifake.training.trainer import build_trainer
 from tests.helpers.config import conf_args, tiny_demo_overrides
 from tests.helpers.outputs import read_events
@@ -63,8 +61,8 @@ def test_figures_follow_every_n_epochs_and_always_the_last(every: int, epochs: l
 
 def test_callbacks_run_in_trainer_test_and_leave_the_model_as_found(compose_cfg, tmp_path: Path) -> None:
     cfg = compose_cfg("train", [*tiny_demo_overrides(), "trainer.max_epochs=1"])
-    datamodule = CIFAKEDataModule.from_config(cfg.data)
-    model = Classifier.from_config(cfg.model)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    model = instantiate(cfg.model, _convert_="all")
     trainer: L.Trainer = build_trainer(cfg)
     trainer.fit(model, datamodule=datamodule)
 
@@ -97,7 +95,7 @@ def test_prediction_grid_shows_the_same_images_every_epoch(compose_cfg) -> None:
     grid._draw = spy
     cfg.callbacks.prediction_grid = None
     trainer = build_trainer(cfg, extra_callbacks=[grid])
-    trainer.fit(Classifier.from_config(cfg.model), datamodule=CIFAKEDataModule.from_config(cfg.data))
+    trainer.fit(instantiate(cfg.model, _convert_="all"), datamodule=instantiate(cfg.data, _convert_="all"))
     assert len(seen) == 2  # one grid per epoch, none in the sanity check
     assert torch.equal(seen[0][0], seen[1][0]) and list(seen[0][1]) == [0, 0, 0, 1, 1, 1]
 
@@ -107,4 +105,4 @@ def test_unknown_gradcam_layer_fails_with_the_layers_to_choose_from(compose_cfg)
                                 "callbacks.gradcam.target_layer=net.nope"])
     trainer = build_trainer(cfg)
     with pytest.raises(ConfigError, match=r"net\.nope.*net\.features\.1\.3"):
-        trainer.fit(Classifier.from_config(cfg.model), datamodule=CIFAKEDataModule.from_config(cfg.data))
+        trainer.fit(instantiate(cfg.model, _convert_="all"), datamodule=instantiate(cfg.data, _convert_="all"))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
-import typing
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -58,24 +58,14 @@ def yaml_targets() -> set[str]:
 
 
 def constructor_parameters(cls: type) -> tuple[dict[str, inspect.Parameter], bool]:
-    """The named parameters of ``cls(...)`` and whether it also takes ``**kwargs``. A parameter typed as a
-    dataclass is a group of settings (built from the node by ``cls.from_config``): its fields count instead,
-    each with the field's default."""
+    """The named parameters of ``cls(...)`` and whether it also takes ``**kwargs``. A class that takes its
+    node's keys as ``**settings`` and checks them (cifake.core.nodes.node_values) lists them in its module's
+    ``KEYS``: each is a required parameter, and no other is taken."""
     params = dict(inspect.signature(cls.__init__).parameters)
     params.pop("self", None)
-    hints = typing.get_type_hints(cls.__init__)
-    expanded: dict[str, inspect.Parameter] = {}
-    for name, param in params.items():
-        group = hints.get(name)
-        if isinstance(group, type) and dataclasses.is_dataclass(group):
-            assert hasattr(cls, "from_config"), f"{cls.__name__} takes grouped settings but cannot build them"
-            for f in dataclasses.fields(group):
-                unset = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-                expanded[f.name] = inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
-                                                     default=inspect.Parameter.empty if unset else f.default)
-        else:
-            expanded[name] = param
-    params = expanded
+    if [(p.name, p.kind) for p in params.values()] == [("settings", inspect.Parameter.VAR_KEYWORD)]:
+        keys = sys.modules[cls.__module__].KEYS
+        return {key: inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY) for key in keys}, False
     var_keyword = any(p.kind is p.VAR_KEYWORD for p in params.values())
     named = {k: p for k, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
     return named, var_keyword

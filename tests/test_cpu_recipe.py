@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from hydra.utils import instantiate
 
 from cifake.jobs import evaluate as evaluate_job
 from cifake.jobs import train as train_job
@@ -34,7 +35,7 @@ def test_resnet_trains_on_demo_data_in_either_precision(compose_cfg, precision: 
 def test_bf16_outputs_are_within_tolerance_of_float32(compose_cfg) -> None:
     cfg = compose_cfg("train", [*tiny_resnet_overrides(), "model.net.stem=[16,16]"])
     torch.manual_seed(0)
-    model: Classifier = Classifier.from_config(cfg.model).eval()
+    model: Classifier = instantiate(cfg.model, _convert_="all").eval()
     images = torch.rand(64, 3, 32, 32)
     with torch.no_grad():
         full = model.p_real(images)
@@ -48,7 +49,7 @@ def test_bf16_outputs_are_within_tolerance_of_float32(compose_cfg) -> None:
 def test_label_smoothing_moves_training_targets_only() -> None:
     net = conf_node("model.net", ["model=resnet"], stem=[4, 4], widths=[8], blocks=[1], dropout=0.0)
     opt = {"_target_": "torch.optim.Adam", "_partial_": True}
-    model = Classifier.from_config(conf_args("model", net=net, optimizer=opt, gradcam_layer=None, label_smoothing=0.2))
+    model = Classifier(**conf_args("model", net=net, optimizer=opt, gradcam_layer=None, label_smoothing=0.2))
     model.log = model.log_dict = lambda *a, **k: None  # no trainer to log to
     batch = (torch.rand(8, 3, 32, 32), torch.tensor([0, 1] * 4), torch.arange(8))
     logits = model(batch[0]).float()
@@ -57,7 +58,7 @@ def test_label_smoothing_moves_training_targets_only() -> None:
     assert torch.allclose(model._step(batch, "train")["loss"], smoothed, atol=1e-6)
     assert torch.allclose(model._step(batch, "val")["loss"], plain, atol=1e-6)
     with pytest.raises(Exception, match="label_smoothing"):
-        Classifier.from_config(conf_args("model", net=net, optimizer=opt, gradcam_layer=None, label_smoothing=1.0))
+        Classifier(**conf_args("model", net=net, optimizer=opt, gradcam_layer=None, label_smoothing=1.0))
 
 
 def test_ema_checkpoint_holds_the_averaged_weights(compose_cfg) -> None:

@@ -40,11 +40,11 @@ def test_a_crop_of_the_whole_image_changes_nothing_and_a_bad_side_is_refused() -
 @pytest.mark.parametrize("crop", [0, 33, -4])
 def test_the_data_module_refuses_a_crop_outside_the_image(crop: int, tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"data.crop is the side of the training crop .* \[1, 32\].*got"):
-        CIFAKEDataModule.from_config(conf_args("data", root=str(tmp_path), cache_dir=str(tmp_path), crop=crop))
+        CIFAKEDataModule(**conf_args("data", root=str(tmp_path), cache_dir=str(tmp_path), crop=crop))
 
 
 def test_only_training_batches_are_cropped(tmp_path) -> None:
-    data = CIFAKEDataModule.from_config(conf_args("data", root=str(tmp_path), cache_dir=str(tmp_path), crop=20))
+    data = CIFAKEDataModule(**conf_args("data", root=str(tmp_path), cache_dir=str(tmp_path), crop=20))
     batch = (torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8), torch.zeros(4), torch.arange(4))
     for training, side in ((True, 20), (False, 32)):
         data.trainer = SimpleNamespace(training=training)

@@ -12,7 +12,7 @@ from tests.helpers.images import make_cifake_tree, write_image
 
 
 def make_dm(root: Path, tmp_path: Path, **kw) -> CIFAKEDataModule:
-    dm = CIFAKEDataModule.from_config(conf_args("data", root=str(root), cache_dir=str(tmp_path / "cache"),
+    dm = CIFAKEDataModule(**conf_args("data", root=str(root), cache_dir=str(tmp_path / "cache"),
                                          decode_workers=1, **kw))
     dm.prepare_data()
     return dm
@@ -44,20 +44,19 @@ def test_validate_on_test_uses_all_of_train(tmp_path: Path) -> None:
 
 def test_bad_settings_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="validate_on"):
-        CIFAKEDataModule.from_config(conf_args("data", root="x", cache_dir="y", validate_on="val"))
+        CIFAKEDataModule(**conf_args("data", root="x", cache_dir="y", validate_on="val"))
     with pytest.raises(ConfigError, match="shear"):
-        CIFAKEDataModule.from_config(conf_args("data", root="x", cache_dir="y", shear=-1))
+        CIFAKEDataModule(**conf_args("data", root="x", cache_dir="y", shear=-1))
 
 
 def test_each_stage_decodes_only_the_splits_it_reads(tmp_path: Path) -> None:
     root = make_cifake_tree(tmp_path / "d", n_per_class=2)
-    dm = CIFAKEDataModule.from_config(conf_args("data", root=str(root), cache_dir=str(tmp_path / "cache"),
-                                                decode_workers=1))
+    dm = CIFAKEDataModule(**conf_args("data", root=str(root), cache_dir=str(tmp_path / "cache"), decode_workers=1))
     assert dm.splits_for("predict") == ("test",) and dm.splits_for("fit") == ("train",)
     dm.trainer = SimpleNamespace(state=SimpleNamespace(fn="predict"))
     dm.prepare_data()
     assert [p.name.split("-")[1] for p in (tmp_path / "cache" / "decoded").iterdir() if p.is_dir()] == ["test"]
-    on_test = CIFAKEDataModule.from_config(conf_args("data", root=str(root), cache_dir=str(tmp_path / "cache"),
+    on_test = CIFAKEDataModule(**conf_args("data", root=str(root), cache_dir=str(tmp_path / "cache"),
                                              validate_on="test"))
     assert on_test.splits_for("fit") == ("train", "test")
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from hydra.utils import instantiate
 from lightning.fabric.utilities import apply_func
 
 from cifake.data.datamodule import CIFAKEDataModule
-from cifake.models.classifier import Classifier
 from cifake.training.trainer import build_trainer
 from tests.helpers.config import tiny_demo_overrides
 from tests.helpers.outputs import read_events
@@ -71,8 +71,8 @@ def test_a_fit_and_test_with_every_dashboard_on_device_resident_data(compose_cfg
     validation figures (curves, prediction grid, Grad-CAM) and a test run."""
     _stand_in_resident(monkeypatch)
     cfg = compose_cfg("train", [*tiny_demo_overrides(), "data.on_device=true", "trainer.max_epochs=1"])
-    datamodule = CIFAKEDataModule.from_config(cfg.data)
-    model = Classifier.from_config(cfg.model)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    model = instantiate(cfg.model, _convert_="all")
     trainer: L.Trainer = build_trainer(cfg)
     trainer.fit(model, datamodule=datamodule)
     assert isinstance(datamodule.train_set.resident[0], OnDevice)  # the stand-in was in use
@@ -176,7 +176,7 @@ def test_no_host_reads_in_a_training_step(compose_cfg, monkeypatch, recipe: list
     reads = HostReads()
     spy = StepReads(reads)
     trainer = build_trainer(cfg, extra_callbacks=[spy])
-    model, datamodule = Classifier.from_config(cfg.model), CIFAKEDataModule.from_config(cfg.data)
+    model, datamodule = instantiate(cfg.model, _convert_="all"), instantiate(cfg.data, _convert_="all")
     with reads.counting(monkeypatch):
         trainer.fit(model, datamodule=datamodule)
     assert len(spy.per_step) == 20
@@ -238,7 +238,7 @@ def fit_under_sync_window(cfg, window: SyncWindow, model: L.LightningModule | No
     """Fit ``cfg`` (its model, or ``model``) with ``window`` watching the training steps."""
     trainer = build_trainer(cfg, extra_callbacks=[*extra_callbacks, window])
     try:
-        trainer.fit(model or Classifier.from_config(cfg.model), datamodule=CIFAKEDataModule.from_config(cfg.data))
+        trainer.fit(model or instantiate(cfg.model, _convert_="all"), datamodule=instantiate(cfg.data, _convert_="all"))
     finally:
         window.disarm()
     return trainer
@@ -277,7 +277,7 @@ def test_the_sync_window_passes_the_recipe_on_the_stand_in(compose_cfg, monkeypa
 
 def test_the_sync_window_fails_a_training_step_that_reads_a_value(compose_cfg, monkeypatch) -> None:
     cfg = compose_cfg("train", [*SYNC_DATA, *SYNC_RECIPE, "trainer.accelerator=cpu", "data.on_device=true"])
-    model = Classifier.from_config(cfg.model)
+    model = instantiate(cfg.model, _convert_="all")
     step = model.training_step
 
     def reading_step(batch, batch_idx):

@@ -148,7 +148,7 @@ def test_detection_resnets_blocks_export_to_the_same_probabilities(tmp_path, blo
     overrides = ["model=resnet", "model.net.stem=[8]", "model.net.widths=[16,32]", "model.net.blocks=[1,1]",
                  "model.net.expansion=2", *block]
     torch.manual_seed(0)
-    model = Classifier.from_config(conf_args("model", overrides, image_size=32)).eval()
+    model = Classifier(**conf_args("model", overrides, image_size=32)).eval()
     with torch.no_grad():  # batch-norm statistics away from the identity, so the export must carry them
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):

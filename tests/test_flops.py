@@ -11,9 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from cifake.data.datamodule import CIFAKEDataModule
 from cifake.jobs import train as train_job
-from cifake.models.classifier import Classifier
 from cifake.models.flops import forward_flops, train_pflop
 from tests.helpers.config import tiny_demo_overrides, tiny_resnet_overrides
 
@@ -45,12 +43,13 @@ def test_a_run_records_its_training_compute(compose_cfg, tmp_path: Path) -> None
     out = Path(cfg.paths.output_dir)
     results = json.loads((out / "results.json").read_text())
     training = results["computed"]["training"]
+    from hydra.utils import instantiate
 
-    datamodule = CIFAKEDataModule.from_config(cfg.data)
+    datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup("fit")
     per_epoch = sum(len(batch[1]) for batch in datamodule.train_dataloader())
     assert training["images_seen"] == 2 * per_epoch
-    model = Classifier.from_config(cfg.model)
+    model = instantiate(cfg.model, _convert_="all")
     assert training["forward_flops"] == forward_flops(model.net, 32) > 0
     from lightning.pytorch.utilities.model_summary import ModelSummary
 
@@ -75,8 +74,9 @@ def test_a_run_on_crops_counts_the_crops_flops(compose_cfg, tmp_path: Path) -> N
     train_job.run(cfg)
     out = Path(cfg.paths.output_dir)
     training = json.loads((out / "results.json").read_text())["computed"]["training"]
+    from hydra.utils import instantiate
 
-    net = Classifier.from_config(cfg.model).net
+    net = instantiate(cfg.model, _convert_="all").net
     whole, crop = forward_flops(net, 32), forward_flops(net, 16)
     assert crop == pytest.approx(whole / 4, rel=0.05) and crop < whole  # a quarter of the pixels
     recorded = training["forward_flops"], training["train_forward_flops"], training["train_input_size"]

@@ -88,8 +88,8 @@ def test_the_forest_names_the_augmentation_it_never_sees(tmp_path: Path) -> None
     from tests.helpers.config import conf_args
 
     def unused(**data: object) -> list[str]:
-        return unused_augmentation(CIFAKEDataModule.from_config(conf_args("data", root=str(tmp_path),
-                                                                          cache_dir=str(tmp_path), **data)))
+        return unused_augmentation(CIFAKEDataModule(**conf_args("data", root=str(tmp_path), cache_dir=str(tmp_path),
+                                                                **data)))
 
     assert unused() == ["data.shear=0.2"]  # the report's shear, on by default
     assert unused(shear=0, translate=4, hflip=0.5, crop=24) == ["data.translate=4", "data.hflip=0.5", "data.crop=24"]

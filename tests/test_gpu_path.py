@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from cifake.core.errors import ConfigError
 from cifake.data.augment import random_hflip
-from cifake.data.datamodule import CIFAKEDataModule
 from cifake.jobs import train as train_job
 from cifake.models import precision as arithmetic
-from cifake.models.classifier import Classifier
 from cifake.models.gradcam import gradcam
 from cifake.models.precision import resolve_precision
 from cifake.scoring.network import module_scorer
@@ -97,11 +96,12 @@ def test_cpu_trainer_precision_follows_the_cpu(compose_cfg) -> None:
 
 
 def _classifier(**kw):
+    from cifake.models.classifier import Classifier
+
     torch.manual_seed(0)
     net = conf_node("model.net", filters=[8, 16, 16, 16], convs=[2, 2, 3, 3], dropouts=0.0, dense=[32])
     optimizer = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
-    return Classifier.from_config(conf_args("model", net=net, optimizer=optimizer, gradcam_layer="net.features.1.3",
-                                            **kw)).eval()
+    return Classifier(**conf_args("model", net=net, optimizer=optimizer, gradcam_layer="net.features.1.3", **kw)).eval()
 
 
 def test_channels_last_gives_the_same_outputs() -> None:
@@ -162,7 +162,7 @@ def test_data_on_the_device_gives_the_same_batches(compose_cfg) -> None:
     for on_device in (False, True):
         cfg = compose_cfg("train", [*tiny_demo_overrides(), f"data.on_device={str(on_device).lower()}",
                                     "data.num_workers=2"])
-        dm = CIFAKEDataModule.from_config(cfg.data)
+        dm = instantiate(cfg.data, _convert_="all")
         dm.prepare_data()
         dm.setup("fit")
         loader = dm.val_dataloader()
@@ -185,7 +185,7 @@ def test_one_cycle_schedule_gets_its_length_from_the_trainer(compose_cfg) -> Non
                                 "model.scheduler={_target_:torch.optim.lr_scheduler.OneCycleLR,_partial_:true,"
                                 "max_lr:0.01}", "model.scheduler_interval=step", "callbacks.gradcam=null"])
     trainer = build_trainer(cfg)
-    model = Classifier.from_config(cfg.model)
-    trainer.fit(model, datamodule=CIFAKEDataModule.from_config(cfg.data))
+    model = instantiate(cfg.model, _convert_="all")
+    trainer.fit(model, datamodule=instantiate(cfg.data, _convert_="all"))
     scheduler = trainer.lr_scheduler_configs[0].scheduler
     assert scheduler.total_steps == 6 and trainer.lr_scheduler_configs[0].interval == "step"

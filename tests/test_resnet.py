@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from cifake.core.errors import ConfigError
-from cifake.models.networks import build_network
 from cifake.models.resnet import ResNet
 from tests.helpers.config import CONF_DIR, conf_args
 
@@ -17,7 +17,7 @@ SHIPPED = OmegaConf.load(CONF_DIR / "model" / "resnet.yaml").net
 def shipped_net() -> ResNet:
     cfg = OmegaConf.to_container(SHIPPED)
     cfg["image_size"] = 32
-    return build_network(cfg)
+    return instantiate(cfg)
 
 
 def expected_parameters(stem: list[int], widths: list[int], blocks: list[int], c_in: int = 3) -> int:
@@ -56,14 +56,14 @@ def test_stem_runs_at_full_resolution_before_any_pooling() -> None:
 
 
 def test_every_size_is_an_argument() -> None:
-    net = ResNet.from_config(conf_args("model.net", ["model=resnet"], stem=[4, 4, 4], widths=[8, 8], blocks=[2, 1],
-                                       dropout=0.0, image_size=16))
+    net = ResNet(**conf_args("model.net", ["model=resnet"], stem=[4, 4, 4], widths=[8, 8], blocks=[2, 1], dropout=0.0,
+                           image_size=16))
     assert net(torch.rand(3, 3, 16, 16)).shape == (3,)
     assert sum(p.numel() for p in net.parameters()) == expected_parameters([4, 4, 4], [8, 8], [2, 1])
 
 
 def test_blur_input_adds_the_residual_after_a_fixed_blur() -> None:
-    net = ResNet.from_config(conf_args("model.net", ["model=resnet"], stem=[4, 4], widths=[8], blocks=[1], dropout=0.0,
+    net = ResNet(**conf_args("model.net", ["model=resnet"], stem=[4, 4], widths=[8], blocks=[1], dropout=0.0,
                              inputs=["rgb", "blur"]))
     flat = torch.full((1, 3, 32, 32), 0.5)
     extra = net.input(flat)
@@ -82,7 +82,7 @@ BLOCKS = torch.rand(1, 3, 16, 16).repeat_interleave(2, -2).repeat_interleave(2, 
 
 @pytest.mark.parametrize("name, channels", [("rgb", 3), ("blur", 3), ("npr", 3), ("srm", 9), ("haar_hh", 3)])
 def test_each_input_alone_keeps_the_size_and_computes_what_it_says(name: str, channels: int) -> None:
-    net = ResNet.from_config(conf_args("model.net", ["model=resnet"], stem=[4], widths=[8], blocks=[1], dropout=0.0,
+    net = ResNet(**conf_args("model.net", ["model=resnet"], stem=[4], widths=[8], blocks=[1], dropout=0.0,
                              inputs=[name]))
     view = net.input
     assert view(RAMP).shape == (1, channels, 32, 32) and net(RAMP).shape == (1,)
@@ -110,14 +110,14 @@ def test_each_input_alone_keeps_the_size_and_computes_what_it_says(name: str, ch
 
 
 def test_inputs_concatenate_and_unknown_ones_are_refused() -> None:
-    net = ResNet.from_config(conf_args("model.net", ["model=resnet"], stem=[4], widths=[8], blocks=[1], dropout=0.0,
+    net = ResNet(**conf_args("model.net", ["model=resnet"], stem=[4], widths=[8], blocks=[1], dropout=0.0,
                              inputs=["rgb", "npr", "srm", "haar_hh", "blur"]))
     assert net.input(RAMP).shape == (1, 3 + 3 + 9 + 3 + 3, 32, 32)
     # Only the blur's frozen kernel is saved with the weights (as model.net.high_pass=true saved it).
     assert [k for k in net.state_dict() if k.startswith("input.")] == ["input.blur.weight"]
     for bad in ([], ["rgb", "rgb"], ["fft"]):
         with pytest.raises(ConfigError, match="model.net.inputs"):
-            ResNet.from_config(conf_args("model.net", ["model=resnet"], inputs=bad))
+            ResNet(**conf_args("model.net", ["model=resnet"], inputs=bad))
 
 
 def test_checkpoints_of_high_pass_load_as_the_same_network() -> None:
@@ -142,7 +142,7 @@ def test_bad_sizes_are_refused_by_name(kwargs: dict, message: str) -> None:
     args = conf_args("model.net", ["model=resnet"],
                      **{"stem": [4, 4], "widths": [8], "blocks": [1], "dropout": 0.0, **kwargs})
     with pytest.raises(ConfigError, match=message):
-        ResNet.from_config(args)
+        ResNet(**args)
 
 
 def test_squeeze_and_excitation_gates_each_channel_by_the_image_and_costs_almost_no_flops() -> None:
@@ -150,8 +150,8 @@ def test_squeeze_and_excitation_gates_each_channel_by_the_image_and_costs_almost
 
     from cifake.models.flops import forward_flops
 
-    plain = ResNet.from_config(conf_args("model.net", ["model=resnet"], se=0))
-    gated = ResNet.from_config(conf_args("model.net", ["model=resnet"], se=16))
+    plain = ResNet(**conf_args("model.net", ["model=resnet"], se=0))
+    gated = ResNet(**conf_args("model.net", ["model=resnet"], se=16))
     assert sum(isinstance(m, SqueezeExcitation) for m in gated.modules()) == sum(SHIPPED.blocks)
     assert not any(isinstance(m, SqueezeExcitation) for m in plain.modules())
     added = sum(p.numel() for p in gated.parameters()) - sum(p.numel() for p in plain.parameters())
@@ -166,7 +166,7 @@ def test_squeeze_and_excitation_gates_each_channel_by_the_image_and_costs_almost
     assert scale.shape == (3, 4, 1, 1) and ((scale > 0) & (scale < 1)).all()
     torch.testing.assert_close(out, x * scale)  # one gate per image and channel, the same at every pixel
     with pytest.raises(ConfigError, match="model.net.se"):
-        ResNet.from_config(conf_args("model.net", ["model=resnet"], se=-1))
+        ResNet(**conf_args("model.net", ["model=resnet"], se=-1))
 
 
 def test_a_network_saved_before_se_loads_without_gates() -> None:
@@ -182,7 +182,7 @@ def test_inverted_blocks_have_mobilenet_v2s_layers_and_the_flops_counted_by_hand
 
     args = conf_args("model.net", ["model=resnet"], stem=[8], widths=[16, 32], blocks=[2, 1], dropout=0.0,
                      block="inverted", expansion=3, image_size=16)
-    net = ResNet.from_config(args).eval()
+    net = ResNet(**args).eval()
     depthwise = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
     assert [(m.in_channels, m.groups, m.kernel_size) for m in depthwise] == [
         (24, 24, (3, 3)), (48, 48, (3, 3)), (48, 48, (3, 3))]  # widened x3 from the block's input: 8, 16, 16
@@ -200,7 +200,7 @@ def test_inverted_blocks_have_mobilenet_v2s_layers_and_the_flops_counted_by_hand
 def test_inverted_blocks_add_their_input_only_where_the_width_is_kept() -> None:
     args = conf_args("model.net", ["model=resnet"], stem=[8], widths=[8, 16], blocks=[1, 1], dropout=0.0,
                      block="inverted", expansion=2, image_size=16)
-    net = ResNet.from_config(args).eval()
+    net = ResNet(**args).eval()
     kept, widened = net.stages[0][1], net.stages[1][1]
     assert kept.use_res_connect and not widened.use_res_connect
     x = torch.rand(2, 8, 8, 8)
@@ -214,7 +214,7 @@ def test_inverted_blocks_add_their_input_only_where_the_width_is_kept() -> None:
 ])
 def test_bad_blocks_are_refused_by_name(kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        ResNet.from_config(conf_args("model.net", ["model=resnet"], **kwargs))
+        ResNet(**conf_args("model.net", ["model=resnet"], **kwargs))
 
 
 def test_a_network_saved_before_block_loads_with_basic_blocks() -> None:
@@ -225,5 +225,5 @@ def test_a_network_saved_before_block_loads_with_basic_blocks() -> None:
     spec.pop("expansion")
     upgraded = upgrade_arguments(spec)
     assert upgraded["block"] == "basic"
-    plain = build_network({**upgraded, "image_size": 32})
+    plain = instantiate({**upgraded, "image_size": 32})
     assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in shipped_net().parameters())

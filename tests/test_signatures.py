@@ -1,7 +1,7 @@
 """No function in cifake/ takes more than 8 parameters (``self``/``cls`` not counted; ``*args`` and
 ``**kwargs`` one each): settings travel as typed objects (e.g. cifake.evaluation.settings.EvaluationSettings),
 not as long argument lists. The classes conf/ names in a ``_target_`` (the data module, the classifier, its
-networks) take typed groups too, built from their node by ``from_config`` (cifake.core.nodes)."""
+networks) take their node's keys as ``**settings`` and read them into typed groups (cifake.core.nodes)."""
 
 from __future__ import annotations
 

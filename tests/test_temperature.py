@@ -13,7 +13,6 @@ import torch
 from cifake.analysis.calibration import apply_temperature, expected_calibration_error, fit_temperature
 from cifake.analysis.metrics import binary_report
 from cifake.core.errors import ConfigError
-from cifake.data.datamodule import CIFAKEDataModule
 from cifake.jobs import evaluate as evaluate_job
 from cifake.jobs import export as export_job
 from cifake.jobs import train as train_job
@@ -85,12 +84,13 @@ def test_train_fits_stores_and_every_scorer_applies_the_temperature(compose_cfg,
     temperature = stored["temperature"]
     assert metrics["temperature"] == pytest.approx(temperature) and 0.05 < temperature < 20
     # The stored temperature is the one the validation scores of the best weights give.
+    from hydra.utils import instantiate
 
     from cifake.evaluation.workflow import score_split
 
     raw = open_scorer(best, device="cpu", precision="32-true")  # now applies the stored temperature
     assert raw.temperature == pytest.approx(temperature)
-    val = score_split(with_temperature(raw, 1.0 / temperature), CIFAKEDataModule.from_config(cfg.data), "validate")
+    val = score_split(with_temperature(raw, 1.0 / temperature), instantiate(cfg.data, _convert_="all"), "validate")
     assert fit_temperature(val.p_real, val.labels) == pytest.approx(temperature, rel=1e-4)
     report = json.loads((out / "metrics.json").read_text())
     block = report["temperature"]
@@ -106,7 +106,7 @@ def test_train_fits_stores_and_every_scorer_applies_the_temperature(compose_cfg,
     assert report["unsure"]["band"] == pytest.approx(stored["unsure_band"])
     from cifake.analysis.calibration import choose_unsure_band
 
-    calibrated = score_split(raw, CIFAKEDataModule.from_config(cfg.data), "validate")
+    calibrated = score_split(raw, instantiate(cfg.data, _convert_="all"), "validate")
     assert stored["unsure_band"] == pytest.approx(choose_unsure_band(calibrated.p_real, calibrated.labels, 0.5, 0.75))
 
     # evaluate.py finds the temperature with the weights and reports the same figures.

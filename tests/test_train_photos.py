@@ -53,7 +53,7 @@ def test_tiles_land_in_real_and_train_on(tmp_path: Path) -> None:
         assert tile.size == (32, 32) and tile.mode == "RGB"
     assert not (tmp_path / "train_extra.partial").exists()
 
-    data = CIFAKEDataModule.from_config(conf_args("data", root=str(make_cifake_tree(tmp_path / "d", n_per_class=10)),
+    data = CIFAKEDataModule(**conf_args("data", root=str(make_cifake_tree(tmp_path / "d", n_per_class=10)),
                                         cache_dir=str(tmp_path / "cache"), decode_workers=1, extra_train=str(out)))
     data.setup("fit")
     assert len(data.train_set) == 18 + len(files)

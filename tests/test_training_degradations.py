@@ -42,7 +42,7 @@ def test_degradations_are_off_unless_configured() -> None:
     images = batch()
     assert not is_active(check_degradations(OFF)) and not is_active(check_degradations(None))
     assert torch.equal(degrade(images, check_degradations(OFF)), images)
-    data = CIFAKEDataModule.from_config(conf_args("data", root="unused", cache_dir="unused"))
+    data = CIFAKEDataModule(**conf_args("data", root="unused", cache_dir="unused"))
     assert not is_active(data.degradations)
 
 

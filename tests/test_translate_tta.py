@@ -92,8 +92,7 @@ def test_datamodule_translates_only_while_training(tmp_path) -> None:
 
     from cifake.data.datamodule import CIFAKEDataModule
 
-    dm = CIFAKEDataModule.from_config(conf_args("data", root=str(tmp_path), cache_dir=str(tmp_path), shear=0.0,
-                                                translate=3))
+    dm = CIFAKEDataModule(**conf_args("data", root=str(tmp_path), cache_dir=str(tmp_path), shear=0.0, translate=3))
     images = torch.zeros(32, 3, 32, 32, dtype=torch.uint8)
     images[:, :, 16, 16] = 255
     batch = (images, torch.zeros(32, dtype=torch.long), torch.arange(32))
@@ -111,4 +110,4 @@ def test_datamodule_refuses_bad_translation(tmp_path, kwargs: dict, message: str
     from cifake.data.datamodule import CIFAKEDataModule
 
     with pytest.raises(ConfigError, match=message):
-        CIFAKEDataModule.from_config(conf_args("data", root=str(tmp_path), cache_dir=str(tmp_path), **kwargs))
+        CIFAKEDataModule(**conf_args("data", root=str(tmp_path), cache_dir=str(tmp_path), **kwargs))

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 from PIL import Image
 
 from cifake.analysis.calibration import choose_unsure_band, unsure_report
 from cifake.core.errors import ConfigError
-from cifake.data.datamodule import CIFAKEDataModule
 from cifake.evaluation.workflow import score_split
 from cifake.jobs import evaluate as evaluate_job
 from cifake.jobs import export as export_job
@@ -84,7 +84,7 @@ def test_train_stores_the_band_and_evaluate_and_export_use_it(compose_cfg, tmp_p
     band = torch.load(best, weights_only=True)["unsure_band"]
     # The stored band is the one the validation scores of the best weights give.
     scorer = open_scorer(best, device="cpu", precision=cfg.scoring.precision)
-    val = score_split(scorer, CIFAKEDataModule.from_config(cfg.data), "validate")
+    val = score_split(scorer, instantiate(cfg.data, _convert_="all"), "validate")
     assert band == pytest.approx(choose_unsure_band(val.p_real, val.labels, 0.5, 0.75))
     assert 0.0 <= band[0] <= 0.5 <= band[1] <= 1.0
     report = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())

@@ -3,11 +3,10 @@ settings, and a bad setting on the command line told in one line."""
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from cifake.core.errors import ConfigError
-from cifake.models.classifier import Classifier
-from cifake.models.networks import build_network
 from cifake.models.vgg import VGG
 from tests.helpers import ROOT
 from tests.helpers.config import conf_args
@@ -27,7 +26,7 @@ REPORT_NET_PARAMS = (
 
 def test_default_config_builds_the_report_net(compose_cfg) -> None:
     cfg = compose_cfg("train")
-    net = build_network(cfg.model.net)
+    net = instantiate(cfg.model.net)
     assert sum(p.numel() for p in net.parameters()) == REPORT_NET_PARAMS == 21_836_185
     convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [64, 64, 128, 128, 256, 256, 256, 512, 512, 512]
@@ -45,7 +44,7 @@ def test_default_config_builds_the_report_net(compose_cfg) -> None:
 
 def vgg(**kw) -> VGG:
     """conf/model/vgg.yaml's network with ``kw`` replacing some of its settings."""
-    return VGG.from_config(conf_args("model.net", **kw))
+    return VGG(**conf_args("model.net", **kw))
 
 
 def test_every_size_is_configurable() -> None:
@@ -64,7 +63,7 @@ def test_inconsistent_sizes_are_clear_errors() -> None:
 
 def test_hparams_are_plain_containers(compose_cfg) -> None:
     cfg = compose_cfg("train", ["model.net.filters=[4,4,4,4]", "model.net.dense=[8]"])
-    model = Classifier.from_config(cfg.model)
+    model = instantiate(cfg.model, _convert_="all")
     assert type(model.hparams.net) is dict and type(model.hparams.net["filters"]) is list
     assert OmegaConf.is_config(model.hparams.optimizer) is False
     assert model.hparams.classes == ["FAKE", "REAL"]

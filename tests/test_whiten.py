@@ -8,12 +8,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 
 from cifake.callbacks.whiten import PatchWhitening, first_conv, whitening_filters
 from cifake.core.errors import ConfigError
 from cifake.data.augment import to_unit_float
-from cifake.data.datamodule import CIFAKEDataModule
-from cifake.models.classifier import Classifier
 from tests.helpers.config import compose_job, tiny_resnet_overrides
 
 
@@ -59,9 +58,9 @@ def _fit_start(overrides: list[str], tmp_path, seed: int | None = 0,
     its first convolution's weights before, and the training images."""
     cfg = compose_job("train", tmp_path, [*tiny_resnet_overrides(), f"paths.cache_dir={tmp_path / 'cache'}",
                                           *overrides])
-    datamodule = CIFAKEDataModule.from_config(cfg.data)
+    datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup("fit")
-    model = Classifier.from_config(cfg.model)
+    model = instantiate(cfg.model, _convert_="all")
     callback = PatchWhitening(images=10_000, eps=1e-9, seed=seed)
     before = first_conv(model.net).weight.detach().clone()
     callback.on_fit_start(SimpleNamespace(ckpt_path=trainer.get("ckpt_path"), datamodule=datamodule), model)

@@ -1,7 +1,8 @@
 """Config nodes read into typed settings. A class that conf/ names in a node's ``_target_`` (the data module,
-the classifier, its networks) takes its settings as a few typed groups instead of one keyword per key;
-its ``from_config`` reads the node here (:func:`node_values`) and fills each group (:func:`fill`). The
-node's keys and ``_target_`` stay as conf/ declares them, and checkpoints keep recording them flat."""
+the classifier, its networks) takes the node's keys as Hydra's ``instantiate`` passes them (``**settings``),
+checks them here (:func:`node_values`: exactly its keys, unknown ones told with the nearest real name) and
+reads them into a few typed groups (:func:`fill`); its ``from_config`` builds it from a node that still
+holds its ``_target_``. Checkpoints record the keys flat, as the node declares them."""
 
 from __future__ import annotations
 
@@ -45,10 +46,3 @@ def node_values(node: Mapping[str, Any], target: str, keys: Sequence[str], where
 def fill(group: type[Group], values: Mapping[str, Any]) -> Group:
     """The dataclass ``group`` with each of its fields taken from ``values`` by name."""
     return group(**{f.name: values[f.name] for f in dataclasses.fields(group)})  # type: ignore[arg-type]
-
-
-def flat(keys: Sequence[str], *groups: Any, **plain: Any) -> dict[str, Any]:
-    """The fields of ``groups`` (dataclasses) and the ``plain`` settings as one mapping in the order of
-    ``keys``: the settings as the config node and a checkpoint's hyper-parameters hold them."""
-    values = {**plain, **{f.name: getattr(group, f.name) for group in groups for f in dataclasses.fields(group)}}
-    return {key: values[key] for key in keys}

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cifake.core.errors import ConfigError, DataError
-from cifake.core.nodes import fill, flat, node_values
+from cifake.core.nodes import fill, node_values
 from cifake.data.archive import extract_archive, is_archive
 from cifake.data.augment import (
     TRANSLATE_PADDING,
@@ -105,7 +105,7 @@ class Augmentation:
     degrade: dict[str, Any] | None
 
 
-SETTINGS = (DataSource, Decoding, Validation, Loading, Augmentation)  # the data module's, in __init__'s order
+SETTINGS = (DataSource, Decoding, Validation, Loading, Augmentation)  # the data module's typed groups
 # The keys as data.* declares them (conf/data/cifake.yaml), in the order every checkpoint records them
 # (datamodule_hyper_parameters).
 KEYS = ("root", "cache_dir", "classes", "train_split", "test_split", "image_size", "resample", "batch_size",
@@ -165,9 +165,12 @@ class CIFAKEDataModule(L.LightningDataModule):
     :func:`cifake.data.demo.generate_demo`).
     """
 
-    def __init__(self, source: DataSource, decoding: Decoding, validation: Validation, loading: Loading,
-                 augmentation: Augmentation) -> None:
+    def __init__(self, **settings: Any) -> None:
+        """``settings``: the ``data`` node's keys (conf/data/cifake.yaml), as Hydra's ``instantiate`` passes
+        them; each is read into its typed group (:data:`SETTINGS`) and checked here, once."""
         super().__init__()
+        values = node_values(settings, TARGET, KEYS, "data")
+        source, decoding, validation, loading, augmentation = (fill(group, values) for group in SETTINGS)
         validate_on, batch_size, image_size = validation.validate_on, loading.batch_size, decoding.image_size
         shear, hflip, translate = augmentation.shear, augmentation.hflip, augmentation.translate
         translate_padding, crop, on_device = augmentation.translate_padding, augmentation.crop, loading.on_device
@@ -190,7 +193,7 @@ class CIFAKEDataModule(L.LightningDataModule):
             raise ConfigError(f"data.on_device is auto, true or false, got {on_device!r}")
         self.degradations = check_degradations(augmentation.degrade)
         # Flat, as data.* declares them: what checkpoints record (datamodule_hyper_parameters) and this class reads.
-        self.save_hyperparameters(flat(KEYS, source, decoding, validation, loading, augmentation), logger=False)
+        self.save_hyperparameters({key: values[key] for key in KEYS}, logger=False)
         self.classes = tuple(sorted(source.classes))
         self._splits: dict[str, DecodedSplit] = {}
         self._layout_root: Path | None = None
@@ -201,10 +204,8 @@ class CIFAKEDataModule(L.LightningDataModule):
     @classmethod
     def from_config(cls, node: Mapping[str, Any], **overrides: Any) -> CIFAKEDataModule:
         """The data module a ``data`` config node describes (its ``_target_``, if given, must name this class),
-        with ``overrides`` of some of its keys: each key goes to its typed group."""
-        values = node_values(node, TARGET, KEYS, "data", overrides)
-        groups = [fill(group, values) for group in SETTINGS]
-        return cls(*groups)
+        with ``overrides`` of some of its keys."""
+        return cls(**node_values(node, TARGET, KEYS, "data", overrides))
 
     # -- locating and decoding ---------------------------------------------------------------
     def layout_root(self) -> Path:

@@ -18,8 +18,6 @@ from cifake.core.errors import ConfigError, friendly_errors
 from cifake.data.datamodule import CIFAKEDataModule
 from cifake.evaluation.settings import EvaluationSettings
 from cifake.evaluation.workflow import choose_on_validation, evaluate_run, scope_on_training
-from cifake.models.classifier import TARGET as CLASSIFIER
-from cifake.models.classifier import Classifier
 from cifake.models.forest import ForestClassifier
 from cifake.models.precision import float32_matmul
 from cifake.scoring import open_scorer
@@ -44,10 +42,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     settings = EvaluationSettings.from_config(cfg)  # checked before anything trains
     out = Path(cfg.paths.output_dir)
     datamodule = CIFAKEDataModule.from_config(cfg.data)
-    # A network's Classifier takes its settings grouped (from_config); model=rf's forest is built as Hydra builds it.
-    network = cfg.model._target_ == CLASSIFIER
-    model: L.LightningModule | ForestClassifier = (
-        Classifier.from_config(cfg.model) if network else instantiate(cfg.model, _convert_="all"))
+    model: L.LightningModule | ForestClassifier = instantiate(cfg.model, _convert_="all")
     if isinstance(model, ForestClassifier):
         from cifake.models.forest import FOREST_COMPUTED
         from cifake.models.forest.fit import fit_forest  # scikit-learn: only for the forest

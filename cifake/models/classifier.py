@@ -17,7 +17,7 @@ from torchmetrics import MetricCollection
 
 from cifake.analysis.metrics import classification_metrics, two_class_probs
 from cifake.core.errors import ConfigError
-from cifake.core.nodes import fill, flat, node_values
+from cifake.core.nodes import fill, node_values
 from cifake.models.detector import ScoresWithTTA
 from cifake.models.flops import forward_flops, train_pflop
 from cifake.models.networks import build_network
@@ -59,24 +59,25 @@ class Classifier(ScoresWithTTA, L.LightningModule):
 
     Every setting is a plain container (as Hydra configs resolve to) and is stored with
     ``save_hyperparameters``, flat, as the ``model`` node declares it, so a checkpoint rebuilds the model on
-    its own (:meth:`from_config`) and loads with ``torch.load(..., weights_only=True)``.
+    its own (``Classifier(**hyper_parameters)``, :meth:`from_checkpoint`) and loads with ``torch.load(..., weights_only=True)``.
 
     Logged: ``train_step/loss`` every ``log_every_n_steps``; ``{train,val,test}/*`` once per epoch
     with the same names across stages (``loss``, ``acc``, ``auroc``, ``precision_fake``, ...).
 
-    Args:
-        net: Hydra config of the network (``_target_`` and its arguments: :mod:`cifake.models.networks`).
-        optimization: the optimizer, the LR scheduler and label smoothing (:class:`Optimization`).
-        execution: NHWC layout and ``torch.compile`` (:class:`Execution`).
-        classes: class names by label (FAKE=0, REAL=1).
-        image_size: side of the square input, recorded for evaluation and prediction.
-        num_thresholds: bins of the logged AUROC.
-        gradcam_layer: the module Grad-CAM explains by default (a name such as ``net.features.1.3``).
+    Takes the ``model`` node's keys (:data:`KEYS`), as Hydra's ``instantiate`` and Lightning's
+    ``load_from_checkpoint`` pass them; they are checked here and read into typed groups:
 
-    ``execution.channels_last``: NHWC memory layout for the convolutions (``auto``: on CUDA, where tensor
-    cores want it; the numbers are the same). ``execution.compile``: run the network through
+    - ``net``: Hydra config of the network (``_target_`` and its arguments: :mod:`cifake.models.networks`).
+    - :class:`Optimization`: the optimizer, the LR scheduler and label smoothing.
+    - :class:`Execution`: NHWC layout and ``torch.compile``.
+    - ``classes``: class names by label (FAKE=0, REAL=1); ``image_size``: side of the square input, recorded
+      for evaluation and prediction; ``num_thresholds``: bins of the logged AUROC; ``gradcam_layer``: the
+      module Grad-CAM explains by default (a name such as ``net.features.1.3``).
+
+    ``channels_last``: NHWC memory layout for the convolutions (``auto``: on CUDA, where tensor
+    cores want it; the numbers are the same). ``compile``: run the network through
     ``torch.compile`` (the stored weights stay those of the plain module, so checkpoints load anywhere;
-    Grad-CAM runs the plain module). ``optimization.label_smoothing``: training targets become
+    Grad-CAM runs the plain module). ``label_smoothing``: training targets become
     ``y * (1 - e) + e / 2``, so the net is not pushed towards infinite logits on easy images; validation
     and test losses use the true labels.
 
@@ -84,16 +85,18 @@ class Classifier(ScoresWithTTA, L.LightningModule):
     evaluation, not of the model: it is not stored in checkpoints, and ``predict_step`` and :meth:`p_real` apply it.
     """
 
-    def __init__(self, net: dict[str, Any], optimization: Optimization, execution: Execution,
-                 classes: tuple[str, ...], image_size: int, num_thresholds: int, gradcam_layer: str | None) -> None:
+    def __init__(self, **settings: Any) -> None:
         super().__init__()
+        values = node_values(settings, TARGET, KEYS, "model")
+        optimization, execution = fill(Optimization, values), fill(Execution, values)
+        net, classes, image_size, num_thresholds = (values["net"], values["classes"], values["image_size"],
+                                                    values["num_thresholds"])
         if not 0.0 <= optimization.label_smoothing < 1.0:
             raise ConfigError(f"model.label_smoothing must lie in [0, 1), got {optimization.label_smoothing}")
         for name, value in (("net", net), ("optimizer", optimization.optimizer), ("scheduler", optimization.scheduler)):
             if value is not None and not isinstance(value, dict):
                 raise ConfigError(f"model.{name} must be a mapping with a _target_, got {type(value).__name__}")
-        self.save_hyperparameters(flat(KEYS, optimization, execution, net=net, classes=classes, image_size=image_size,
-                                       num_thresholds=num_thresholds, gradcam_layer=gradcam_layer))
+        self.save_hyperparameters({key: values[key] for key in KEYS})
         self.net: nn.Module = build_network(net)  # a checkpoint of an older version too
         self.loss = nn.BCEWithLogitsLoss()
         metrics = classification_metrics(tuple(classes), num_thresholds)
@@ -119,20 +122,7 @@ class Classifier(ScoresWithTTA, L.LightningModule):
     def from_config(cls, node: Mapping[str, Any]) -> Classifier:
         """The classifier a ``model`` node describes (conf/model/vgg.yaml, resnet.yaml), or a checkpoint's
         ``hyper_parameters``, which hold the same keys."""
-        values = node_values(node, TARGET, KEYS, "model")
-        return cls(values["net"], fill(Optimization, values), fill(Execution, values), values["classes"],
-                   values["image_size"], values["num_thresholds"], values["gradcam_layer"])
-
-    @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, strict: bool = True,
-                             **_: Any) -> Classifier:
-        """Lightning's way back from a checkpoint, kept for those who use it: the checkpoint's flat
-        ``hyper_parameters`` go through :meth:`from_config` (the constructor takes them grouped), then its
-        weights. Lightning's other arguments (``hparams_file``, overrides) are not supported."""
-        from lightning.fabric.utilities.cloud_io import _load as pl_load
-
-        checkpoint = pl_load(checkpoint_path, map_location=map_location or "cpu", weights_only=False)
-        return cls.from_checkpoint(checkpoint, strict)
+        return cls(**node_values(node, TARGET, KEYS, "model"))
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Mapping[str, Any], strict: bool = True) -> Classifier:

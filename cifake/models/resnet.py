@@ -180,9 +180,12 @@ class ResNet(nn.Module):
         image_size: side of the square input; must be divisible by ``2 ** len(widths)``.
     """
 
-    def __init__(self, body: ResNetBody, dropout: float, inputs: Sequence[str], in_channels: int,
-                 image_size: int) -> None:
+    def __init__(self, **settings: Any) -> None:
         super().__init__()
+        values = node_values(settings, TARGET, KEYS, "model.net")
+        body = fill(ResNetBody, values)
+        dropout, inputs, in_channels, image_size = (values["dropout"], values["inputs"], values["in_channels"],
+                                                    values["image_size"])
         stem, widths, blocks, block, expansion, se = (body.stem, body.widths, body.blocks, body.block, body.expansion,
                                                       body.se)
         if not stem:
@@ -226,9 +229,7 @@ class ResNet(nn.Module):
     def from_config(cls, node: Mapping[str, Any]) -> ResNet:
         """The network a ``model.net`` node of conf/model/resnet.yaml describes (its keys, as a checkpoint
         records them too; an older checkpoint's through :func:`upgrade_arguments` first)."""
-        values = node_values(node, TARGET, KEYS, "model.net")
-        return cls(fill(ResNetBody, values), values["dropout"], values["inputs"], values["in_channels"],
-                   values["image_size"])
+        return cls(**node_values(node, TARGET, KEYS, "model.net"))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """The penultimate features ``(N, D)`` of a float batch: what the last layer weighs (and what the

@@ -57,10 +57,13 @@ class VGG(nn.Module):
     indices, and so Grad-CAM layer names, stay the same).
     """
 
-    def __init__(self, blocks: VGGBlocks, head_settings: VGGHead, in_channels: int, image_size: int) -> None:
+    def __init__(self, **settings: Any) -> None:
         super().__init__()
-        filters, convs, dropouts = blocks.filters, blocks.convs, blocks.dropouts
-        kernel_size, batch_norm = blocks.kernel_size, blocks.batch_norm
+        values = node_values(settings, TARGET, KEYS, "model.net")
+        block_settings, head_settings = fill(VGGBlocks, values), fill(VGGHead, values)
+        in_channels, image_size = values["in_channels"], values["image_size"]
+        filters, convs, dropouts = block_settings.filters, block_settings.convs, block_settings.dropouts
+        kernel_size, batch_norm = block_settings.kernel_size, block_settings.batch_norm
         dense, dense_dropout = head_settings.dense, head_settings.dense_dropout
         if isinstance(dropouts, (int, float)):  # one rate for every block
             dropouts = [float(dropouts)] * len(filters)
@@ -101,8 +104,7 @@ class VGG(nn.Module):
     def from_config(cls, node: Mapping[str, Any]) -> VGG:
         """The network a ``model.net`` node of conf/model/vgg.yaml describes (its keys, as a checkpoint records
         them too)."""
-        values = node_values(node, TARGET, KEYS, "model.net")
-        return cls(fill(VGGBlocks, values), fill(VGGHead, values), values["in_channels"], values["image_size"])
+        return cls(**node_values(node, TARGET, KEYS, "model.net"))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """The penultimate features ``(N, D)`` of a float batch: what the last layer weighs (and what the

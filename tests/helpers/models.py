@@ -32,7 +32,7 @@ def tiny_classifier(seed: int = 0, arch: str = "vgg") -> Classifier:
                         dropouts=[0.0, 0.0, 0.0, 0.0], dense=[32])
     optimizer = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 3e-3}
     layer = OmegaConf.load(CONF_DIR / "model" / f"{'resnet' if arch == 'resnet' else 'vgg'}.yaml").gradcam_layer
-    return Classifier.from_config(conf_args("model", net=net, optimizer=optimizer, gradcam_layer=layer))
+    return Classifier(**conf_args("model", net=net, optimizer=optimizer, gradcam_layer=layer))
 
 
 def make_checkpoint(path: Path, resample: str | None = "bicubic", seed: int = 0) -> Path:
@@ -47,7 +47,7 @@ def make_checkpoint(path: Path, resample: str | None = "bicubic", seed: int = 0)
     tiny_net = conf_node("model.net", filters=[8, 16, 16, 16], convs=[2, 2, 3, 3], dropouts=0.0, dense=[32])
     adam = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
     torch.manual_seed(seed)
-    model = Classifier.from_config(conf_args("model", net=tiny_net, optimizer=adam, gradcam_layer="net.features.1.3"))
+    model = Classifier(**conf_args("model", net=tiny_net, optimizer=adam, gradcam_layer="net.features.1.3"))
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
