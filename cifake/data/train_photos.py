@@ -6,12 +6,15 @@ CIFAKE's REAL class is CIFAR-10 alone; a network trained on it learns CIFAR-10's
 to 32x32, and calls other photographs of smooth skies or saturated colours FAKE. These tiles show it
 other real photographs reaching 32x32 the way CIFAR-sized images are made (a square crop, shrunk with an
 antialiasing filter), at more scales and positions than the photo set cuts, since they are training data.
-Built by ``python -m cifake.tools.photos --train-extra <folder>``; written as ``<folder>/REAL/<id>_s<d>_<k>.png``
-with a manifest, never into the checkout.
+Each photo also gives whole views, squashed to 32x32 as a whole file given to ``cifake-predict`` is
+(:func:`whole_boxes`). Built by ``python -m cifake.tools.photos --train-extra <folder>``; written as
+``<folder>/REAL/<id>_s<d>_<k>.png`` (tiles) and ``<id>_w_<k>.png`` (whole views) with a manifest, never into the
+checkout.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -29,6 +32,7 @@ from cifake.data.photos import (
     TileSettings,
     check_out,
     cut_tile,
+    draw_int,
     open_photo,
     photo_id,
     select_photos,
@@ -37,7 +41,7 @@ from cifake.data.photos import (
     written_whole,
 )
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 TRAIN_SETTING = "--train-extra"
 TILE_BYTES = 3_400
 
@@ -81,6 +85,24 @@ TRAIN_PACKAGES: tuple[SourcePackage, ...] = (
 
 # Many crops per photo at six scales: about 230 tiles from a large photo, 8.6k from these 38.
 TRAIN_TILES = TileSettings(divisors=(1, 2, 3, 4, 6, 8), counts=(1, 8, 16, 32, 64, 96))
+# Whole files as cifake-predict sees them: the full frame squashed to 32x32 (cifake.data.decode resizes a
+# file whole, keeping no aspect ratio), then near-whole views of it, each side WHOLE_LEAST to all of the
+# photo's at a drawn position, squashed the same way. Square tiles never show the network that path: the
+# 1-epoch fine-tune on tiles alone moved the photo set's tiles and left its whole files where they were.
+WHOLE_VIEWS = 24
+WHOLE_LEAST = 0.7
+
+
+def whole_boxes(width: int, height: int, key: str, seed: int) -> list[tuple[int, tuple[int, int, int, int]]]:
+    """``(k, (left, top, right, bottom))`` of the :data:`WHOLE_VIEWS` whole views of a photo: ``k=0`` the
+    full frame, the others near-whole boxes drawn from ``seed`` and ``key`` (the photo id)."""
+    boxes = [(0, (0, 0, width, height))]
+    for k in range(1, WHOLE_VIEWS):
+        w = draw_int(f"{seed}:{key}:w{k}:w", math.ceil(WHOLE_LEAST * width), width)
+        h = draw_int(f"{seed}:{key}:w{k}:h", math.ceil(WHOLE_LEAST * height), height)
+        left, top = draw_int(f"{seed}:{key}:w{k}:x", 0, width - w), draw_int(f"{seed}:{key}:w{k}:y", 0, height - h)
+        boxes.append((k, (left, top, left + w, top + h)))
+    return boxes
 
 
 def build_train_extra(out: Path, sources: Mapping[str, Source], *, seed: int,
@@ -102,7 +124,7 @@ def build_train_extra(out: Path, sources: Mapping[str, Source], *, seed: int,
             unreviewed += [f"{pkg.name}/{pkg.folder}/{rel}" for rel in selection.unreviewed]
             jobs += [(pkg, rel) for rel in selection.kept]
         # at most every scale's tiles of every photo, each a 32x32 RGB PNG of at most 3 kB of pixels plus headers
-        tiles_at_most = len(jobs) * sum(TRAIN_TILES.counts)
+        tiles_at_most = len(jobs) * (sum(TRAIN_TILES.counts) + WHOLE_VIEWS)
         check_space(partial, bytes_on_disk([TILE_BYTES] * tiles_at_most, partial), "the training tiles", TRAIN_SETTING,
                     files=tiles_at_most)
         for pkg, rel in tqdm(jobs, desc="photos", unit="photo", mininterval=1):
@@ -112,10 +134,14 @@ def build_train_extra(out: Path, sources: Mapping[str, Source], *, seed: int,
             tiles = tile_boxes(image.width, image.height, pid, seed, TRAIN_TILES)
             for divisor, k, box in tiles:
                 cut_tile(image, box, TRAIN_TILES).save(partial / REAL_CLASS / f"{pid}_s{divisor}_{k}.png", format="PNG")
+            views = whole_boxes(image.width, image.height, pid, seed)
+            for k, box in views:
+                cut_tile(image, box, TRAIN_TILES).save(partial / REAL_CLASS / f"{pid}_w_{k}.png", format="PNG")
             photos.append({"id": pid, "package": pkg.name, "path": f"{pkg.folder}/{rel}", "sha256": file_sha256(path),
-                           "width": image.width, "height": image.height, "tiles": len(tiles)})
+                           "width": image.width, "height": image.height, "tiles": len(tiles) + len(views)})
         manifest = {
-            "builder": {"module": __name__, "version": BUILDER_VERSION, "seed": seed, "tiles": asdict(TRAIN_TILES)},
+            "builder": {"module": __name__, "version": BUILDER_VERSION, "seed": seed, "tiles": asdict(TRAIN_TILES),
+                        "whole_views": {"count": WHOLE_VIEWS, "least": WHOLE_LEAST}},
             "packages": {pkg.name: {"version": sources[pkg.name].version, "deb": sources[pkg.name].deb}
                          for pkg in TRAIN_PACKAGES},
             "photos": photos, "excluded": excluded, "unreviewed": unreviewed,
