@@ -227,3 +227,47 @@ def test_a_network_saved_before_block_loads_with_basic_blocks() -> None:
     assert upgraded["block"] == "basic"
     plain = instantiate({**upgraded, "image_size": 32})
     assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in shipped_net().parameters())
+
+
+def test_dirac_init_starts_each_convolution_as_the_identity_on_its_input_channels() -> None:
+    args = conf_args("model.net", ["model=resnet"], stem=[4], widths=[8], blocks=[1], dropout=0.0, image_size=16)
+    net = ResNet(**{**args, "dirac_init": True})
+    block = net.stages[0][1]
+    widen, keep, project = block.body[0], block.body[3], block.shortcut[0]  # 4 -> 8, 8 -> 8, 1x1 4 -> 8
+    x = torch.rand(2, 4, 16, 16)
+    torch.testing.assert_close(widen(x)[:, :4], x)  # the first in_channels filters pass their channel through
+    assert widen(x)[:, 4:].abs().sum() > 0  # the rest keep their random start
+    y = torch.rand(2, 8, 16, 16)
+    torch.testing.assert_close(keep(y), y)  # as many outputs as inputs: the whole layer passes its input
+    torch.testing.assert_close(project(x)[:, :4], x)
+    image = torch.rand(1, 3, 16, 16)
+    torch.testing.assert_close(net.stem[0][0](image)[:, :3], image)  # the stem's 3 -> 4 convolution too
+    plain = ResNet(**args)  # off (conf/'s default): the random start
+    assert not torch.allclose(plain.stages[0][1].body[3](y), y, atol=0.1)
+
+
+def test_frozen_bn_scale_keeps_every_batch_norm_scale_at_one_while_the_biases_train() -> None:
+    args = conf_args("model.net", ["model=resnet"], stem=[4], widths=[8], blocks=[1], dropout=0.0, image_size=16)
+    net = ResNet(**{**args, "frozen_bn_scale": True})
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 4 and all(not n.weight.requires_grad and torch.equal(n.weight, torch.ones_like(n.weight))
+                                   for n in norms)
+    biases = [n.bias.detach().clone() for n in norms]
+    optimizer = torch.optim.AdamW(net.parameters(), lr=0.01, weight_decay=0.1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        net(torch.rand(4, 3, 16, 16)).square().mean().backward()
+        optimizer.step()
+    assert all(torch.equal(n.weight, torch.ones_like(n.weight)) for n in norms)  # weight decay skips them too
+    assert all(not torch.equal(n.bias, before) for n, before in zip(norms, biases, strict=True))
+    assert all(n.weight.requires_grad for n in ResNet(**args).modules() if isinstance(n, torch.nn.BatchNorm2d))
+
+
+def test_a_network_saved_before_dirac_init_and_frozen_bn_scale_loads_without_them() -> None:
+    from cifake.models.resnet import upgrade_arguments
+
+    spec = OmegaConf.to_container(SHIPPED)
+    spec.pop("dirac_init")
+    spec.pop("frozen_bn_scale")
+    upgraded = upgrade_arguments(spec)
+    assert upgraded["dirac_init"] is False and upgraded["frozen_bn_scale"] is False

@@ -29,7 +29,7 @@ from tests.helpers.config import CONF_DIR
 # The compared settings of each recipe, in the documented order: network sizes and dropout,
 # learning rate, weight decay, label smoothing, batch size, augmentation, epochs, precision, seed.
 RESNET_FIRST = ["model/net/stem", "model/net/widths", "model/net/blocks", "model/net/dropout", "model/net/se",
-                "model/net/block", "model/net/expansion",
+                "model/net/block", "model/net/expansion", "model/net/dirac_init", "model/net/frozen_bn_scale",
                 "model/net/inputs", "model/net/in_channels", "model/optimizer/lr",
                 "model/optimizer/weight_decay", "model/label_smoothing", "data/batch_size", "data/shear",
                 "data/hflip", "data/translate", "data/crop", "trainer/max_epochs", "trainer/precision", "seed"]
@@ -203,8 +203,8 @@ def test_a_trained_run_opens_the_tab_on_the_compared_settings_and_final_metrics(
     # The tab's order: the compared settings as documented (a group such as model.net by name).
     net = sorted(k for k in RESNET_FIRST if k.startswith("model/net/"))
     assert shown[:len(RESNET_FIRST)] == [*net, *(k for k in RESNET_FIRST if k not in net)]
-    assert shown[:5] == ["model/net/block", "model/net/blocks", "model/net/dropout", "model/net/expansion",
-                         "model/net/in_channels"]  # the five columns the tab shows before any is ticked
+    assert shown[:5] == ["model/net/block", "model/net/blocks", "model/net/dirac_init", "model/net/dropout",
+                         "model/net/expansion"]  # the five columns the tab shows before any is ticked
     assert set(shown) == set(run_hparams(cfg)) and len(shown) == len(set(shown))
     assert not any(s.split("/")[-1] in PLUMBING or s in COPIES for s in shown)
     assert [m.name.tag for m in experiment.metric_infos][:6] == [

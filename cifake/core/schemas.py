@@ -94,6 +94,8 @@ class ResNetSchema:
     se: int = MISSING
     block: str = MISSING
     expansion: int = MISSING
+    dirac_init: bool = MISSING
+    frozen_bn_scale: bool = MISSING
     inputs: list[str] = MISSING
     in_channels: int = MISSING
     image_size: int = MISSING

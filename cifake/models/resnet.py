@@ -137,12 +137,14 @@ def upgrade_arguments(spec: dict[str, Any]) -> dict[str, Any]:
         upgraded["block"] = "basic"
     if "expansion" not in spec:
         upgraded["expansion"] = 1  # no widening: basic blocks, which every network before ``block`` had, ignore it
+    for key in ("dirac_init", "frozen_bn_scale"):  # a network from before them had neither
+        upgraded.setdefault(key, False)
     return upgraded
 
 
 TARGET = "cifake.models.resnet.ResNet"  # model.net._target_
-KEYS = ("stem", "widths", "blocks", "dropout", "se", "block", "expansion", "inputs", "in_channels",
-        "image_size")  # model.net's keys (conf/model/resnet.yaml)
+KEYS = ("stem", "widths", "blocks", "dropout", "se", "block", "expansion", "dirac_init", "frozen_bn_scale", "inputs",
+        "in_channels", "image_size")  # model.net's keys (conf/model/resnet.yaml)
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,44 @@ class ResNetBody:
     block: str
     expansion: int
     se: int
+
+
+@dataclass(frozen=True)
+class ResNetInit:
+    """How the layers start and what of them trains (airbench94's choices, both off by default):
+    ``dirac_init`` starts each convolution as the identity on its input channels (:func:`dirac_init`);
+    ``frozen_bn_scale`` fixes every batch-norm's scale at 1, so only its bias trains (:func:`freeze_bn_scale`)."""
+
+    dirac_init: bool
+    frozen_bn_scale: bool
+
+
+def dirac_init(module: nn.Module) -> None:
+    """Start every convolution of ``module`` with at least as many outputs as inputs (and no groups) as the
+    identity on its input channels: its first ``in_channels`` filters pass one input channel each through
+    (``torch.nn.init.dirac_``), the rest keep their random start, as airbench94 initialises its convolutions.
+    A residual branch then starts close to passing its input on, and training moves it from there.
+    Narrowing and grouped convolutions keep their random start: an identity there would have to drop
+    channels (``dirac_`` would zero every other weight of the layer); so do the squeeze-and-excitation gates'
+    1x1 layers, which compute a gate rather than pass the image on."""
+    gates = {id(conv) for gate in module.modules() if type(gate).__name__ == "SqueezeExcitation"
+             for conv in gate.modules()}
+    for conv in module.modules():
+        if (isinstance(conv, nn.Conv2d) and id(conv) not in gates and conv.groups == 1
+                and conv.out_channels >= conv.in_channels):
+            with torch.no_grad():
+                nn.init.dirac_(conv.weight[: conv.in_channels])
+
+
+def freeze_bn_scale(module: nn.Module) -> None:
+    """Fix every batch-norm scale (weight) of ``module`` at 1 and stop it training; its bias trains on.
+    With a ReLU after it, a scale only sets the size of what the next layer sees, which that layer's
+    weights (and its own batch-norm) set anyway: freezing it leaves fewer parameters to tune (airbench94)."""
+    for norm in module.modules():
+        if isinstance(norm, nn.BatchNorm2d) and norm.weight is not None:
+            with torch.no_grad():
+                norm.weight.fill_(1.0)
+            norm.weight.requires_grad_(False)
 
 
 class ResNet(nn.Module):
@@ -175,6 +215,8 @@ class ResNet(nn.Module):
             inverted residual, :func:`inverted_residual`).
         expansion: how many times wider an inverted block's depthwise layer is than its input (basic
             blocks ignore it).
+        dirac_init: start the stem's and stages' convolutions as identities (:func:`dirac_init`).
+        frozen_bn_scale: every batch-norm's scale fixed at 1, only its bias trains (:func:`freeze_bn_scale`).
         inputs: the views of the image the network sees, concatenated (see :class:`DetectorInputs`).
         in_channels: channels of the input images.
         image_size: side of the square input; must be divisible by ``2 ** len(widths)``.
@@ -183,7 +225,7 @@ class ResNet(nn.Module):
     def __init__(self, **settings: Any) -> None:
         super().__init__()
         values = node_values(settings, TARGET, KEYS, "model.net")
-        body = fill(ResNetBody, values)
+        body, init = fill(ResNetBody, values), fill(ResNetInit, values)
         dropout, inputs, in_channels, image_size = (values["dropout"], values["inputs"], values["in_channels"],
                                                     values["image_size"])
         stem, widths, blocks, block, expansion, se = (body.stem, body.widths, body.blocks, body.block, body.expansion,
@@ -224,6 +266,11 @@ class ResNet(nn.Module):
             stages.append(nn.Sequential(*stage))
         self.stages = nn.Sequential(*stages)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, 1))
+        if init.dirac_init:  # the learnt convolutions only: the fixed input views keep their kernels
+            dirac_init(self.stem)
+            dirac_init(self.stages)
+        if init.frozen_bn_scale:
+            freeze_bn_scale(self)
 
     @classmethod
     def from_config(cls, node: Mapping[str, Any]) -> ResNet:
