@@ -116,3 +116,14 @@ def test_max_shear_offsets_bound_every_row_offset() -> None:
     max_dy, max_dx = max_shear_offsets(0.2, 32)
     assert max_dx < 1 < max(max_shear_offsets(4.0, 32))  # the report's shear is sub-pixel
     assert max_dy < NEGLIGIBLE_ROW_OFFSET < max_shear_offsets(1.0, 32)[0]
+
+
+def test_alternating_hflip_mirrors_an_image_when_its_bit_and_the_epochs_parity_differ() -> None:
+    from cifake.data.augment import alternating_hflip
+
+    images = torch.rand(4, 3, 5, 5)
+    first = torch.tensor([True, False, True, False])
+    even, odd = alternating_hflip(images, first, 6), alternating_hflip(images, first, 7)
+    for i, mirrored_first in enumerate(first.tolist()):
+        assert torch.equal(even[i], images[i].flip(-1) if mirrored_first else images[i])
+        assert torch.equal(odd[i], images[i] if mirrored_first else images[i].flip(-1))

@@ -97,3 +97,41 @@ def test_extra_train_errors_say_what_to_give(tmp_path: Path, make: str) -> None:
     dm = make_dm(root, tmp_path, extra_train=str(extra))
     with pytest.raises(DataError, match="extra_train"):
         dm.setup("fit")
+
+
+def _mirrored(dm: CIFAKEDataModule, images: torch.Tensor, rows: torch.Tensor, epoch: int) -> torch.Tensor:
+    """Which images of the batch the training transform mirrored in ``epoch`` (no other augmentation is on)."""
+    dm.trainer = SimpleNamespace(training=True, current_epoch=epoch)
+    out = dm.on_after_batch_transfer((images, torch.zeros(len(rows)), rows), 0)[0]
+    plain = images.float() / 255
+    flipped = torch.tensor([torch.equal(o, p.flip(-1)) for o, p in zip(out, plain, strict=True)])
+    assert all(torch.equal(o, p) for o, p, f in zip(out, plain, flipped, strict=True) if not f)
+    return flipped
+
+
+def test_alternating_flips_show_every_image_once_each_way_over_two_epochs(tmp_path: Path) -> None:
+    root = make_cifake_tree(tmp_path / "d", n_per_class=20)
+    dm = make_dm(root, tmp_path, shear=0.0, hflip=0.5, hflip_mode="alternate")
+    dm.setup("fit")
+    rows = torch.from_numpy(dm.train_set.indices)
+    images = dm.train_set.__getitems__(list(range(len(rows))))[0]
+    epochs = [_mirrored(dm, images, rows, epoch) for epoch in range(4)]
+    assert torch.equal(epochs[0], ~epochs[1])  # two consecutive epochs: each image once mirrored, once not
+    assert torch.equal(epochs[0], epochs[2]) and torch.equal(epochs[1], epochs[3])
+    assert 0.25 < epochs[0].float().mean() < 0.75  # which half starts mirrored is drawn per image
+    # An image's flip follows its row, whichever batch it comes in.
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(_mirrored(dm, images[order], rows[order], 1), epochs[1][order])
+    # The default (random) draws afresh: over many epochs some image is mirrored twice in a row.
+    random = make_dm(root, tmp_path, shear=0.0, hflip=0.5)
+    random.setup("fit")
+    assert random.hparams.hflip_mode == "random"
+    draws = torch.stack([_mirrored(random, images, rows, epoch) for epoch in range(2)])
+    assert (draws[0] == draws[1]).any()
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [({"hflip_mode": "alternate", "hflip": 0.3}, "data.hflip=0.5"),
+                                                 ({"hflip_mode": "sometimes"}, "data.hflip_mode='sometimes'")])
+def test_bad_flip_settings_are_refused_by_name(kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        CIFAKEDataModule(**conf_args("data", root="x", cache_dir="y", **kwargs))

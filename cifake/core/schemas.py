@@ -41,6 +41,7 @@ class DataSchema:
     split_seed: int = MISSING
     shear: float = MISSING
     hflip: float = MISSING
+    hflip_mode: str = MISSING
     translate: int = MISSING
     translate_padding: str = MISSING
     crop: Optional[int] = MISSING  # noqa: UP045

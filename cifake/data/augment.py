@@ -117,6 +117,18 @@ def random_hflip(images: torch.Tensor, p: float = 0.5, generator: torch.Generato
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
+HFLIP_MODES = ("random", "alternate")  # what data.hflip_mode may name
+
+
+def alternating_hflip(images: torch.Tensor, first_flip: torch.Tensor, epoch: int) -> torch.Tensor:
+    """Mirror image ``i`` of a batch when ``first_flip[i]`` (a bool per image, drawn once for the whole run)
+    differs from the parity of ``epoch``: each image is mirrored on every other epoch, so two consecutive
+    epochs show it once each way (airbench94's alternating flips), where independent draws leave a quarter of
+    the images unmirrored, and another quarter mirrored, in both."""
+    flip = first_flip.to(images.device) ^ bool(epoch % 2)
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
 TRANSLATE_PADDING = ("reflect", "replicate", "zeros")
 
 

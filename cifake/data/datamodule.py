@@ -17,7 +17,9 @@ from cifake.core.errors import ConfigError, DataError
 from cifake.core.nodes import fill, node_values
 from cifake.data.archive import extract_archive, is_archive
 from cifake.data.augment import (
+    HFLIP_MODES,
     TRANSLATE_PADDING,
+    alternating_hflip,
     random_crop,
     random_hflip,
     random_shear,
@@ -94,11 +96,13 @@ class Loading:
 class Augmentation:
     """What is done to each training batch on the device: a shear of up to ``shear`` degrees, a shift of up
     to ``translate`` whole pixels (border as ``translate_padding``), a random ``crop`` (``None``: whole
-    images), a mirror with probability ``hflip``, and the degradations ``degrade``
-    (:mod:`cifake.data.training_degradations`)."""
+    images), a mirror with probability ``hflip`` drawn afresh for every batch (``hflip_mode="random"``) or, with
+    ``hflip_mode="alternate"`` (and ``hflip`` 0.5), on every other epoch for each image, and the degradations
+    ``degrade`` (:mod:`cifake.data.training_degradations`)."""
 
     shear: float
     hflip: float
+    hflip_mode: str
     translate: int
     translate_padding: str
     crop: int | None
@@ -109,7 +113,7 @@ SETTINGS = (DataSource, Decoding, Validation, Loading, Augmentation)  # the data
 # The keys as data.* declares them (conf/data/cifake.yaml), in the order every checkpoint records them
 # (datamodule_hyper_parameters).
 KEYS = ("root", "cache_dir", "classes", "train_split", "test_split", "image_size", "resample", "batch_size",
-        "eval_batch_size", "val_fraction", "validate_on", "split_seed", "shear", "hflip", "translate",
+        "eval_batch_size", "val_fraction", "validate_on", "split_seed", "shear", "hflip", "hflip_mode", "translate",
         "translate_padding", "crop", "skip_bad_files", "decode_workers", "num_workers", "on_device", "demo",
         "degrade", "extra_train")
 TARGET = "cifake.data.datamodule.CIFAKEDataModule"  # data._target_
@@ -182,6 +186,11 @@ class CIFAKEDataModule(L.LightningDataModule):
             raise ConfigError(f"data.shear is a maximum angle in degrees and must be >= 0, got {shear}")
         if not 0.0 <= hflip <= 1.0:
             raise ConfigError(f"data.hflip is the probability of a left-right flip and must lie in [0, 1], got {hflip}")
+        if augmentation.hflip_mode not in HFLIP_MODES:
+            raise ConfigError(f"data.hflip_mode={augmentation.hflip_mode!r}; choose one of {list(HFLIP_MODES)}")
+        if augmentation.hflip_mode == "alternate" and hflip != 0.5:
+            raise ConfigError(f"data.hflip_mode=alternate mirrors each training image on every other epoch, half of "
+                              f"the time, so it goes with data.hflip=0.5 (got {hflip}); set data.hflip=0.5")
         if translate < 0 or translate >= image_size:
             raise ConfigError(f"data.translate is a shift in whole pixels in [0, image_size), got {translate}")
         if translate_padding not in TRANSLATE_PADDING:
@@ -200,6 +209,7 @@ class CIFAKEDataModule(L.LightningDataModule):
         self.train_set: DecodedImages | None = None
         self.val_set: DecodedImages | None = None
         self.test_set: DecodedImages | None = None
+        self._first_flips: torch.Tensor | None = None  # data.hflip_mode=alternate: each training row's bit
 
     @classmethod
     def from_config(cls, node: Mapping[str, Any], **overrides: Any) -> CIFAKEDataModule:
@@ -401,11 +411,16 @@ class CIFAKEDataModule(L.LightningDataModule):
             return batch
         images, labels, rows = batch
         training = self.trainer is not None and self.trainer.training
-        return (self.augment(images) if training else to_unit_float(images)), labels, rows
+        if not training:
+            return to_unit_float(images), labels, rows
+        epoch = self.trainer.current_epoch if self.hparams.hflip_mode == "alternate" else 0  # only its flips need it
+        return self.augment(images, rows, epoch), labels, rows
 
-    def augment(self, images: torch.Tensor) -> torch.Tensor:
+    def augment(self, images: torch.Tensor, rows: torch.Tensor | None = None, epoch: int = 0) -> torch.Tensor:
         """The training transform of a uint8 batch, on its device: degrade (``data.degrade``), scale to
-        [0, 1], shear, shift, crop and flip, as the settings ask."""
+        [0, 1], shear, shift, crop and flip, as the settings ask. ``rows`` (the images' rows of the training
+        split) and ``epoch`` (the trainer's, a host int) decide the flips of ``data.hflip_mode=alternate``;
+        without ``rows`` (the benchmark's batches) they are drawn at random, which costs the same."""
         if is_active(self.degradations):  # on the uint8 pixels, as sharing degrades a file
             images = degrade(images, self.degradations)
         hp = self.hparams
@@ -413,4 +428,18 @@ class CIFAKEDataModule(L.LightningDataModule):
         images = random_translate(images, hp.translate, hp.translate_padding)
         if hp.crop is not None:
             images = random_crop(images, hp.crop)
+        if hp.hflip_mode == "alternate" and rows is not None:
+            return alternating_hflip(images, self.first_flips(images.device)[rows.to(images.device)], epoch)
         return random_hflip(images, hp.hflip)
+
+    def first_flips(self, device: torch.device) -> torch.Tensor:
+        """One bool per row of the training split (``data.hflip_mode=alternate``): whether the image is mirrored
+        in even epochs (and so not in odd ones). Drawn once, from ``split_seed`` rather than the run's seed, so a
+        resumed run (``ckpt_path``) mirrors each image as the run it resumes did, and kept on ``device``."""
+        if self.train_set is None:
+            raise RuntimeError("call setup('fit') before augmenting training batches")
+        if self._first_flips is None or self._first_flips.device != device:
+            generator = torch.Generator().manual_seed(self.hparams.split_seed)
+            drawn = torch.rand(len(self.train_set.split), generator=generator) < 0.5
+            self._first_flips = drawn.to(device)
+        return self._first_flips
