@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,7 +14,7 @@ from hydra.utils import instantiate
 from cifake.callbacks.whiten import PatchWhitening, first_conv, whitening_filters
 from cifake.core.errors import ConfigError
 from cifake.data.augment import to_unit_float
-from tests.helpers.config import compose_job, tiny_resnet_overrides
+from tests.helpers.config import compose_job, tiny_demo_overrides, tiny_resnet_overrides
 
 
 def smooth_images(n: int, seed: int) -> torch.Tensor:
@@ -61,7 +62,7 @@ def _fit_start(overrides: list[str], tmp_path, seed: int | None = 0,
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup("fit")
     model = instantiate(cfg.model, _convert_="all")
-    callback = PatchWhitening(images=10_000, eps=1e-9, seed=seed)
+    callback = PatchWhitening(images=10_000, eps=1e-9, seed=seed, freeze=False)
     before = first_conv(model.net).weight.detach().clone()
     callback.on_fit_start(SimpleNamespace(ckpt_path=trainer.get("ckpt_path"), datamodule=datamodule), model)
     images = to_unit_float(datamodule.train_set.__getitems__(list(range(len(datamodule.train_set))))[0])
@@ -91,7 +92,7 @@ def test_a_first_convolution_too_narrow_for_the_filters_is_a_clear_error(tmp_pat
                                                  ({"eps": 0.0}, "eps must be positive")])
 def test_bad_settings_are_refused_by_name(kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        PatchWhitening(**{"images": 64, "eps": 1e-5, "seed": 0, **kwargs})
+        PatchWhitening(**{"images": 64, "eps": 1e-5, "seed": 0, "freeze": False, **kwargs})
 
 
 def test_the_readmes_override_whitens_a_training_run(compose_cfg, caplog) -> None:
@@ -105,3 +106,38 @@ def test_the_readmes_override_whitens_a_training_run(compose_cfg, caplog) -> Non
         train_job.run(cfg)
     said = [r.getMessage() for r in caplog.records if r.name == "cifake.callbacks.whiten"]
     assert said == ["whitened the first convolution's 27 of 32 filters from 72 training images' patches"]
+
+
+class _FirstConvAtStart(L.Callback):
+    """Keeps the first convolution's weight and bias as the first training step finds them (whitened by then)."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        conv = first_conv(pl_module.net)
+        self.weight, self.bias = conv.weight.detach().clone(), conv.bias.detach().clone()
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_a_frozen_whitened_convolution_keeps_its_weight_while_its_bias_trains(tmp_path, freeze: bool) -> None:
+    cfg = compose_job("train", tmp_path, [*tiny_demo_overrides(), f"paths.cache_dir={tmp_path / 'cache'}",
+                                          "model.net.filters=[32,16,16,16]"])  # a VGG: its convolutions have biases
+    datamodule = instantiate(cfg.data, _convert_="all")
+    model = instantiate(cfg.model, _convert_="all")
+    start = _FirstConvAtStart()
+    trainer = L.Trainer(accelerator="cpu", max_steps=4, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[PatchWhitening(images=64, eps=1e-5, seed=0, freeze=freeze), start])
+    trainer.fit(model, datamodule=datamodule)
+    conv = first_conv(model.net)
+    assert conv.weight.requires_grad is not freeze and conv.bias.requires_grad
+    assert torch.equal(conv.weight, start.weight) is freeze  # unfrozen, the filters go on learning
+    assert not torch.equal(conv.bias, start.bias)
+
+
+def test_a_resumed_fit_freezes_the_checkpoints_weight_again(tmp_path) -> None:
+    """requires_grad is not saved in a checkpoint: a resumed fit freezes the weight it loads, as loaded."""
+    model, before, _ = _fit_start(["model.net.stem=[32,8]"], tmp_path, ckpt_path="last")
+    callback = PatchWhitening(images=64, eps=1e-5, seed=0, freeze=True)
+    callback.setup(SimpleNamespace(ckpt_path="last"), model, "fit")
+    callback.on_fit_start(SimpleNamespace(ckpt_path="last"), model)
+    conv = first_conv(model.net)
+    assert not conv.weight.requires_grad and torch.equal(conv.weight, before)

@@ -72,15 +72,23 @@ class PatchWhitening(L.Callback):
     A random filter's output is dominated by the image's coarse structure, which holds nearly all the pixel
     variance; with batch-norm after it, each whitened channel instead carries one frequency band at unit scale,
     the finest (where the evidence of generation is) as loud as the coarsest. The idea is airbench's whitening
-    layer (Jordan, 2024); here the filters go on learning. Channels beyond ``C * kh * kw`` keep their
-    initialisation. A resumed fit (``ckpt_path``) keeps the checkpoint's weights."""
+    layer (Jordan, 2024). With ``freeze`` false the filters go on learning; with ``freeze`` true the layer's
+    weight stays as set (airbench's fixed whitening layer) and only its bias, where it has one (``model=vgg``),
+    and the batch-norm after it train. Channels beyond ``C * kh * kw`` keep their initialisation (and, frozen,
+    stay at it). A resumed fit (``ckpt_path``) keeps the checkpoint's weights, frozen again if ``freeze``."""
 
-    def __init__(self, images: int, eps: float, seed: int | None) -> None:
+    def __init__(self, images: int, eps: float, seed: int | None, freeze: bool) -> None:
         if images < 2:
             raise ConfigError(f"callbacks.whiten.images must be at least 2, got {images}")
         if eps <= 0:
             raise ConfigError(f"callbacks.whiten.eps must be positive, got {eps}")
-        self.images, self.eps, self.seed = images, eps, seed
+        self.images, self.eps, self.seed, self.freeze = images, eps, seed, freeze
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Here, before the strategy wraps the model (DDP records which parameters take gradients) and on a
+        # resumed fit too: requires_grad is not saved in a checkpoint.
+        if stage == "fit" and self.freeze:
+            first_conv(pl_module.net).weight.requires_grad_(False)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.ckpt_path is not None:
@@ -103,5 +111,5 @@ class PatchWhitening(L.Callback):
                                     conv.kernel_size, self.eps)
         with torch.no_grad():
             conv.weight[: len(filters)] = filters.to(conv.weight)
-        log.info("whitened the first convolution's %d of %d filters from %d training images' patches",
-                 len(filters), conv.out_channels, count)
+        log.info("whitened the first convolution's %d of %d filters from %d training images' patches%s",
+                 len(filters), conv.out_channels, count, "; its weight stays fixed" if self.freeze else "")
