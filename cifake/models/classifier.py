@@ -45,21 +45,13 @@ class Optimization:
     label_smoothing: float
 
 
-@dataclass(frozen=True)
-class Execution:
-    """How the network runs: NHWC convolutions (``channels_last``: true, false or ``auto``) and
-    ``torch.compile`` (``compile``)."""
-
-    channels_last: bool | str
-    compile: bool
-
-
 class Classifier(ScoresWithTTA, L.LightningModule):
     """Real-vs-fake classifier; the logit is positive for the class with label 1 (REAL).
 
     Every setting is a plain container (as Hydra configs resolve to) and is stored with
     ``save_hyperparameters``, flat, as the ``model`` node declares it, so a checkpoint rebuilds the model on
-    its own (``Classifier(**hyper_parameters)``, :meth:`from_checkpoint`) and loads with ``torch.load(..., weights_only=True)``.
+    its own (``Classifier(**hyper_parameters)``, :meth:`from_checkpoint`) and loads with
+    ``torch.load(..., weights_only=True)``.
 
     Logged: ``train_step/loss`` every ``log_every_n_steps``; ``{train,val,test}/*`` once per epoch
     with the same names across stages (``loss``, ``acc``, ``auroc``, ``precision_fake``, ...).
@@ -69,7 +61,7 @@ class Classifier(ScoresWithTTA, L.LightningModule):
 
     - ``net``: Hydra config of the network (``_target_`` and its arguments: :mod:`cifake.models.networks`).
     - :class:`Optimization`: the optimizer, the LR scheduler and label smoothing.
-    - :class:`Execution`: NHWC layout and ``torch.compile``.
+    - ``channels_last``, ``compile``: NHWC layout and ``torch.compile`` (read from ``hparams`` where used).
     - ``classes``: class names by label (FAKE=0, REAL=1); ``image_size``: side of the square input, recorded
       for evaluation and prediction; ``num_thresholds``: bins of the logged AUROC; ``gradcam_layer``: the
       module Grad-CAM explains by default (a name such as ``net.features.1.3``).
@@ -88,7 +80,7 @@ class Classifier(ScoresWithTTA, L.LightningModule):
     def __init__(self, **settings: Any) -> None:
         super().__init__()
         values = node_values(settings, TARGET, KEYS, "model")
-        optimization, execution = fill(Optimization, values), fill(Execution, values)
+        optimization = fill(Optimization, values)
         net, classes, image_size, num_thresholds = (values["net"], values["classes"], values["image_size"],
                                                     values["num_thresholds"])
         if not 0.0 <= optimization.label_smoothing < 1.0:
