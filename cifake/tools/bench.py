@@ -317,8 +317,9 @@ def bare_eval_rate(cfg: DictConfig, steps: int, warmup: int) -> float:
 # -- (d) precision -----------------------------------------------------------------------------
 # The networks compared (--precision-nets picks among them): name -> (label, train.py overrides on top of the
 # command line's). An override of one network's keys (model.net.filters) fails on the other: pick that one alone.
-PRECISION_NETS = {"vgg": ("report VGG, batch 32", ["model=vgg", "data.batch_size=32"]),
-                  "cpu_fast": ("cpu_fast network, batch 128", ["experiment=cpu_fast"])}
+# Each row names the training batch the composed config ended with (32 and 128 unless the command line says).
+PRECISION_NETS = {"vgg": ("report VGG", ["model=vgg", "data.batch_size=32"]),
+                  "cpu_fast": ("cpu_fast network", ["experiment=cpu_fast"])}
 PRECISIONS = {"float32 NCHW": ["trainer.precision=32-true", "model.channels_last=false"],
               "float32 NHWC": ["trainer.precision=32-true", "model.channels_last=true"],
               "bf16-mixed NCHW": ["trainer.precision=bf16-mixed", "model.channels_last=false"],
@@ -340,9 +341,10 @@ def precision_rows(rows: list[str], runs_log: list[str], overrides: list[str], t
     """Section (d): the ``nets`` of ``PRECISION_NETS`` at every setting of ``PRECISIONS``, on the
     command line's device (``overrides`` start with its ``trainer.accelerator``)."""
     steps, warmup, repeats = timing.steps, timing.warmup, timing.repeats
-    for net, net_overrides in (PRECISION_NETS[name] for name in nets):
+    for label, net_overrides in (PRECISION_NETS[name] for name in nets):
         configs = {name: _compose([*net_overrides, *overrides, *extra], tmp) for name, extra in PRECISIONS.items()}
         reference = next(iter(PRECISIONS))
+        net = f"{label}, batch {configs[reference].data.batch_size}"
         for title, measure, cost in (
                 ("training", lightning_train_rate, TRAIN_MULTIPLIER * image_flops(configs[reference], training=True)),
                 ("evaluation", lightning_eval_rate, image_flops(configs[reference]))):
