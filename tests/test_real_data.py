@@ -16,9 +16,10 @@ pytestmark = [pytest.mark.real_data, pytest.mark.slow]
 # Budget and bars, from seeds 0-4 here (see the note of issue 2): after 160 batches of 32 (5,120
 # images, about 70 s on 2 cores) test accuracy was 0.67-0.83 and AUROC 0.89-0.91. Accuracy at the
 # 0.5 threshold varies more than AUROC this early (batch-norm running statistics still lag the
-# weights, so one seed leaned towards FAKE), hence a lower bar for it. On 5,120 test images
-# chance gives 0.50 +- 0.007.
+# weights, so one seed leaned towards FAKE), hence a lower bar for it. On the test subset scored (8
+# batches of 256, 2,048 images) chance gives 0.50 +- 0.011.
 FIT_BATCHES = 160
+TEST_BATCHES = 8
 MIN_TEST_ACCURACY = 0.60
 MIN_TEST_AUROC = 0.80
 
@@ -40,11 +41,12 @@ def test_default_vgg_learns_real_cifake_briefly(real_root: Path, compose_cfg, tm
     cfg = compose_cfg("train", [
         f"data.root={real_root}", f"paths.cache_dir={cache}",
         "trainer.accelerator=cpu", "trainer.max_epochs=1", f"trainer.limit_train_batches={FIT_BATCHES}",
-        "trainer.limit_val_batches=4", "trainer.limit_predict_batches=20", "trainer.enable_progress_bar=false",
+        "trainer.limit_val_batches=4", f"trainer.limit_predict_batches={TEST_BATCHES}",
+        "trainer.enable_progress_bar=false",
         "evaluate=true", "seed=0",
     ])
     report = train_job.run(cfg)["test"]
-    assert report["n"] == 20 * 256  # a fixed random subset of the test split, both classes
-    assert min(sum(row) for row in report["confusion_matrix"]) > 2000
+    assert report["n"] == TEST_BATCHES * 256  # a fixed random subset of the test split, both classes
+    assert min(sum(row) for row in report["confusion_matrix"]) > 800
     assert report["accuracy"] > MIN_TEST_ACCURACY, report
     assert report["auroc"] > MIN_TEST_AUROC, report
