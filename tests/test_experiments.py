@@ -16,16 +16,19 @@ import torch
 import yaml
 
 from tests.helpers import ROOT
-from tests.helpers.config import CONF_DIR, tiny_demo_overrides, tiny_train_overrides
+from tests.helpers.config import CONF_DIR, NO_FIGURES, tiny_demo_overrides, tiny_train_overrides
 from tests.helpers.runner import check, run_python
 
 pytestmark = pytest.mark.slow
+
+# Sweeps, search, launchers, resuming and DDP's numbers run without figures (NO_FIGURES: about 3.5 s an epoch
+# and 4.5 s an evaluation each); the run as the README types it keeps them, as shipped.
 
 
 def test_dropout_multirun_leaves_one_folder_per_job_and_a_summary(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     check(run_python(str(ROOT / "train.py"), "-m", "experiment=demo", "model.net.dropouts=0.1,0.3,0.5",
-                     *tiny_train_overrides(tmp_path), f"hydra.sweep.dir={sweep}", cwd=tmp_path))
+                     *tiny_train_overrides(tmp_path), *NO_FIGURES, f"hydra.sweep.dir={sweep}", cwd=tmp_path))
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     assert jobs == ["0", "1", "2"]
     for job in jobs:
@@ -76,7 +79,7 @@ def test_ddp_on_two_cpu_processes_trains_like_one_process_on_the_same_global_bat
     Both then visit randperm(72, seed + epoch) in global batches of 16; the two-process run gives
     each rank every other image of each global batch. The other run must differ by rounding only.
     """
-    common = [*tiny_train_overrides(tmp_path), *SAME_STEPS, "trainer=ddp", "trainer.max_epochs=2"]
+    common = [*tiny_train_overrides(tmp_path), *SAME_STEPS, *NO_FIGURES, "trainer=ddp", "trainer.max_epochs=2"]
     check(run_python(str(ROOT / "train.py"), *common, "trainer.devices=1", "data.batch_size=16",
                      f"hydra.run.dir={tmp_path / 'one'}", cwd=tmp_path))
     check(run_python(str(ROOT / "train.py"), *common, "trainer.devices=2", "data.batch_size=8",
@@ -122,7 +125,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     rest, from where its last checkpoint stood."""
     run_dir, epochs = tmp_path / "run", 3
     overrides = [*tiny_train_overrides(tmp_path), "data.demo.train_per_class=160", f"trainer.max_epochs={epochs}",
-                 f"hydra.run.dir={run_dir}"]
+                 *NO_FIGURES, f"hydra.run.dir={run_dir}"]
     last = run_dir / "checkpoints" / "last.ckpt"
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *overrides], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -162,7 +165,7 @@ def test_resuming_without_a_checkpoint_says_where_it_looked(tmp_path: Path) -> N
 def test_local_submitit_launcher_runs_a_two_job_sweep(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     check(run_python(str(ROOT / "train.py"), "-m", "hydra/launcher=local", "model.net.dropouts=0.2,0.4",
-                     *tiny_train_overrides(tmp_path), f"hydra.sweep.dir={sweep}", cwd=tmp_path))
+                     *tiny_train_overrides(tmp_path), *NO_FIGURES, f"hydra.sweep.dir={sweep}", cwd=tmp_path))
     for job in ("0", "1"):
         assert (sweep / job / "results.json").is_file()
     assert len(list(csv.DictReader((sweep / "summary.csv").open()))) == 2
@@ -181,8 +184,8 @@ def test_slurm_launcher_config_composes(compose_cfg) -> None:
 def test_optuna_search_runs_trials_and_writes_the_best_parameters(tmp_path: Path) -> None:
     sweep = tmp_path / "search"
     check(run_python(str(ROOT / "train.py"), "hparams_search=optuna", "experiment=demo",
-                     *tiny_train_overrides(tmp_path), "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}",
-                     cwd=tmp_path))
+                     *tiny_train_overrides(tmp_path), *NO_FIGURES, "hydra.sweeper.n_trials=3",
+                     f"hydra.sweep.dir={sweep}", cwd=tmp_path))
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert set(best["best_params"]) == {"model.net.dropouts", "model.optimizer.lr"}
     assert 0.0 <= best["best_params"]["model.net.dropouts"] <= 0.6

@@ -80,6 +80,14 @@ def tiny_demo_overrides(train_per_class: int = 48, test_per_class: int = 24) -> 
     ]
 
 
+# No figures: the dashboards' per-epoch figures (curves, prediction grid, Grad-CAM) and the evaluation's report
+# figures, for tests whose point is elsewhere (caches, locks, sweeps, resuming, DDP's numbers). They cost about 3.5 s
+# an epoch and 4.5 s an evaluation of a tiny run on a loaded 2-core machine; the figures have tests of their own
+# (test_dashboards.py, test_plots.py, test_callbacks.py).
+NO_FIGURES = ["callbacks.curves=null", "callbacks.prediction_grid=null", "callbacks.gradcam=null",
+              "report.figures=false"]
+
+
 def tiny_resnet_overrides() -> list[str]:
     """:func:`tiny_demo_overrides` with the small ResNet (:data:`RESNET`) instead of the tiny VGG."""
     return [o for o in tiny_demo_overrides() if not o.startswith("model.net.")] + RESNET
