@@ -18,7 +18,7 @@ from cifake.jobs import export as export_job
 from cifake.jobs import train as train_job
 from cifake.scoring import open_scorer
 from cifake.scoring.scorer import with_temperature
-from tests.helpers.config import compose_job, tiny_demo_overrides
+from tests.helpers.config import NO_FIGURES, compose_job, tiny_demo_overrides
 
 
 def synthetic(temperature: float, n: int = 40_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -73,7 +73,9 @@ def test_train_fits_stores_and_every_scorer_applies_the_temperature(compose_cfg,
 
     scored, original = [], workflow.score_split
     monkeypatch.setattr(workflow, "score_split", lambda *a, **k: (scored.append(a[2]), original(*a, **k))[1])
-    cfg = compose_cfg("train", [*tiny_demo_overrides(), "trainer.max_epochs=2", "model.label_smoothing=0.2",
+    # NO_FIGURES: the temperature lives in the numbers; the figures cost ~11 s of this fit and evaluation.
+    cfg = compose_cfg("train", [*tiny_demo_overrides(), *NO_FIGURES, "trainer.max_epochs=2",
+                                "model.label_smoothing=0.2",
                                 "calibration.temperature=auto", "unsure_precision=0.75", "evaluate=true"])
     metrics = train_job.run(cfg)
     assert scored == ["validate", "test"]  # one validation pass serves the temperature and the band
@@ -111,7 +113,7 @@ def test_train_fits_stores_and_every_scorer_applies_the_temperature(compose_cfg,
 
     # evaluate.py finds the temperature with the weights and reports the same figures.
     data = [o for o in tiny_demo_overrides() if o.startswith(("data", "trainer.accelerator"))]
-    again = evaluate_job.run(compose_cfg("evaluate", [*data, f"ckpt_path={best}",
+    again = evaluate_job.run(compose_cfg("evaluate", [*data, f"ckpt_path={best}", "report.figures=false",
                                                       f"paths.output_dir={tmp_path / 'ev'}"]))
     assert again["temperature"]["value"] == pytest.approx(temperature)
     assert again["accuracy"] == report["accuracy"] and again["ece"] == pytest.approx(report["ece"], abs=1e-6)
