@@ -21,7 +21,7 @@ from cifake.jobs import export as export_job
 from cifake.jobs import predict as predict_job
 from cifake.jobs import train as train_job
 from cifake.scoring import open_scorer
-from tests.helpers.config import compose_job, tiny_demo_overrides
+from tests.helpers.config import NO_FIGURES, compose_job, tiny_demo_overrides
 from tests.helpers.models import tiny_onnx
 from tests.helpers.outputs import read_csv
 
@@ -77,7 +77,8 @@ def test_predict_answers_unsure_inside_the_band(tmp_path: Path) -> None:
 
 
 def test_train_stores_the_band_and_evaluate_and_export_use_it(compose_cfg, tmp_path: Path) -> None:
-    cfg = compose_cfg("train", [*tiny_demo_overrides(), "trainer.max_epochs=2", "unsure_precision=0.75",
+    # NO_FIGURES: the band lives in the numbers; the figures cost ~11 s of this fit and evaluation.
+    cfg = compose_cfg("train", [*tiny_demo_overrides(), *NO_FIGURES, "trainer.max_epochs=2", "unsure_precision=0.75",
                                 "evaluate=true", "robustness=true"])
     metrics = train_job.run(cfg)
     best = Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt"
@@ -99,10 +100,11 @@ def test_train_stores_the_band_and_evaluate_and_export_use_it(compose_cfg, tmp_p
     assert trained["jpeg"] == trained["blur"] == "no"  # this recipe trains without degradations
 
     data = [o for o in tiny_demo_overrides() if o.startswith(("data", "trainer.accelerator"))]
-    again = evaluate_job.run(compose_cfg("evaluate", [*data, f"ckpt_path={best}",
+    again = evaluate_job.run(compose_cfg("evaluate", [*data, f"ckpt_path={best}", "report.figures=false",
                                                       f"paths.output_dir={tmp_path / 'ev'}"]))
     assert again["unsure"]["band"] == pytest.approx(band)
     off = evaluate_job.run(compose_cfg("evaluate", [*data, f"ckpt_path={best}", "unsure_band=null",
+                                                    "report.figures=false",
                                                     f"paths.output_dir={tmp_path / 'ev_off'}"]))
     assert "unsure" not in off
     terms = export_job.run(compose_job("export", tmp_path / "export", [f"ckpt_path={best}"]))
