@@ -13,7 +13,7 @@ from cifake.data import cache as cache_mod
 from cifake.data.cache import load_or_decode
 from cifake.data.scan import scan_split
 from tests.helpers import ROOT
-from tests.helpers.config import tiny_demo_overrides
+from tests.helpers.config import NO_FIGURES, tiny_demo_overrides
 from tests.helpers.images import write_image
 
 CLASSES = ("FAKE", "REAL")
@@ -269,7 +269,9 @@ def test_train_rebuilds_a_damaged_cache_and_its_numbers_equal_a_clean_run(tmp_pa
     root = ROOT
 
     def train(run: str) -> tuple[dict, str]:
-        proc = subprocess.run([sys.executable, str(root / "train.py"), *tiny_demo_overrides(), "trainer.max_epochs=1",
+        # NO_FIGURES: the cache and the numbers are compared; the figures cost ~3.5 s of each of the three runs.
+        proc = subprocess.run([sys.executable, str(root / "train.py"), *tiny_demo_overrides(), *NO_FIGURES,
+                               "trainer.max_epochs=1",
                                f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / run}"],
                               cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
