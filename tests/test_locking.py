@@ -20,7 +20,7 @@ from filelock import FileLock
 
 from cifake.data.archive import extraction_folder
 from tests.helpers import ROOT
-from tests.helpers.config import tiny_demo_overrides
+from tests.helpers.config import NO_FIGURES, tiny_demo_overrides
 from tests.helpers.images import make_cifake_tree
 
 WAITING = "Waiting for another process that is"
@@ -44,6 +44,8 @@ def train_together(tmp_path: Path, overrides: list[str], hold: Path | list[Path]
     through ``CIFAKE_CACHE_DIR``; ``per_run``: each one's own overrides) and return what each printed,
     once both exited 0.
 
+    The runs draw no figures (NO_FIGURES): the caches are the point, and two runs' figures cost ~7 s an epoch
+    and ~9 s an evaluation of these two cores.
     With ``hold``, this process holds those locks until both runs say they wait for one, so that they
     reach it together however their start-up times differ, then lets go of all at once: the two race
     for it (one lock), or build side by side (a lock each)."""
@@ -59,7 +61,8 @@ def train_together(tmp_path: Path, overrides: list[str], hold: Path | list[Path]
         for i, (log, own) in enumerate(zip(logs, per_run, strict=True), 1):
             with log.open("w") as out:
                 procs.append(subprocess.Popen(
-                    [sys.executable, str(ROOT / "train.py"), *overrides, *own, f"hydra.run.dir={tmp_path / f'run{i}'}"],
+                    [sys.executable, str(ROOT / "train.py"), *overrides, *own, *NO_FIGURES,
+                     f"hydra.run.dir={tmp_path / f'run{i}'}"],
                     cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT))
         if locks:
             deadline = time.monotonic() + 300
@@ -161,8 +164,8 @@ def two_sizes_on_one_root(tmp_path: Path, root: Path, settings: list[str]) -> No
     assert all((v / "images.npy").is_file() for v in versions)  # neither run pruned the other's version
     assert not list(cache.rglob("*.partial"))
     third = subprocess.run([sys.executable, str(ROOT / "train.py"), f"data.root={root}", *settings, *SIZES[0],
-                            f"hydra.run.dir={tmp_path / 'run3'}"], cwd=tmp_path, capture_output=True, text=True,
-                           env={**os.environ, "CIFAKE_CACHE_DIR": str(cache)}, timeout=400)
+                            *NO_FIGURES, f"hydra.run.dir={tmp_path / 'run3'}"], cwd=tmp_path, capture_output=True,
+                           text=True, env={**os.environ, "CIFAKE_CACHE_DIR": str(cache)}, timeout=400)
     assert third.returncode == 0 and not DECODED.search(third.stdout + third.stderr), third.stderr[-3000:]
     assert f"Reusing the decoded train cache {versions[0]}" in third.stdout + third.stderr
     assert all((v / "images.npy").is_file() for v in versions)
