@@ -21,7 +21,7 @@ from cifake.data.archive import extract_archive
 from cifake.data.cache import load_or_decode
 from cifake.data.scan import scan_split
 from tests.helpers import ROOT
-from tests.helpers.config import tiny_demo_overrides
+from tests.helpers.config import NO_FIGURES, tiny_demo_overrides
 from tests.helpers.images import make_cifake_tree
 from tests.helpers.runner import one_error_line, script_env
 from tests.tmpfs import mounted
@@ -144,7 +144,8 @@ def test_the_entry_point_reports_no_room_as_one_line(compose_cfg, tmp_path, monk
 
 def _train(tmp_path: Path, cache: Path, run: str) -> subprocess.CompletedProcess:
     # The demo images go to a large folder; only the decoded cache goes to `cache`.
-    overrides = [*tiny_demo_overrides(), "trainer.max_epochs=1", f"data.root={tmp_path / 'demo'}",
+    # NO_FIGURES: the decoded cache is what fills the disk; the figures cost ~3.5 s a run.
+    overrides = [*tiny_demo_overrides(), *NO_FIGURES, "trainer.max_epochs=1", f"data.root={tmp_path / 'demo'}",
                  f"paths.cache_dir={cache}", f"hydra.run.dir={tmp_path / run}"]
     return subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], cwd=tmp_path, capture_output=True,
                           text=True, timeout=300)
@@ -192,7 +193,8 @@ def test_a_disk_that_fills_while_a_checkpoint_is_written_is_one_line_and_the_che
 
     # best.ckpt and last.ckpt of this net take ~290 KiB each: epoch 1's fit in 700 KiB, a third file (epoch 2's,
     # written beside the one it replaces) does not. torch's writer fails with its own error while handling ENOSPC.
-    proc = _train_with_a_small(tmp_path, "checkpoints", "700k", "trainer.max_epochs=2")
+    # NO_FIGURES: the checkpoints fill this disk, not the figures (~3.5 s an epoch).
+    proc = _train_with_a_small(tmp_path, "checkpoints", "700k", "trainer.max_epochs=2", *NO_FIGURES)
     one_error_line(proc, "no space left on the disk", "hydra.run.dir")
     left = tmp_path / "left"
     assert sorted(p.name for p in left.iterdir()) == ["best.ckpt", "last.ckpt"]  # no partial file
