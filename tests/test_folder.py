@@ -12,16 +12,17 @@ import pytest
 from PIL import Image
 
 from cifake.scoring.network import SCOPE_KEY, read_checkpoint
-from tests.helpers.config import tiny_train_overrides
+from tests.helpers.config import NO_FIGURES, tiny_train_overrides
 from tests.helpers.runner import check, one_error_line, run_script
 
 
 @pytest.fixture(scope="module")
 def scoped_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny demo run with its out-of-scope score fitted and stored, evaluated on its test split."""
+    """A tiny demo run with its out-of-scope score fitted and stored, evaluated on its test split (its numbers:
+    no figures, which cost ~8 s here)."""
     tmp = tmp_path_factory.mktemp("scoped")
     check(run_script("train.py", tmp, *tiny_train_overrides(tmp, "evaluate=true", "out_of_scope_fit.method=mahalanobis",
-                                                             "out_of_scope_fit.flagged=0.1")))
+                                                             "out_of_scope_fit.flagged=0.1", *NO_FIGURES)))
     return tmp
 
 
@@ -95,7 +96,7 @@ def test_init_from_starts_a_fit_from_the_weights_and_refuses_another_network(sco
                                                                             tmp_path: Path) -> None:
     ckpt = scoped_run / "run" / "checkpoints" / "best.ckpt"
     proc = check(run_script("train.py", tmp_path, *tiny_train_overrides(tmp_path, f"init_from={ckpt}",
-                                                                      "trainer.limit_train_batches=1")))
+                                                                      "trainer.limit_train_batches=1", *NO_FIGURES)))
     assert "Network weights loaded from" in proc.stdout + proc.stderr
     one_error_line(run_script("train.py", tmp_path, *tiny_train_overrides(tmp_path, f"init_from={ckpt}",
                                                                         "model.net.dense=[24]"),
