@@ -9,7 +9,7 @@ import pytest
 
 from cifake.data.scan import scan_split
 from cifake.jobs import train as train_job
-from tests.helpers.config import real_cifake_root
+from tests.helpers.config import NO_FIGURES, real_cifake_root
 
 pytestmark = [pytest.mark.real_data, pytest.mark.slow]
 
@@ -43,7 +43,7 @@ def test_default_vgg_learns_real_cifake_briefly(real_root: Path, compose_cfg, tm
         "trainer.accelerator=cpu", "trainer.max_epochs=1", f"trainer.limit_train_batches={FIT_BATCHES}",
         "trainer.limit_val_batches=4", f"trainer.limit_predict_batches={TEST_BATCHES}",
         "trainer.enable_progress_bar=false",
-        "evaluate=true", "seed=0",
+        "evaluate=true", "seed=0", *NO_FIGURES,  # the figures are tested on generated data (test_dashboards.py)
     ])
     report = train_job.run(cfg)["test"]
     assert report["n"] == TEST_BATCHES * 256  # a fixed random subset of the test split, both classes
