@@ -67,6 +67,7 @@ SECONDS = {
     "test_cache.py::test_train_rebuilds_a_damaged_cache_and_its_numbers_equal_a_clean_run": 47,
     "test_preemption.py::test_a_run_stopped_mid_epoch_by_sigterm_then_sigusr1_ends_where_an_unstopped_one_does": 90,
     "test_weights.py::test_cards_say_what_the_model_was_trained_on_from_the_run": 61,
+    "test_ema.py::test_the_averaged_weights_validate_as_well_as_the_raw_ones_after_the_first_epoch": 25,
     "test_scoring.py": 32,
     "test_wheel.py": 28,
     "test_serve_fuzz.py": 12,
