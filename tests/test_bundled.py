@@ -1,5 +1,5 @@
 """The model that ships with the package (cifake/bundled/): the files are the ones its card describes,
-every job takes it when no ckpt_path is given and says so, and on real CIFAKE it reproduces its card."""
+every job takes it when no ckpt_path is given and says so, and on real CIFAKE it scores as its card says."""
 
 from __future__ import annotations
 
@@ -68,14 +68,33 @@ def test_predict_without_ckpt_path_answers_with_the_bundled_model(tmp_path: Path
     assert len(verdicts) == 1 and "OUT_OF_SCOPE" in verdicts[0], output[-2000:]
 
 
-def test_the_bundled_model_reproduces_its_card_on_real_cifake(tmp_path: Path) -> None:
+# The card's figures are for the whole test split (20,000 images, flip TTA: about 3 minutes on one core, the
+# card's own command, docs/model_card.md). CI scores a fixed sample of it instead: the first 8 batches of 256 of
+# the test split's fixed shuffled order (2,048 images, both classes), whose figures were recorded with
+# `python evaluate.py data.root=<CIFAKE> tta.mode=flip tta.shift=1 tta.padding=reflect scoring.precision=32-true
+# trainer.limit_predict_batches=8` (AMD EPYC family 25 model 1, 2026-12-07; the same command without the limit
+# gave the card's 0.9715 and 0.9964). Recorded again whenever the bundled model changes (its sha256 is in the card).
+SAMPLE_BATCHES = 8
+SAMPLE_CONFUSION = [[1001, 38], [20, 989]]
+SAMPLE_AUROC = 0.99740
+
+
+def test_the_bundled_model_scores_real_cifake_as_its_card_says(tmp_path: Path) -> None:
     root = real_cifake_root()
     card = read_card_metrics(CARD.read_text())
     tta = config()["tta"]
     report = evaluate_job.run(compose_job("evaluate", tmp_path / "ev", [
         f"data.root={root}", f"tta.mode={tta['mode']}", f"tta.shift={tta['shift']}", f"tta.padding={tta['padding']}",
-        "report.figures=false", "scoring.precision=32-true"]))
-    assert report["n"] == 20_000
-    # float32 kernels differ a little between CPUs: a few images near the threshold may move.
-    assert report["accuracy"] == pytest.approx(card["accuracy"], abs=0.0005)
-    assert report["auroc"] == pytest.approx(card["auroc"], abs=0.0002)
+        "report.figures=false", "scoring.precision=32-true", f"trainer.limit_predict_batches={SAMPLE_BATCHES}"]))
+    n = SAMPLE_BATCHES * 256
+    assert report["n"] == n
+    # The sample's answers as recorded: float32 kernels differ a little between CPUs, so an image or two near the
+    # threshold may move, no more.
+    moved = np.abs(np.array(report["confusion_matrix"]) - np.array(SAMPLE_CONFUSION)).sum() // 2
+    assert moved <= 2, report["confusion_matrix"]
+    assert report["auroc"] == pytest.approx(SAMPLE_AUROC, abs=0.0003)
+    # And the card describes this model: the sample's accuracy is the card's within four standard errors of a
+    # 2,048-image sample (about 0.015), its AUROC within 0.005.
+    spread = 4 * np.sqrt(card["accuracy"] * (1 - card["accuracy"]) / n)
+    assert abs(report["accuracy"] - card["accuracy"]) <= spread, (report["accuracy"], card["accuracy"])
+    assert abs(report["auroc"] - card["auroc"]) <= 0.005
