@@ -81,6 +81,7 @@ class ScoredBy:
     tta: Mapping[str, Any]
     temperature: float | None
     compute: Mapping[str, Any] | None
+    split: str  # the split scored: test, or validation (scored_split)
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,7 @@ def write_report(pred: Predictions, threshold: float, out_dir: Path, settings: R
     classes, computed, temperature = scored.classes, scored.computed, scored.temperature
     unsure, answers, exclude = findings.unsure, findings.answers, findings.exclude
     report = binary_report(torch.from_numpy(pred.p_real), torch.from_numpy(pred.labels), threshold, tuple(classes))
+    report["split"] = split = scored.split
     report["tta"] = dict(scored.tta) if scored.tta else {"mode": "none"}
     report["scoring"] = dict(computed)
     if scored.compute is not None:
@@ -239,33 +241,35 @@ def write_report(pred: Predictions, threshold: float, out_dir: Path, settings: R
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     write_predictions_csv(out_dir / "predictions.csv", pred, classes, threshold)
     for lg in loggers:
-        lg.log_metrics(report_scalars(report), step=step)
+        lg.log_metrics(report_scalars(report, f"{split}/"), step=step)
     written = ["metrics.json", "predictions.csv"]
     if settings.figures:
         writers = tensorboard_writers(loggers)
-        figures = curve_figures(pred, report["confusion_matrix"], classes, "test")
+        figures = curve_figures(pred, report["confusion_matrix"], classes, split)
         figures["reliability"] = reliability_figure(bins.edges, bins.count, bins.confidence, bins.accuracy, bins.ece,
                                                     before=before)
-        figures.update(example_figures(pred, classes, threshold, settings, "test", findings.explained))
+        figures.update(example_figures(pred, classes, threshold, settings, split, findings.explained))
         # The counts travel inside the PNG too, so a figure can be checked against metrics.json.
         counts = {"confusion_matrix": {"confusion_matrix": json.dumps(report["confusion_matrix"])}}
-        written += [p.name for p in write_figures(figures, out_dir, writers, step, metadata=counts)]
-        log_pr_curve(writers, "test/pr_curve", pred, step)
+        written += [p.name for p in write_figures(figures, out_dir, writers, step, prefix=split, metadata=counts)]
+        log_pr_curve(writers, f"{split}/pr_curve", pred, step)
         if findings.extra_figures:
             written += [p.name for p in write_figures(findings.extra_figures, out_dir, writers, step,
                                                       prefix=findings.extra_prefix)]
-    log.info("Test split, %s (%s on %s):\n%s\nWritten to %s: %s", scored.source, computed["precision"],
-             computed["device"], format_report(report, tuple(classes)), out_dir, ", ".join(written))
+    log.info("%s split, %s (%s on %s):\n%s\nWritten to %s: %s", split.capitalize(), scored.source,
+             computed["precision"], computed["device"], format_report(report, tuple(classes)), out_dir,
+             ", ".join(written))
     return report
 
 
-def write_robustness_report(rows: list[dict[str, Any]], out_dir: Path, loggers: list, step: int) -> None:
-    """``robustness.csv``, ``robustness.md`` and ``robustness.png`` (also in TensorBoard) of the
-    rows :func:`cifake.analysis.robustness.robustness_table` computed."""
+def write_robustness_report(rows: list[dict[str, Any]], out_dir: Path, loggers: list, step: int,
+                            split: str) -> None:
+    """``robustness.csv``, ``robustness.md`` and ``robustness.png`` (also in TensorBoard, under ``<split>/``) of
+    the rows :func:`cifake.analysis.robustness.robustness_table` computed on ``split``."""
     write_robustness(rows, out_dir)
     writers = tensorboard_writers(loggers)
-    write_figures({"robustness": robustness_figure(rows)}, out_dir, writers, step)
+    write_figures({"robustness": robustness_figure(rows)}, out_dir, writers, step, prefix=split)
     table = robustness_markdown(rows)
     for writer in writers:  # the table itself, under TensorBoard's Text tab
-        writer.add_text("test/robustness", table, global_step=step)
-    log.info("Robustness (test split):\n%s", table)
+        writer.add_text(f"{split}/robustness", table, global_step=step)
+    log.info("Robustness (%s split):\n%s", split, table)

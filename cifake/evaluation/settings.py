@@ -21,6 +21,7 @@ from cifake.scoring.scorer import Scorer, check_band, check_threshold, parse_ban
 
 Limit = int | float | None  # trainer.limit_predict_batches: a share of the batches, a number of them, or all
 UNSURE_CONDITIONS = ("clean", "trained")
+SCORED_SPLITS = ("test", "validation")  # what scored_split names; score_split calls them test and validate
 
 
 def _plain(value: Any) -> Any:
@@ -72,8 +73,8 @@ class EvaluationSettings:
     (conf/scoring/default.yaml). ``unsure_band``: ``"auto"`` (the model's own), ``None`` or ``(low, high)``
     around ``threshold`` (evaluate.py's ``unsure_band``; train.py has none: its band is chosen on validation).
     ``temperature`` (``calibration.temperature``): ``None``, ``"auto"`` or a number. ``unsure_precision``,
-    ``unsure_conditions``, ``scope_fit``, ``exclude_leaks``, ``leak_near_distance``, ``robustness``:
-    conf/evaluation/default.yaml. ``threshold_choice``: evaluate.py's, ``None`` when no method is set.
+    ``unsure_conditions``, ``scope_fit``, ``scored_split``, ``exclude_leaks``, ``leak_near_distance``,
+    ``robustness``: conf/evaluation/default.yaml. ``threshold_choice``: evaluate.py's, ``None`` when no method is set.
     ``limit``: ``trainer.limit_predict_batches``. ``report``: conf/report/default.yaml.
     """
 
@@ -86,6 +87,7 @@ class EvaluationSettings:
     unsure_precision: float | None
     unsure_conditions: str
     scope_fit: ScopeFit
+    scored_split: str
     exclude_leaks: bool
     leak_near_distance: int | None
     robustness: bool
@@ -108,6 +110,12 @@ class EvaluationSettings:
                 temperature = float(temperature)
             except (TypeError, ValueError):
                 raise ConfigError(f"calibration.temperature={temperature!r}; use null, auto or a number > 0") from None
+        scored_split = str(cfg["scored_split"])
+        if scored_split not in SCORED_SPLITS:
+            raise ConfigError(f"scored_split={scored_split!r}; choose one of {list(SCORED_SPLITS)}")
+        if scored_split != "test" and cfg["exclude_leaks"]:
+            raise ConfigError(f"exclude_leaks=true leaves out the test images that leak from train, and "
+                              f"scored_split={scored_split} scores no test image: drop one of them")
         conditions = str(cfg["unsure_conditions"])
         if conditions not in UNSURE_CONDITIONS:
             raise ConfigError(f"unsure_conditions={conditions!r}; choose one of {list(UNSURE_CONDITIONS)}")
@@ -119,6 +127,7 @@ class EvaluationSettings:
                    out_of_scope=_plain(cfg["out_of_scope"]), unsure_band=band, temperature=temperature,
                    unsure_precision=None if unsure_precision is None else float(unsure_precision),
                    unsure_conditions=conditions, scope_fit=ScopeFit.from_config(cfg["out_of_scope_fit"]),
+                   scored_split=scored_split,
                    exclude_leaks=bool(cfg["exclude_leaks"]), leak_near_distance=cfg["leak_near_distance"],
                    robustness=bool(cfg["robustness"]),
                    threshold_choice=None if choice is None or not choice["method"] else ThresholdChoice(

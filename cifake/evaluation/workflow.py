@@ -254,17 +254,18 @@ def evaluate_model(scorer: Scorer, datamodule: CIFAKEDataModule, settings: Evalu
     scorer.check_image_size(datamodule.hparams.image_size)
     if settings.threshold_choice is not None:
         threshold = threshold_on_validation(scorer, datamodule, settings.threshold_choice, limit)
-    pred = score_split(scorer, datamodule, "test", limit)
+    split = settings.scored_split
+    pred = score_split(scorer, datamodule, "validate" if split == "validation" else "test", limit)
     explained, extra = None, None
     if report_settings.figures:
         explained = explain(scorer, pred, threshold, report_settings)
         extra = forest_figures(scorer, datamodule, pred) if scorer.kind == "forest" else None
     unsure = unsure_report(pred.p_real, pred.labels, band) if band is not None else None
-    scope = scorer.out_of_scope(pred.images, datamodule.eval_batch, progress="Out of scope (test)")
+    scope = scorer.out_of_scope(pred.images, datamodule.eval_batch, progress=f"Out of scope ({split})")
     answers = answers_report(pred.p_real, pred.labels, scorer.classes, threshold, band, scope, scorer.scope_threshold)
     scored = ScoredBy(source=scorer.source, classes=tuple(scorer.classes), computed=scorer.computed,
                       tta=dict(scorer.tta), temperature=scorer.temperature,
-                      compute=compute_record(scorer, len(pred.labels)))
+                      compute=compute_record(scorer, len(pred.labels)), split=split)
     findings = Findings(explained=explained, extra_figures=extra, exclude=exclude, unsure=unsure, answers=answers)
     report = write_report(pred, threshold, out_dir, report_settings, loggers, step, scored, findings)
     if settings.robustness:
@@ -272,5 +273,5 @@ def evaluate_model(scorer: Scorer, datamodule: CIFAKEDataModule, settings: Evalu
                                 band=band)
         for row in rows:
             row["trained"] = trained_with(row["perturbation"], row["strength"], scorer.training)
-        write_robustness_report(rows, out_dir, loggers, step)
+        write_robustness_report(rows, out_dir, loggers, step, split)
     return report

@@ -49,7 +49,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     scorer = resolve_scope(settings.out_of_scope, scorer)
     report = evaluate_run(scorer, datamodule, settings, Path(cfg.paths.output_dir), loggers, band=band)
     params = {"ckpt_path": ckpt_path, "threshold": settings.threshold, **run_hparams(cfg, keys=("data", "seed"))}
-    log_hparams(loggers, params, report_scalars(report))
+    log_hparams(loggers, params, report_scalars(report, f"{report['split']}/"))
     for lg in loggers:
         lg.finalize("success")
     return report

@@ -40,6 +40,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True)
     silence_known_warnings()
     settings = EvaluationSettings.from_config(cfg)  # checked before anything trains
+    if settings.scored_split != "test":  # its results.json and dashboards hold the test report
+        raise ConfigError(f"scored_split={settings.scored_split} is for evaluate.py: train.py evaluate=true scores the "
+                          "test split; score the validation split with python evaluate.py "
+                          "ckpt_path=<run>/checkpoints/best.ckpt scored_split=validation")
     out = Path(cfg.paths.output_dir)
     datamodule = CIFAKEDataModule.from_config(cfg.data)
     model: L.LightningModule | ForestClassifier = instantiate(cfg.model, _convert_="all")
