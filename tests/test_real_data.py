@@ -13,15 +13,18 @@ from tests.helpers.config import NO_FIGURES, real_cifake_root
 
 pytestmark = [pytest.mark.real_data, pytest.mark.slow]
 
-# Budget and bars, from seeds 0-4 here (see the note of issue 2): after 160 batches of 32 (5,120
-# images, about 70 s on 2 cores) test accuracy was 0.67-0.83 and AUROC 0.89-0.91. Accuracy at the
-# 0.5 threshold varies more than AUROC this early (batch-norm running statistics still lag the
-# weights, so one seed leaned towards FAKE), hence a lower bar for it. On the test subset scored (8
-# batches of 256, 2,048 images) chance gives 0.50 +- 0.011.
+# Budget and bars, from this test's config with seed=0..4 (2026-12-07, AMD EPYC family 25 model 1, float32,
+# beside other jobs): after 160 batches of 32 (5,120 images) the ResNet of conf/model/resnet.yaml scored test
+# accuracy 0.806-0.870 and AUROC 0.929-0.944 on the subset below. It is the network of the CPU recipes and of
+# the bundled model, at a fifth of the default VGG's compute per image (108 against 598 MFLOPs in Lightning's
+# model summary): the VGG took ~4 minutes of CI for 0.67-0.83 / 0.89-0.91 here, and learns on generated data
+# in its own tests. On the test subset scored (8 batches of 256, 2,048 images) chance gives 0.50 +- 0.011;
+# accuracy at the 0.5 threshold varies more than AUROC this early (batch-norm running statistics still lag
+# the weights), hence its lower bar.
 FIT_BATCHES = 160
 TEST_BATCHES = 8
-MIN_TEST_ACCURACY = 0.60
-MIN_TEST_AUROC = 0.80
+MIN_TEST_ACCURACY = 0.70
+MIN_TEST_AUROC = 0.88
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +39,10 @@ def test_real_layout_and_labels(real_root: Path) -> None:
         assert listing.files[0].startswith(f"{split}/FAKE/") and listing.files[-1].startswith(f"{split}/REAL/")
 
 
-def test_default_vgg_learns_real_cifake_briefly(real_root: Path, compose_cfg, tmp_path: Path) -> None:
+def test_the_resnet_learns_real_cifake_briefly(real_root: Path, compose_cfg, tmp_path: Path) -> None:
     cache = os.environ.get("CIFAKE_CACHE_DIR", str(tmp_path / "cache"))  # .ci/run shares one cache
     cfg = compose_cfg("train", [
-        f"data.root={real_root}", f"paths.cache_dir={cache}",
+        f"data.root={real_root}", f"paths.cache_dir={cache}", "model=resnet",
         "trainer.accelerator=cpu", "trainer.max_epochs=1", f"trainer.limit_train_batches={FIT_BATCHES}",
         "trainer.limit_val_batches=4", f"trainer.limit_predict_batches={TEST_BATCHES}",
         "trainer.enable_progress_bar=false",
