@@ -6,6 +6,7 @@ processes, nothing mocked."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -151,9 +152,12 @@ SIZES = (["data.image_size=16"], ["data.image_size=32"])
 DECODED = re.compile(r"Decoding \d+ train images")
 
 
-def two_sizes_on_one_root(tmp_path: Path, root: Path, settings: list[str]) -> None:
+def two_sizes_on_one_root(tmp_path: Path, root: Path, settings: list[str], caplog: pytest.LogCaptureFixture) -> None:
     """Two ``train.py`` runs on ``root`` at image sizes 16 and 32, both reaching their decode at once;
     both exit 0, each decodes its own version once, and both versions stay; a third run rebuilds nothing."""
+    from cifake.jobs import train as train_job
+    from tests.helpers.config import compose_config
+
     cache = tmp_path / "cache"
     versions = [decoded_version(root, "train", size, cache) for size in (16, 32)]
     outputs = train_together(tmp_path, [f"data.root={root}", *settings], per_run=SIZES,
@@ -163,30 +167,33 @@ def two_sizes_on_one_root(tmp_path: Path, root: Path, settings: list[str]) -> No
         assert "Reusing the decoded" not in out and "is damaged" not in out
     assert all((v / "images.npy").is_file() for v in versions)  # neither run pruned the other's version
     assert not list(cache.rglob("*.partial"))
-    third = subprocess.run([sys.executable, str(ROOT / "train.py"), f"data.root={root}", *settings, *SIZES[0],
-                            *NO_FIGURES, f"hydra.run.dir={tmp_path / 'run3'}"], cwd=tmp_path, capture_output=True,
-                           text=True, env={**os.environ, "CIFAKE_CACHE_DIR": str(cache)}, timeout=400)
-    assert third.returncode == 0 and not DECODED.search(third.stdout + third.stderr), third.stderr[-3000:]
-    assert f"Reusing the decoded train cache {versions[0]}" in third.stdout + third.stderr
+    # The third run alone, in this process: what it finds in the cache is the point, and a process would add
+    # ~10 s of imports (the two above are processes because they race for the locks).
+    with caplog.at_level(logging.INFO):
+        train_job.run(compose_config("train", [f"data.root={root}", *settings, *SIZES[0], *NO_FIGURES,
+                                               f"paths.cache_dir={cache}", f"paths.output_dir={tmp_path / 'run3'}"]))
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert not DECODED.search(logged) and f"Reusing the decoded train cache {versions[0]}" in logged, logged[-3000:]
     assert all((v / "images.npy").is_file() for v in versions)
 
 
-def test_two_runs_with_other_image_sizes_on_one_root_decode_side_by_side(tmp_path: Path) -> None:
+def test_two_runs_with_other_image_sizes_on_one_root_decode_side_by_side(tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
     root = make_cifake_tree(tmp_path / "cifake", n_per_class=12)
     settings = [o for o in tiny_demo_overrides() if not o.startswith(("data=", "data.demo."))]
-    two_sizes_on_one_root(tmp_path, root, [*settings, "trainer.max_epochs=1"])
+    two_sizes_on_one_root(tmp_path, root, [*settings, "trainer.max_epochs=1"], caplog)
 
 
 @pytest.mark.real_data
-def test_two_runs_with_other_image_sizes_on_real_cifake_decode_side_by_side(tmp_path: Path,
-                                                                           real_cifake_subset: Path) -> None:
+def test_two_runs_with_other_image_sizes_on_real_cifake_decode_side_by_side(
+        tmp_path: Path, real_cifake_subset: Path, caplog: pytest.LogCaptureFixture) -> None:
     """As the issue met it: real CIFAKE's training files decoded at two sizes at once, on one root (5,000 of
     them in CIFAKE's layout, conftest's ``real_cifake_subset``: the locks and versions are the same for 100,000,
     which took two minutes more to decode)."""
     settings = [o for o in tiny_demo_overrides() if not o.startswith(("data=", "data.demo.", "data.val_fraction"))]
     limits = ["trainer.max_epochs=1", "data.batch_size=64", "trainer.limit_train_batches=2",
               "trainer.limit_val_batches=2"]
-    two_sizes_on_one_root(tmp_path, real_cifake_subset, [*settings, *limits])
+    two_sizes_on_one_root(tmp_path, real_cifake_subset, [*settings, *limits], caplog)
 
 
 @pytest.mark.slow
