@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 METRIC_KEYS = {"accuracy", "auroc", "precision", "recall", "f1", "confusion_matrix", "n", "threshold", "ece", "tta",
-               "scoring", "compute", "answers"}  # compute: a network's training compute and the evaluation's (not an
-# ONNX file's); answers: the four answers' shares
+               "scoring", "compute", "answers", "split"}  # compute: a network's training compute and the evaluation's
+# (not an ONNX file's); answers: the four answers' shares; split: test, or validation (scored_split)
 PER_CLASS = [f"{m}_{c}" for m in ("precision", "recall", "f1") for c in ("fake", "real")]
 
 
