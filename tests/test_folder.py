@@ -1,6 +1,8 @@
-"""A model with an out-of-scope score, end to end as the README runs it: train.py fits and stores the score,
-metrics.json counts the four answers, predict.py prints them for a folder, evaluate.py folder=... scores a
-folder of one class (cifake/evaluation/folder.py), and init_from starts a new fit from the model's weights."""
+"""A model with an out-of-scope score, end to end: train.py fits and stores the score, metrics.json counts the
+four answers, predict.py prints them for a folder, evaluate.py folder=... scores a folder of one class
+(cifake/evaluation/folder.py), and init_from starts a new fit from the model's weights. The jobs run in process
+where the point is what they write or log (a fresh interpreter costs ~10 s of imports); as the README runs them
+(a subprocess) where it is what the command prints or how it ends."""
 
 from __future__ import annotations
 
@@ -11,18 +13,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cifake.jobs import evaluate as evaluate_job
+from cifake.jobs import predict as predict_job
+from cifake.jobs import train as train_job
 from cifake.scoring.network import SCOPE_KEY, read_checkpoint
-from tests.helpers.config import NO_FIGURES, tiny_train_overrides
+from tests.helpers.config import NO_FIGURES, compose_job, tiny_train_overrides
 from tests.helpers.runner import check, one_error_line, run_script
 
 
 @pytest.fixture(scope="module")
 def scoped_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny demo run with its out-of-scope score fitted and stored, evaluated on its test split (its numbers:
-    no figures, which cost ~8 s here)."""
+    """A tiny demo run (train.py's job, in ``run/``) with its out-of-scope score fitted and stored, evaluated on its
+    test split (its numbers: no figures, which cost ~8 s here)."""
     tmp = tmp_path_factory.mktemp("scoped")
-    check(run_script("train.py", tmp, *tiny_train_overrides(tmp, "evaluate=true", "out_of_scope_fit.method=mahalanobis",
-                                                             "out_of_scope_fit.flagged=0.1", *NO_FIGURES)))
+    train_job.run(compose_job("train", tmp / "run", tiny_train_overrides(
+        tmp, "evaluate=true", "out_of_scope_fit.method=mahalanobis", "out_of_scope_fit.flagged=0.1", *NO_FIGURES)))
     return tmp
 
 
@@ -68,19 +73,23 @@ def test_predict_prints_the_four_way_counts_and_says_why(scoped_run: Path, tmp_p
     assert len(rows) == 12 and {"outside_5.png", "outside_11.png"} <= {Path(r["path"]).name for r in flagged}
     threshold = read_checkpoint(ckpt)[SCOPE_KEY]["threshold"]
     assert all(r["out_of_scope"] > threshold and "not trained on images like this one" in r["reason"] for r in flagged)
-    # out_of_scope=null: the same files, only classes.
-    check(run_script("predict.py", tmp_path, f"ckpt_path={ckpt}", f"inputs={folder}", "out_of_scope=null",
-                     run_dir=tmp_path / "plain"))
+    # out_of_scope=null: the same files, only classes (what the job writes: in process).
+    predict_job.run(compose_job("predict", tmp_path / "plain", [f"ckpt_path={ckpt}", f"inputs={folder}",
+                                                                "out_of_scope=null", "progress_bar=false",
+                                                                f"paths.cache_dir={tmp_path / 'cache'}"]))
     plain = [json.loads(line) for line in (tmp_path / "plain" / "predictions.jsonl").read_text().splitlines()]
     assert {r["predicted"] for r in plain} <= {"FAKE", "REAL"} and all(r["out_of_scope"] is None for r in plain)
 
 
-def test_evaluate_scores_a_folder_of_one_class_with_the_cifake_figures_beside(scoped_run: Path,
-                                                                              tmp_path: Path) -> None:
+def test_evaluate_scores_a_folder_of_one_class_with_the_cifake_figures_beside(scoped_run: Path, tmp_path: Path,
+                                                                              caplog: pytest.LogCaptureFixture) -> None:
     folder = outside_images(tmp_path / "outside")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")  # listed with its reason, not fatal
     ckpt = scoped_run / "run" / "checkpoints" / "best.ckpt"
-    proc = check(run_script("evaluate.py", tmp_path, f"ckpt_path={ckpt}", f"folder={folder}", "folder_class=REAL"))
+    with caplog.at_level("INFO"):
+        evaluate_job.run(compose_job("evaluate", tmp_path / "run", [f"ckpt_path={ckpt}", f"folder={folder}",
+                                                                    "folder_class=REAL",
+                                                                    f"paths.cache_dir={tmp_path / 'cache'}"]))
     report = json.loads((tmp_path / "run" / "folder.json").read_text())
     assert report["n"] == 12 and report["class"] == "REAL" and sum(report["shares"].values()) == pytest.approx(1.0)
     assert list(report["unreadable"]) == [str(folder / "broken.jpg")]
@@ -88,16 +97,18 @@ def test_evaluate_scores_a_folder_of_one_class_with_the_cifake_figures_beside(sc
     assert report["shares"]["OUT_OF_SCOPE"] == pytest.approx(said.count("OUT_OF_SCOPE") / 12)
     metrics = json.loads((scoped_run / "run" / "metrics.json").read_text())
     assert report["cifake_test"]["accuracy"] == metrics["accuracy"]
-    assert "12 images of" in proc.stdout + proc.stderr
+    assert "12 images of" in caplog.text  # the summary the console and the run's log show
+    # Without folder_class: one line saying so, from the command as typed.
     one_error_line(run_script("evaluate.py", tmp_path, f"ckpt_path={ckpt}", f"folder={folder}"), "folder_class")
 
 
-def test_init_from_starts_a_fit_from_the_weights_and_refuses_another_network(scoped_run: Path,
-                                                                            tmp_path: Path) -> None:
+def test_init_from_starts_a_fit_from_the_weights_and_refuses_another_network(scoped_run: Path, tmp_path: Path,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
     ckpt = scoped_run / "run" / "checkpoints" / "best.ckpt"
-    proc = check(run_script("train.py", tmp_path, *tiny_train_overrides(tmp_path, f"init_from={ckpt}",
-                                                                      "trainer.limit_train_batches=1", *NO_FIGURES)))
-    assert "Network weights loaded from" in proc.stdout + proc.stderr
+    with caplog.at_level("INFO"):
+        train_job.run(compose_job("train", tmp_path / "run", tiny_train_overrides(
+            tmp_path, f"init_from={ckpt}", "trainer.limit_train_batches=1", *NO_FIGURES)))
+    assert "Network weights loaded from" in caplog.text
     one_error_line(run_script("train.py", tmp_path, *tiny_train_overrides(tmp_path, f"init_from={ckpt}",
                                                                         "model.net.dense=[24]"),
                               run_dir=tmp_path / "other"), "init_from", "does not fit model.net")

@@ -14,7 +14,7 @@ from cifake.jobs import train as train_job
 from cifake.models.classifier import Classifier
 from cifake.models.precision import cpu_has_fast_bf16
 from tests.helpers import ROOT
-from tests.helpers.config import tiny_demo_overrides
+from tests.helpers.config import NO_FIGURES, compose_job, tiny_demo_overrides
 from tests.helpers.outputs import check_metrics_file
 from tests.helpers.runner import run_python
 
@@ -26,11 +26,23 @@ def test_default_command_line_is_valid_as_written(compose_cfg) -> None:
     assert cfg.data._target_.endswith("CIFAKEDataModule")
 
 
-def test_fit_writes_checkpoints_logs_and_metrics_then_resumes(compose_cfg, tmp_path, monkeypatch) -> None:
-    base = [*tiny_demo_overrides(), "evaluate=true"]
-    cfg = compose_cfg("train", [*base, "trainer.max_epochs=1"])
-    result = train_job.run(cfg)
-    out = Path(cfg.paths.output_dir)
+# The tiny run of :func:`tiny_run`: one epoch, evaluated, seeded; no figures (~3.5 s an epoch and ~4.5 s an evaluation
+# here), which test_dashboards.py and test_plots.py check.
+TINY_RUN = [*tiny_demo_overrides(), "trainer.max_epochs=1", "seed=0", "evaluate=true", *NO_FIGURES]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One tiny run of train.py's job (:data:`TINY_RUN`), shared by the tests that read it, resume it, evaluate its
+    checkpoint or train it again: its folder, cache and what the job returned."""
+    tmp = tmp_path_factory.mktemp("tiny_run")
+    out, cache = tmp / "out", tmp / "cache"
+    result = train_job.run(compose_job("train", out, [*TINY_RUN, f"paths.cache_dir={cache}"]))
+    return {"out": out, "cache": cache, "result": result}
+
+
+def test_fit_writes_checkpoints_logs_and_metrics_then_resumes(tiny_run, compose_cfg, tmp_path, monkeypatch) -> None:
+    out, result = tiny_run["out"], tiny_run["result"]
     ckpts = out / "checkpoints"
     assert (ckpts / "best.ckpt").is_file() and (ckpts / "last.ckpt").is_file()
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
@@ -54,7 +66,7 @@ def test_fit_writes_checkpoints_logs_and_metrics_then_resumes(compose_cfg, tmp_p
     original = Classifier.training_step
     monkeypatch.setattr(Classifier, "training_step",
                         lambda self, *a: (calls.append(1), original(self, *a))[1])
-    resumed = compose_cfg("train", [*base, "trainer.max_epochs=2", f"ckpt_path={ckpts / 'last.ckpt'}",
+    resumed = compose_cfg("train", [*TINY_RUN, "trainer.max_epochs=2", f"ckpt_path={ckpts / 'last.ckpt'}",
                                     f"paths.output_dir={tmp_path / 'resumed'}", "evaluate=false"])
     train_job.run(resumed)
     assert len(calls) == steps_per_epoch  # only the second epoch ran
@@ -62,11 +74,11 @@ def test_fit_writes_checkpoints_logs_and_metrics_then_resumes(compose_cfg, tmp_p
     assert again["epoch"] == 1 and again["global_step"] == 2 * steps_per_epoch
 
 
-def test_evaluate_job_writes_metrics_json(compose_cfg, tmp_path) -> None:
-    cfg = compose_cfg("train", [*tiny_demo_overrides(), "trainer.max_epochs=1"])
-    train_job.run(cfg)
-    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt"
-    data = [o for o in tiny_demo_overrides() if o.startswith(("data", "trainer.accelerator"))]
+def test_evaluate_job_writes_metrics_json(tiny_run, compose_cfg, tmp_path) -> None:
+    ckpt = tiny_run["out"] / "checkpoints" / "best.ckpt"
+    # metrics.json is the point: no report figures; the demo data the run decoded
+    data = [*[o for o in tiny_demo_overrides() if o.startswith(("data", "trainer.accelerator"))],
+            f"paths.cache_dir={tiny_run['cache']}", "report.figures=false"]
     ev = compose_cfg("evaluate", [*data, f"ckpt_path={ckpt}", f"paths.output_dir={tmp_path / 'ev'}"])
     report = evaluate_job.run(ev)
     assert report == check_metrics_file(tmp_path / "ev" / "metrics.json", n=48)
@@ -83,13 +95,10 @@ def test_evaluate_job_writes_metrics_json(compose_cfg, tmp_path) -> None:
         evaluate_job.run(compose_cfg("evaluate", [*data, f"ckpt_path={ckpt}", "trainer.limit_predict_batches=0"]))
 
 
-def test_same_seed_gives_the_same_run(compose_cfg, tmp_path) -> None:
-    losses = []
-    for name in ("a", "b"):
-        cfg = compose_cfg("train", [*tiny_demo_overrides(), "trainer.max_epochs=1", "seed=0",
-                                    f"paths.output_dir={tmp_path / name}"])
-        losses.append(train_job.run(cfg)["val/loss"])
-    assert losses[0] == losses[1]
+def test_same_seed_gives_the_same_run(tiny_run, tmp_path) -> None:
+    # The shared run (seed=0) and a second one of the same config, later in the same process.
+    again = train_job.run(compose_job("train", tmp_path / "again", [*TINY_RUN, f"paths.cache_dir={tiny_run['cache']}"]))
+    assert again["val/loss"] == tiny_run["result"]["val/loss"]
 
 
 def test_missing_data_root_tells_how_to_get_cifake(tmp_path) -> None:
@@ -141,7 +150,8 @@ def test_wrong_types_and_keys_are_refused_when_composing(compose_cfg, override, 
 
 
 def test_a_time_budget_that_cuts_the_epochs_says_so(compose_cfg, caplog, tmp_path) -> None:
-    cfg = compose_cfg("train", [*tiny_demo_overrides(), "trainer.max_epochs=50", "+trainer.max_time='00:00:00:01'"])
+    cfg = compose_cfg("train", [*tiny_demo_overrides(), *NO_FIGURES, "trainer.max_epochs=50",
+                                "+trainer.max_time='00:00:00:01'"])
     with caplog.at_level("WARNING"):
         train_job.run(cfg)
     warned = [r.getMessage() for r in caplog.records if "trainer.max_time stopped training" in r.getMessage()]
@@ -149,7 +159,7 @@ def test_a_time_budget_that_cuts_the_epochs_says_so(compose_cfg, caplog, tmp_pat
 
     caplog.clear()
     with caplog.at_level("WARNING"):
-        train_job.run(compose_cfg("train", [*tiny_demo_overrides(), "trainer.max_epochs=1",
+        train_job.run(compose_cfg("train", [*tiny_demo_overrides(), *NO_FIGURES, "trainer.max_epochs=1",
                                             "+trainer.max_time='00:01:00:00'",
                                             f"paths.output_dir={tmp_path / 'uncut'}"]))
     assert not [r for r in caplog.records if "trainer.max_time" in r.getMessage()]
@@ -157,7 +167,7 @@ def test_a_time_budget_that_cuts_the_epochs_says_so(compose_cfg, caplog, tmp_pat
 
 def test_each_epoch_logs_one_line_with_its_time_and_metrics(tmp_path) -> None:
     run_dir = tmp_path / "run"
-    proc = run_python(str(ROOT / "train.py"), *tiny_demo_overrides(), "trainer.max_epochs=2",
+    proc = run_python(str(ROOT / "train.py"), *tiny_demo_overrides(), *NO_FIGURES, "trainer.max_epochs=2",
                       f"hydra.run.dir={run_dir}", f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     log_lines = (run_dir / "train.log").read_text().splitlines()
@@ -183,7 +193,7 @@ def test_results_name_the_commit_the_run_started_with(compose_cfg, monkeypatch) 
     events, fit = [], train_job.fit_network
     monkeypatch.setattr(train_job, "source_commit", lambda: (events.append("commit"), "abc123 (as started)")[1])
     monkeypatch.setattr(train_job, "fit_network", lambda *a, **k: (events.append("fit"), fit(*a, **k))[1])
-    cfg = compose_cfg("train", [*tiny_demo_overrides(), "trainer.max_epochs=1", "evaluate=false"])
+    cfg = compose_cfg("train", [*tiny_demo_overrides(), *NO_FIGURES, "trainer.max_epochs=1", "evaluate=false"])
     train_job.run(cfg)
     assert events == ["commit", "fit"]
     results = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())

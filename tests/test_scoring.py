@@ -13,16 +13,17 @@ from cifake.core.errors import ConfigError
 from cifake.evaluation.file_predictions import FIELDS
 from cifake.jobs import evaluate as evaluate_job
 from cifake.jobs import predict as predict_job
+from cifake.jobs import train as train_job
 from cifake.models.forest import ForestClassifier
 from cifake.models.forest.features import extract_features
 from cifake.models.precision import cpu_has_fast_bf16
 from cifake.scoring import open_scorer
 from tests.helpers import ROOT
-from tests.helpers.config import RESNET, compose_job, tiny_demo_overrides
+from tests.helpers.config import NO_FIGURES, RESNET, compose_job, tiny_demo_overrides
 from tests.helpers.images import generated_images
 from tests.helpers.models import export_tiny, fit_tiny_forest
 from tests.helpers.outputs import read_csv
-from tests.helpers.runner import run_python
+from tests.helpers.runner import check, run_python
 
 DATA = [o for o in tiny_demo_overrides() if o.startswith(("data", "trainer.accelerator"))]
 FLOAT32_HERE = {"precision": "32-true", "device": "cpu"}  # what scoring computes in by default, on this CPU
@@ -95,41 +96,45 @@ def test_predict_writes_the_same_columns_for_every_kind_of_model(models, tmp_pat
     assert all(r["predicted"] in ("FAKE", "REAL") for r in tables["forest"])
 
 
-# --- as a user runs it: train.py, export.py, evaluate.py -----------------------------------------------------------
+# --- a trained network: train.py's, export.py's and evaluate.py's jobs ------------------------------------------------
+# The export and one evaluation run as a user runs them (python export.py, python evaluate.py); the training and
+# the other evaluations in this process: the point is the numbers they write, and a fresh interpreter for each
+# would cost ~10 s of imports (train.py's command line: test_jobs.py, test_wheel.py).
 
 # Demo data large enough for a tiny residual net to separate the classes in a few epochs (500 test images).
 DEMO = [*[o for o in DATA if not o.startswith("data.demo.")], "data.demo.train_per_class=150",
         "data.demo.test_per_class=250"]
 
 
-def entry_point(script: str, run_dir: Path, *overrides: str) -> Path:
-    """``python <script>.py <overrides>`` into ``run_dir``, as the README runs it; ``run_dir``."""
-    proc = run_python(str(ROOT / f"{script}.py"), *overrides, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir
-
-
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory) -> dict:
-    """A tiny network trained on demo data by train.py (with evaluate=true), and its export by export.py."""
+    """A tiny network trained on demo data by train.py's job (with evaluate=true), and its export by export.py's.
+    No figures (~3.5 s an epoch and ~4.5 s an evaluation here): the tests compare numbers."""
     tmp = tmp_path_factory.mktemp("demo_run")
-    run = entry_point("train", tmp / "train", *DEMO, f"paths.cache_dir={tmp / 'cache'}", *RESNET,
-                      "trainer.max_epochs=4", "trainer.enable_progress_bar=false", "callbacks.gradcam=null",
-                      "evaluate=true")
+    run, cache = tmp / "train", tmp / "cache"
+    train_job.run(compose_job("train", run, [*DEMO, f"paths.cache_dir={cache}", *RESNET, "trainer.max_epochs=4",
+                                             "trainer.enable_progress_bar=false", *NO_FIGURES, "evaluate=true"]))
     ckpt = run / "checkpoints" / "best.ckpt"
-    export = entry_point("export", tmp / "export", f"ckpt_path={ckpt}")
-    return {"tmp": tmp, "cache": tmp / "cache", "run": run, "ckpt": ckpt, "onnx": export / "model.onnx",
+    check(run_python(str(ROOT / "export.py"), f"ckpt_path={ckpt}", f"hydra.run.dir={tmp / 'export'}", cwd=tmp))
+    return {"tmp": tmp, "cache": cache, "run": run, "ckpt": ckpt, "onnx": tmp / "export" / "model.onnx",
             "evaluated": {}}
 
 
-def evaluate_py(demo_run: dict, model: Path, name: str, *overrides: str) -> tuple[dict, np.ndarray]:
-    """``python evaluate.py ckpt_path=<model>`` on the demo's test split: metrics.json and p(REAL) per image.
-    Run once per model and overrides in the module: a second test asking the same reads the first one's files."""
+def evaluate_demo(demo_run: dict, model: Path, name: str, *overrides: str,
+                  script: bool = False) -> tuple[dict, np.ndarray]:
+    """evaluate.py's job with ``ckpt_path=<model>`` on the demo's test split (``script``: ``python evaluate.py``):
+    metrics.json and p(REAL) per image. Run once per model and overrides in the module: a second test asking the
+    same reads the first one's files."""
     key = (str(model), overrides)
     if key not in demo_run["evaluated"]:
-        demo_run["evaluated"][key] = entry_point("evaluate", demo_run["tmp"] / name, f"ckpt_path={model}", *DEMO,
-                                                 f"paths.cache_dir={demo_run['cache']}", "report.figures=false",
-                                                 *overrides)
+        out = demo_run["tmp"] / name
+        args = [f"ckpt_path={model}", *DEMO, f"paths.cache_dir={demo_run['cache']}", "report.figures=false",
+                *overrides]
+        if script:
+            check(run_python(str(ROOT / "evaluate.py"), *args, f"hydra.run.dir={out}", cwd=demo_run["tmp"]))
+        else:
+            evaluate_job.run(compose_job("evaluate", out, args))
+        demo_run["evaluated"][key] = out
     out = demo_run["evaluated"][key]
     rows = read_csv(out / "predictions.csv")
     return json.loads((out / "metrics.json").read_text()), np.array([float(r["p_real"]) for r in rows])
@@ -142,8 +147,8 @@ def test_a_demo_checkpoint_and_its_onnx_export_give_the_same_confusion_matrix(de
     computed = json.loads((demo_run["run"] / "results.json").read_text())["computed"]
     assert computed["training"]["precision"] == ("bf16-mixed" if cpu_has_fast_bf16() else "32-true")
     assert computed["training"]["device"] == "cpu" and computed["test"] == FLOAT32_HERE
-    by_ckpt, p_ckpt = evaluate_py(demo_run, demo_run["ckpt"], "ev_ckpt")
-    by_onnx, p_onnx = evaluate_py(demo_run, demo_run["onnx"], "ev_onnx")
+    by_ckpt, p_ckpt = evaluate_demo(demo_run, demo_run["ckpt"], "ev_ckpt")
+    by_onnx, p_onnx = evaluate_demo(demo_run, demo_run["onnx"], "ev_onnx", script=True)
     assert by_ckpt["n"] == by_onnx["n"] == 500
     assert by_ckpt["confusion_matrix"] == by_onnx["confusion_matrix"]
     assert by_ckpt["scoring"] == by_onnx["scoring"] == FLOAT32_HERE
@@ -159,11 +164,11 @@ def test_a_demo_checkpoint_and_its_onnx_export_give_the_same_confusion_matrix(de
 
 @pytest.mark.slow
 def test_bf16_scoring_is_there_when_asked_and_recorded(demo_run) -> None:
-    full, p_full = evaluate_py(demo_run, demo_run["ckpt"], "ev_fp32")
-    half, p_half = evaluate_py(demo_run, demo_run["ckpt"], "ev_bf16", "scoring.precision=bf16-mixed")
+    full, p_full = evaluate_demo(demo_run, demo_run["ckpt"], "ev_fp32")
+    half, p_half = evaluate_demo(demo_run, demo_run["ckpt"], "ev_bf16", "scoring.precision=bf16-mixed")
     assert half["scoring"] == {"precision": "bf16-mixed", "device": "cpu"} and full["scoring"] == FLOAT32_HERE
     difference = np.abs(p_half - p_full)
     assert 0 < difference.max() < 0.05  # bf16 keeps 8 bits of mantissa: close to float32, not equal to it
     # The ONNX export computes in float32 whatever is asked, and says so.
-    by_onnx, _ = evaluate_py(demo_run, demo_run["onnx"], "ev_onnx_bf16", "scoring.precision=bf16-mixed")
+    by_onnx, _ = evaluate_demo(demo_run, demo_run["onnx"], "ev_onnx_bf16", "scoring.precision=bf16-mixed")
     assert by_onnx["scoring"] == FLOAT32_HERE
