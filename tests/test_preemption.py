@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import pytest
@@ -20,11 +19,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from cifake.callbacks.preemption import Preemption, Stop, last_checkpoint, parse_signals
 from cifake.core.errors import ConfigError
+from cifake.jobs import train as train_job
 from cifake.training.fit import stopped_line
 from cifake.training.provenance import run_overrides
 from tests.helpers import ROOT
-from tests.helpers.config import tiny_train_overrides
-from tests.helpers.runner import check, run_python
+from tests.helpers.config import compose_config, tiny_train_overrides
+from tests.helpers.hold import HoldAtSteps
+from tests.helpers.runner import check
 
 STEPS_PER_EPOCH = 15  # 240 training images (320 less a quarter held out) in batches of 16
 EPOCHS = 2
@@ -38,23 +39,6 @@ SIGTERM_AT, SIGUSR1_AT = 20, 25  # global steps, both in the second epoch
 # loss says little at this size: that the run went on from the very point where it stopped is what
 # the checks of the saved state and of the logged steps pin.
 VAL_LOSS_TOLERANCE = 0.15
-
-
-class HoldAtSteps(L.Callback):
-    """Added to train.py by these tests (``+callbacks.hold=...``): after each of the global ``steps``,
-    touch ``<markers>/<step>`` and hold training there until a stop signal has arrived (at most
-    ``wait`` seconds), so that the signal lands mid-epoch at a known step."""
-
-    def __init__(self, steps: list[int], markers: str, wait: float) -> None:
-        self.steps, self.markers, self.wait = set(steps), Path(markers), wait
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if trainer.global_step not in self.steps:
-            return
-        (self.markers / str(trainer.global_step)).touch()
-        deadline = time.monotonic() + self.wait
-        while not trainer.received_sigterm and time.monotonic() < deadline:
-            time.sleep(0.02)
 
 
 def settings(tmp_path: Path) -> list[str]:
@@ -102,12 +86,16 @@ def trained_steps(events: Path) -> list[int]:
 
 @pytest.mark.slow
 def test_a_run_stopped_mid_epoch_by_sigterm_then_sigusr1_ends_where_an_unstopped_one_does(tmp_path: Path) -> None:
-    # The unstopped run, which also keeps its state at step SIGTERM_AT to compare the stop's checkpoint with.
+    # The unstopped run, which also keeps its state at step SIGTERM_AT to compare the stop's checkpoint with. In this
+    # process: only its files are compared (the signals, exits and printed commands are the stopped runs', below),
+    # and a process of its own would add ~10 s of imports. Same settings, same seed, same thread count (inherited
+    # OMP_NUM_THREADS), so the same steps to the bit.
     full = tmp_path / "full"
-    check(run_python(str(ROOT / "train.py"), *settings(tmp_path), f"hydra.run.dir={full}",
-                     f"+callbacks.snapshot={{_target_:{ModelCheckpoint.__module__}.ModelCheckpoint,"
-                     f"dirpath:{full / 'snap'},every_n_train_steps:{SIGTERM_AT},save_top_k:-1,filename:'step{{step}}',"
-                     "auto_insert_metric_name:false}", cwd=tmp_path))
+    train_job.run(compose_config("train", [
+        *settings(tmp_path), f"paths.output_dir={full}",
+        f"+callbacks.snapshot={{_target_:{ModelCheckpoint.__module__}.ModelCheckpoint,"
+        f"dirpath:{full / 'snap'},every_n_train_steps:{SIGTERM_AT},save_top_k:-1,filename:'step{{step}}',"
+        "auto_insert_metric_name:false}"]))
 
     run_dir, markers = tmp_path / "run", tmp_path / "markers"
     markers.mkdir()

@@ -141,18 +141,21 @@ def test_predicting_from_an_export_loads_neither_lightning_nor_scikit_learn(tmp_
 
 
 def _card_of_a_run(tmp_path: Path, name: str, root: Path | None = None) -> tuple[str, dict]:
-    """train.py (one epoch, evaluated; on the tiny demo data, or on ``root``) then export.py
-    format=safetensors on its best checkpoint, as a user runs them; the model card and config.json."""
-    from tests.helpers.config import NO_FIGURES, tiny_demo_overrides
+    """train.py's job (one epoch, evaluated; on the tiny demo data, or on ``root``) then export.py's job
+    format=safetensors on its best checkpoint; the model card and config.json. Both in this process: the card is
+    written from the run folder's files (checkpoint, metrics.json), which a job writes as the script does, and
+    each script's process would add ~10 s of imports to the four runs."""
+    from cifake.jobs import train as train_job
+    from tests.helpers.config import NO_FIGURES, compose_config, tiny_demo_overrides
 
     run = tmp_path / name
     data = tiny_demo_overrides() if root is None else [f"data.root={root}", *(
         o for o in tiny_demo_overrides() if not o.startswith(("data=", "data.demo.")))]
     # NO_FIGURES: the card is written from the run's numbers and config; the figures cost 8 s a run.
-    check(run_python(str(ROOT / "train.py"), *data, *NO_FIGURES, "trainer.max_epochs=1",
-                     "evaluate=true", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}", cwd=tmp_path))
-    check(run_python(str(ROOT / "export.py"), f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", "format=safetensors",
-                     f"hydra.run.dir={run / 'export'}", cwd=tmp_path))
+    train_job.run(compose_config("train", [*data, *NO_FIGURES, "trainer.max_epochs=1", "evaluate=true",
+                                           f"paths.cache_dir={tmp_path / 'cache'}", f"paths.output_dir={run}"]))
+    export_job.run(compose_job("export", run / "export", [f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}",
+                                                          "format=safetensors"]))
     (card,) = run.rglob("README.md")
     return card.read_text(), json.loads((card.parent / CONFIG_FILE).read_text())
 
