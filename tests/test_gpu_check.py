@@ -90,7 +90,9 @@ def test_the_bundle_installs_offline_beside_the_image_torch(tmp_path: Path) -> N
         assert wheel.name.endswith(("-none-any.whl", "-abi3-manylinux2014_x86_64.manylinux_2_17_x86_64.whl")), wheel
     image = device_image(tmp_path / "image")
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # No pip of its own: the image's (linked below) installs into this interpreter, as the device's image's pip
+    # does into its python3; ensurepip would spend seconds installing one that nothing needs.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = str(venv / "bin" / "python")
     site = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                capture_output=True, text=True, check=True).stdout.strip())
