@@ -12,6 +12,7 @@ runs, inside the function below that names it (``import cifake.jobs.train``), so
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import tempfile
@@ -63,6 +64,18 @@ def _launch(job: str, load: Callable[[], Callable[[DictConfig], Any]]) -> None:
         # import, data decodes or the test split is scored. Files are written atomically, so none is left half.
         print(f"cifake-{job}: interrupted (Ctrl+C)", file=sys.stderr)
         raise SystemExit(INTERRUPTED) from None
+    finally:
+        quick_exit()
+
+
+def quick_exit() -> None:
+    """Let the process end in a fraction of a second instead of 2-5 s. With torch, Lightning and their
+    libraries loaded, most of a command's exit went to the interpreter freeing their objects one cycle at a time
+    after the last line had run. Collected once now (so every object that is garbage is finalized as usual:
+    files flushed, writers closed), what is left is frozen: the collector leaves it to the operating system.
+    The exit handlers (logging's, Hydra's, multiprocessing's) still run."""
+    gc.collect()
+    gc.freeze()
 
 
 # Hydra's errors that a mistyped override ends in; their causes are OmegaConf's (a key not in a struct).
