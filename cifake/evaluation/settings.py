@@ -21,7 +21,8 @@ from cifake.scoring.scorer import Scorer, check_band, check_threshold, parse_ban
 
 Limit = int | float | None  # trainer.limit_predict_batches: a share of the batches, a number of them, or all
 UNSURE_CONDITIONS = ("clean", "trained")
-SCORED_SPLITS = ("test", "validation")  # what scored_split names; score_split calls them test and validate
+# scored_split's values, and the stage each one is to score_split (cifake.evaluation.workflow)
+SCORED_SPLITS = {"test": "test", "validation": "validate"}
 
 
 def _plain(value: Any) -> Any:

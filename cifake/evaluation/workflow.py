@@ -39,7 +39,7 @@ from cifake.analysis.tta import view_count
 from cifake.audit import leaked_test_files
 from cifake.core.errors import ConfigError
 from cifake.data.datamodule import CIFAKEDataModule
-from cifake.evaluation.settings import EvaluationSettings, Limit, ScopeFit, ThresholdChoice
+from cifake.evaluation.settings import SCORED_SPLITS, EvaluationSettings, Limit, ScopeFit, ThresholdChoice
 from cifake.models.gradcam import explained_sections, explanation_sets
 from cifake.models.scope import RECORD_KEYS as SCOPE_RECORD_KEYS
 from cifake.models.scope import fit_mahalanobis, fit_rows, scope_record, threshold_for
@@ -255,7 +255,7 @@ def evaluate_model(scorer: Scorer, datamodule: CIFAKEDataModule, settings: Evalu
     if settings.threshold_choice is not None:
         threshold = threshold_on_validation(scorer, datamodule, settings.threshold_choice, limit)
     split = settings.scored_split
-    pred = score_split(scorer, datamodule, "validate" if split == "validation" else "test", limit)
+    pred = score_split(scorer, datamodule, SCORED_SPLITS[split], limit)
     explained, extra = None, None
     if report_settings.figures:
         explained = explain(scorer, pred, threshold, report_settings)
