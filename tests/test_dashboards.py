@@ -13,7 +13,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from cifake.jobs import evaluate as evaluate_job
 from cifake.jobs import train as train_job
-from tests.helpers.config import compose_config, tiny_demo_overrides
+from tests.helpers.config import compose_config, tiny_demo_data_overrides, tiny_demo_overrides
 from tests.helpers.images import make_cifake_tree
 from tests.helpers.outputs import PER_CLASS, read_events
 
@@ -74,7 +74,7 @@ def test_evaluation_files_agree_with_each_other(demo_run: Path) -> None:
 
 
 def test_evaluate_job_writes_the_report_and_its_own_dashboard(demo_run: Path, compose_cfg, tmp_path: Path) -> None:
-    data = [o for o in tiny_demo_overrides() if o.startswith(("data", "trainer.accelerator"))]
+    data = tiny_demo_data_overrides()
     cache = f"paths.cache_dir={demo_run.parent / 'cache'}"
     cfg = compose_cfg("evaluate", [*data, cache, f"ckpt_path={demo_run / 'checkpoints' / 'best.ckpt'}"])
     report = evaluate_job.run(cfg)
@@ -88,7 +88,7 @@ def test_evaluate_job_writes_the_report_and_its_own_dashboard(demo_run: Path, co
 
 
 def test_report_can_leave_figures_out(demo_run: Path, compose_cfg) -> None:
-    data = [o for o in tiny_demo_overrides() if o.startswith(("data", "trainer.accelerator"))]
+    data = tiny_demo_data_overrides()
     cfg = compose_cfg("evaluate", [*data, f"paths.cache_dir={demo_run.parent / 'cache'}", "report.figures=false",
                                    f"ckpt_path={demo_run / 'checkpoints' / 'best.ckpt'}"])
     evaluate_job.run(cfg)
@@ -97,7 +97,7 @@ def test_report_can_leave_figures_out(demo_run: Path, compose_cfg) -> None:
 
 
 def test_evaluate_adds_calibration_robustness_and_a_validation_threshold(demo_run: Path, compose_cfg) -> None:
-    data = [o for o in tiny_demo_overrides() if o.startswith(("data", "trainer.accelerator"))]
+    data = tiny_demo_data_overrides()
     cfg = compose_cfg("evaluate", [*data, f"paths.cache_dir={demo_run.parent / 'cache'}", "robustness=true",
                                    "threshold_choice.method=f1",
                                    f"ckpt_path={demo_run / 'checkpoints' / 'best.ckpt'}"])

@@ -14,7 +14,7 @@ from cifake.jobs import train as train_job
 from cifake.models.classifier import Classifier
 from cifake.models.precision import cpu_has_fast_bf16
 from tests.helpers import ROOT
-from tests.helpers.config import NO_FIGURES, compose_job, tiny_demo_overrides
+from tests.helpers.config import NO_FIGURES, compose_job, tiny_demo_data_overrides, tiny_demo_overrides
 from tests.helpers.outputs import check_metrics_file
 from tests.helpers.runner import run_python
 
@@ -77,7 +77,7 @@ def test_fit_writes_checkpoints_logs_and_metrics_then_resumes(tiny_run, compose_
 def test_evaluate_job_writes_metrics_json(tiny_run, compose_cfg, tmp_path) -> None:
     ckpt = tiny_run["out"] / "checkpoints" / "best.ckpt"
     # metrics.json is the point: no report figures; the demo data the run decoded
-    data = [*[o for o in tiny_demo_overrides() if o.startswith(("data", "trainer.accelerator"))],
+    data = [*tiny_demo_data_overrides(),
             f"paths.cache_dir={tiny_run['cache']}", "report.figures=false"]
     ev = compose_cfg("evaluate", [*data, f"ckpt_path={ckpt}", f"paths.output_dir={tmp_path / 'ev'}"])
     report = evaluate_job.run(ev)

@@ -19,13 +19,13 @@ from cifake.models.forest.features import extract_features
 from cifake.models.precision import cpu_has_fast_bf16
 from cifake.scoring import open_scorer
 from tests.helpers import ROOT
-from tests.helpers.config import NO_FIGURES, RESNET, compose_job, tiny_demo_overrides
+from tests.helpers.config import NO_FIGURES, RESNET, compose_job, tiny_demo_data_overrides
 from tests.helpers.images import generated_images
 from tests.helpers.models import export_tiny, fit_tiny_forest
 from tests.helpers.outputs import read_csv
 from tests.helpers.runner import check, run_python
 
-DATA = [o for o in tiny_demo_overrides() if o.startswith(("data", "trainer.accelerator"))]
+DATA = tiny_demo_data_overrides()
 FLOAT32_HERE = {"precision": "32-true", "device": "cpu"}  # what scoring computes in by default, on this CPU
 
 

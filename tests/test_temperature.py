@@ -18,7 +18,7 @@ from cifake.jobs import export as export_job
 from cifake.jobs import train as train_job
 from cifake.scoring import open_scorer
 from cifake.scoring.scorer import with_temperature
-from tests.helpers.config import NO_FIGURES, compose_job, tiny_demo_overrides
+from tests.helpers.config import NO_FIGURES, compose_job, tiny_demo_data_overrides, tiny_demo_overrides
 
 
 def synthetic(temperature: float, n: int = 40_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -112,7 +112,7 @@ def test_train_fits_stores_and_every_scorer_applies_the_temperature(compose_cfg,
     assert stored["unsure_band"] == pytest.approx(choose_unsure_band(calibrated.p_real, calibrated.labels, 0.5, 0.75))
 
     # evaluate.py finds the temperature with the weights and reports the same figures.
-    data = [o for o in tiny_demo_overrides() if o.startswith(("data", "trainer.accelerator"))]
+    data = tiny_demo_data_overrides()
     again = evaluate_job.run(compose_cfg("evaluate", [*data, f"ckpt_path={best}", "report.figures=false",
                                                       f"paths.output_dir={tmp_path / 'ev'}"]))
     assert again["temperature"]["value"] == pytest.approx(temperature)
@@ -142,7 +142,7 @@ def test_a_temperature_that_is_not_a_number_is_refused(compose_cfg, tmp_path: Pa
     from tests.helpers.models import make_checkpoint
 
     best = make_checkpoint(tmp_path / "m.ckpt")
-    data = [o for o in tiny_demo_overrides() if o.startswith(("data", "trainer.accelerator"))]
+    data = tiny_demo_data_overrides()
     with pytest.raises(ConfigError, match="calibration.temperature"):
         evaluate_job.run(compose_cfg("evaluate", [*data, f"ckpt_path={best}", "calibration.temperature=hot",
                                                   f"paths.output_dir={tmp_path / 'ev'}"]))

@@ -21,7 +21,7 @@ from cifake.jobs import export as export_job
 from cifake.jobs import predict as predict_job
 from cifake.jobs import train as train_job
 from cifake.scoring import open_scorer
-from tests.helpers.config import NO_FIGURES, compose_job, tiny_demo_overrides
+from tests.helpers.config import NO_FIGURES, compose_job, tiny_demo_data_overrides, tiny_demo_overrides
 from tests.helpers.models import tiny_onnx
 from tests.helpers.outputs import read_csv
 
@@ -99,7 +99,7 @@ def test_train_stores_the_band_and_evaluate_and_export_use_it(compose_cfg, tmp_p
     trained = {r["perturbation"]: r["trained"] for r in rows[1:]}
     assert trained["jpeg"] == trained["blur"] == "no"  # this recipe trains without degradations
 
-    data = [o for o in tiny_demo_overrides() if o.startswith(("data", "trainer.accelerator"))]
+    data = tiny_demo_data_overrides()
     again = evaluate_job.run(compose_cfg("evaluate", [*data, f"ckpt_path={best}", "report.figures=false",
                                                       f"paths.output_dir={tmp_path / 'ev'}"]))
     assert again["unsure"]["band"] == pytest.approx(band)

@@ -11,11 +11,11 @@ import pytest
 from cifake.core.errors import ConfigError
 from cifake.jobs import evaluate as evaluate_job
 from cifake.jobs import train as train_job
-from tests.helpers.config import compose_config, compose_job, tiny_demo_overrides
+from tests.helpers.config import compose_config, compose_job, tiny_demo_data_overrides, tiny_demo_overrides
 from tests.helpers.models import make_checkpoint
 from tests.helpers.outputs import read_csv
 
-DATA = [o for o in tiny_demo_overrides() if o.startswith(("data", "trainer.accelerator"))]
+DATA = tiny_demo_data_overrides()
 # tiny_demo_overrides: 48 training images per class, a quarter of them held out for validation; 24 test per class.
 VALIDATION_IMAGES, TEST_IMAGES = 24, 48
 

@@ -80,6 +80,11 @@ def tiny_demo_overrides(train_per_class: int = 48, test_per_class: int = 24) -> 
     ]
 
 
+def tiny_demo_data_overrides() -> list[str]:
+    """:func:`tiny_demo_overrides`' data and device only: what evaluate.py and predict.py take of a tiny run."""
+    return [o for o in tiny_demo_overrides() if o.startswith(("data", "trainer.accelerator"))]
+
+
 # No figures: the dashboards' per-epoch figures (curves, prediction grid, Grad-CAM) and the evaluation's report
 # figures, for tests whose point is elsewhere (caches, locks, sweeps, resuming, DDP's numbers). They cost about 3.5 s
 # an epoch and 4.5 s an evaluation of a tiny run on a loaded 2-core machine; the figures have tests of their own
