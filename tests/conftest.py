@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import subprocess
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from omegaconf import DictConfig
 from tests.helpers import ROOT
 from tests.helpers.config import compose_config
 from tests.helpers.images import make_cifake_tree
+from tests.helpers.runner import run_in_process
 
 
 @pytest.fixture
@@ -31,6 +33,14 @@ def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
                                      *overrides])
 
     return _compose
+
+
+@pytest.fixture
+def cli(tmp_path: Path, capfd: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> Callable[..., subprocess.CompletedProcess]:
+    """:func:`tests.helpers.runner.run_in_process`: ``cli("train.py", tmp_path, *overrides)`` as
+    ``run_script`` takes it, answered by the entry script's app in this process."""
+    return functools.partial(run_in_process, capfd=capfd, monkeypatch=monkeypatch)
 
 
 @pytest.fixture(scope="session")

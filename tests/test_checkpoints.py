@@ -21,7 +21,7 @@ from cifake.core.errors import ModelFileError
 from cifake.training.fit import cluster_plugins
 from cifake.training.trainer import build_trainer
 from tests.helpers.config import tiny_demo_overrides
-from tests.helpers.runner import one_error_line, run_script
+from tests.helpers.runner import one_error_line
 
 # Big enough that writing it and flushing it to disk is most of each round of the writer's loop,
 # so most kills land in the middle of a write.
@@ -134,7 +134,8 @@ def test_the_way_on_from_a_damaged_checkpoint_is_best_when_whole(tmp_path: Path)
                  id="not-zip-best-damaged"),
 ])
 def test_a_damaged_last_checkpoint_is_refused_in_one_line(tmp_path: Path, last_content: str,
-                                                          best_content: str | None, fragments: tuple[str, ...]) -> None:
+                                                          best_content: str | None, fragments: tuple[str, ...],
+                                                          cli) -> None:
     folder = tmp_path / "run" / "checkpoints"
     folder.mkdir(parents=True)
     whole_file_writer(folder / "whole.ckpt", {"payload": PAYLOAD[:1000]})
@@ -143,7 +144,7 @@ def test_a_damaged_last_checkpoint_is_refused_in_one_line(tmp_path: Path, last_c
     (folder / "last.ckpt").write_bytes(contents[last_content])
     if best_content is not None:
         (folder / "best.ckpt").write_bytes(contents[best_content])
-    line = one_error_line(run_script("train.py", tmp_path, *tiny_demo_overrides(), "ckpt_path=last"),
+    line = one_error_line(cli("train.py", tmp_path, *tiny_demo_overrides(), "ckpt_path=last"),
                           "ckpt_path=last:", str(folder / "last.ckpt"), "so training cannot resume from it", *fragments)
     if best_content == "whole":
         assert f"ckpt_path={folder / 'best.ckpt'}" in line

@@ -169,9 +169,8 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     assert max(steps) == epochs * steps_per_epoch - 1
 
 
-def test_resuming_without_a_checkpoint_says_where_it_looked(tmp_path: Path) -> None:
-    proc = run_python(str(ROOT / "train.py"), *tiny_train_overrides(tmp_path), "ckpt_path=last",
-                      f"hydra.run.dir={tmp_path / 'new'}", cwd=tmp_path)
+def test_resuming_without_a_checkpoint_says_where_it_looked(tmp_path: Path, cli) -> None:
+    proc = cli("train.py", tmp_path, *tiny_train_overrides(tmp_path), "ckpt_path=last", run_dir=tmp_path / "new")
     assert proc.returncode == 2 and "holds no last.ckpt" in proc.stderr and "hydra.run.dir" in proc.stderr
 
 

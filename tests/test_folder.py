@@ -1,8 +1,8 @@
 """A model with an out-of-scope score, end to end: train.py fits and stores the score, metrics.json counts the
 four answers, predict.py prints them for a folder, evaluate.py folder=... scores a folder of one class
 (cifake/evaluation/folder.py), and init_from starts a new fit from the model's weights. The jobs run in process
-where the point is what they write or log (a fresh interpreter costs ~10 s of imports); as the README runs them
-(a subprocess) where it is what the command prints or how it ends."""
+where the point is what they write or log (a fresh interpreter costs ~10 s of imports); predict.py as the README
+runs it (a subprocess), for what the command prints; its errors through the entry scripts' apps, in process."""
 
 from __future__ import annotations
 
@@ -82,7 +82,8 @@ def test_predict_prints_the_four_way_counts_and_says_why(scoped_run: Path, tmp_p
 
 
 def test_evaluate_scores_a_folder_of_one_class_with_the_cifake_figures_beside(scoped_run: Path, tmp_path: Path,
-                                                                              caplog: pytest.LogCaptureFixture) -> None:
+                                                                              caplog: pytest.LogCaptureFixture,
+                                                                              cli) -> None:
     folder = outside_images(tmp_path / "outside")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")  # listed with its reason, not fatal
     ckpt = scoped_run / "run" / "checkpoints" / "best.ckpt"
@@ -99,16 +100,16 @@ def test_evaluate_scores_a_folder_of_one_class_with_the_cifake_figures_beside(sc
     assert report["cifake_test"]["accuracy"] == metrics["accuracy"]
     assert "12 images of" in caplog.text  # the summary the console and the run's log show
     # Without folder_class: one line saying so, from the command as typed.
-    one_error_line(run_script("evaluate.py", tmp_path, f"ckpt_path={ckpt}", f"folder={folder}"), "folder_class")
+    one_error_line(cli("evaluate.py", tmp_path, f"ckpt_path={ckpt}", f"folder={folder}"), "folder_class")
 
 
 def test_init_from_starts_a_fit_from_the_weights_and_refuses_another_network(scoped_run: Path, tmp_path: Path,
-                                                                            caplog: pytest.LogCaptureFixture) -> None:
+                                                                            caplog: pytest.LogCaptureFixture,
+                                                                            cli) -> None:
     ckpt = scoped_run / "run" / "checkpoints" / "best.ckpt"
     with caplog.at_level("INFO"):
         train_job.run(compose_job("train", tmp_path / "run", tiny_train_overrides(
             tmp_path, f"init_from={ckpt}", "trainer.limit_train_batches=1", *NO_FIGURES)))
     assert "Network weights loaded from" in caplog.text
-    one_error_line(run_script("train.py", tmp_path, *tiny_train_overrides(tmp_path, f"init_from={ckpt}",
-                                                                        "model.net.dense=[24]"),
-                              run_dir=tmp_path / "other"), "init_from", "does not fit model.net")
+    other = tiny_train_overrides(tmp_path, f"init_from={ckpt}", "model.net.dense=[24]")
+    one_error_line(cli("train.py", tmp_path, *other, run_dir=tmp_path / "other"), "init_from", "does not fit model.net")

@@ -10,10 +10,8 @@ import pytest
 from cifake.core.errors import ConfigError
 from cifake.jobs import evaluate as evaluate_job
 from cifake.jobs import train as train_job
-from tests.helpers import ROOT
 from tests.helpers.config import compose_config, tiny_demo_overrides
 from tests.helpers.outputs import PER_CLASS, check_metrics_file, read_events
-from tests.helpers.runner import run_python
 
 DATA = [o for o in tiny_demo_overrides() if not o.startswith("model.")]
 FOREST = ["model=rf", "model.n_estimators=20", "model.n_jobs=1"]
@@ -60,10 +58,9 @@ def test_evaluate_loads_the_saved_forest(forest_run, compose_cfg, tmp_path: Path
     assert report == json.loads((out / "metrics.json").read_text()) == metrics["test"]
 
 
-def test_invalid_forest_parameter_fails_before_any_feature_is_computed(tmp_path: Path) -> None:
+def test_invalid_forest_parameter_fails_before_any_feature_is_computed(tmp_path: Path, cli) -> None:
     cache = tmp_path / "cache"
-    proc = run_python(str(ROOT / "train.py"), *DATA, *FOREST, "model.n_estimators=-1", f"paths.log_dir={tmp_path}",
-                      f"paths.cache_dir={cache}", cwd=tmp_path)
+    proc = cli("train.py", tmp_path, *DATA, *FOREST, "model.n_estimators=-1")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "n_estimators" in proc.stderr.split("error:")[-1]
     assert not list(cache.rglob("features-*.npy")) and not (cache / "decoded").exists()

@@ -145,13 +145,13 @@ def test_every_entry_script_without_its_mandatory_keys(tmp_path: Path, script: s
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU for experiment=reference")
-def test_the_reference_experiment_on_a_machine_without_a_gpu(tmp_path: Path) -> None:
-    one_error_line(run_script("train.py", tmp_path, "experiment=reference"), "asks for a GPU",
+def test_the_reference_experiment_on_a_machine_without_a_gpu(tmp_path: Path, cli) -> None:
+    one_error_line(cli("train.py", tmp_path, "experiment=reference"), "asks for a GPU",
                    "trainer.accelerator=cpu")
 
 
-def test_more_devices_than_the_machine_has(tmp_path: Path) -> None:
-    proc = run_script("train.py", tmp_path, "experiment=demo", "trainer.devices=64")
+def test_more_devices_than_the_machine_has(tmp_path: Path, cli) -> None:
+    proc = cli("train.py", tmp_path, "experiment=demo", "trainer.devices=64")
     line = one_error_line(proc, "trainer.devices")
     assert ("64 training processes" in line) if not torch.cuda.is_available() else ("more GPUs" in line)
     # The run's log keeps the error, and Lightning's lines reach the console once (through Hydra's handler).

@@ -101,31 +101,27 @@ def test_same_seed_gives_the_same_run(tiny_run, tmp_path) -> None:
     assert again["val/loss"] == tiny_run["result"]["val/loss"]
 
 
-def test_missing_data_root_tells_how_to_get_cifake(tmp_path) -> None:
-    proc = run_python(str(ROOT / "train.py"), f"data.root={tmp_path / 'nowhere'}", f"paths.log_dir={tmp_path}",
-                      f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path)
+def test_missing_data_root_tells_how_to_get_cifake(tmp_path, cli) -> None:
+    proc = cli("train.py", tmp_path, f"data.root={tmp_path / 'nowhere'}")
     assert proc.returncode == 2
     assert "birdy654/cifake-real-and-ai-generated-synthetic-images" in proc.stderr
     assert "experiment=demo" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_missing_checkpoint_is_a_clear_error(tmp_path) -> None:
-    proc = run_python(str(ROOT / "evaluate.py"), f"ckpt_path={tmp_path / 'none.ckpt'}", f"paths.log_dir={tmp_path}",
-                      cwd=tmp_path)
+def test_missing_checkpoint_is_a_clear_error(tmp_path, cli) -> None:
+    proc = cli("evaluate.py", tmp_path, f"ckpt_path={tmp_path / 'none.ckpt'}")
     assert proc.returncode == 2 and "is not a file" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_evaluate_without_a_checkpoint_takes_the_bundled_model_and_says_so(tmp_path) -> None:
-    proc = run_python(str(ROOT / "evaluate.py"), f"paths.log_dir={tmp_path}", f"data.root={tmp_path / 'none'}",
-                      cwd=tmp_path)
+def test_evaluate_without_a_checkpoint_takes_the_bundled_model_and_says_so(tmp_path, cli) -> None:
+    proc = cli("evaluate.py", tmp_path, f"data.root={tmp_path / 'none'}")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "No ckpt_path: using the bundled model" in proc.stdout + proc.stderr
     assert f"error: data.root '{tmp_path / 'none'}' does not exist" in proc.stderr  # the model is there; no data
 
 
-def test_errors_raised_while_building_from_config_are_reported_plainly(tmp_path) -> None:
-    proc = run_python(str(ROOT / "train.py"), "data=demo", "data.validate_on=everything", f"paths.log_dir={tmp_path}",
-                      f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path)
+def test_errors_raised_while_building_from_config_are_reported_plainly(tmp_path, cli) -> None:
+    proc = cli("train.py", tmp_path, "data=demo", "data.validate_on=everything")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "error: data.validate_on='everything'; choose one of ['holdout', 'test']" in proc.stderr
 

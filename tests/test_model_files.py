@@ -1,5 +1,7 @@
 """Model files that are empty, truncated, not a model, of the wrong kind, or a pickle that would run
-code: every job says so in one ``error:`` line naming the file, exits with status 2, runs nothing."""
+code: every job says so in one ``error:`` line naming the file, exits with status 2, runs nothing. predict.py
+runs as a process (it imports no Lightning: a second or two); evaluate.py and export.py through their apps in
+this process (tests/helpers/runner.py: run_in_process)."""
 
 from __future__ import annotations
 
@@ -111,20 +113,20 @@ def test_predict_refuses_a_bad_model_file_plainly(kind: str, tmp_path: Path, ima
 
 
 @pytest.mark.parametrize("kind", ["pickle_in_zip", "truncated"])
-def test_evaluate_refuses_a_bad_model_file_before_reading_data(kind: str, tmp_path: Path) -> None:
+def test_evaluate_refuses_a_bad_model_file_before_reading_data(kind: str, tmp_path: Path, cli) -> None:
     marker = tmp_path / "payload-ran"
     path, fragments = bad_file(kind, tmp_path, marker)
     # data.root points nowhere: the model file is judged first, so that is the error reported.
-    proc = run_job("evaluate.py", tmp_path, f"ckpt_path={path}", f"data.root={tmp_path / 'no-data'}")
+    proc = cli("evaluate.py", tmp_path, f"ckpt_path={path}", f"data.root={tmp_path / 'no-data'}")
     assert_one_plain_error(proc, path, *fragments)
     assert not marker.exists(), "the pickle's payload ran"
 
 
-def test_export_refuses_a_model_of_the_wrong_kind(tmp_path: Path) -> None:
+def test_export_refuses_a_model_of_the_wrong_kind(tmp_path: Path, cli) -> None:
     forest = tmp_path / "forest.skops"
     forest.write_bytes(b"PK\x05\x06" + b"\0" * 18)  # an empty zip: export must refuse by kind, unread
-    proc = run_job("export.py", tmp_path, f"ckpt_path={forest}")
+    proc = cli("export.py", tmp_path, f"ckpt_path={forest}")
     assert_one_plain_error(proc, forest, "this job needs a .ckpt checkpoint")
     onnx_path = tiny_onnx(tmp_path / "exported")
-    proc = run_job("export.py", tmp_path, f"ckpt_path={onnx_path}")
+    proc = cli("export.py", tmp_path, f"ckpt_path={onnx_path}")
     assert_one_plain_error(proc, onnx_path, "this job needs a .ckpt checkpoint")

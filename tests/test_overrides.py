@@ -110,8 +110,8 @@ def test_program_name() -> None:
     ("predict.py", ["photo.png", "scoring.precison=32-true"], ["did you mean scoring.precision=32-true?"]),
 ])
 def test_every_entry_point_answers_in_one_line(tmp_path: Path, script: str, argv: list[str],
-                                               fragments: list[str]) -> None:
-    proc = run_script(script, tmp_path, *argv)
+                                               fragments: list[str], cli) -> None:
+    proc = cli(script, tmp_path, *argv)
     line = one_error_line(proc, *fragments)
     assert "+" not in line and "Could not override" not in proc.stderr and "full_key" not in proc.stderr
     assert not (tmp_path / "run").exists()  # refused before a run folder was made
@@ -132,9 +132,9 @@ def test_a_sweep_with_a_mistyped_option_runs_nothing(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "sweep").iterdir()] == ["multirun.yaml"]  # no job started
 
 
-def test_a_mistyped_key_added_with_a_plus_is_named_with_the_class_settings(tmp_path: Path) -> None:
+def test_a_mistyped_key_added_with_a_plus_is_named_with_the_class_settings(tmp_path: Path, cli) -> None:
     """``+`` adds the key, so the config composes; the class it reaches refuses it, in one line."""
-    proc = run_script("train.py", tmp_path, "+model.net.dropuot=0.1")
+    proc = cli("train.py", tmp_path, "+model.net.dropuot=0.1")
     line = one_error_line(proc, "VGG takes no setting 'dropuot': did you mean dropouts", "--cfg job")
     assert "Error executing job" not in proc.stderr and "full_key" not in proc.stderr, line
 

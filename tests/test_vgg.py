@@ -8,9 +8,7 @@ from omegaconf import OmegaConf
 
 from cifake.core.errors import ConfigError
 from cifake.models.vgg import VGG
-from tests.helpers import ROOT
 from tests.helpers.config import conf_args
-from tests.helpers.runner import run_python
 
 # 3x3 convs 64x2, 128x2, 256x3, 512x3 with biases, 4 batch-norms (weight+bias),
 # dense 2048 -> 4000 -> 1500 -> 1 with biases.
@@ -86,8 +84,6 @@ def test_batch_norm_can_be_left_out_without_renaming_layers() -> None:
     assert [n for n, _ in with_bn.named_modules()] == [n for n, _ in without.named_modules()]
 
 
-def test_a_bad_net_setting_on_the_command_line_is_one_clear_line(tmp_path) -> None:
-
-    proc = run_python(str(ROOT / "train.py"), "data=demo", "model.net.dropouts=[0.1,0.2]", f"paths.log_dir={tmp_path}",
-                      f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path)
+def test_a_bad_net_setting_on_the_command_line_is_one_clear_line(tmp_path, cli) -> None:
+    proc = cli("train.py", tmp_path, "data=demo", "model.net.dropouts=[0.1,0.2]")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "one entry per block" in proc.stderr

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 from hydra.utils import instantiate
@@ -18,7 +18,6 @@ from cifake.core.errors import ConfigError, friendly_errors
 from cifake.data.datamodule import CIFAKEDataModule
 from cifake.evaluation.settings import EvaluationSettings
 from cifake.evaluation.workflow import choose_on_validation, evaluate_run, scope_on_training
-from cifake.models.forest import ForestClassifier
 from cifake.models.precision import float32_matmul
 from cifake.scoring import open_scorer
 from cifake.scoring.network import record_in_checkpoint
@@ -27,6 +26,9 @@ from cifake.training.fit import cluster_plugins, fit_network, resume_checkpoint,
 from cifake.training.provenance import made_by, source_commit, training_arithmetic, write_results
 from cifake.training.tracking import log_hparams, run_hparams
 from cifake.training.trainer import build_trainer, instantiate_all, silence_known_warnings
+
+if TYPE_CHECKING:
+    from cifake.models.forest import ForestClassifier
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.paths.output_dir)
     datamodule = CIFAKEDataModule.from_config(cfg.data)
     model: L.LightningModule | ForestClassifier = instantiate(cfg.model, _convert_="all")
-    if isinstance(model, ForestClassifier):
+    if not isinstance(model, L.LightningModule):  # the forest: its module (skops, scikit-learn's ensembles) only now
         from cifake.models.forest import FOREST_COMPUTED
         from cifake.models.forest.fit import fit_forest  # scikit-learn: only for the forest
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from types import ModuleType
+
+import pytest
 
 from tests.helpers import ROOT
 
@@ -29,6 +34,47 @@ def run_script(script: str, tmp_path: Path, *overrides: str,
     return subprocess.run([sys.executable, str(ROOT / script), *overrides,
                            f"hydra.run.dir={run_dir or tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300, env=script_env())
+
+
+def run_in_process(script: str, tmp_path: Path, *overrides: str, run_dir: Path | None = None,
+                   capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> subprocess.CompletedProcess:
+    """What :func:`run_script` runs, in this process: the entry script's Hydra app (``cifake.cli.<job>``) on the
+    same command line, environment and folder, its output read from this process's file descriptors and its
+    ``SystemExit`` as the exit status. For the checks of a command's answer whose point is not the process itself
+    (an ``error:`` line, the files a run writes), without the 10 s a new interpreter spends importing torch,
+    Lightning and torchmetrics. What the app changes in the process (its logging, signal handlers, the
+    thread hook) is put back. Each entry script still runs as a process elsewhere (test_friendly_errors)."""
+    import cifake.cli
+
+    job = Path(script).stem
+    argv = [str(ROOT / script), *overrides, f"hydra.run.dir={run_dir or tmp_path / 'run'}",
+            f"paths.cache_dir={tmp_path / 'cache'}"]
+    for name in ("CIFAKE_ROOT", "HYDRA_FULL_ERROR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(cifake.cli, "quick_exit", lambda: None)  # gc.freeze is for a process about to end
+    monkeypatch.chdir(tmp_path)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    signals = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    hook = threading.excepthook
+    capfd.readouterr()
+    try:
+        getattr(cifake.cli, job)()
+        code = 0
+    except SystemExit as stop:
+        code = 0 if stop.code is None else stop.code if isinstance(stop.code, int) else 1
+    finally:
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        for sig, handler in signals.items():
+            signal.signal(sig, handler)
+        threading.excepthook = hook
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(argv, code, out, err)
 
 
 def check(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
