@@ -219,7 +219,7 @@ def test_leaked_test_files_reads_the_cached_hashes_the_second_time(planted: Path
     assert leaked_test_files(data, near_distance=0) <= exact | {"test/FAKE/near-f.jpg"}
 
 
-def test_cli_writes_the_report_and_prints_the_summary(planted: Path, tmp_path: Path) -> None:
+def test_cli_writes_the_report_and_prints_the_summary(planted: Path, tmp_path: Path, cli) -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "audit.py"), f"data.root={planted}", f"paths.log_dir={tmp_path / 'logs'}",
          f"paths.cache_dir={tmp_path / 'cache'}", "audit.also_distances=[]"],
@@ -230,11 +230,7 @@ def test_cli_writes_the_report_and_prints_the_summary(planted: Path, tmp_path: P
     (run_dir,) = (tmp_path / "logs" / "audit" / "runs").iterdir()
     assert {"audit.json", "duplicates.csv", "leaks.csv", "summary.txt"} <= {p.name for p in run_dir.iterdir()}
 
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "audit.py"), f"data.root={planted}", f"paths.log_dir={tmp_path / 'logs'}",
-         f"paths.cache_dir={tmp_path / 'cache'}", "audit.near_distance=64"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )
+    proc = cli("audit.py", tmp_path, f"data.root={planted}", "audit.near_distance=64")  # its error, in process
     assert proc.returncode == 2 and "audit.near_distance" in proc.stderr and "Traceback" not in proc.stderr
 
 
