@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from cifake.core.signals import INTERRUPTED, ctrl_c_after_imports
+from cifake.core.signals import INTERRUPTED, HeldCtrlC, ctrl_c_after_imports
 
 try:
     with ctrl_c_after_imports():
@@ -37,11 +37,25 @@ except KeyboardInterrupt:  # Ctrl+C while the command starts: it stops, without 
     raise SystemExit(INTERRUPTED) from None
 
 
+# The Ctrl+C held while a command checks and composes its config (:func:`_launch`), released once Hydra starts
+# the run or the sweep (:class:`OutputFolderCheck`, before any job; a launcher's jobs may run in other processes).
+HELD: list[HeldCtrlC] = []
+
+
+def release_ctrl_c(raise_pressed: bool = True) -> None:
+    """Give Ctrl+C back to the process (:data:`HELD`), raising one that came meanwhile as ``KeyboardInterrupt``."""
+    while HELD:
+        HELD.pop().release(raise_pressed)
+
+
 def _launch(job: str, load: Callable[[], Callable[[DictConfig], Any]]) -> None:
     """Run the job ``load()`` returns (its module imported only then: :func:`train` and the others) as a Hydra
-    app on ``<job>.yaml``, a :class:`~cifake.core.errors.CifakeError` reported as one line (exit status 2)."""
+    app on ``<job>.yaml``, a :class:`~cifake.core.errors.CifakeError` reported as one line (exit status 2).
+    A Ctrl+C stops it with exit status 130 and one line wherever it comes: while the config is checked and
+    composed and while the job's module imports, it is held to the end of that step (:class:`HeldCtrlC`)."""
 
     def task(cfg: DictConfig) -> Any:
+        release_ctrl_c()  # where no Hydra callback did (hydra.callbacks replaced)
         with ctrl_c_after_imports():  # the job's module brings torch, Lightning, numpy, ...
             entry = load()
         one_console_copy()
@@ -52,6 +66,7 @@ def _launch(job: str, load: Callable[[], Callable[[DictConfig], Any]]) -> None:
     # if it lived in cifake.cli.<job>, it is `train` from cifake-train and python train.py alike, not `cli`.
     task.__module__ = f"{__name__}.{job}"
     task.__name__ = task.__qualname__ = job
+    HELD.append(HeldCtrlC())
     conf = config_dir()
     problem = yaml_problem([conf, *user_config_dirs(sys.argv[1:])]) or null_group(conf, sys.argv[1:])
     if problem:
@@ -65,6 +80,7 @@ def _launch(job: str, load: Callable[[], Callable[[DictConfig], Any]]) -> None:
         print(f"cifake-{job}: interrupted (Ctrl+C)", file=sys.stderr)
         raise SystemExit(INTERRUPTED) from None
     finally:
+        release_ctrl_c(raise_pressed=False)  # what ended before any run (--help, --cfg, an error) tells its own
         quick_exit()
 
 
@@ -139,12 +155,15 @@ def null_group(conf: Path, argv: list[str]) -> str | None:
 class OutputFolderCheck(Callback):
     """Hydra callback (``conf/hydra/default.yaml``): before Hydra creates the run folder
     (``hydra.run.dir``) or a sweep's (``hydra.sweep.dir``), and so before any of our code runs,
-    make sure it can be created and written to. Hydra would otherwise end in its own traceback."""
+    make sure it can be created and written to. Hydra would otherwise end in its own traceback.
+    The config is composed by then: a Ctrl+C held meanwhile stops the command here (:func:`release_ctrl_c`)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        release_ctrl_c()
         writable_folder(config.hydra.run.dir, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        release_ctrl_c()
         writable_folder(config.hydra.sweep.dir, "hydra.sweep.dir")
 
 

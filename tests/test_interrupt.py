@@ -1,5 +1,6 @@
 """Ctrl+C while a command starts (cifake/cli.py): it stops with exit status 130 and one line, never a
-traceback through the imports. Lightning's fit and the server handle their own Ctrl+C."""
+traceback through the imports or an error from a config composed halfway. Lightning's fit and the server handle
+their own Ctrl+C."""
 
 from __future__ import annotations
 
@@ -42,8 +43,8 @@ def test_ctrl_c_while_the_job_imports(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_one_second_into_train_py(tmp_path: Path) -> None:
-    """A real SIGINT, as a terminal sends it, one second after `python train.py experiment=demo` starts:
-    Python is still loading torch and Lightning then, on any machine."""
+    """A real SIGINT, as a terminal sends it, one second after `python train.py experiment=demo` starts: by the
+    machine, Hydra is still composing the config then, or Python is loading torch and Lightning."""
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), "experiment=demo", f"paths.log_dir={tmp_path / 'logs'}",
          f"paths.cache_dir={tmp_path / 'cache'}"],
@@ -76,6 +77,38 @@ sys.argv = ["evaluate.py"]
 from cifake.cli import evaluate
 evaluate()
 """
+
+
+# Ctrl+C while Hydra composes the config: a composition cut in the middle ended in OmegaConf's
+# "'NoneType' object has no attribute '_invalidate_flags_cache'" and exit status 1 (seen one second into train.py).
+INTERRUPT_COMPOSING = """
+import os, signal, sys, time
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
+real_load = ConfigLoaderImpl.load_configuration
+def load(self, *args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.2)  # the signal is delivered meanwhile
+    config = real_load(self, *args, **kwargs)
+    open({marker!r}, "w").write("composed whole")
+    return config
+ConfigLoaderImpl.load_configuration = load
+sys.argv = ["train.py", "experiment=demo", "paths.log_dir=" + {logs!r}]
+from cifake.cli import train
+train()
+"""
+
+
+def test_ctrl_c_while_the_config_is_composed_lets_it_finish_then_stops(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    proc = subprocess.run([sys.executable, "-c", INTERRUPT_COMPOSING.format(marker=str(marker),
+                                                                             logs=str(tmp_path / "logs"))],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300, env=script_env(),
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert marker.read_text() == "composed whole"
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "cifake-train: interrupted (Ctrl+C)"
+    assert not (tmp_path / "logs").exists()  # stopped before a run folder was made
 
 
 def test_ctrl_c_during_an_import_lets_it_finish_then_stops(tmp_path: Path) -> None:

@@ -1,8 +1,8 @@
 """Signals and stopping, for every process of the package: Ctrl+C (SIGINT), SIGTERM (``docker stop``, systemd,
 a scheduler) and the other stop signals a user names, each in the one place it is taken:
 
-- the command line: a Ctrl+C while a command imports its libraries stops it with exit status 130 and one line
-  (:func:`ctrl_c_after_imports`, used by :mod:`cifake.cli`);
+- the command line: a Ctrl+C while a command composes its config or imports its libraries stops it with exit
+  status 130 and one line (:class:`HeldCtrlC`, :func:`ctrl_c_after_imports`, used by :mod:`cifake.cli`);
 - training: the signals ``callbacks.preemption.signals`` names (:func:`parse_signals`), routed to Lightning's
   stop between batches by :class:`cifake.callbacks.Preemption`;
 - the server (:mod:`cifake.jobs.serve`): a stop ends LitServe and every process it started (:class:`Stops`,
@@ -25,34 +25,52 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from cifake.core.errors import ConfigError
-
 log = logging.getLogger(__name__)
 
 INTERRUPTED = 130  # the exit status of a command stopped by Ctrl+C (128 + SIGINT), as shells report it
 
 
+class HeldCtrlC:
+    """A Ctrl+C (SIGINT) held from now until :meth:`release`, which raises it then as ``KeyboardInterrupt``.
+    Cut in the middle, an import can leave a library half loaded (numpy without its C core), and OmegaConf's
+    merge of a config can leave a node half made: the next step then fails with an error that hides the Ctrl+C
+    (``'NoneType' object has no attribute '_invalidate_flags_cache'``, exit status 1). Where SIGINT is ignored
+    (a background job) or cannot be handled (not the main thread), nothing is held."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self._previous = signal.getsignal(signal.SIGINT)
+        self._held = self._previous not in (signal.SIG_IGN, None)  # None: a handler set outside Python, left alone
+        if self._held:
+            try:
+                signal.signal(signal.SIGINT, self._press)
+            except ValueError:  # not the main thread
+                self._held = False
+
+    def _press(self, signum: int, frame: Any) -> None:
+        self.pressed = True
+
+    def release(self, raise_pressed: bool = True) -> None:
+        """Give SIGINT its handler back (the first call only); then, if Ctrl+C came while it was held and
+        ``raise_pressed``, raise ``KeyboardInterrupt``."""
+        if not self._held:
+            return
+        self._held = False
+        signal.signal(signal.SIGINT, self._previous)
+        if self.pressed and raise_pressed:
+            raise KeyboardInterrupt
+
+
 @contextmanager
 def ctrl_c_after_imports() -> Iterator[None]:
-    """Hold a Ctrl+C (SIGINT) that comes while the block imports modules until the block ends, then raise
-    it as ``KeyboardInterrupt``. An import cut in the middle can leave a library half loaded (numpy without
-    its C core), and a later import then fails with an error that hides the Ctrl+C. Where SIGINT is ignored
-    (a background job) or cannot be handled (not the main thread), the block runs as it is."""
-    pressed: list[int] = []
-    previous = signal.getsignal(signal.SIGINT)
-    held = previous not in (signal.SIG_IGN, None)  # None: a handler set outside Python, left alone
-    if held:
-        try:
-            signal.signal(signal.SIGINT, lambda signum, _frame: pressed.append(signum))
-        except ValueError:  # not the main thread
-            held = False
+    """Hold a Ctrl+C that comes while the block imports modules until the block ends (:class:`HeldCtrlC`)."""
+    held = HeldCtrlC()
     try:
         yield
-    finally:
-        if held:
-            signal.signal(signal.SIGINT, previous)
-    if pressed:
-        raise KeyboardInterrupt
+    except BaseException:
+        held.release(raise_pressed=False)  # the block's own error is the one to tell
+        raise
+    held.release()
 
 
 def parse_signals(names: Sequence[str]) -> list[signal.Signals]:
@@ -60,6 +78,10 @@ def parse_signals(names: Sequence[str]) -> list[signal.Signals]:
     known = {s.name for s in signal.Signals}
     unknown = [name for name in names if name not in known]
     if unknown:
+        # Imported here: the rest of this module is the standard library's, so that the command line holds
+        # Ctrl+C from its first import on (cifake.core.errors brings OmegaConf).
+        from cifake.core.errors import ConfigError
+
         raise ConfigError(f"callbacks.preemption.signals: {unknown} are not signals here; choose from "
                           f"{sorted(known)}, e.g. [SIGUSR1] for SLURM's --signal=USR1@90")
     return [signal.Signals[name] for name in names]
