@@ -150,6 +150,13 @@ def test_the_reference_experiment_on_a_machine_without_a_gpu(tmp_path: Path, cli
                    "trainer.accelerator=cpu")
 
 
+def test_a_callback_set_to_a_value_says_how_to_switch_it_off(tmp_path: Path, cli) -> None:
+    one_error_line(cli("train.py", tmp_path, "experiment=demo", "callbacks.progress_bar=false"),
+                   "callbacks.progress_bar=false: each entry of callbacks is a config",
+                   "switch this one off with callbacks.progress_bar=null")
+    assert not (tmp_path / "cache").exists()  # refused before any data was generated
+
+
 def test_more_devices_than_the_machine_has(tmp_path: Path, cli) -> None:
     proc = cli("train.py", tmp_path, "experiment=demo", "trainer.devices=64")
     line = one_error_line(proc, "trainer.devices")

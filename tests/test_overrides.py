@@ -37,6 +37,13 @@ def test_a_mistyped_key_or_group_is_answered_with_the_nearest(argv: list[str], m
     assert "+" not in line  # adding the mistyped key would be read by nothing
 
 
+def test_a_value_is_never_offered_in_place_of_a_config_node() -> None:
+    # callbacks.progress_bar is a callback's config: `false` there is no setting (the callback is switched off
+    # with null), so progress_bar=false is not pointed at it.
+    assert "callbacks.progress_bar=false" not in problem("progress_bar=false")
+    assert "callbacks.progress_bar=null" in problem("progress_bar=null")
+
+
 def test_only_the_nearest_keys_are_offered() -> None:
     line = problem("trainer.max_epoch=3")
     assert "trainer.max_epochs=3" in line and "min_epochs" not in line  # farther than the nearest

@@ -195,7 +195,9 @@ class _Diagnosis:
             return f"{head}: {add}"
         groups = _nearest(key, self.groups()) if "." not in key else []  # maybe a group: modle=vgg
         words = [f"~{g}" if deleting else f"{g}={self._option_like(g, value)}" for g in groups]
-        close = [k for k in _close_keys(cfg, key, by_last_part=not groups) if k not in groups]  # a group's node
+        scalar = value != "null" and not value.startswith("{")  # it cannot stand for a config node
+        close = [k for k in _close_keys(cfg, key, by_last_part=not groups, scalar=scalar)
+                 if k not in groups]  # a group's node
         words += [w for w in (f"~{k}" if deleting else f"{k}={value}" for k in close) if w not in words]
         if words:
             hint = f"{self.program} --help lists the groups" if groups else f"{self.program} --cfg job shows every key"
@@ -266,6 +268,11 @@ def _walk(cfg: DictConfig, key: str) -> tuple[bool, Any, str]:
     return True, node, ""
 
 
+def _is_mapping(node: Any) -> bool:
+    """Whether ``node`` is a config node (a mapping that is not null)."""
+    return isinstance(node, DictConfig) and not node._is_none()
+
+
 def _paths(node: Any, prefix: str = "") -> Iterator[str]:
     """Every dotted key below ``node`` (mappings only)."""
     if isinstance(node, DictConfig) and not node._is_none():
@@ -275,12 +282,15 @@ def _paths(node: Any, prefix: str = "") -> Iterator[str]:
             yield from _paths(node._get_node(k), path)
 
 
-def _close_keys(cfg: DictConfig, key: str, by_last_part: bool) -> list[str]:
+def _close_keys(cfg: DictConfig, key: str, by_last_part: bool, scalar: bool = False) -> list[str]:
     """The keys of ``cfg`` nearest to ``key``: dotted keys as deep and alike, else keys whose last part is
     alike (``max_epochs=3`` -> ``trainer.max_epochs``) if ``by_last_part``; only those about as near as the nearest.
-    Hydra's own settings only for a ``hydra.`` key."""
+    Hydra's own settings only for a ``hydra.`` key; no config node for a ``scalar`` value (``progress_bar=false``:
+    ``trainer.enable_progress_bar``, not the callback ``callbacks.progress_bar``)."""
     depth = key.count(".")
     paths = [p for p in _paths(cfg) if (p == "hydra" or p.startswith("hydra.")) == key.startswith("hydra")]
+    if scalar:
+        paths = [p for p in paths if not _is_mapping(_walk(cfg, p)[1])]
     close = _nearest(key, [p for p in paths if p.count(".") == depth])
     if close or not by_last_part:
         return close

@@ -37,7 +37,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.folder is not None:  # a folder of one class instead of the test split
         return evaluate_folder(cfg, settings, scorer)
     datamodule = CIFAKEDataModule.from_config(cfg.data)
-    loggers = instantiate_all(cfg.get("logger"))
+    loggers = instantiate_all(cfg, "logger")
     # A temperature, a band and an out-of-scope score chosen now, as train.py would choose them; stored in the
     # checkpoint only with store=true.
     scorer, temperature, band = choose_on_validation(scorer, datamodule, settings)

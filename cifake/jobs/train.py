@@ -53,7 +53,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         from cifake.models.forest import FOREST_COMPUTED
         from cifake.models.forest.fit import fit_forest  # scikit-learn: only for the forest
 
-        loggers = instantiate_all(cfg.get("logger"))
+        loggers = instantiate_all(cfg, "logger")
         metrics, best = fit_forest(cfg, datamodule, model, loggers)
         best, step, rank_zero, fast_dev_run = str(best), 0, True, False
         computed = {"training": dict(FOREST_COMPUTED)}

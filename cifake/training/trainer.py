@@ -18,12 +18,19 @@ from cifake.core.errors import ConfigError
 from cifake.models.precision import resolve_precision, uses_cuda
 
 
-def instantiate_all(group: DictConfig | None) -> list[Any]:
-    """Instantiate every entry of a config group such as ``callbacks`` or ``logger``; entries set
-    to null are switched off."""
-    if not group:
+def instantiate_all(cfg: DictConfig, group: str) -> list[Any]:
+    """Instantiate every entry of the config group ``group`` of ``cfg`` (``callbacks``, ``logger``); entries set
+    to null are switched off. An entry that is not a config (``callbacks.progress_bar=false``) is a
+    :class:`ConfigError` that says how to switch it off."""
+    entries = cfg.get(group)
+    if not entries:
         return []
-    return [instantiate(node, _convert_="all") for node in group.values() if node is not None]
+    for key, node in entries.items():
+        if node is not None and not isinstance(node, DictConfig):
+            typed = str(node).lower() if isinstance(node, bool) else node  # as typed: false, not False
+            raise ConfigError(f"{group}.{key}={typed}: each entry of {group} is a config with a _target_; "
+                              f"switch this one off with {group}.{key}=null")
+    return [instantiate(node, _convert_="all") for node in entries.values() if node is not None]
 
 
 def build_trainer(cfg: DictConfig, extra_callbacks: list[Any] | None = None, **overrides: Any) -> Any:
@@ -40,12 +47,12 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[Any] | None = None, **o
         from cifake.training.distributed import GlobalBatchNormSync  # torch's SyncBatchNorm runs on GPUs only
 
         plugins.append(GlobalBatchNormSync())
-    callbacks = instantiate_all(cfg.get("callbacks")) + list(extra_callbacks or [])
+    callbacks = instantiate_all(cfg, "callbacks") + list(extra_callbacks or [])
     overrides["plugins"] = plugins
     if not overrides.get("enable_progress_bar", cfg.trainer.enable_progress_bar):
         # Lightning refuses a progress-bar callback when the bar is off; the override should win.
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    loggers = instantiate_all(cfg.get("logger"))
+    loggers = instantiate_all(cfg, "logger")
     if "precision" not in overrides:
         overrides["precision"] = resolve_precision(cfg.trainer.precision, accelerator)
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
