@@ -18,7 +18,7 @@ import yaml
 
 from tests.helpers import ROOT
 from tests.helpers.config import CONF_DIR, NO_FIGURES, compose_config, tiny_demo_overrides, tiny_train_overrides
-from tests.helpers.runner import check, run_python
+from tests.helpers.runner import check, one_error_line, run_python
 
 pytestmark = pytest.mark.slow
 
@@ -167,6 +167,29 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     steps = [e.step for e in ea.Scalars("train_step/loss")]
     assert min(steps) >= killed_at["global_step"] - 1  # continued, not restarted
     assert max(steps) == epochs * steps_per_epoch - 1
+
+
+ONE_CYCLE = ["+model.scheduler={_target_:torch.optim.lr_scheduler.OneCycleLR,_partial_:true,max_lr:1.0e-3}",
+             "model.scheduler_interval=step"]
+
+
+def test_a_one_cycle_run_resumed_for_more_epochs_says_so_in_one_line(tmp_path: Path, cli) -> None:
+    """A schedule laid out over the whole run (OneCycleLR) cannot be stretched: asked to go on for more epochs,
+    the command says so in one line before training, instead of torch's ``Tried to step 11 times. The specified
+    number of total steps is 10`` once the old length was spent."""
+    from cifake.jobs import train as train_job
+
+    run_dir = tmp_path / "run"
+    overrides = [*tiny_train_overrides(tmp_path), *ONE_CYCLE, *NO_FIGURES, "evaluate=false"]
+    train_job.run(compose_config("train", [*overrides, "trainer.max_epochs=2", f"paths.output_dir={run_dir}"]))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["lr_schedulers"][0]["total_steps"] == 10  # 72 images / 16, twice
+    line = one_error_line(cli("train.py", tmp_path, *overrides, "trainer.max_epochs=4", "ckpt_path=last",
+                              run_dir=run_dir),
+                          f"ckpt_path={last}: its learning-rate schedule was laid out for 10 steps and this run "
+                          "would take 20", f"init_from={last}")
+    assert "Tried to step" not in line
+    assert torch.load(last, weights_only=True)["global_step"] == 10  # nothing trained
 
 
 def test_resuming_without_a_checkpoint_says_where_it_looked(tmp_path: Path, cli) -> None:

@@ -105,6 +105,7 @@ class Classifier(ScoresWithTTA, L.LightningModule):
         self.train_input_size = image_size
         self.train_forward_flops = self.forward_flops
         self.images_seen = 0
+        self.resumed_schedule_steps: list[int | None] = []  # a resumed checkpoint's (on_load_checkpoint)
         self.example_input_array = torch.zeros(1, 3, image_size, image_size)  # Lightning's summary shows FLOPs
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
@@ -236,6 +237,8 @@ class Classifier(ScoresWithTTA, L.LightningModule):
         checkpoint[COMPUTE_KEY] = self.compute  # resumed runs go on counting; evaluate.py reports it
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Called before configure_optimizers when a fit resumes: the schedules' lengths, to check there.
+        self.resumed_schedule_steps = [s.get("total_steps") for s in checkpoint.get("lr_schedulers", [])]
         world = self.trainer.world_size if self._trainer is not None else 1
         record = checkpoint.get(COMPUTE_KEY) or {}
         self.images_seen = int(record.get("images_seen", 0)) // world
@@ -259,6 +262,19 @@ class Classifier(ScoresWithTTA, L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
 
+    def _check_resumed_length(self, total_steps: int) -> None:
+        """Refuse to resume a schedule laid out over the whole run (OneCycleLR) with another length: the
+        checkpoint's schedule would take over with its own, and stop the run with torch's ``Tried to step N
+        times`` once that many steps were done."""
+        resumed = next((s for s in self.resumed_schedule_steps if s is not None), None)
+        if self.trainer.ckpt_path is None or resumed is None or resumed == total_steps:
+            return
+        raise ConfigError(
+            f"ckpt_path={self.trainer.ckpt_path}: its learning-rate schedule was laid out for {resumed} steps and "
+            f"this run would take {total_steps} (trainer.max_epochs, the data or the batch size differ): a schedule "
+            "over the whole run cannot be stretched once started. Resume with the run's own settings, or start a "
+            f"new schedule from its weights: init_from={self.trainer.ckpt_path} (without ckpt_path)")
+
     def predict_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> dict[str, torch.Tensor]:
         """p(REAL), true label and dataset row of every image, so outputs cannot be misaligned."""
         images, labels, rows = batch
@@ -273,6 +289,7 @@ class Classifier(ScoresWithTTA, L.LightningModule):
         # Schedules over the whole run (OneCycleLR) need its length, which only the trainer knows.
         if "total_steps" in inspect.signature(make.func).parameters and "total_steps" not in make.keywords:
             extra["total_steps"] = int(self.trainer.estimated_stepping_batches)
+            self._check_resumed_length(extra["total_steps"])
         scheduler = make(optimizer=optimizer, **extra)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}}
