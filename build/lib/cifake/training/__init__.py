@@ -1,2 +1,0 @@
-"""Fitting: the Lightning Trainer and its device and precision rules, distributed training, sweeps, run
-tracking, the random-forest fit. Imports core/, data/, analysis/, models/."""
