@@ -275,7 +275,7 @@ def _is_mapping(node: Any) -> bool:
 
 def _paths(node: Any, prefix: str = "") -> Iterator[str]:
     """Every dotted key below ``node`` (mappings only)."""
-    if isinstance(node, DictConfig) and not node._is_none():
+    if _is_mapping(node):
         for k in _keys(node):
             path = f"{prefix}.{k}" if prefix else str(k)
             yield path

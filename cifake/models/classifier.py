@@ -105,7 +105,7 @@ class Classifier(ScoresWithTTA, L.LightningModule):
         self.train_input_size = image_size
         self.train_forward_flops = self.forward_flops
         self.images_seen = 0
-        self.resumed_schedule_steps: list[int | None] = []  # a resumed checkpoint's (on_load_checkpoint)
+        self.resumed_schedule_steps: int | None = None  # a resumed checkpoint's (on_load_checkpoint)
         self.example_input_array = torch.zeros(1, 3, image_size, image_size)  # Lightning's summary shows FLOPs
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
@@ -238,7 +238,8 @@ class Classifier(ScoresWithTTA, L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Called before configure_optimizers when a fit resumes: the schedules' lengths, to check there.
-        self.resumed_schedule_steps = [s.get("total_steps") for s in checkpoint.get("lr_schedulers", [])]
+        self.resumed_schedule_steps = next((s["total_steps"] for s in checkpoint.get("lr_schedulers", [])
+                                            if s.get("total_steps") is not None), None)
         world = self.trainer.world_size if self._trainer is not None else 1
         record = checkpoint.get(COMPUTE_KEY) or {}
         self.images_seen = int(record.get("images_seen", 0)) // world
@@ -266,7 +267,7 @@ class Classifier(ScoresWithTTA, L.LightningModule):
         """Refuse to resume a schedule laid out over the whole run (OneCycleLR) with another length: the
         checkpoint's schedule would take over with its own, and stop the run with torch's ``Tried to step N
         times`` once that many steps were done."""
-        resumed = next((s for s in self.resumed_schedule_steps if s is not None), None)
+        resumed = self.resumed_schedule_steps
         if self.trainer.ckpt_path is None or resumed is None or resumed == total_steps:
             return
         raise ConfigError(
