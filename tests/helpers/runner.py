@@ -22,17 +22,26 @@ def run_python(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
+# What the environment may hold that would change a script's errors: the real data set, Hydra's full tracebacks.
+CHANGES_ERRORS = ("CIFAKE_ROOT", "HYDRA_FULL_ERROR")
+
+
 def script_env() -> dict[str, str]:
-    """This environment without what would change a script's errors (``CIFAKE_ROOT``, ``HYDRA_FULL_ERROR``)."""
-    return {k: v for k, v in os.environ.items() if k not in ("CIFAKE_ROOT", "HYDRA_FULL_ERROR")}
+    """This environment without :data:`CHANGES_ERRORS`."""
+    return {k: v for k, v in os.environ.items() if k not in CHANGES_ERRORS}
+
+
+def script_argv(script: str, tmp_path: Path, overrides: tuple[str, ...], run_dir: Path | None) -> list[str]:
+    """The entry script of the checkout with ``overrides``, its run folder and cache under ``tmp_path``."""
+    return [str(ROOT / script), *overrides, f"hydra.run.dir={run_dir or tmp_path / 'run'}",
+            f"paths.cache_dir={tmp_path / 'cache'}"]
 
 
 def run_script(script: str, tmp_path: Path, *overrides: str,
                run_dir: Path | None = None) -> subprocess.CompletedProcess:
     """An entry script of the checkout (``train.py``, ...) with overrides, its run folder and cache under
     ``tmp_path``, without the environment that would change its errors (``CIFAKE_ROOT``, ``HYDRA_FULL_ERROR``)."""
-    return subprocess.run([sys.executable, str(ROOT / script), *overrides,
-                           f"hydra.run.dir={run_dir or tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}"],
+    return subprocess.run([sys.executable, *script_argv(script, tmp_path, overrides, run_dir)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300, env=script_env())
 
 
@@ -47,9 +56,8 @@ def run_in_process(script: str, tmp_path: Path, *overrides: str, run_dir: Path |
     import cifake.cli
 
     job = Path(script).stem
-    argv = [str(ROOT / script), *overrides, f"hydra.run.dir={run_dir or tmp_path / 'run'}",
-            f"paths.cache_dir={tmp_path / 'cache'}"]
-    for name in ("CIFAKE_ROOT", "HYDRA_FULL_ERROR"):
+    argv = script_argv(script, tmp_path, overrides, run_dir)
+    for name in CHANGES_ERRORS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(sys, "argv", argv)
     monkeypatch.setattr(cifake.cli, "quick_exit", lambda: None)  # gc.freeze is for a process about to end
