@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cifake.core.digest import file_sha256
 from cifake.jobs import evaluate as evaluate_job
+from cifake.jobs import export as export_job
 from cifake.jobs import predict as predict_job
 from cifake.jobs import train as train_job
 from cifake.scoring.network import SCOPE_KEY, read_checkpoint
@@ -111,5 +113,13 @@ def test_init_from_starts_a_fit_from_the_weights_and_refuses_another_network(sco
         train_job.run(compose_job("train", tmp_path / "run", tiny_train_overrides(
             tmp_path, f"init_from={ckpt}", "trainer.limit_train_batches=1", *NO_FIGURES)))
     assert "Network weights loaded from" in caplog.text
+    # The run records which file it started from: `bundled` or a path may name other weights later.
+    started = json.loads((tmp_path / "run" / "results.json").read_text())["run"]["init_from"]
+    assert started == {"init_from": str(ckpt), "file": str(ckpt.resolve()), "sha256": file_sha256(ckpt)}
+    # and the card of its export says so.
+    export_job.run(compose_job("export", tmp_path / "export", [
+        f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'best.ckpt'}", "format=safetensors"]))
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert f"Started from (a fine-tune): `init_from={ckpt}`: {ckpt.resolve()}, sha256 `{file_sha256(ckpt)}`" in card
     other = tiny_train_overrides(tmp_path, f"init_from={ckpt}", "model.net.dense=[24]")
     one_error_line(cli("train.py", tmp_path, *other, run_dir=tmp_path / "other"), "init_from", "does not fit model.net")

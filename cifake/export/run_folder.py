@@ -42,12 +42,17 @@ def training_recipe(record: Mapping[str, Any], source: Path, card: Mapping[str, 
                     export_command: str) -> dict[str, Any]:
     """How the model was made, for its card: the experiment, command and seed of the run (``record``:
     :func:`run_record`), where and when it was trained (``card``'s commit, machine and train_time where set,
-    else what the run's results.json recorded), the checkpoint exported (``source``) and the export's command."""
+    else what the run's results.json recorded), the weights a fine-tune started from (``card.init_from`` where set,
+    else the run's record of them), the checkpoint exported (``source``) and the export's command."""
     made = record["results"].get("run") or {}
+    started = made.get("init_from")
+    if started:  # the record: what init_from named, the file it read and that file's SHA-256
+        started = f"`init_from={started['init_from']}`: {started['file']}, sha256 `{started['sha256']}`"
     overrides = record["overrides"]
     command = None if overrides is None else " ".join(["python train.py", *overrides])
     return {"experiment": None if record["config"] is None else record["config"].get("task_name"),
             "command": command, "seed": None if record["config"] is None else record["config"].get("seed"),
             "commit": card.get("commit") or made.get("commit"), "machine": card.get("machine") or made.get("machine"),
-            "train_time": card.get("train_time") or made.get("train_time"), "source_checkpoint": str(source),
+            "train_time": card.get("train_time") or made.get("train_time"),
+            "init_from": card.get("init_from") or started or None, "source_checkpoint": str(source),
             "export_command": export_command}

@@ -284,6 +284,7 @@ def card_text(config: Mapping[str, Any], metrics: Mapping[str, Any] | None, robu
              f"- Seed: {recipe.get('seed')}; commit: `{recipe.get('commit')}`",
              f"- Machine: {recipe.get('machine')}",
              f"- Training time: {recipe.get('train_time') or 'not recorded'}",
+             *([f"- Started from (a fine-tune): {recipe['init_from']}"] if recipe.get("init_from") else []),
              f"- Exported with: `{recipe.get('export_command')}`",
              "", "## Evaluation data", "", *evaluation_lines, ""]
     if metrics:

@@ -38,6 +38,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     evaluate the best model on the test split, write ``results.json`` and return the final
     metrics (flat scalars; ``test``: the test report)."""
     commit = source_commit()  # now: the code this run starts with, whatever the checkout holds when it ends
+    init_weights = None  # the file a fine-tune (init_from) starts from
     if cfg.seed is not None:
         L.seed_everything(cfg.seed, workers=True)
     silence_known_warnings()
@@ -60,7 +61,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     else:
         resume = resume_checkpoint(cfg, out)  # refused before any data is generated or decoded
         if cfg.init_from is not None:
-            start_from(model, cfg.init_from, resume)
+            init_weights = start_from(model, cfg.init_from, resume)
         trainer = build_trainer(cfg, plugins=cluster_plugins(cfg))
         started = time.monotonic()
         with float32_matmul(cfg.float32_matmul_precision):  # for the fit only: scoring sets its own
@@ -99,7 +100,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if rank_zero:
         for lg in loggers:
             lg.finalize("success")
-        write_results(out, metrics, computed, made_by(computed["training"], commit))
+        write_results(out, metrics, computed, made_by(computed["training"], commit, init_weights))
         _print_outputs(out, best, loggers, bool(metrics.get("test")))
     return metrics
 

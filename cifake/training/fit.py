@@ -17,8 +17,10 @@ from omegaconf import DictConfig
 
 from cifake.callbacks.preemption import Preemption, Stop
 from cifake.core.checkpoints import check_resumable
+from cifake.core.digest import file_sha256
 from cifake.core.errors import ConfigError
 from cifake.scoring.open_model_file import network_weights
+from cifake.scoring.weights import WEIGHTS_FILE, bundled_weights
 from cifake.training.provenance import entry_command, run_overrides
 
 log = logging.getLogger(__name__)
@@ -26,9 +28,10 @@ log = logging.getLogger(__name__)
 LAST = f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"  # what ckpt_path=last resumes
 
 
-def start_from(model: L.LightningModule, source: str, resume: str | None) -> None:
+def start_from(model: L.LightningModule, source: str, resume: str | None) -> dict[str, str]:
     """``init_from``: the network's weights loaded from ``source`` before the fit; refused beside a resumed
-    run (whose checkpoint holds weights of its own) and for a network of other settings."""
+    run (whose checkpoint holds weights of its own) and for a network of other settings. Returns what was
+    read (:func:`started_from`), for the run's record."""
     if resume is not None:
         raise ConfigError("init_from starts a new fit from a model's weights, and ckpt_path resumes a run with its "
                           "own: set one of them")
@@ -39,7 +42,19 @@ def start_from(model: L.LightningModule, source: str, resume: str | None) -> Non
         first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
         raise ConfigError(f"init_from={source}: its network does not fit model.net ({first}); set model.net to the "
                           "settings it was trained with (its config.json or checkpoint's hyper_parameters)") from None
-    log.info("Network weights loaded from %s (init_from): fine-tuning starts from them", source)
+    started = started_from(source)
+    log.info("Network weights loaded from %s (init_from; sha256 %s): fine-tuning starts from them", started["file"],
+             started["sha256"][:12])
+    return started
+
+
+def started_from(source: str) -> dict[str, str]:
+    """The file ``init_from`` named and its SHA-256: ``bundled`` and a path name other weights once the
+    package or the file changes, so the run records which ones it started from."""
+    bundled = bundled_weights() if source == "bundled" else None
+    path = bundled if bundled is not None else Path(source)
+    weights = path / WEIGHTS_FILE if path.is_dir() else path
+    return {"init_from": source, "file": str(weights.resolve()), "sha256": file_sha256(weights)}
 
 
 def cluster_plugins(cfg: DictConfig) -> list[Any]:

@@ -97,16 +97,18 @@ def source_commit() -> str:
     return commit
 
 
-def made_by(training: dict[str, Any], commit: str) -> dict[str, Any]:
+def made_by(training: dict[str, Any], commit: str, started: dict[str, str] | None = None) -> dict[str, Any]:
     """``commit`` (:func:`source_commit`, read when the run started), the machine (CPU model, cores,
-    whether it computes bf16 natively, the GPU if training used one) and the training's wall time."""
+    whether it computes bf16 natively, the GPU if training used one), the training's wall time and, for a
+    fine-tune, the weights it started from (``started``: :func:`cifake.training.fit.started_from`)."""
     bf16 = "yes" if native_bf16(torch.device("cpu")) else "no"
     machine = f"{machine_cpu()}, {os.cpu_count()} cores, native bf16: {bf16}"
     if str(training.get("device", "")).startswith("cuda"):
         machine += f"; {torch.cuda.get_device_name()}"
     seconds = training.get("seconds")
-    return {"commit": commit, "machine": machine,
+    made = {"commit": commit, "machine": machine,
             "train_time": None if seconds is None else f"{seconds / 60:.1f} min of training"}
+    return made if started is None else {**made, "init_from": started}
 
 
 def machine_cpu() -> str:
