@@ -48,7 +48,7 @@ def model_or_bundled(ckpt_path: str | Path | None) -> str:
 
 
 def bundled_name() -> str:
-    """The bundled model in a few words: ``the bundled model (experiment=cpu_robust)``."""
+    """The bundled model in a few words: ``the bundled model (experiment=cpu_photo)``."""
     import json
 
     from cifake.scoring.weights import BUNDLED_DIR, CONFIG_FILE
