@@ -32,7 +32,7 @@ try:
         from cifake.core import schemas  # noqa: F401  (registers the config schemas the YAML files name)
         from cifake.core.configs import config_dir, user_config_dirs, yaml_problem
         from cifake.core.errors import friendly_errors, report
-        from cifake.core.overrides import override_problem, program_name
+        from cifake.core.overrides import override_problem, program_name, unparsable_override
 except KeyboardInterrupt:  # Ctrl+C while the command starts: it stops, without a traceback through the imports
     raise SystemExit(INTERRUPTED) from None
 
@@ -120,6 +120,10 @@ def overrides_told(conf: Path, job: str) -> Iterator[None]:
                 problem = override_problem(conf, sys.argv[1:], job, program_name(sys.argv[0]))
                 if problem:
                     report(problem, to_log=False)  # no run folder yet, so no run log
+            if "OverrideParseException" in names:  # Hydra's grammar refused one: say which, and how to quote
+                problem = unparsable_override(sys.argv[1:])
+                if problem:
+                    report(problem, to_log=False)
             raise
 
     hydra_utils.run_and_report = lambda func: original(lambda: diagnosed(func))

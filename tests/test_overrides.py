@@ -124,6 +124,17 @@ def test_every_entry_point_answers_in_one_line(tmp_path: Path, script: str, argv
     assert not (tmp_path / "run").exists()  # refused before a run folder was made
 
 
+@pytest.mark.parametrize(("script", "argv", "bad", "reason"), [
+    ("export.py", ["card.train_time='it's'"], "card.train_time='it's'", "token recognition error"),
+    ("train.py", ["model=vgg", "trainer.max_epochs=[1", "seed=1"], "trainer.max_epochs=[1", "no viable alternative"),
+])
+def test_an_override_the_grammar_cannot_read_is_named_with_how_to_quote(tmp_path: Path, script: str, argv: list[str],
+                                                                        bad: str, reason: str, cli) -> None:
+    proc = cli(script, tmp_path, *argv)
+    one_error_line(proc, f"{bad}: not an override Hydra can read ({reason}", "in quotes", "override_grammar")
+    assert "HYDRA_FULL_ERROR" not in proc.stderr and not (tmp_path / "run").exists()
+
+
 def test_a_console_script_names_itself(tmp_path: Path) -> None:
     script = shutil.which("cifake-train", path=str(Path(sys.executable).parent))
     if script is None:

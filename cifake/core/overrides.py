@@ -336,3 +336,27 @@ def override_problem(config_dir: Path, argv: Sequence[str], config_name: str, pr
         return _Diagnosis(config_dir, line, program).problem()
     except Exception:  # noqa: BLE001  (an override Hydra cannot parse, a search path it refuses: Hydra says)
         return None
+
+
+def unparsable_override(argv: Sequence[str]) -> str | None:
+    """One line naming the first override of ``argv`` that Hydra's grammar cannot read (``key='it's'``,
+    ``key=[1``) with the parser's reason and how to quote a value; ``None`` when each one parses (or with
+    ``HYDRA_FULL_ERROR=1``, where Hydra's answer is kept)."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        return None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    line = parse_command_line(argv, "unused")
+    if line is None:
+        return None
+    parser = OverridesParser.create()
+    for override in line.overrides:
+        try:
+            parser.parse_override(override)
+        except HydraException as err:  # the grammar's refusal (parse_overrides wraps it in OverrideParseException)
+            reason = str(err).splitlines()[0].strip()
+            return (f"{override}: not an override Hydra can read ({reason}); put a value with spaces, quotes, "
+                    "brackets or commas in quotes, and the whole override in the shell's other quotes: "
+                    "'card.machine=\"AMD EPYC, 2 cores\"' (https://hydra.cc/docs/advanced/override_grammar/basic/)")
+    return None
