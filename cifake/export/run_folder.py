@@ -54,5 +54,5 @@ def training_recipe(record: Mapping[str, Any], source: Path, card: Mapping[str, 
             "command": command, "seed": None if record["config"] is None else record["config"].get("seed"),
             "commit": card.get("commit") or made.get("commit"), "machine": card.get("machine") or made.get("machine"),
             "train_time": card.get("train_time") or made.get("train_time"),
-            "init_from": card.get("init_from") or started or None, "source_checkpoint": str(source),
+            "init_from": card.get("init_from") or started, "source_checkpoint": str(source),
             "export_command": export_command}

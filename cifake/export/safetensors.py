@@ -198,7 +198,7 @@ def _data_lines(data: Mapping[str, Any] | None, metrics: Mapping[str, Any] | Non
         training = [f"{data['name'][0].upper()}{data['name'][1:]}.", "",
                     f"- Trained on: {_count(splits.get('train'))}",
                     *([f"- Of those, the images of `{data['extra_train']}` (`data.extra_train`) are from outside "
-                       f"{data['name'].split(' (')[0]}: added to training only, never to validation or test"]
+                       "that dataset: added to training only, never to validation or test"]
                       if data.get("extra_train") else []),
                     f"- Validation ({held}; the temperature, threshold and unsure band were chosen on it): "
                     f"{_count(splits.get('validation'))}"]
